@@ -1,0 +1,1 @@
+//! rackcast agent: the target side of an imaging job.

@@ -1,0 +1,344 @@
+//! Capture: read a file or block device, encode its chunks on all cores and
+//! write an image.
+//!
+//! Pipeline: one reader thread does large sequential reads into recycled
+//! buffers; N encoder threads hash and compress; the calling thread puts
+//! results back in order, drops duplicates and writes frames. Output goes to
+//! `OUT.partial` and is renamed over `OUT` only once complete and durable, so a
+//! killed capture never leaves something that looks like an image.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::codec::{ChunkEncoder, EncodedChunk};
+use super::error::{ImageError, Result};
+use super::header::{Header, HEADER_LEN};
+use super::index::{ChunkData, ChunkEntry, ChunkIndex, FrameRef, Metadata, UsedMask};
+use super::sign::ImageSigner;
+use super::source::probe_source;
+use super::trailer::Trailer;
+use super::{check_chunk_size, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, FORMAT_VERSION};
+
+/// Options of a capture.
+#[derive(Debug)]
+pub struct CreateOptions {
+    /// Logical chunk size (power of two).
+    pub chunk_size: u32,
+    /// zstd level.
+    pub level: i32,
+    /// Encoder threads.
+    pub threads: usize,
+    /// Sign the root with this key.
+    pub signer: Option<ImageSigner>,
+    /// Free-form labels recorded in the metadata.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            level: DEFAULT_LEVEL,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            signer: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a capture produced.
+#[derive(Debug)]
+pub struct CreateSummary {
+    /// The final index (metadata, kinds, hashes).
+    pub index: ChunkIndex,
+    /// The image root.
+    pub root: [u8; 32],
+    /// Whether the root was signed.
+    pub signed: bool,
+    /// Size of the image file in bytes.
+    pub image_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+struct Work {
+    i: u64,
+    buf: Vec<u8>,
+}
+
+struct Done {
+    i: u64,
+    buf: Vec<u8>,
+    hash: [u8; 32],
+    enc: Encoded,
+}
+
+enum Encoded {
+    Zero,
+    Duplicate(u64),
+    Zstd(Vec<u8>),
+    Raw,
+}
+
+/// Captures `src` into a new image at `out`. `progress` is called with the
+/// number of source bytes done, in order, as chunks are written.
+pub fn create_image(
+    src: &Path,
+    out: &Path,
+    opts: &CreateOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<CreateSummary> {
+    let start = Instant::now();
+    check_chunk_size(opts.chunk_size as u64)?;
+    let threads = opts.threads.max(1);
+    // Fail on a bad level before reading anything.
+    ChunkEncoder::new(opts.level)?;
+
+    let file = File::open(src).map_err(|e| ImageError::io("opening", src, e))?;
+    let info = probe_source(&file, src)?;
+    let chunk_size = opts.chunk_size;
+    let count = ChunkIndex::chunks_for(info.size, chunk_size);
+
+    let partial = partial_path(out);
+    let mut outf = File::create(&partial).map_err(|e| ImageError::io("creating", &partial, e))?;
+    let guard = RemoveOnDrop(Some(partial.clone()));
+    let header = Header {
+        version: FORMAT_VERSION,
+        chunk_size,
+        source_size: info.size,
+    };
+    outf.write_all(&header.emit())
+        .map_err(|e| ImageError::io("writing", &partial, e))?;
+
+    // Buffers circulate reader -> encoder -> writer -> reader: at most
+    // `2 * threads + 2` chunks are in memory at once, however big the disk.
+    let in_flight = 2 * threads + 2;
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(in_flight);
+    for _ in 0..in_flight {
+        free_tx.send(Vec::new()).expect("channel has room");
+    }
+    let (work_tx, work_rx) = bounded::<Work>(in_flight);
+    let (done_tx, done_rx) = bounded::<Result<Done>>(in_flight);
+    let committed: Arc<Mutex<HashMap<[u8; 32], u64>>> = Arc::default();
+
+    let mut entries: Vec<ChunkEntry> = Vec::with_capacity(count as usize);
+    let mut pos = HEADER_LEN as u64;
+    std::thread::scope(|s| -> Result<()> {
+        let reader_done = done_tx.clone();
+        s.spawn(move || {
+            if let Err(e) = read_chunks(file, src, info.size, chunk_size, &free_rx, &work_tx) {
+                let _ = reader_done.send(Err(e));
+            }
+        });
+        for _ in 0..threads {
+            let (work_rx, done_tx, committed) = (work_rx.clone(), done_tx.clone(), committed.clone());
+            let level = opts.level;
+            s.spawn(move || encode_chunks(level, &work_rx, &done_tx, &committed));
+        }
+        drop(done_tx);
+        drop(work_rx);
+
+        let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut next = 0u64;
+        while next < count {
+            let d = match done_rx.recv() {
+                Ok(d) => d?,
+                Err(_) => {
+                    return Err(ImageError::InvalidParameter(
+                        "capture pipeline stopped early".into(),
+                    ))
+                }
+            };
+            pending.insert(d.i, d);
+            while let Some(d) = pending.remove(&next) {
+                let len = d.buf.len();
+                let entry = commit(&mut outf, &partial, &mut pos, &committed, &d)?;
+                entries.push(entry);
+                // The reader may have finished: a closed pool is fine.
+                let _ = free_tx.send(d.buf);
+                progress(len as u64);
+                next += 1;
+            }
+        }
+        Ok(())
+    })?;
+
+    let min_target_size = entries
+        .iter()
+        .rposition(|e| e.data != ChunkData::Absent)
+        .map_or(0, |i| (i as u64 * chunk_size as u64 + chunk_size as u64).min(info.size));
+    let index = ChunkIndex {
+        meta: Metadata {
+            source_size: info.size,
+            chunk_size,
+            logical_sector_size: info.logical_sector_size,
+            physical_sector_size: info.physical_sector_size,
+            min_target_size,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            tool_version: format!("rackcast {}", env!("CARGO_PKG_VERSION")),
+            labels: opts.labels.clone(),
+        },
+        entries,
+    };
+    let index_bytes = index.emit();
+    let root = *blake3::hash(&index_bytes).as_bytes();
+    let trailer = Trailer {
+        index_offset: pos,
+        index_len: index_bytes.len() as u64,
+        root,
+        signature: opts.signer.as_ref().map(|k| k.sign_root(&root)),
+    };
+    outf.write_all(&index_bytes)
+        .and_then(|_| outf.write_all(&trailer.emit()))
+        .and_then(|_| outf.sync_all())
+        .map_err(|e| ImageError::io("writing", &partial, e))?;
+    drop(outf);
+    std::fs::rename(&partial, out).map_err(|e| ImageError::io("renaming into", out, e))?;
+    guard.disarm();
+    Ok(CreateSummary {
+        image_bytes: pos + index_bytes.len() as u64 + super::trailer::TRAILER_LEN as u64,
+        index,
+        root,
+        signed: trailer.signature.is_some(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// `img` -> `img.partial`.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".partial");
+    s.into()
+}
+
+fn read_chunks(
+    mut file: File,
+    path: &Path,
+    size: u64,
+    chunk_size: u32,
+    free: &Receiver<Vec<u8>>,
+    work: &Sender<Work>,
+) -> Result<()> {
+    let count = ChunkIndex::chunks_for(size, chunk_size);
+    for i in 0..count {
+        let Ok(mut buf) = free.recv() else {
+            return Ok(());
+        };
+        let len = (size - i * chunk_size as u64).min(chunk_size as u64) as usize;
+        buf.resize(len, 0);
+        file.read_exact(&mut buf).map_err(|e| {
+            ImageError::io("reading", path, std::io::Error::new(e.kind(), format!("at byte offset {}: {e}", i * chunk_size as u64)))
+        })?;
+        if work.send(Work { i, buf }).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn encode_chunks(
+    level: i32,
+    work: &Receiver<Work>,
+    done: &Sender<Result<Done>>,
+    committed: &Mutex<HashMap<[u8; 32], u64>>,
+) {
+    let mut enc = match ChunkEncoder::new(level) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = done.send(Err(e));
+            return;
+        }
+    };
+    for Work { i, buf } in work {
+        // Hash first: a chunk already stored earlier is not worth compressing.
+        let (hash, enc_result) = if super::codec::is_zero(&buf) {
+            (enc.zero_hash(buf.len()), Encoded::Zero)
+        } else {
+            let hash = *blake3::hash(&buf).as_bytes();
+            let seen = committed.lock().expect("dedup map").get(&hash).copied();
+            match seen {
+                Some(of) => (hash, Encoded::Duplicate(of)),
+                None => match enc.compress(&buf) {
+                    EncodedChunk::Zstd(f) => (hash, Encoded::Zstd(f)),
+                    EncodedChunk::Raw => (hash, Encoded::Raw),
+                    EncodedChunk::Zero => (hash, Encoded::Zero),
+                },
+            }
+        };
+        if done
+            .send(Ok(Done {
+                i,
+                buf,
+                hash,
+                enc: enc_result,
+            }))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Writes one chunk's frame (if it needs one) and returns its index entry.
+/// Runs in chunk order, so a duplicate always points at an earlier chunk.
+fn commit(
+    out: &mut File,
+    path: &Path,
+    pos: &mut u64,
+    committed: &Mutex<HashMap<[u8; 32], u64>>,
+    d: &Done,
+) -> Result<ChunkEntry> {
+    let mut write_frame = |bytes: &[u8]| -> Result<FrameRef> {
+        out.write_all(bytes)
+            .map_err(|e| ImageError::io("writing", path, e))?;
+        let f = FrameRef {
+            offset: *pos,
+            len: bytes.len() as u32,
+            hash: *blake3::hash(bytes).as_bytes(),
+        };
+        *pos += bytes.len() as u64;
+        Ok(f)
+    };
+    let mut map = committed.lock().expect("dedup map");
+    let data = match &d.enc {
+        Encoded::Zero => ChunkData::Zero,
+        Encoded::Duplicate(of) => ChunkData::Duplicate { of: *of },
+        Encoded::Zstd(_) | Encoded::Raw if map.contains_key(&d.hash) => ChunkData::Duplicate {
+            of: map[&d.hash],
+        },
+        Encoded::Zstd(f) => ChunkData::Zstd(write_frame(f)?),
+        Encoded::Raw => ChunkData::Raw(write_frame(&d.buf)?),
+    };
+    if matches!(data, ChunkData::Zstd(_) | ChunkData::Raw(_)) {
+        map.insert(d.hash, d.i);
+    }
+    Ok(ChunkEntry {
+        data,
+        hash: d.hash,
+        used: UsedMask::All,
+    })
+}
+
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

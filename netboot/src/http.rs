@@ -1,0 +1,385 @@
+//! HTTP for what TFTP should not carry: kernels and initrds (with Range) under
+//! `/files/...`, and per-MAC iPXE scripts from the policy under `/ipxe/<mac>`.
+//!
+//! A deliberately small HTTP/1.1 server (GET/HEAD, keep-alive, one byte
+//! range): firmware HTTP clients need nothing more.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::arch::{ClientArch, ClientKind, MacAddr};
+use crate::error::{Error, Result};
+use crate::events::{BootEvent, Events, Step};
+use crate::files::FileTree;
+use crate::policy::{ipxe_script, BootQuery, BootStage};
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// The boot HTTP server.
+#[derive(Debug)]
+pub struct HttpServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    files: FileTree,
+    events: Events,
+    /// Our address as iPXE scripts should name it (`{server}`).
+    server: String,
+    /// Our base URL (`{http}`).
+    base: String,
+}
+
+impl HttpServer {
+    /// Binds `addr`; `server` and `base` fill script placeholders.
+    pub async fn bind(
+        addr: SocketAddr,
+        files: FileTree,
+        events: Events,
+        server: String,
+        base: String,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| Error::Socket {
+            what: format!("bind HTTP {addr}"),
+            source: e,
+        })?;
+        Ok(HttpServer {
+            listener,
+            shared: Arc::new(Shared {
+                files,
+                events,
+                server,
+                base,
+            }),
+        })
+    }
+
+    /// Sets the base URL once the bound port is known.
+    pub fn rebase(self, base: String) -> Self {
+        let s = &self.shared;
+        let shared = Arc::new(Shared {
+            files: s.files.clone(),
+            events: s.events.clone(),
+            server: s.server.clone(),
+            base,
+        });
+        HttpServer {
+            listener: self.listener,
+            shared,
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(|e| Error::Socket {
+            what: "local_addr".into(),
+            source: e,
+        })
+    }
+
+    /// Serves until dropped.
+    pub async fn run(self) -> Result<()> {
+        loop {
+            let Ok((stream, peer)) = self.listener.accept().await else {
+                continue;
+            };
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let _ = connection(stream, peer, &shared).await;
+            });
+        }
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        // Read one request head.
+        let head_len = loop {
+            if let Some(p) = find_head_end(&buf) {
+                break p;
+            }
+            if buf.len() > MAX_HEAD {
+                return respond(
+                    &mut stream,
+                    431,
+                    "text/plain",
+                    b"head too large",
+                    false,
+                    true,
+                )
+                .await;
+            }
+            let mut chunk = [0u8; 4096];
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(60), stream.read(&mut chunk))
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let parsed = req.parse(&buf[..head_len]);
+        if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
+            return respond(&mut stream, 400, "text/plain", b"bad request", false, true).await;
+        }
+        let method = req.method.unwrap_or("").to_string();
+        let path = req.path.unwrap_or("/").to_string();
+        let close = req.version == Some(0)
+            || req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
+            });
+        let range = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("range"))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::to_string);
+        buf.drain(..head_len);
+        let head = method == "HEAD";
+        if method != "GET" && !head {
+            respond(
+                &mut stream,
+                405,
+                "text/plain",
+                b"method not allowed",
+                head,
+                close,
+            )
+            .await?;
+        } else {
+            serve(
+                &mut stream,
+                peer,
+                shared,
+                &path,
+                range.as_deref(),
+                head,
+                close,
+            )
+            .await?;
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+async fn serve(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    path: &str,
+    range: Option<&str>,
+    head: bool,
+    close: bool,
+) -> std::io::Result<()> {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    if let Some(rest) = path.strip_prefix("/ipxe/") {
+        let mac_s = percent_decode(rest.trim_end_matches(".ipxe"));
+        let Some(mac) = MacAddr::parse(&mac_s) else {
+            return respond(stream, 404, "text/plain", b"not found", head, close).await;
+        };
+        // The DHCP core puts the client's raw option 93 in the URL.
+        let arch = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("arch="))
+            .and_then(|v| v.parse().ok())
+            .map_or(ClientArch::X64Uefi, ClientArch::from_raw);
+        let q = BootQuery {
+            mac,
+            uuid: None,
+            arch,
+            kind: ClientKind::Ipxe,
+            stage: BootStage::Script,
+        };
+        let action = shared.files.policy().decide(&q);
+        let script = ipxe_script(&action, arch, &shared.server, &shared.base, mac);
+        shared.events.emit(BootEvent {
+            mac: Some(mac),
+            peer,
+            step: Step::HttpScript,
+            detail: format!("{action:?}"),
+        });
+        return match script {
+            Some(s) => respond(stream, 200, "text/plain", s.as_bytes(), head, close).await,
+            None => {
+                respond(
+                    stream,
+                    404,
+                    "text/plain",
+                    b"no boot for this machine",
+                    head,
+                    close,
+                )
+                .await
+            }
+        };
+    }
+    let Some(name) = path.strip_prefix("/files/") else {
+        return respond(stream, 404, "text/plain", b"not found", head, close).await;
+    };
+    let name = percent_decode(name);
+    if let Some(b) = shared.files.policy().virtual_file(&name) {
+        return respond(stream, 200, "application/octet-stream", &b, head, close).await;
+    }
+    let real = match shared.files.resolve(&name) {
+        Ok(p) => p,
+        Err(Error::PathRefused(_)) => {
+            return respond(stream, 403, "text/plain", b"forbidden", head, close).await
+        }
+        Err(_) => return respond(stream, 404, "text/plain", b"not found", head, close).await,
+    };
+    let mut file = tokio::fs::File::open(&real).await?;
+    let len = file.metadata().await?.len();
+    let (status, start, end) = match range.map(|r| parse_range(r, len)) {
+        None => (200, 0, len),
+        Some(Some((s, e))) => (206, s, e),
+        Some(None) => {
+            let h = format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\n{}\r\n",
+                if close { "Connection: close\r\n" } else { "" }
+            );
+            return stream.write_all(h.as_bytes()).await;
+        }
+    };
+    shared.events.emit(BootEvent {
+        mac: None,
+        peer,
+        step: Step::HttpFile,
+        detail: format!("{name} bytes {start}-{end} of {len}"),
+    });
+    let mut h = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
+        status,
+        if status == 206 { "Partial Content" } else { "OK" },
+        end - start
+    );
+    if status == 206 {
+        h.push_str(&format!(
+            "Content-Range: bytes {}-{}/{len}\r\n",
+            start,
+            end.saturating_sub(1)
+        ));
+    }
+    if close {
+        h.push_str("Connection: close\r\n");
+    }
+    h.push_str("\r\n");
+    stream.write_all(h.as_bytes()).await?;
+    if !head && end > start {
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        let mut limited = file.take(end - start);
+        tokio::io::copy(&mut limited, stream).await?;
+    }
+    Ok(())
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+    head: bool,
+    close: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Error",
+    };
+    let h = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    stream.write_all(h.as_bytes()).await?;
+    if !head {
+        stream.write_all(body).await?;
+    }
+    Ok(())
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// One `bytes=` range as a half-open `[start, end)`; `None` when unsatisfiable.
+pub fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = h.trim().strip_prefix("bytes=")?;
+    let spec = spec.split(',').next()?.trim();
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len)
+    } else {
+        let s: u64 = a.parse().ok()?;
+        let e = if b.is_empty() {
+            len
+        } else {
+            b.parse::<u64>().ok()?.saturating_add(1).min(len)
+        };
+        (s, e)
+    };
+    (start < end && start < len).then_some((start, end))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-1", 100), None);
+        assert_eq!(parse_range("items=1-2", 100), None);
+    }
+
+    #[test]
+    fn percent() {
+        assert_eq!(percent_decode("a%20b%2"), "a b%2");
+        assert_eq!(percent_decode("%2e%2e/x"), "../x");
+    }
+}

@@ -1,0 +1,230 @@
+//! rackcast netboot: how a bare-metal target finds rackcast.
+//!
+//! Proxy-DHCP / DHCP decisions, TFTP transfers and the boot policy are sans-IO
+//! state machines; thin tokio shells own the sockets. [`Netboot`] wires them
+//! together the way `rackcast netboot` and the deployment server run them.
+#![forbid(unsafe_code)]
+
+pub mod arch;
+pub mod dhcp;
+mod error;
+pub mod events;
+pub mod files;
+pub mod http;
+pub mod policy;
+pub mod tftp;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use arch::{ClientArch, ClientKind, MacAddr};
+pub use error::{Error, Result};
+pub use events::{BootEvent, Events, Step};
+pub use policy::{BootAction, BootPolicy, BootQuery, BootStage, StaticPolicy};
+
+use dhcp::shell::DhcpService;
+use dhcp::{DhcpConfig, DhcpServer, FullConfig, LeaseTable, ReplyStyle};
+use files::FileTree;
+use http::HttpServer;
+use tftp::{TftpServer, TransferLimits};
+
+/// Proxy-DHCP beside the site's DHCP server, or full DHCP on an isolated network.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Answer boot clients only; never hand out addresses.
+    Proxy,
+    /// Hand out addresses from a pool too.
+    Full {
+        /// First pool address.
+        pool_start: Ipv4Addr,
+        /// Last pool address.
+        pool_end: Ipv4Addr,
+        /// Subnet mask.
+        netmask: Ipv4Addr,
+        /// Default gateway.
+        router: Option<Ipv4Addr>,
+        /// Lease duration in seconds.
+        lease_secs: u32,
+        /// Fixed addresses by MAC.
+        reservations: dhcp::Reservations,
+        /// Where leases are persisted across restarts.
+        lease_file: PathBuf,
+    },
+}
+
+/// Everything needed to run netboot on one interface.
+#[derive(Debug, Clone)]
+pub struct NetbootConfig {
+    /// Interface the DHCP sockets bind to (`None`: all).
+    pub iface: Option<String>,
+    /// Our address on that interface.
+    pub server_ip: Ipv4Addr,
+    /// Served root directory.
+    pub root: PathBuf,
+    /// Proxy or full.
+    pub mode: Mode,
+    /// Proxy offer style for firmware PXE.
+    pub style: ReplyStyle,
+    /// Extra vendor-class prefixes to answer.
+    pub allow_vendor: Vec<String>,
+    /// DHCP ports (67 and 4011 in production).
+    pub dhcp_ports: Vec<u16>,
+    /// TFTP listening address (port 69 in production).
+    pub tftp: SocketAddr,
+    /// HTTP listening address.
+    pub http: SocketAddr,
+    /// TFTP negotiation limits.
+    pub tftp_limits: TransferLimits,
+}
+
+/// The bound netboot services, ready to run.
+#[derive(Debug)]
+pub struct Netboot {
+    dhcp: DhcpService,
+    tftp: TftpServer,
+    http: HttpServer,
+    events: Events,
+}
+
+impl Netboot {
+    /// Binds every socket; errors here are configuration or permission errors.
+    pub async fn bind(cfg: NetbootConfig, policy: Arc<dyn BootPolicy>) -> Result<Self> {
+        let events = Events::new();
+        let files = FileTree::new(&cfg.root, policy.clone())?;
+        let http = HttpServer::bind(
+            cfg.http,
+            files.clone(),
+            events.clone(),
+            cfg.server_ip.to_string(),
+            String::new(),
+        )
+        .await?;
+        let http_port = http.local_addr()?.port();
+        let base = if http_port == 80 {
+            format!("http://{}", cfg.server_ip)
+        } else {
+            format!("http://{}:{http_port}", cfg.server_ip)
+        };
+        let http = HttpServer::rebase(http, base.clone());
+        let tftp =
+            TftpServer::bind(cfg.tftp, files, cfg.tftp_limits.clone(), events.clone()).await?;
+        let (full, leases, lease_file) = match &cfg.mode {
+            Mode::Proxy => (None, None, None),
+            Mode::Full {
+                pool_start,
+                pool_end,
+                netmask,
+                router,
+                lease_secs,
+                reservations,
+                lease_file,
+            } => {
+                let mut t =
+                    LeaseTable::new(*pool_start, *pool_end, *lease_secs, reservations.clone())?;
+                t.load(lease_file)?;
+                (
+                    Some(FullConfig {
+                        netmask: *netmask,
+                        router: *router,
+                        dns: Vec::new(),
+                    }),
+                    Some(t),
+                    Some(lease_file.clone()),
+                )
+            }
+        };
+        let core = DhcpServer::new(
+            DhcpConfig {
+                server_ip: cfg.server_ip,
+                http_base: base,
+                style: cfg.style,
+                allow_vendor: cfg.allow_vendor.clone(),
+                full,
+            },
+            policy,
+            leases,
+        );
+        let dhcp = DhcpService::bind(
+            core,
+            cfg.iface.as_deref(),
+            Ipv4Addr::UNSPECIFIED,
+            &cfg.dhcp_ports,
+            events.clone(),
+            lease_file,
+        )?;
+        Ok(Netboot {
+            dhcp,
+            tftp,
+            http,
+            events,
+        })
+    }
+
+    /// The boot-event feed.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The TFTP server's bound address.
+    pub fn tftp_addr(&self) -> Result<SocketAddr> {
+        self.tftp.local_addr()
+    }
+
+    /// The HTTP server's bound address.
+    pub fn http_addr(&self) -> Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// The DHCP core, shared with the running service.
+    pub fn dhcp_core(&self) -> Arc<std::sync::Mutex<DhcpServer>> {
+        self.dhcp.core()
+    }
+
+    /// The TFTP counters.
+    pub fn tftp_stats(&self) -> Arc<tftp::TftpStats> {
+        self.tftp.stats()
+    }
+
+    /// Runs every service until one fails.
+    pub async fn run(self) -> Result<()> {
+        tokio::select! {
+            r = self.dhcp.run() => r,
+            r = self.tftp.run() => r,
+            r = self.http.run() => r,
+        }
+    }
+}
+
+/// The IPv4 address of `iface`, for `--iface` without an explicit server address.
+pub fn iface_ipv4(iface: &str) -> Result<Ipv4Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::Socket {
+        what: format!("list addresses of {iface}"),
+        source: e.into(),
+    })?;
+    for a in addrs {
+        if a.interface_name != iface {
+            continue;
+        }
+        if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            return Ok(sin.ip());
+        }
+    }
+    Err(Error::Config(format!(
+        "interface {iface} has no IPv4 address"
+    )))
+}
+
+/// The MTU of `iface` (Linux sysfs), to clamp TFTP blksize to the path MTU.
+pub fn iface_mtu(iface: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Largest TFTP blksize for an MTU: minus IPv4 (20), UDP (8) and TFTP (4) headers.
+pub fn blksize_for_mtu(mtu: u32) -> u16 {
+    mtu.saturating_sub(32).clamp(512, 65464) as u16
+}

@@ -1,0 +1,377 @@
+//! One TFTP read transfer as a sans-IO state machine: feed it packets and
+//! timeouts with `now`, take packets to send from [`Transfer::poll_transmit`].
+//!
+//! Blocks are counted internally as `u64` and put on the wire modulo 65536,
+//! so files past 65535 blocks roll over to block 0 as tftp-hpa, atftp and
+//! curl expect. Duplicate ACKs never trigger a retransmission (the
+//! Sorcerer's Apprentice bug); only the retransmit timer does, with back-off.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::packet::{ErrorCode, Packet, Request};
+
+/// Limits a transfer negotiates within.
+#[derive(Debug, Clone)]
+pub struct TransferLimits {
+    /// Largest blksize granted: the path MTU minus IP, UDP and TFTP headers.
+    pub max_blksize: u16,
+    /// Largest windowsize granted (RFC 7440).
+    pub max_windowsize: u16,
+    /// Cap on unacknowledged payload bytes per transfer; the granted
+    /// windowsize is lowered so that `windowsize * blksize` stays under it.
+    pub max_bytes_in_flight: usize,
+    /// First retransmit timeout when the client asks for none.
+    pub initial_timeout: Duration,
+    /// Back-off stops doubling here.
+    pub max_timeout: Duration,
+    /// Retransmissions of one window before the client is given up on.
+    pub max_retries: u32,
+}
+
+impl Default for TransferLimits {
+    fn default() -> Self {
+        TransferLimits {
+            max_blksize: 1468,
+            max_windowsize: 64,
+            max_bytes_in_flight: 256 * 1024,
+            initial_timeout: Duration::from_secs(1),
+            max_timeout: Duration::from_secs(8),
+            max_retries: 6,
+        }
+    }
+}
+
+/// Options the server honoured (and so put in the OACK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Negotiated {
+    /// Granted blksize, when the client asked.
+    pub blksize: Option<u16>,
+    /// Granted windowsize, when the client asked.
+    pub windowsize: Option<u16>,
+    /// Echoed timeout in seconds, when the client asked.
+    pub timeout: Option<u8>,
+    /// Transfer size sent back, when the client asked.
+    pub tsize: Option<u64>,
+}
+
+/// A packet to send to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// DATA with this wire block number; the payload is a slice of the shared file buffer.
+    Data {
+        /// Wire block number.
+        block: u16,
+        /// Payload, up to blksize bytes.
+        payload: Bytes,
+    },
+    /// A complete control packet (OACK).
+    Control(Bytes),
+}
+
+impl Transmit {
+    /// Writes the datagram into `out` (cleared first).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.clear();
+        match self {
+            Transmit::Data { block, payload } => Packet::Data {
+                block: *block,
+                data: payload,
+            }
+            .emit(out),
+            Transmit::Control(b) => out.extend_from_slice(b),
+        }
+    }
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The last block was acknowledged.
+    Complete,
+    /// The client sent an ERROR (code 8 after a size probe is normal).
+    ClientError {
+        /// Its code.
+        code: u16,
+        /// Its message.
+        message: String,
+    },
+    /// The client stopped answering.
+    TimedOut,
+}
+
+/// A refusal of a request, to be sent as an ERROR packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The TFTP error code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+}
+
+/// One read transfer.
+#[derive(Debug)]
+pub struct Transfer {
+    data: Bytes,
+    blksize: usize,
+    window: u64,
+    total_blocks: u64,
+    /// Highest block index acknowledged (0: none yet, or the OACK).
+    acked: u64,
+    /// Next block index to send.
+    next: u64,
+    oack: Option<Bytes>,
+    oack_sent: bool,
+    base_rto: Duration,
+    rto: Duration,
+    max_rto: Duration,
+    retries: u32,
+    max_retries: u32,
+    deadline: Option<Instant>,
+    outcome: Option<Outcome>,
+    negotiated: Negotiated,
+}
+
+impl Transfer {
+    /// Starts serving `data` for `req` (an RRQ already resolved to its file).
+    pub fn start(
+        now: Instant,
+        data: Bytes,
+        req: &Request<'_>,
+        limits: &TransferLimits,
+    ) -> Result<Transfer, Refusal> {
+        let _ = now;
+        let data = match req.mode.to_ascii_lowercase().as_str() {
+            "octet" => data,
+            "netascii" => to_netascii(&data),
+            other => {
+                return Err(Refusal {
+                    code: ErrorCode::IllegalOperation,
+                    message: format!("unsupported mode {other:?}"),
+                })
+            }
+        };
+        let mut neg = Negotiated::default();
+        for (name, value) in &req.options {
+            let name = name.to_ascii_lowercase();
+            let Ok(v) = value.trim().parse::<u64>() else {
+                continue;
+            };
+            match name.as_str() {
+                "blksize" if neg.blksize.is_none() && v >= 8 => {
+                    neg.blksize =
+                        Some(v.min(65464).min(u64::from(limits.max_blksize)).max(8) as u16);
+                }
+                // An empty file's tsize is left out: curl rejects `tsize 0`
+                // in an OACK as invalid, and omitting an option is allowed.
+                "tsize" if neg.tsize.is_none() && !data.is_empty() => {
+                    neg.tsize = Some(data.len() as u64)
+                }
+                "timeout" if neg.timeout.is_none() && (1..=255).contains(&v) => {
+                    neg.timeout = Some(v as u8)
+                }
+                "windowsize" if neg.windowsize.is_none() && (1..=65535).contains(&v) => {
+                    neg.windowsize = Some(v.min(u64::from(limits.max_windowsize)).max(1) as u16)
+                }
+                _ => {}
+            }
+        }
+        let blksize = usize::from(neg.blksize.unwrap_or(512));
+        if let Some(w) = neg.windowsize.as_mut() {
+            // The client ACKs only after a full window, so the cap on bytes in
+            // flight must lower the granted value, not just our sending.
+            let cap = (limits.max_bytes_in_flight / blksize).max(1);
+            *w = (*w).min(cap.min(65535) as u16);
+        }
+        let oack = (neg != Negotiated::default()).then(|| oack_bytes(&neg));
+        let base_rto = neg
+            .timeout
+            .map(|t| Duration::from_secs(u64::from(t)))
+            .unwrap_or(limits.initial_timeout);
+        Ok(Transfer {
+            total_blocks: data.len() as u64 / blksize as u64 + 1,
+            data,
+            blksize,
+            window: u64::from(neg.windowsize.unwrap_or(1)),
+            acked: 0,
+            next: 1,
+            oack,
+            oack_sent: false,
+            base_rto,
+            rto: base_rto,
+            max_rto: limits.max_timeout.max(base_rto),
+            retries: 0,
+            max_retries: limits.max_retries,
+            deadline: None,
+            outcome: None,
+            negotiated: neg,
+        })
+    }
+
+    /// What was negotiated.
+    pub fn negotiated(&self) -> Negotiated {
+        self.negotiated
+    }
+
+    /// Size of the data being served (after netascii conversion).
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Number of DATA packets the transfer takes (always at least one).
+    pub fn total_blocks(&self) -> u64 {
+        self.total_blocks
+    }
+
+    /// How the transfer ended, once it has.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    /// When [`Transfer::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.outcome.is_some() {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// The next packet to send now, if any.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if self.outcome.is_some() {
+            return None;
+        }
+        if let Some(oack) = &self.oack {
+            if self.oack_sent {
+                return None;
+            }
+            self.oack_sent = true;
+            self.deadline.get_or_insert(now + self.rto);
+            return Some(Transmit::Control(oack.clone()));
+        }
+        if self.next > self.total_blocks || self.next > self.acked + self.window {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        let start = ((i - 1) as usize)
+            .saturating_mul(self.blksize)
+            .min(self.data.len());
+        let end = start.saturating_add(self.blksize).min(self.data.len());
+        self.deadline.get_or_insert(now + self.rto);
+        Some(Transmit::Data {
+            block: i as u16,
+            payload: self.data.slice(start..end),
+        })
+    }
+
+    /// Feeds a packet from the client's transfer ID.
+    pub fn handle_packet(&mut self, now: Instant, pkt: &Packet<'_>) {
+        if self.outcome.is_some() {
+            return;
+        }
+        match pkt {
+            Packet::Ack(n) => self.handle_ack(now, *n),
+            Packet::Error { code, message } => {
+                self.outcome = Some(Outcome::ClientError {
+                    code: *code,
+                    message: (*message).to_string(),
+                })
+            }
+            // Anything else on a read transfer is ignored; the client's own
+            // timer recovers from whatever it thinks it did.
+            _ => {}
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, n: u16) {
+        if self.oack.is_some() {
+            if n == 0 && self.oack_sent {
+                self.oack = None;
+                self.progress(now);
+            }
+            return;
+        }
+        let diff = u64::from(n.wrapping_sub(self.acked as u16));
+        let sent_up_to = self.next - 1;
+        if diff == 0 || self.acked + diff > sent_up_to {
+            // Duplicate or stale: never retransmit on it (Sorcerer's Apprentice).
+            return;
+        }
+        self.acked += diff;
+        if self.acked >= self.total_blocks {
+            self.outcome = Some(Outcome::Complete);
+            return;
+        }
+        // An ACK inside the window means the client lost what followed:
+        // RFC 7440 restarts the window right after it.
+        self.next = self.acked + 1;
+        self.progress(now);
+    }
+
+    fn progress(&mut self, _now: Instant) {
+        self.retries = 0;
+        self.rto = self.base_rto;
+        self.deadline = None;
+    }
+
+    /// Fires the retransmit timer if `now` is past it.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(deadline) = self.deadline else {
+            return;
+        };
+        if self.outcome.is_some() || now < deadline {
+            return;
+        }
+        self.retries += 1;
+        if self.retries > self.max_retries {
+            self.outcome = Some(Outcome::TimedOut);
+            return;
+        }
+        self.rto = (self.rto * 2).min(self.max_rto);
+        self.deadline = None;
+        if self.oack.is_some() {
+            self.oack_sent = false;
+        } else {
+            self.next = self.acked + 1;
+        }
+    }
+}
+
+fn oack_bytes(n: &Negotiated) -> Bytes {
+    let vals: Vec<(&str, String)> = [
+        n.blksize.map(|v| ("blksize", v.to_string())),
+        n.tsize.map(|v| ("tsize", v.to_string())),
+        n.timeout.map(|v| ("timeout", v.to_string())),
+        n.windowsize.map(|v| ("windowsize", v.to_string())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let pairs: Vec<(&str, &str)> = vals.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Bytes::from(Packet::Oack(pairs).to_vec())
+}
+
+/// netascii: LF becomes CR LF and a bare CR becomes CR NUL (RFC 764).
+fn to_netascii(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
+    for &b in data {
+        match b {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            b => out.push(b),
+        }
+    }
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+#[path = "transfer_tests.rs"]
+mod tests;

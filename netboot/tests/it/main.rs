@@ -1,0 +1,7 @@
+//! Integration tests against real clients: TFTP on loopback, DHCP in network
+//! namespaces. Tests needing a missing tool or root print why and return.
+
+mod dhcp_netns;
+mod qemu;
+mod tftp_interop;
+mod util;

@@ -1,0 +1,420 @@
+//! `rackcast image`: capture, inspect, verify, sign and restore disk images.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use rackcast_engine::image::{
+    self, create_image, hex, restore_image, ChunkKind, CreateOptions, ImageReader, ImageSigner,
+    RestoreOptions, TrustedKey,
+};
+
+use super::util::{human_bytes, parse_size, progress_bar, rate};
+
+/// `rackcast image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Capture a file or block device into a new image.
+    ///
+    /// Chunks are hashed (BLAKE3) and compressed (zstd) on all cores; zero and
+    /// repeated chunks cost nothing. Writes OUT.partial and renames it to OUT
+    /// once the image is complete and on disk.
+    Create(CreateArgs),
+    /// Show an image's metadata, chunk-kind histogram and root.
+    Inspect(InspectArgs),
+    /// Check every chunk and the root (and the signature, with --key).
+    ///
+    /// Exits non-zero naming the first bad chunk and its byte offsets.
+    Verify(VerifyArgs),
+    /// Write an image to a file or block device.
+    ///
+    /// Each chunk is verified before it is written; absent chunks are left
+    /// untouched, zero chunks become holes in files.
+    Restore(RestoreArgs),
+    /// Create an Ed25519 key pair for signing images: KEY (secret) and KEY.pub.
+    Keygen(KeygenArgs),
+    /// Write a generated, reproducible sample disk (for demos and benchmarks).
+    Sample(SampleArgs),
+}
+
+/// Options of `rackcast image sample`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// The file to write.
+    pub out: PathBuf,
+    /// Size (suffixes K, M, G).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub size: u64,
+    /// Content shape.
+    #[arg(long, value_enum, default_value = "mixed")]
+    pub shape: super::sample::Shape,
+}
+
+/// Options of `rackcast image create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Source: a file or a block device (e.g. /dev/nvme0n1).
+    pub src: PathBuf,
+    /// The image file to write.
+    pub out: PathBuf,
+    /// Chunk size: a power of two, 64K to 64M (suffixes K, M, G).
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub chunk_size: u64,
+    /// zstd compression level (1 fastest .. 19 smallest; negative = faster still).
+    #[arg(long, default_value_t = image::DEFAULT_LEVEL, allow_hyphen_values = true)]
+    pub level: i32,
+    /// Encoder threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Sign the image root with this secret key (from `rackcast image keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    /// A label to record, KEY=VALUE (repeatable), e.g. --label os=debian12.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+/// Options of `rackcast image inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image.
+    pub img: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also list every chunk (kind, disk offset, hash).
+    #[arg(long)]
+    pub chunks: bool,
+}
+
+/// Options of `rackcast image verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The image.
+    pub img: PathBuf,
+    /// Require a valid signature by this public key (KEY.pub).
+    #[arg(long, value_name = "PUB")]
+    pub key: Option<PathBuf>,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Options of `rackcast image restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The image.
+    pub img: PathBuf,
+    /// Target: a file (created if missing) or a block device.
+    pub dest: PathBuf,
+    /// Require a valid signature by this public key before writing anything.
+    #[arg(long, value_name = "PUB")]
+    pub key: Option<PathBuf>,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Options of `rackcast image keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key; the public key goes to KEY.pub.
+    pub key: PathBuf,
+}
+
+/// Runs `rackcast image ...`.
+pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ImageCommand::Create(a) => create(a),
+        ImageCommand::Inspect(a) => inspect(&a),
+        ImageCommand::Verify(a) => verify(&a),
+        ImageCommand::Restore(a) => restore(&a),
+        ImageCommand::Keygen(a) => keygen(&a),
+        ImageCommand::Sample(a) => {
+            super::sample::write_sample(&a.out, a.size, a.shape)?;
+            println!("wrote {} ({}, {:?})", a.out.display(), human_bytes(a.size), a.shape);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn threads(n: Option<usize>) -> usize {
+    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
+    let mut labels = BTreeMap::new();
+    for l in &a.labels {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("--label {l:?}: expected KEY=VALUE");
+        };
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let signer = a
+        .sign
+        .as_deref()
+        .map(ImageSigner::load)
+        .transpose()
+        .context("loading the signing key")?;
+    let chunk_size = u32::try_from(a.chunk_size).context("--chunk-size is too large")?;
+    image::check_chunk_size(chunk_size as u64)?;
+    let opts = CreateOptions {
+        chunk_size,
+        level: a.level,
+        threads: threads(a.threads),
+        signer,
+        labels,
+    };
+    let total = std::fs::File::open(&a.src)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| Ok(image::probe_source(&f, &a.src)?.size))
+        .with_context(|| format!("opening {}", a.src.display()))?;
+    let pb = progress_bar(total, "capturing");
+    let s = create_image(&a.src, &a.out, &opts, &mut |n| pb.inc(n))
+        .with_context(|| format!("capturing {} into {}", a.src.display(), a.out.display()))?;
+    pb.finish_and_clear();
+    let m = &s.index.meta;
+    let stored = s.index.stored_bytes();
+    println!("image     {} -> {}", a.src.display(), a.out.display());
+    println!(
+        "size      {} ({} bytes), {} chunks of {}",
+        human_bytes(m.source_size),
+        m.source_size,
+        s.index.entries.len(),
+        human_bytes(m.chunk_size as u64)
+    );
+    println!(
+        "stored    {} in frames, {} image file, ratio {:.2}x",
+        human_bytes(stored),
+        human_bytes(s.image_bytes),
+        m.source_size as f64 / s.image_bytes.max(1) as f64
+    );
+    println!("chunks    {}", histogram_line(&s.index));
+    println!("root      {}", hex(&s.root));
+    println!("signed    {}", if s.signed { "yes" } else { "no" });
+    println!(
+        "time      {:.2} s, {}",
+        s.elapsed.as_secs_f64(),
+        rate(m.source_size, s.elapsed)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn histogram_line(index: &image::ChunkIndex) -> String {
+    index
+        .histogram()
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(serde::Serialize)]
+struct InspectJson<'a> {
+    path: String,
+    format_version: u16,
+    root: String,
+    signed: bool,
+    signer_public_key: Option<String>,
+    image_bytes: u64,
+    stored_bytes: u64,
+    chunk_count: usize,
+    metadata: &'a image::Metadata,
+    chunk_kinds: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunks: Option<Vec<ChunkJson>>,
+}
+
+#[derive(serde::Serialize)]
+struct ChunkJson {
+    chunk: u64,
+    disk_offset: u64,
+    len: usize,
+    kind: ChunkKind,
+    hash: String,
+    frame_offset: Option<u64>,
+    frame_len: Option<u32>,
+    duplicate_of: Option<u64>,
+}
+
+fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
+    let r = ImageReader::open(&a.img).with_context(|| format!("opening {}", a.img.display()))?;
+    let idx = r.index();
+    let chunks = a.chunks.then(|| {
+        idx.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ChunkJson {
+                chunk: i as u64,
+                disk_offset: idx.disk_offset(i as u64),
+                len: idx.chunk_len(i as u64),
+                kind: e.data.kind(),
+                hash: hex(&e.hash),
+                frame_offset: e.data.frame().map(|f| f.offset),
+                frame_len: e.data.frame().map(|f| f.len),
+                duplicate_of: match e.data {
+                    image::ChunkData::Duplicate { of } => Some(of),
+                    _ => None,
+                },
+            })
+            .collect::<Vec<_>>()
+    });
+    let j = InspectJson {
+        path: a.img.display().to_string(),
+        format_version: r.header().version,
+        root: hex(&r.root()),
+        signed: r.signature().is_some(),
+        signer_public_key: r.signature().map(|s| hex(&s.public_key)),
+        image_bytes: r.file_len(),
+        stored_bytes: idx.stored_bytes(),
+        chunk_count: idx.entries.len(),
+        metadata: &idx.meta,
+        chunk_kinds: idx
+            .histogram()
+            .into_iter()
+            .map(|(k, n)| (k.name(), n))
+            .collect(),
+        chunks,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = &idx.meta;
+    println!("image            {}", j.path);
+    println!("format version   {}", j.format_version);
+    println!("root             {}", j.root);
+    match &j.signer_public_key {
+        Some(k) => println!("signed           yes, by key {k} (check with verify --key)"),
+        None => println!("signed           no"),
+    }
+    println!(
+        "source size      {} ({} bytes)",
+        human_bytes(m.source_size),
+        m.source_size
+    );
+    println!("min target size  {} bytes", m.min_target_size);
+    println!(
+        "sector size      {} logical, {} physical",
+        m.logical_sector_size, m.physical_sector_size
+    );
+    println!("chunk size       {}", human_bytes(m.chunk_size as u64));
+    println!(
+        "stored           {} in frames, {} image file, ratio {:.2}x",
+        human_bytes(j.stored_bytes),
+        human_bytes(j.image_bytes),
+        m.source_size as f64 / j.image_bytes.max(1) as f64
+    );
+    println!(
+        "chunks           {} ({})",
+        j.chunk_count,
+        histogram_line(idx)
+    );
+    println!("created          {} (unix time)", m.created_unix);
+    println!("tool             {}", m.tool_version);
+    for (k, v) in &m.labels {
+        println!("label            {k}={v}");
+    }
+    if let Some(chunks) = &j.chunks {
+        println!(
+            "{:>8} {:>14} {:>10} {:<9} hash",
+            "chunk", "disk offset", "frame len", "kind"
+        );
+        for c in chunks {
+            println!(
+                "{:>8} {:>14} {:>10} {:<9} {}",
+                c.chunk,
+                c.disk_offset,
+                c.frame_len.map_or("-".into(), |l| l.to_string()),
+                c.kind.name(),
+                c.hash
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let r = ImageReader::open(&a.img).with_context(|| format!("verifying {}", a.img.display()))?;
+    if let Some(k) = &a.key {
+        let key = TrustedKey::load(k)?;
+        r.check_signature(&key)
+            .with_context(|| format!("verifying {}", a.img.display()))?;
+    }
+    let pb = progress_bar(r.index().meta.source_size, "verifying");
+    let rep = r
+        .verify(threads(a.threads), &|n| pb.inc(n))
+        .with_context(|| format!("verifying {}", a.img.display()))?;
+    pb.finish_and_clear();
+    println!("image     {}", a.img.display());
+    println!("root      {} (index matches)", hex(&r.root()));
+    match (&a.key, r.signature()) {
+        (Some(k), _) => println!("signature valid, by {}", k.display()),
+        (None, Some(s)) => println!(
+            "signature present (key {}), not checked: pass --key PUB",
+            hex(&s.public_key)
+        ),
+        (None, None) => println!("signature none"),
+    }
+    println!(
+        "chunks    {} checked, {} frame bytes read, {:.2} s, {}",
+        rep.chunks_checked,
+        human_bytes(rep.bytes_read),
+        rep.elapsed.as_secs_f64(),
+        rate(rep.source_bytes, rep.elapsed)
+    );
+    println!("verified  ok");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let r = ImageReader::open(&a.img).with_context(|| format!("opening {}", a.img.display()))?;
+    if let Some(k) = &a.key {
+        r.check_signature(&TrustedKey::load(k)?)
+            .with_context(|| format!("checking {}", a.img.display()))?;
+    }
+    let total = r.index().meta.source_size;
+    let pb = progress_bar(total, "restoring");
+    let opts = RestoreOptions {
+        threads: threads(a.threads),
+    };
+    let s = restore_image(&r, &a.dest, &opts, &mut |n| pb.inc(n))
+        .with_context(|| format!("restoring {} to {}", a.img.display(), a.dest.display()))?;
+    pb.finish_and_clear();
+    println!("restored  {} -> {}", a.img.display(), a.dest.display());
+    println!("root      {}", hex(&r.root()));
+    println!(
+        "written   {} in {} chunks, {} of zeros left as holes",
+        human_bytes(s.bytes_written),
+        s.chunks_written,
+        human_bytes(s.zero_bytes_skipped)
+    );
+    println!(
+        "time      {:.2} s, {} (flushed)",
+        s.elapsed.as_secs_f64(),
+        rate(total, s.elapsed)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(a: &KeygenArgs) -> anyhow::Result<ExitCode> {
+    let (signer, pub_path) = ImageSigner::generate(&a.key)?;
+    println!("secret key  {} (keep it private)", a.key.display());
+    println!(
+        "public key  {} ({})",
+        pub_path.display(),
+        hex(&signer.public_key())
+    );
+    println!(
+        "sign with   rackcast image create SRC OUT --sign {}",
+        a.key.display()
+    );
+    println!(
+        "check with  rackcast image verify IMG --key {}",
+        pub_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,7 @@
+//! One module per `rackcast` subcommand.
+
+pub mod demo;
+pub mod image;
+pub mod netboot;
+pub mod sample;
+pub mod util;

@@ -1,0 +1,159 @@
+//! `rackcast netboot`: the netboot front end on its own, for sites that only
+//! want a fast PXE server. The deployment server embeds the same components.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use rackcast_netboot::dhcp::ReplyStyle;
+use rackcast_netboot::tftp::TransferLimits;
+use rackcast_netboot::{
+    BootAction, BootPolicy, MacAddr, Mode, Netboot, NetbootConfig, StaticPolicy,
+};
+
+/// Options of `rackcast netboot`.
+#[derive(Debug, clap::Args)]
+pub struct NetbootArgs {
+    /// Interface of the boot network (DHCP binds to it; its address is ours).
+    #[arg(long)]
+    iface: String,
+    /// Directory served read-only over TFTP and HTTP.
+    #[arg(long)]
+    root: PathBuf,
+    /// `proxy` beside the site's DHCP server, or `full` on an isolated network.
+    #[arg(long, default_value = "proxy", value_parser = ["proxy", "full"])]
+    mode: String,
+    /// Address pool for `--mode full`, as `A-B` (e.g. 10.0.0.100-10.0.0.200).
+    #[arg(long)]
+    pool: Option<String>,
+    /// Boot policy file (TOML); without it every PXE client is chained to iPXE,
+    /// which is told to boot the local disk.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// HTTP listen address for boot files and iPXE scripts.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http: SocketAddr,
+    /// TFTP listen address.
+    #[arg(long, default_value = "0.0.0.0:69")]
+    tftp: SocketAddr,
+    /// Our address as clients reach it (default: the interface's first IPv4).
+    #[arg(long)]
+    server_ip: Option<Ipv4Addr>,
+    /// Proxy offer style for firmware PXE: `boot-server` (no option 43, the
+    /// client asks again on 4011) or `bypass` (boot file and option 43 at once).
+    #[arg(long, default_value = "boot-server", value_parser = ["boot-server", "bypass"])]
+    style: String,
+    /// Extra vendor-class prefixes to answer besides PXEClient/HTTPClient.
+    #[arg(long = "allow-vendor")]
+    allow_vendor: Vec<String>,
+    /// Subnet mask handed out in full mode.
+    #[arg(long, default_value = "255.255.255.0")]
+    netmask: Ipv4Addr,
+    /// Default gateway handed out in full mode.
+    #[arg(long)]
+    router: Option<Ipv4Addr>,
+    /// Lease time in seconds (full mode).
+    #[arg(long, default_value_t = 3600)]
+    lease_secs: u32,
+    /// Fixed address for a MAC in full mode, as `MAC=IP` (repeatable).
+    #[arg(long = "reserve")]
+    reserve: Vec<String>,
+    /// Where full-mode leases are kept across restarts.
+    #[arg(long, default_value = "/var/lib/rackcast/netboot")]
+    state_dir: PathBuf,
+    /// DHCP ports (tests use others; production is 67 and 4011).
+    #[arg(long = "dhcp-port", default_values_t = [67u16, 4011])]
+    dhcp_ports: Vec<u16>,
+}
+
+/// Runs `rackcast netboot`.
+pub fn run(args: NetbootArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let server_ip = match args.server_ip {
+        Some(ip) => ip,
+        None => rackcast_netboot::iface_ipv4(&args.iface)?,
+    };
+    let policy: Arc<dyn BootPolicy> = match &args.policy {
+        Some(p) => Arc::new(StaticPolicy::load(p)?),
+        None => Arc::new(StaticPolicy::with_default(BootAction::LocalDisk)),
+    };
+    let mode = match args.mode.as_str() {
+        "full" => {
+            let pool = args
+                .pool
+                .as_deref()
+                .context("--mode full needs --pool A-B")?;
+            let (a, b) = pool.split_once('-').context("--pool must be A-B")?;
+            let mut reservations = HashMap::new();
+            for r in &args.reserve {
+                let (m, ip) = r.split_once('=').context("--reserve must be MAC=IP")?;
+                let mac = MacAddr::parse(m).with_context(|| format!("bad MAC {m:?}"))?;
+                reservations.insert(mac, ip.parse().with_context(|| format!("bad IP {ip:?}"))?);
+            }
+            std::fs::create_dir_all(&args.state_dir)
+                .with_context(|| format!("creating {}", args.state_dir.display()))?;
+            Mode::Full {
+                pool_start: a.trim().parse().context("pool start")?,
+                pool_end: b.trim().parse().context("pool end")?,
+                netmask: args.netmask,
+                router: args.router,
+                lease_secs: args.lease_secs,
+                reservations,
+                lease_file: args.state_dir.join("leases.json"),
+            }
+        }
+        _ => {
+            if args.pool.is_some() {
+                bail!("--pool is only for --mode full: proxy mode never hands out addresses");
+            }
+            Mode::Proxy
+        }
+    };
+    let max_blksize = rackcast_netboot::iface_mtu(&args.iface)
+        .map(rackcast_netboot::blksize_for_mtu)
+        .unwrap_or(1468);
+    let cfg = NetbootConfig {
+        iface: Some(args.iface.clone()),
+        server_ip,
+        root: args.root.clone(),
+        mode,
+        style: if args.style == "bypass" {
+            ReplyStyle::Bypass
+        } else {
+            ReplyStyle::BootServer
+        },
+        allow_vendor: args.allow_vendor.clone(),
+        dhcp_ports: args.dhcp_ports.clone(),
+        tftp: args.tftp,
+        http: args.http,
+        tftp_limits: TransferLimits {
+            max_blksize,
+            ..TransferLimits::default()
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let nb = Netboot::bind(cfg, policy).await?;
+        eprintln!(
+            "rackcast netboot on {} ({server_ip}): DHCP {:?}, TFTP {}, HTTP {}",
+            args.iface,
+            args.dhcp_ports,
+            nb.tftp_addr()?,
+            nb.http_addr()?
+        );
+        tokio::select! {
+            r = nb.run() => r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
