@@ -4,4 +4,5 @@
 //!   trailer, signing), capture, verification and a simple restore.
 #![forbid(unsafe_code)]
 
+pub mod cast;
 pub mod image;

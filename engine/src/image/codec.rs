@@ -106,7 +106,8 @@ impl ChunkEncoder {
         [0, mid, end].iter().all(|&at| {
             let sample = &chunk[at..at + PROBE_LEN];
             self.scratch.clear();
-            self.scratch.reserve(zstd::zstd_safe::compress_bound(PROBE_LEN));
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(PROBE_LEN));
             match self.probe.compress_to_buffer(sample, &mut self.scratch) {
                 Ok(n) => n as f64 >= PROBE_LEN as f64 * (1.0 - RAW_THRESHOLD / 2.0),
                 Err(_) => false,
@@ -123,7 +124,9 @@ pub struct ChunkDecoder {
 
 impl std::fmt::Debug for ChunkEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkEncoder").field("level", &self.level).finish()
+        f.debug_struct("ChunkEncoder")
+            .field("level", &self.level)
+            .finish()
     }
 }
 

@@ -137,7 +137,8 @@ pub fn create_image(
             }
         });
         for _ in 0..threads {
-            let (work_rx, done_tx, committed) = (work_rx.clone(), done_tx.clone(), committed.clone());
+            let (work_rx, done_tx, committed) =
+                (work_rx.clone(), done_tx.clone(), committed.clone());
             let level = opts.level;
             s.spawn(move || encode_chunks(level, &work_rx, &done_tx, &committed));
         }
@@ -172,7 +173,9 @@ pub fn create_image(
     let min_target_size = entries
         .iter()
         .rposition(|e| e.data != ChunkData::Absent)
-        .map_or(0, |i| (i as u64 * chunk_size as u64 + chunk_size as u64).min(info.size));
+        .map_or(0, |i| {
+            (i as u64 * chunk_size as u64 + chunk_size as u64).min(info.size)
+        });
     let index = ChunkIndex {
         meta: Metadata {
             source_size: info.size,
@@ -235,7 +238,14 @@ fn read_chunks(
         let len = (size - i * chunk_size as u64).min(chunk_size as u64) as usize;
         buf.resize(len, 0);
         file.read_exact(&mut buf).map_err(|e| {
-            ImageError::io("reading", path, std::io::Error::new(e.kind(), format!("at byte offset {}: {e}", i * chunk_size as u64)))
+            ImageError::io(
+                "reading",
+                path,
+                std::io::Error::new(
+                    e.kind(),
+                    format!("at byte offset {}: {e}", i * chunk_size as u64),
+                ),
+            )
         })?;
         if work.send(Work { i, buf }).is_err() {
             return Ok(());
@@ -311,9 +321,9 @@ fn commit(
     let data = match &d.enc {
         Encoded::Zero => ChunkData::Zero,
         Encoded::Duplicate(of) => ChunkData::Duplicate { of: *of },
-        Encoded::Zstd(_) | Encoded::Raw if map.contains_key(&d.hash) => ChunkData::Duplicate {
-            of: map[&d.hash],
-        },
+        Encoded::Zstd(_) | Encoded::Raw if map.contains_key(&d.hash) => {
+            ChunkData::Duplicate { of: map[&d.hash] }
+        }
         Encoded::Zstd(f) => ChunkData::Zstd(write_frame(f)?),
         Encoded::Raw => ChunkData::Raw(write_frame(&d.buf)?),
     };

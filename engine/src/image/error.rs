@@ -76,7 +76,9 @@ pub enum ImageError {
     },
     /// A chunk frame is damaged: its bytes, its decompression or its content
     /// hash do not match the index.
-    #[error("chunk {chunk} (disk offset {disk_offset}, image byte offset {image_offset}): {detail}")]
+    #[error(
+        "chunk {chunk} (disk offset {disk_offset}, image byte offset {image_offset}): {detail}"
+    )]
     CorruptChunk {
         /// Chunk number.
         chunk: u64,

@@ -95,12 +95,10 @@ impl Header {
                 detail: "reserved header bytes are not zero".into(),
             });
         }
-        super::check_chunk_size(chunk_size as u64).map_err(|e| {
-            ImageError::CorruptStructure {
-                part: "header",
-                offset: 12,
-                detail: e.to_string(),
-            }
+        super::check_chunk_size(chunk_size as u64).map_err(|e| ImageError::CorruptStructure {
+            part: "header",
+            offset: 12,
+            detail: e.to_string(),
         })?;
         Ok(Header {
             version,

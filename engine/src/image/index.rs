@@ -333,7 +333,10 @@ impl ChunkIndex {
             let k = get_str(&mut c).map_err(|(at, d)| bad(at, d))?;
             let v = get_str(&mut c).map_err(|(at, d)| bad(at, d))?;
             // Sorted and unique, as emitted: one index, one encoding, one root.
-            if labels.last_key_value().is_some_and(|(last, _): (&String, _)| *last >= k) {
+            if labels
+                .last_key_value()
+                .is_some_and(|(last, _): (&String, _)| *last >= k)
+            {
                 return Err(bad(at, "labels are not sorted and unique".into()));
             }
             labels.insert(k, v);
@@ -364,8 +367,12 @@ impl ChunkIndex {
         let frame_bound = zstd::zstd_safe::compress_bound(chunk_size as usize) as u64;
         for i in 0..count {
             let at = c.pos();
-            let chunk_bad =
-                |d: String| bad(at, format!("chunk {i} (disk offset {}): {d}", i * chunk_size as u64));
+            let chunk_bad = |d: String| {
+                bad(
+                    at,
+                    format!("chunk {i} (disk offset {}): {d}", i * chunk_size as u64),
+                )
+            };
             let kind_code = c.u8().map_err(short)?;
             let kind = ChunkKind::from_code(kind_code)
                 .ok_or_else(|| chunk_bad(format!("unknown chunk kind {kind_code}")))?;
@@ -377,7 +384,9 @@ impl ChunkIndex {
                 let flen = c.u32().map_err(short)?;
                 let fhash = c.array().map_err(short)?;
                 if offset < super::header::HEADER_LEN as u64
-                    || offset.checked_add(flen as u64).is_none_or(|e| e > frames_end)
+                    || offset
+                        .checked_add(flen as u64)
+                        .is_none_or(|e| e > frames_end)
                 {
                     return Err(chunk_bad(format!(
                         "frame at {offset} (+{flen}) lies outside the frame area"
@@ -431,7 +440,10 @@ impl ChunkIndex {
             entries.push(ChunkEntry { data, hash, used });
         }
         if c.remaining() != 0 {
-            return Err(bad(c.pos(), format!("{} stray bytes after the last chunk", c.remaining())));
+            return Err(bad(
+                c.pos(),
+                format!("{} stray bytes after the last chunk", c.remaining()),
+            ));
         }
         Ok(ChunkIndex { meta, entries })
     }
@@ -449,7 +461,9 @@ fn put_str(v: &mut Vec<u8>, s: &str) {
 
 fn get_str(c: &mut Cursor<'_>) -> Result<String, (usize, String)> {
     let at = c.pos();
-    let n = c.u16().map_err(|s| (s.at, "index ends early".to_string()))?;
+    let n = c
+        .u16()
+        .map_err(|s| (s.at, "index ends early".to_string()))?;
     let b = c
         .bytes(n as usize)
         .map_err(|s| (s.at, "index ends early".to_string()))?;
@@ -522,7 +536,10 @@ mod tests {
     fn truncation_at_every_length_is_an_error() {
         let bytes = sample().emit();
         for n in 0..bytes.len() {
-            assert!(ChunkIndex::parse(&bytes[..n], 0, u64::MAX).is_err(), "len {n}");
+            assert!(
+                ChunkIndex::parse(&bytes[..n], 0, u64::MAX).is_err(),
+                "len {n}"
+            );
         }
     }
 

@@ -13,10 +13,10 @@ use rayon::prelude::*;
 use super::codec::ChunkDecoder;
 use super::error::{ImageError, Result};
 use super::header::{Header, HEADER_LEN};
+use super::hex;
 use super::index::{ChunkData, ChunkIndex};
 use super::sign::TrustedKey;
 use super::trailer::{RootSignature, Trailer, TRAILER_LEN};
-use super::hex;
 
 /// An open, structurally checked image.
 #[derive(Debug)]
@@ -92,7 +92,8 @@ impl ImageReader {
             });
         }
         let index = ChunkIndex::parse(&index_bytes, trailer.index_offset, trailer.index_offset)?;
-        if index.meta.chunk_size != header.chunk_size || index.meta.source_size != header.source_size
+        if index.meta.chunk_size != header.chunk_size
+            || index.meta.source_size != header.source_size
         {
             return Err(ImageError::CorruptStructure {
                 part: "header",
@@ -254,7 +255,9 @@ fn check_frames_tile(index: &ChunkIndex, index_offset: u64) -> Result<()> {
     if pos != index_offset {
         return Err(ImageError::CorruptIndex {
             offset: index_offset,
-            detail: format!("frames end at byte offset {pos} but the index starts at {index_offset}"),
+            detail: format!(
+                "frames end at byte offset {pos} but the index starts at {index_offset}"
+            ),
         });
     }
     Ok(())

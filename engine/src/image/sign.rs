@@ -29,8 +29,13 @@ impl ImageSigner {
     /// and `path.pub` (public). Refuses to overwrite either.
     pub fn generate(path: &Path) -> Result<(ImageSigner, std::path::PathBuf)> {
         let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed)
-            .map_err(|e| ImageError::io("gathering randomness for", path, std::io::Error::other(e.to_string())))?;
+        getrandom::getrandom(&mut seed).map_err(|e| {
+            ImageError::io(
+                "gathering randomness for",
+                path,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         let key = SigningKey::from_bytes(&seed);
         let pub_path = public_path(path);
         for p in [path, pub_path.as_path()] {

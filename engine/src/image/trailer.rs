@@ -56,7 +56,11 @@ impl Trailer {
         let mut v = Vec::with_capacity(TRAILER_LEN);
         v.put(&TRAILER_MAGIC);
         v.put_u16(FORMAT_VERSION);
-        v.put_u16(if self.signature.is_some() { FLAG_SIGNED } else { 0 });
+        v.put_u16(if self.signature.is_some() {
+            FLAG_SIGNED
+        } else {
+            0
+        });
         v.put_u32(0);
         v.put_u64(self.index_offset);
         v.put_u64(self.index_len);

@@ -10,7 +10,11 @@ use rackcast_engine::image::{restore_image, ImageError, ImageReader, RestoreOpti
 use crate::data::{capture, mixed, opts};
 
 fn flip(path: &std::path::Path, at: u64) -> u8 {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
@@ -38,7 +42,11 @@ fn any_flipped_byte_is_named() {
         .entries
         .iter()
         .enumerate()
-        .filter_map(|(i, e)| e.data.frame().map(|f| (f.offset, f.offset + f.len as u64, i as u64)))
+        .filter_map(|(i, e)| {
+            e.data
+                .frame()
+                .map(|f| (f.offset, f.offset + f.len as u64, i as u64))
+        })
         .collect();
     frames.sort();
     let mut checked = 0;
@@ -54,21 +62,41 @@ fn any_flipped_byte_is_named() {
         put(&img, at, old);
         checked += 1;
         match err {
-            ImageError::BadMagic { .. } | ImageError::UnsupportedVersion { part: "header", .. } | ImageError::CorruptStructure { part: "header", .. }
+            ImageError::BadMagic { .. }
+            | ImageError::UnsupportedVersion { part: "header", .. }
+            | ImageError::CorruptStructure { part: "header", .. }
                 if at < HEADER_LEN as u64 => {}
-            ImageError::CorruptChunk { chunk, disk_offset, image_offset, .. } if in_frames => {
+            ImageError::CorruptChunk {
+                chunk,
+                disk_offset,
+                image_offset,
+                ..
+            } if in_frames => {
                 let &(a, _, owner) = frames.iter().find(|&&(a, b, _)| at >= a && at < b).unwrap();
                 assert_eq!(chunk, owner, "flip at {at}");
                 assert_eq!(disk_offset, owner * 65536);
                 assert_eq!(image_offset, a);
-                let msg = ImageError::CorruptChunk { chunk, disk_offset, image_offset, detail: String::new() }.to_string();
+                let msg = ImageError::CorruptChunk {
+                    chunk,
+                    disk_offset,
+                    image_offset,
+                    detail: String::new(),
+                }
+                .to_string();
                 assert!(msg.contains(&format!("chunk {owner}")) && msg.contains(&format!("{a}")));
             }
-            ImageError::RootMismatch { offset, .. } if at >= index_start && at < len - TRAILER_LEN as u64 => {
+            ImageError::RootMismatch { offset, .. }
+                if at >= index_start && at < len - TRAILER_LEN as u64 =>
+            {
                 assert_eq!(offset, index_start);
             }
-            ImageError::Truncated { .. } | ImageError::UnsupportedVersion { part: "trailer", .. } | ImageError::CorruptStructure { part: "trailer", .. }
-                if at >= len - TRAILER_LEN as u64 => {}
+            ImageError::Truncated { .. }
+            | ImageError::UnsupportedVersion {
+                part: "trailer", ..
+            }
+            | ImageError::CorruptStructure {
+                part: "trailer", ..
+            } if at >= len - TRAILER_LEN as u64 => {}
             other => panic!("flip at byte {at} gave an unexpected error: {other}"),
         }
     }
@@ -85,7 +113,10 @@ fn truncation_is_a_clear_error() {
         std::fs::write(&img, &full[..cut]).unwrap();
         let e = ImageReader::open(&img).expect_err("truncated image accepted");
         assert!(
-            matches!(e, ImageError::Truncated { .. } | ImageError::BadMagic { .. }),
+            matches!(
+                e,
+                ImageError::Truncated { .. } | ImageError::BadMagic { .. }
+            ),
             "cut at {cut}: {e}"
         );
     }
@@ -97,7 +128,10 @@ fn unknown_version_is_named() {
     let (img, _) = capture(dir.path(), "src", &mixed(2, 0), &opts(65536));
     put(&img, 8, 9);
     let e = ImageReader::open(&img).unwrap_err();
-    assert!(matches!(e, ImageError::UnsupportedVersion { found: 9, .. }), "{e}");
+    assert!(
+        matches!(e, ImageError::UnsupportedVersion { found: 9, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("version 9"));
 }
 
@@ -107,13 +141,22 @@ fn restore_refuses_a_bad_chunk_before_writing_it() {
     let data = mixed(12, 0);
     let (img, s) = capture(dir.path(), "src", &data, &opts(65536));
     // Damage the frame of a chunk in the middle (chunk 7: random, stored raw).
-    let f = *s.index.entries[7].data.frame().expect("chunk 7 has a frame");
+    let f = *s.index.entries[7]
+        .data
+        .frame()
+        .expect("chunk 7 has a frame");
     flip(&img, f.offset + f.len as u64 / 2);
     let dest = dir.path().join("dest");
     std::fs::write(&dest, vec![0x55u8; data.len()]).unwrap();
     let r = ImageReader::open(&img).unwrap();
     let e = restore_image(&r, &dest, &RestoreOptions { threads: 2 }, &mut |_| {}).unwrap_err();
-    assert!(matches!(e, ImageError::CorruptChunk { chunk: 7, .. }), "{e}");
+    assert!(
+        matches!(e, ImageError::CorruptChunk { chunk: 7, .. }),
+        "{e}"
+    );
     let back = std::fs::read(&dest).unwrap();
-    assert!(back[7 * 65536..8 * 65536].iter().all(|&b| b == 0x55), "bad chunk was written");
+    assert!(
+        back[7 * 65536..8 * 65536].iter().all(|&b| b == 0x55),
+        "bad chunk was written"
+    );
 }

@@ -41,7 +41,10 @@ fn zero_runs_and_duplicates_cost_no_frame() {
     assert_eq!(h[&ChunkKind::Zero], 3);
     // chunks 4 and 8 repeat chunk 0.
     assert_eq!(h[&ChunkKind::Duplicate], 2);
-    assert!(matches!(idx.entries[4].data, rackcast_engine::image::ChunkData::Duplicate { of: 0 }));
+    assert!(matches!(
+        idx.entries[4].data,
+        rackcast_engine::image::ChunkData::Duplicate { of: 0 }
+    ));
 }
 
 #[test]

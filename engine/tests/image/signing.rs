@@ -21,7 +21,8 @@ fn right_key_passes_wrong_key_fails() {
     o.signer = Some(ImageSigner::load(&key).unwrap());
     let (img, _) = capture(dir.path(), "src", &mixed(4, 0), &o);
     let r = ImageReader::open(&img).unwrap();
-    r.check_signature(&TrustedKey::load(&public_path(&key)).unwrap()).unwrap();
+    r.check_signature(&TrustedKey::load(&public_path(&key)).unwrap())
+        .unwrap();
     let e = r
         .check_signature(&TrustedKey::load(&public_path(&other)).unwrap())
         .unwrap_err();
@@ -40,7 +41,9 @@ fn unsigned_image_fails_when_a_key_is_required() {
     let (img, _) = capture(dir.path(), "src", &mixed(2, 0), &opts(65536));
     let r = ImageReader::open(&img).unwrap();
     assert!(r.signature().is_none());
-    assert!(r.check_signature(&TrustedKey::load(&public_path(&key)).unwrap()).is_err());
+    assert!(r
+        .check_signature(&TrustedKey::load(&public_path(&key)).unwrap())
+        .is_err());
 }
 
 /// An attacker rewrites the index (here: a label) and fixes up the root and
@@ -56,7 +59,7 @@ fn modified_root_fails_the_signature() {
     let mut bytes = std::fs::read(&img).unwrap();
     let tb: [u8; TRAILER_LEN] = bytes[bytes.len() - TRAILER_LEN..].try_into().unwrap();
     let mut t = Trailer::parse(&tb, 0).unwrap();
-    let mut idx: ChunkIndex = s.index.clone();
+    let mut idx: ChunkIndex = s.index;
     idx.meta.labels.insert("owner".into(), "mallory".into());
     let new_index = idx.emit();
     t.index_len = new_index.len() as u64;

@@ -1,0 +1,33 @@
+//! Reliable multicast of an image: wire format, FEC, sender and receiver
+//! state machines (sans-IO), pacing and rate control.
+//!
+//! The protocol is described in `README.md` beside this file and in
+//! [`wire`]. The shells that own sockets live with the binaries.
+
+pub mod fec;
+pub mod rate;
+pub mod receiver;
+pub mod sender;
+pub mod wire;
+
+pub use fec::{ErasureCode, ReedSolomon};
+pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats};
+pub use sender::{FrameSource, Sender, SenderConfig, SenderEvent, SenderStats, Transmit, Verdict};
+pub use wire::SessionKey;
+
+/// Errors of the cast protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum CastError {
+    /// A packet that does not parse.
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    /// A packet whose MAC does not verify (wrong key, forged or damaged).
+    #[error("packet failed authentication")]
+    BadMac,
+    /// The erasure code could not encode or decode.
+    #[error("FEC: {0}")]
+    Fec(String),
+    /// The sender could not read a frame from its image.
+    #[error("reading the image: {0}")]
+    Source(String),
+}

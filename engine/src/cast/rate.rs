@@ -1,0 +1,159 @@
+//! Pacing and rate control. Time is always an input: nothing here reads a
+//! clock, so the simulation drives it with a virtual one.
+
+use std::time::{Duration, Instant};
+
+/// A token bucket in bytes: packets leave evenly spaced instead of in bursts
+/// that overflow switch and receiver buffers.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+/// How much the bucket may hold, in time at the current rate: enough that a
+/// shell waking every millisecond can keep the link full.
+const BURST: Duration = Duration::from_millis(2);
+
+impl Pacer {
+    /// A pacer at `rate` bytes/s.
+    pub fn new(rate: u64, now: Instant) -> Pacer {
+        Pacer {
+            rate: rate.max(1) as f64,
+            tokens: 0.0,
+            last: now,
+        }
+    }
+
+    /// Changes the rate.
+    pub fn set_rate(&mut self, rate: u64) {
+        self.rate = rate.max(1) as f64;
+    }
+
+    /// Current rate in bytes/s.
+    pub fn rate(&self) -> u64 {
+        self.rate as u64
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now.max(self.last);
+        let cap = (self.rate * BURST.as_secs_f64()).max(16_000.0);
+        self.tokens = (self.tokens + dt * self.rate).min(cap);
+    }
+
+    /// Takes `bytes` if the bucket has them.
+    pub fn try_send(&mut self, now: Instant, bytes: usize) -> bool {
+        self.refill(now);
+        if self.tokens >= bytes as f64 {
+            self.tokens -= bytes as f64;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When `bytes` will be available.
+    pub fn next_send(&self, bytes: usize) -> Instant {
+        let missing = (bytes as f64 - self.tokens).max(0.0);
+        self.last + Duration::from_secs_f64(missing / self.rate)
+    }
+}
+
+/// AIMD on the loss the healthy receivers report: loss above
+/// `decrease_above` cuts the rate by a quarter; loss below `increase_below`
+/// adds a twentieth of the ceiling; in between the rate holds, so a link with
+/// steady random (non-congestion) loss is not driven to zero.
+#[derive(Debug, Clone)]
+pub struct RateControl {
+    ceiling: u64,
+    floor: u64,
+    current: u64,
+    next_adjust: Option<Instant>,
+    /// Loss fraction above which the rate decreases.
+    pub decrease_above: f64,
+    /// Loss fraction below which the rate increases.
+    pub increase_below: f64,
+    /// Minimum time between adjustments.
+    pub interval: Duration,
+}
+
+impl RateControl {
+    /// Starts at `initial` between `floor` and `ceiling` (bytes/s).
+    pub fn new(ceiling: u64, floor: u64, initial: u64) -> RateControl {
+        let floor = floor.min(ceiling).max(1);
+        RateControl {
+            ceiling,
+            floor,
+            current: initial.clamp(floor, ceiling),
+            next_adjust: None,
+            decrease_above: 0.05,
+            increase_below: 0.03,
+            interval: Duration::from_millis(100),
+        }
+    }
+
+    /// The current rate.
+    pub fn rate(&self) -> u64 {
+        self.current
+    }
+
+    /// Feeds the loss of the healthy majority and whether their disks fall
+    /// behind; returns the new rate.
+    pub fn on_feedback(&mut self, now: Instant, loss: f64, disks_behind: bool) -> u64 {
+        if self.next_adjust.is_some_and(|t| now < t) {
+            return self.current;
+        }
+        self.next_adjust = Some(now + self.interval);
+        if loss > self.decrease_above || disks_behind {
+            self.current = ((self.current as f64 * 0.75) as u64).max(self.floor);
+        } else if loss < self.increase_below {
+            self.current = (self.current + self.ceiling / 20).min(self.ceiling);
+        }
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_spaces_packets_at_the_rate() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(1_000_000, t0);
+        let mut sent = 0usize;
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(1) {
+            if p.try_send(now, 1000) {
+                sent += 1000;
+            } else {
+                now = p.next_send(1000).max(now + Duration::from_micros(1));
+            }
+        }
+        assert!((990_000..=1_020_000).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn aimd_backs_off_and_recovers() {
+        let t0 = Instant::now();
+        let mut r = RateControl::new(100, 10, 100);
+        let mut t = t0;
+        for _ in 0..5 {
+            t += Duration::from_millis(200);
+            r.on_feedback(t, 0.3, false);
+        }
+        assert!(r.rate() < 30);
+        assert!(r.rate() >= 10);
+        for _ in 0..30 {
+            t += Duration::from_millis(200);
+            r.on_feedback(t, 0.0, false);
+        }
+        assert_eq!(r.rate(), 100);
+        // Steady 4% random loss: hold.
+        let before = r.rate();
+        t += Duration::from_millis(200);
+        assert_eq!(r.on_feedback(t, 0.04, false), before);
+    }
+}

@@ -1,0 +1,611 @@
+//! The receiver: a sans-IO state machine. The shell feeds it datagrams from
+//! the group and the time; it hands back verified chunk frames to write and
+//! status packets to send to the sender.
+//!
+//! Nothing reaches the shell unchecked: packets are authenticated, the index
+//! must hash to the announced (or expected) root, and every rebuilt frame must
+//! match its BLAKE3 from the index before it is handed out.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::fec::{source_symbols, ErasureCode};
+use super::wire::{self, Announce, Header, PacketType, SessionKey, Status, INDEX_OBJECT};
+use super::CastError;
+use crate::image::{ChunkData, ChunkIndex};
+
+/// Receiver configuration.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Packet authentication key.
+    pub key: SessionKey,
+    /// This receiver's id.
+    pub id: u64,
+    /// Only accept this session (otherwise: the first one announced).
+    pub session: Option<u64>,
+    /// Only accept an image with this root.
+    pub expected_root: Option<[u8; 32]>,
+    /// Time between status packets.
+    pub status_interval: Duration,
+    /// Most chunks held partly received at once (bounds memory: a straggler
+    /// collects the lowest-numbered chunks it needs first).
+    pub max_partial: usize,
+}
+
+impl ReceiverConfig {
+    /// Defaults.
+    pub fn new(key: SessionKey, id: u64) -> ReceiverConfig {
+        ReceiverConfig {
+            key,
+            id,
+            session: None,
+            expected_root: None,
+            status_interval: Duration::from_millis(100),
+            max_partial: 256,
+        }
+    }
+}
+
+/// Something for the shell to act on.
+#[derive(Debug, Clone)]
+pub enum ReceiverEvent {
+    /// The verified index: the shell sets up the target, and may report
+    /// chunks already on disk with [`Receiver::mark_done`].
+    IndexReady(Arc<ChunkIndex>),
+    /// A chunk's stored frame, rebuilt and matched against its hash. The shell
+    /// decodes it and writes it (and its duplicates) at its offset.
+    Chunk {
+        /// Chunk number.
+        chunk: u32,
+        /// The frame bytes.
+        frame: Bytes,
+    },
+    /// The sender ended the session.
+    SessionEnded,
+}
+
+/// Counters for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverStats {
+    /// Datagrams accepted.
+    pub packets: u64,
+    /// Payload bytes accepted.
+    pub bytes: u64,
+    /// Dropped: failed authentication.
+    pub bad_mac: u64,
+    /// Dropped: did not parse.
+    pub malformed: u64,
+    /// Dropped: another session.
+    pub wrong_session: u64,
+    /// Symbols for objects already complete or not needed.
+    pub redundant: u64,
+    /// Packets missing from the sender's sequence.
+    pub lost: u64,
+    /// Objects that needed FEC decoding.
+    pub decoded: u64,
+    /// Rebuilt frames that failed their hash (never handed out).
+    pub bad_frames: u64,
+}
+
+#[derive(Debug)]
+struct Assembly {
+    k: u32,
+    len: usize,
+    symbols: BTreeMap<u32, Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Not carried on the network (zero, absent, duplicate).
+    Local,
+    Needed,
+    Done,
+}
+
+/// The receiver state machine.
+#[derive(Debug)]
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    fec: Arc<dyn ErasureCode>,
+    session: Option<u64>,
+    sender: Option<SocketAddr>,
+    announce: Option<Announce>,
+    index: Option<Arc<ChunkIndex>>,
+    states: Vec<ChunkState>,
+    needed_left: u32,
+    done_count: u32,
+    assemblies: BTreeMap<u32, Assembly>,
+    durable: bool,
+    ended: bool,
+    backlog: u64,
+    // Loss accounting over the sender's sequence numbers since the last status.
+    window_first: Option<u64>,
+    window_max: u64,
+    window_got: u64,
+    last_loss_ppm: u32,
+    next_status: Instant,
+    last_status: Option<Instant>,
+    /// The object the sender was last heard sending.
+    current_object: Option<u32>,
+    status_seq: u64,
+    events: VecDeque<ReceiverEvent>,
+    stats: ReceiverStats,
+}
+
+impl Receiver {
+    /// A receiver that has heard nothing yet.
+    pub fn new(cfg: ReceiverConfig, fec: Arc<dyn ErasureCode>, now: Instant) -> Receiver {
+        // Spread receivers' statuses over the interval so they never arrive in
+        // one burst.
+        let phase = Duration::from_micros(cfg.id % cfg.status_interval.as_micros().max(1) as u64);
+        Receiver {
+            session: cfg.session,
+            next_status: now + phase,
+            cfg,
+            fec,
+            sender: None,
+            announce: None,
+            index: None,
+            states: Vec::new(),
+            needed_left: 0,
+            done_count: 0,
+            assemblies: BTreeMap::new(),
+            durable: false,
+            ended: false,
+            backlog: 0,
+            window_first: None,
+            window_max: 0,
+            window_got: 0,
+            last_loss_ppm: 0,
+            last_status: None,
+            current_object: None,
+            status_seq: 0,
+            events: VecDeque::new(),
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// The verified index, once received.
+    pub fn index(&self) -> Option<&Arc<ChunkIndex>> {
+        self.index.as_ref()
+    }
+
+    /// The session this receiver follows.
+    pub fn session(&self) -> Option<u64> {
+        self.session
+    }
+
+    /// Whether every chunk that travels has been received.
+    pub fn all_received(&self) -> bool {
+        self.index.is_some() && self.needed_left == 0
+    }
+
+    /// Chunks received (or already on disk).
+    pub fn chunks_done(&self) -> u32 {
+        self.done_count
+    }
+
+    /// Chunks that travel on the network.
+    pub fn chunks_needed_total(&self) -> u32 {
+        self.states
+            .iter()
+            .filter(|s| **s != ChunkState::Local)
+            .count() as u32
+    }
+
+    /// Whether the sender said the session is over.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The loss measured over the last status interval, in ppm.
+    pub fn loss_ppm(&self) -> u32 {
+        self.last_loss_ppm
+    }
+
+    /// The shell reports bytes decoded but not yet durable.
+    pub fn set_write_backlog(&mut self, bytes: u64) {
+        self.backlog = bytes;
+    }
+
+    /// The shell reports that everything is written and flushed: the next
+    /// status says done.
+    pub fn set_durable(&mut self, now: Instant) {
+        if self.all_received() && !self.durable {
+            self.durable = true;
+            self.next_status = now;
+        }
+    }
+
+    /// Whether the receiver has reported (or will report) completion.
+    pub fn is_done(&self) -> bool {
+        self.durable
+    }
+
+    /// The shell already has `chunk` on disk (resume) or wrote it.
+    pub fn mark_done(&mut self, chunk: u32) {
+        if let Some(s) = self.states.get_mut(chunk as usize) {
+            if *s == ChunkState::Needed {
+                *s = ChunkState::Done;
+                self.needed_left -= 1;
+                self.done_count += 1;
+                self.assemblies.remove(&chunk);
+            }
+        }
+    }
+
+    /// The shell could not use `chunk` (e.g. its write failed): get it again.
+    pub fn mark_needed(&mut self, chunk: u32) {
+        if let Some(s) = self.states.get_mut(chunk as usize) {
+            if *s == ChunkState::Done {
+                *s = ChunkState::Needed;
+                self.needed_left += 1;
+                self.done_count -= 1;
+                self.durable = false;
+            }
+        }
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// When the receiver next wants to run (its next status).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sender.map(|_| self.next_status)
+    }
+
+    /// Writes a status packet for the sender if one is due: returns where to
+    /// send it and its length (appended to `buf`).
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+    ) -> Option<(SocketAddr, usize)> {
+        let to = self.sender?;
+        let session = self.session?;
+        if now < self.next_status {
+            return None;
+        }
+        self.next_status = now + self.cfg.status_interval;
+        self.last_status = Some(now);
+        let st = self.status();
+        let h = Header {
+            kind: PacketType::Status,
+            session,
+            seq: self.status_seq,
+            object: 0,
+            symbol: 0,
+        };
+        self.status_seq += 1;
+        let start = buf.len();
+        wire::emit(&self.cfg.key, &h, &st.emit(), buf);
+        Some((to, buf.len() - start))
+    }
+
+    fn status(&mut self) -> Status {
+        if let Some(first) = self.window_first {
+            let expected = self.window_max - first + 1;
+            let lost = expected.saturating_sub(self.window_got);
+            self.last_loss_ppm = (lost * 1_000_000 / expected.max(1)) as u32;
+            self.window_first = None;
+            self.window_got = 0;
+        }
+        let mut needed = Vec::new();
+        let mut truncated = false;
+        let mut run: Option<(u32, u32)> = None;
+        for (i, s) in self.states.iter().enumerate() {
+            if *s == ChunkState::Needed {
+                run = match run {
+                    Some((a, n)) if a + n == i as u32 => Some((a, n + 1)),
+                    Some(r) => {
+                        if needed.len() == Status::MAX_ENTRIES {
+                            truncated = true;
+                            break;
+                        }
+                        needed.push(r);
+                        Some((i as u32, 1))
+                    }
+                    None => Some((i as u32, 1)),
+                };
+            }
+        }
+        if let Some(r) = run {
+            if !truncated {
+                if needed.len() == Status::MAX_ENTRIES {
+                    truncated = true;
+                } else {
+                    needed.push(r);
+                }
+            }
+        }
+        let deficits = self
+            .assemblies
+            .iter()
+            .filter(|(&c, _)| c != INDEX_OBJECT)
+            .take(Status::MAX_ENTRIES)
+            .map(|(&c, a)| (c, a.k.saturating_sub(a.symbols.len() as u32)))
+            .collect();
+        Status {
+            receiver: self.cfg.id,
+            has_index: self.index.is_some(),
+            done: self.durable,
+            chunks_done: self.done_count,
+            loss_ppm: self.last_loss_ppm,
+            write_backlog: self.backlog,
+            needed,
+            needed_truncated: truncated,
+            deficits,
+        }
+    }
+
+    /// Feeds a datagram from the group (or anything else arriving on the socket).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let (h, payload) = match wire::parse(&self.cfg.key, bytes) {
+            Ok(x) => x,
+            Err(CastError::BadMac) => {
+                self.stats.bad_mac += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if h.kind == PacketType::Status {
+            // Another receiver's unicast status cannot reach us; a multicast
+            // one is not for us either.
+            self.stats.malformed += 1;
+            return;
+        }
+        match self.session {
+            Some(s) if s != h.session => {
+                self.stats.wrong_session += 1;
+                return;
+            }
+            Some(_) => {}
+            None if h.kind == PacketType::Announce => self.session = Some(h.session),
+            None => {
+                self.stats.wrong_session += 1;
+                return;
+            }
+        }
+        self.sender = Some(from);
+        self.stats.packets += 1;
+        self.stats.bytes += payload.len() as u64;
+        self.count_seq(h.seq);
+        match h.kind {
+            PacketType::Announce => self.on_announce(now, payload),
+            PacketType::Symbol => self.on_symbol(now, &h, payload),
+            PacketType::End => {
+                if !self.ended {
+                    self.ended = true;
+                    self.events.push_back(ReceiverEvent::SessionEnded);
+                }
+            }
+            PacketType::Status => {}
+        }
+    }
+
+    fn count_seq(&mut self, seq: u64) {
+        match self.window_first {
+            None => {
+                // Continue from the previous window so losses at its edge count.
+                let first = if self.window_max > 0 && seq > self.window_max {
+                    self.window_max + 1
+                } else {
+                    seq
+                };
+                self.window_first = Some(first);
+                self.window_max = seq;
+                self.window_got = 1;
+            }
+            Some(first) => {
+                if seq >= first {
+                    self.window_got += 1;
+                    if seq > self.window_max {
+                        self.stats.lost += seq - self.window_max - 1;
+                        self.window_max = seq;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_announce(&mut self, now: Instant, payload: &[u8]) {
+        let Ok(a) = Announce::parse(payload) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if self.cfg.expected_root.is_some_and(|r| r != a.root) {
+            self.stats.wrong_session += 1;
+            return;
+        }
+        if self.announce.is_none() {
+            // First contact: tell the sender we are here right away.
+            self.next_status = now;
+        }
+        match &self.announce {
+            Some(old) if *old != a && old.root != a.root => {
+                self.stats.malformed += 1;
+            }
+            _ => self.announce = Some(a),
+        }
+    }
+
+    fn on_symbol(&mut self, now: Instant, h: &Header, payload: &[u8]) {
+        // The sender moved on while the previous object is still short here:
+        // say so now rather than at the next periodic status, so the repair
+        // comes a round trip later instead of a status interval later.
+        if self.current_object != Some(h.object) {
+            if let Some(prev) = self.current_object {
+                let recent = self
+                    .last_status
+                    .is_some_and(|t| now < t + self.cfg.status_interval / 4);
+                if self.assemblies.contains_key(&prev) && !recent {
+                    self.next_status = self.next_status.min(now);
+                }
+            }
+            self.current_object = Some(h.object);
+        }
+        let Some(a) = self.announce.clone() else {
+            self.stats.redundant += 1;
+            return;
+        };
+        let s = a.symbol_size as usize;
+        if payload.len() != s {
+            self.stats.malformed += 1;
+            return;
+        }
+        let (len, k) = if h.object == INDEX_OBJECT {
+            if self.index.is_some() {
+                self.stats.redundant += 1;
+                return;
+            }
+            (
+                a.index_len as usize,
+                source_symbols(a.index_len as usize, s),
+            )
+        } else {
+            let Some(idx) = &self.index else {
+                self.stats.redundant += 1;
+                return;
+            };
+            if self.states.get(h.object as usize) != Some(&ChunkState::Needed) {
+                self.stats.redundant += 1;
+                return;
+            }
+            let len = match idx.entries[h.object as usize].data {
+                ChunkData::Zstd(f) | ChunkData::Raw(f) => f.len as usize,
+                _ => 0,
+            };
+            (len, source_symbols(len, s))
+        };
+        if h.symbol >= k + self.fec.repair_count(k) {
+            self.stats.malformed += 1;
+            return;
+        }
+        if !self.assemblies.contains_key(&h.object) {
+            let chunks_held = self
+                .assemblies
+                .keys()
+                .filter(|&&o| o != INDEX_OBJECT)
+                .count();
+            if h.object != INDEX_OBJECT && chunks_held >= self.cfg.max_partial {
+                let highest = *self
+                    .assemblies
+                    .keys()
+                    .filter(|&&o| o != INDEX_OBJECT)
+                    .next_back()
+                    .expect("at least one");
+                if h.object > highest {
+                    self.stats.redundant += 1;
+                    return;
+                }
+                self.assemblies.remove(&highest);
+            }
+            self.assemblies.insert(
+                h.object,
+                Assembly {
+                    k,
+                    len,
+                    symbols: BTreeMap::new(),
+                },
+            );
+        }
+        let asm = self.assemblies.get_mut(&h.object).expect("just ensured");
+        if asm.symbols.contains_key(&h.symbol) {
+            self.stats.redundant += 1;
+            return;
+        }
+        asm.symbols.insert(h.symbol, payload.to_vec());
+        if asm.symbols.len() as u32 >= asm.k {
+            let asm = self.assemblies.remove(&h.object).expect("present");
+            self.complete(now, h.object, asm, s);
+        }
+    }
+
+    fn complete(&mut self, now: Instant, object: u32, asm: Assembly, s: usize) {
+        let systematic = (0..asm.k).all(|i| asm.symbols.contains_key(&i));
+        let data: Vec<u8> = if systematic {
+            let mut d = Vec::with_capacity(asm.k as usize * s);
+            for i in 0..asm.k {
+                d.extend_from_slice(&asm.symbols[&i]);
+            }
+            d
+        } else {
+            self.stats.decoded += 1;
+            let have: Vec<(u32, &[u8])> = asm
+                .symbols
+                .iter()
+                .map(|(&i, b)| (i, b.as_slice()))
+                .collect();
+            match self.fec.decode(asm.k, s, &have) {
+                Ok(v) => v.concat(),
+                Err(_) => {
+                    self.stats.bad_frames += 1;
+                    return;
+                }
+            }
+        };
+        let mut data = data;
+        data.truncate(asm.len);
+        if object == INDEX_OBJECT {
+            self.on_index(now, data);
+            return;
+        }
+        let idx = self.index.as_ref().expect("chunks only after the index");
+        let want = idx.entries[object as usize].data.frame().map(|f| f.hash);
+        if want != Some(*blake3::hash(&data).as_bytes()) {
+            self.stats.bad_frames += 1;
+            return;
+        }
+        self.mark_done(object);
+        self.events.push_back(ReceiverEvent::Chunk {
+            chunk: object,
+            frame: Bytes::from(data),
+        });
+        if self.needed_left == 0 {
+            self.next_status = now;
+        }
+    }
+
+    fn on_index(&mut self, now: Instant, data: Vec<u8>) {
+        let Some(a) = &self.announce else { return };
+        if *blake3::hash(&data).as_bytes() != a.root {
+            self.stats.bad_frames += 1;
+            return;
+        }
+        let Ok(idx) = ChunkIndex::parse(&data, 0, u64::MAX) else {
+            self.stats.bad_frames += 1;
+            return;
+        };
+        self.states = idx
+            .entries
+            .iter()
+            .map(|e| match e.data {
+                ChunkData::Zstd(_) | ChunkData::Raw(_) => ChunkState::Needed,
+                _ => ChunkState::Local,
+            })
+            .collect();
+        self.needed_left = self
+            .states
+            .iter()
+            .filter(|s| **s == ChunkState::Needed)
+            .count() as u32;
+        let idx = Arc::new(idx);
+        self.index = Some(idx.clone());
+        self.next_status = now;
+        self.events.push_back(ReceiverEvent::IndexReady(idx));
+    }
+}

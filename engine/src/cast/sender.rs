@@ -1,0 +1,825 @@
+//! The sender: a sans-IO state machine. The shell feeds it received status
+//! datagrams and the time, and asks it for packets to multicast.
+//!
+//! It runs a rolling carousel over the chunks that any receiver still needs.
+//! On each visit of a chunk it sends fresh symbols (the chunk's symbol cursor
+//! moves on through source then repair ids) — as many as the neediest healthy
+//! receiver lacks plus a loss margin. Stragglers (receivers far behind the
+//! group) do not set the rate or the repair count while healthy receivers
+//! still need data; they keep sampling the carousel and finish from later
+//! passes, when they are all that is left.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::fec::{source_symbol, source_symbols, ErasureCode};
+use super::rate::{Pacer, RateControl};
+use super::wire::{self, Announce, Header, PacketType, SessionKey, Status, INDEX_OBJECT};
+use super::CastError;
+use crate::image::{ChunkData, ChunkIndex};
+
+/// Where chunk frames come from (the image file, or memory in tests).
+pub trait FrameSource {
+    /// The stored frame of chunk `chunk` (the bytes the index's frame hash covers).
+    fn frame(&mut self, chunk: u32) -> Result<Bytes, CastError>;
+}
+
+/// Sender configuration.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Session id (random per session).
+    pub session: u64,
+    /// Packet authentication key.
+    pub key: SessionKey,
+    /// Symbol (payload) size: even, sized to the MTU.
+    pub symbol_size: usize,
+    /// Rate ceiling in bytes/s on the wire.
+    pub max_rate: u64,
+    /// Rate floor in bytes/s.
+    pub min_rate: u64,
+    /// Start when this many receivers have joined...
+    pub min_receivers: usize,
+    /// ...or this long after the sender started, whichever comes first.
+    pub max_wait: Duration,
+    /// Give up this long after the start, with a verdict per receiver.
+    pub deadline: Duration,
+    /// How often session parameters are announced.
+    pub announce_interval: Duration,
+    /// A receiver silent this long is considered gone.
+    pub receiver_timeout: Duration,
+    /// Extra repair fraction on top of the healthy receivers' loss.
+    pub repair_margin: f64,
+    /// A chunk is not visited again until this long after its last visit
+    /// (plus its send time).
+    pub revisit_after: Duration,
+    /// A receiver's status speaks for a chunk only if it arrived this long
+    /// after the chunk's last visit ended (about one round trip): older
+    /// statuses predate the symbols just sent, and acting on them would
+    /// re-send blind.
+    pub status_lag: Duration,
+}
+
+impl SenderConfig {
+    /// Defaults for a session with `key` and `symbol_size`.
+    pub fn new(session: u64, key: SessionKey, symbol_size: usize) -> SenderConfig {
+        SenderConfig {
+            session,
+            key,
+            symbol_size,
+            max_rate: 1_000_000_000,
+            min_rate: 1_000_000,
+            min_receivers: 1,
+            max_wait: Duration::from_secs(30),
+            deadline: Duration::from_secs(3600),
+            announce_interval: Duration::from_millis(100),
+            receiver_timeout: Duration::from_secs(10),
+            repair_margin: 0.02,
+            revisit_after: Duration::from_millis(5),
+            status_lag: Duration::from_millis(5),
+        }
+    }
+}
+
+/// A packet to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Length of the packet written at the end of the caller's buffer.
+    pub len: usize,
+}
+
+/// What happened to one receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every chunk written and verified.
+    Done,
+    /// Still missing chunks at the end.
+    Incomplete {
+        /// Chunks it had.
+        chunks_done: u32,
+    },
+    /// Went silent.
+    Lost {
+        /// Chunks it had when last heard.
+        chunks_done: u32,
+    },
+}
+
+/// Something the operator should hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SenderEvent {
+    /// A receiver sent its first status.
+    Joined {
+        /// Receiver id.
+        receiver: u64,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// The carousel started.
+    Started {
+        /// Receivers joined at the start.
+        receivers: usize,
+    },
+    /// A receiver is far behind the group and no longer sets its pace.
+    Straggler {
+        /// Receiver id.
+        receiver: u64,
+        /// Its reported loss.
+        loss: f64,
+    },
+    /// A receiver finished.
+    ReceiverDone {
+        /// Receiver id.
+        receiver: u64,
+    },
+    /// The session is over.
+    Finished {
+        /// Verdict per receiver id.
+        verdicts: Vec<(u64, Verdict)>,
+    },
+}
+
+/// Counters for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct SenderStats {
+    /// Packets sent.
+    pub packets: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes: u64,
+    /// Source symbols sent.
+    pub source_symbols: u64,
+    /// Repair symbols sent.
+    pub repair_symbols: u64,
+    /// Carousel passes begun.
+    pub passes: u64,
+    /// Status packets received.
+    pub statuses: u64,
+    /// Datagrams dropped (bad MAC, other session, malformed).
+    pub dropped: u64,
+}
+
+#[derive(Debug)]
+struct Rx {
+    addr: SocketAddr,
+    /// Smoothed loss fraction: one lossy status interval must not make a
+    /// straggler out of a healthy receiver.
+    loss: f64,
+    last_seen: Instant,
+    status: Status,
+    straggler: bool,
+    lost: bool,
+}
+
+#[derive(Debug)]
+struct ObjectTx {
+    data: Bytes,
+    k: u32,
+    repair: Option<Arc<Vec<Vec<u8>>>>,
+    cursor: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Running,
+    Ending { left: u32 },
+    Finished,
+}
+
+/// The sender state machine.
+#[derive(Debug)]
+pub struct Sender<S> {
+    cfg: SenderConfig,
+    fec: Arc<dyn ErasureCode>,
+    index: ChunkIndex,
+    index_bytes: Bytes,
+    root: [u8; 32],
+    source: S,
+    /// Chunks that travel (have a frame), in disk order.
+    framed: Vec<u32>,
+    phase: Phase,
+    started_at: Instant,
+    running_since: Option<Instant>,
+    receivers: HashMap<u64, Rx>,
+    objects: HashMap<u32, ObjectTx>,
+    /// Where each chunk's symbol cursor stopped, so the next visit sends
+    /// fresh symbols.
+    cursor_memory: HashMap<u32, u32>,
+    /// Earliest time each chunk may be visited again.
+    cooldown: HashMap<u32, Instant>,
+    /// When each chunk's last visit ended.
+    visit_end: HashMap<u32, Instant>,
+    /// Nothing to send before this (every needed chunk is cooling down).
+    idle_until: Option<Instant>,
+    /// Current visit: object and symbols left to send on it.
+    visit: Option<(u32, u32)>,
+    /// Position of the carousel in `framed`.
+    cursor: usize,
+    next_announce: Instant,
+    last_index_visit: Option<Instant>,
+    pacer: Pacer,
+    ratectl: RateControl,
+    seq: u64,
+    events: VecDeque<SenderEvent>,
+    stats: SenderStats,
+    scratch: Vec<u8>,
+}
+
+impl<S: FrameSource> Sender<S> {
+    /// A sender for `index` (its encoded bytes must hash to the image root).
+    pub fn new(
+        cfg: SenderConfig,
+        fec: Arc<dyn ErasureCode>,
+        index: ChunkIndex,
+        source: S,
+        now: Instant,
+    ) -> Sender<S> {
+        let index_bytes = Bytes::from(index.emit());
+        let root = *blake3::hash(&index_bytes).as_bytes();
+        let framed = index
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.data.frame().is_some())
+            .map(|(i, _)| i as u32)
+            .collect();
+        let initial = (cfg.max_rate / 2).max(cfg.min_rate);
+        Sender {
+            pacer: Pacer::new(initial, now),
+            ratectl: RateControl::new(cfg.max_rate, cfg.min_rate, initial),
+            cfg,
+            fec,
+            index,
+            index_bytes,
+            root,
+            source,
+            framed,
+            phase: Phase::Waiting,
+            started_at: now,
+            running_since: None,
+            receivers: HashMap::new(),
+            objects: HashMap::new(),
+            cursor_memory: HashMap::new(),
+            cooldown: HashMap::new(),
+            visit_end: HashMap::new(),
+            idle_until: None,
+            visit: None,
+            cursor: 0,
+            next_announce: now,
+            last_index_visit: None,
+            seq: 0,
+            events: VecDeque::new(),
+            stats: SenderStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The image root being sent.
+    pub fn root(&self) -> [u8; 32] {
+        self.root
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    /// The current rate in bytes/s.
+    pub fn rate(&self) -> u64 {
+        self.pacer.rate()
+    }
+
+    /// Whether the session is over.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// Number of receivers heard from.
+    pub fn receiver_count(&self) -> usize {
+        self.receivers.len()
+    }
+
+    /// Receivers that have reported completion.
+    pub fn receivers_done(&self) -> usize {
+        self.receivers.values().filter(|r| r.status.done).count()
+    }
+
+    /// Next event for the operator.
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    /// Feeds a datagram received on the sender's socket.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok((h, payload)) = wire::parse(&self.cfg.key, bytes) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if h.session != self.cfg.session || h.kind != PacketType::Status {
+            self.stats.dropped += 1;
+            return;
+        }
+        let Ok(st) = Status::parse(payload) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        self.stats.statuses += 1;
+        self.idle_until = None;
+        let id = st.receiver;
+        let was_done = self.receivers.get(&id).is_some_and(|r| r.status.done);
+        match self.receivers.get_mut(&id) {
+            Some(r) => {
+                r.addr = from;
+                r.last_seen = now;
+                r.lost = false;
+                r.loss = 0.7 * r.loss + 0.3 * (st.loss_ppm as f64 / 1e6);
+                r.status = st;
+            }
+            None => {
+                self.events.push_back(SenderEvent::Joined {
+                    receiver: id,
+                    addr: from,
+                });
+                self.receivers.insert(
+                    id,
+                    Rx {
+                        addr: from,
+                        loss: st.loss_ppm as f64 / 1e6,
+                        last_seen: now,
+                        status: st,
+                        straggler: false,
+                        lost: false,
+                    },
+                );
+            }
+        }
+        if !was_done && self.receivers[&id].status.done {
+            self.events
+                .push_back(SenderEvent::ReceiverDone { receiver: id });
+        }
+        self.classify_stragglers();
+        let (loss, behind) = self.group_health();
+        let rate = self.ratectl.on_feedback(now, loss, behind);
+        self.pacer.set_rate(rate);
+    }
+
+    /// When the sender next needs to run, if it is not finished.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Finished => None,
+            Phase::Waiting => Some(self.next_announce.min(self.started_at + self.cfg.max_wait)),
+            _ => {
+                let send = self.pacer.next_send(self.cfg.symbol_size + wire::OVERHEAD);
+                let send = self.idle_until.map_or(send, |t| t.max(send));
+                Some(send.min(self.next_announce))
+            }
+        }
+    }
+
+    /// Writes the next packet due at `now` to the end of `buf`, if any.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Transmit>, CastError> {
+        self.tick(now);
+        match self.phase {
+            Phase::Finished => return Ok(None),
+            Phase::Ending { left } => {
+                if now < self.next_announce {
+                    return Ok(None);
+                }
+                self.next_announce = now + Duration::from_millis(20);
+                let start = buf.len();
+                self.emit(PacketType::End, 0, 0, &[], buf);
+                self.phase = if left <= 1 {
+                    let verdicts = self.verdicts();
+                    self.events.push_back(SenderEvent::Finished { verdicts });
+                    Phase::Finished
+                } else {
+                    Phase::Ending { left: left - 1 }
+                };
+                return Ok(Some(Transmit {
+                    len: buf.len() - start,
+                }));
+            }
+            _ => {}
+        }
+        if now >= self.next_announce {
+            self.next_announce = now + self.cfg.announce_interval;
+            let a = Announce {
+                symbol_size: self.cfg.symbol_size as u32,
+                chunk_count: self.index.entries.len() as u32,
+                index_len: self.index_bytes.len() as u32,
+                root: self.root,
+                running: self.phase == Phase::Running,
+            };
+            let start = buf.len();
+            self.emit(PacketType::Announce, 0, 0, &a.emit(), buf);
+            return Ok(Some(Transmit {
+                len: buf.len() - start,
+            }));
+        }
+        if self.idle_until.is_some_and(|t| now < t) {
+            return Ok(None);
+        }
+        self.idle_until = None;
+        let packet = self.cfg.symbol_size + wire::OVERHEAD;
+        if !self.pacer.try_send(now, packet) {
+            return Ok(None);
+        }
+        let Some((object, symbol)) = self.next_symbol(now)? else {
+            return Ok(None);
+        };
+        let start = buf.len();
+        self.write_symbol(object, symbol, buf)?;
+        Ok(Some(Transmit {
+            len: buf.len() - start,
+        }))
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for r in self.receivers.values_mut() {
+            if !r.lost && now.saturating_duration_since(r.last_seen) > self.cfg.receiver_timeout {
+                r.lost = true;
+            }
+        }
+        match self.phase {
+            Phase::Waiting => {
+                let joined = self.receivers.values().filter(|r| !r.lost).count();
+                if joined >= self.cfg.min_receivers.max(1)
+                    || now >= self.started_at + self.cfg.max_wait
+                {
+                    self.phase = Phase::Running;
+                    self.running_since = Some(now);
+                    self.events
+                        .push_back(SenderEvent::Started { receivers: joined });
+                }
+            }
+            Phase::Running => {
+                let active: Vec<&Rx> = self.receivers.values().filter(|r| !r.lost).collect();
+                let all_done = !self.receivers.is_empty()
+                    && !active.is_empty()
+                    && active.iter().all(|r| r.status.done);
+                let past_deadline = now >= self.started_at + self.cfg.deadline;
+                if all_done || past_deadline {
+                    self.phase = Phase::Ending { left: 5 };
+                    self.next_announce = now;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn verdicts(&self) -> Vec<(u64, Verdict)> {
+        let mut v: Vec<(u64, Verdict)> = self
+            .receivers
+            .iter()
+            .map(|(&id, r)| {
+                let d = r.status.chunks_done;
+                let verdict = if r.status.done {
+                    Verdict::Done
+                } else if r.lost {
+                    Verdict::Lost { chunks_done: d }
+                } else {
+                    Verdict::Incomplete { chunks_done: d }
+                };
+                (id, verdict)
+            })
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    /// A receiver is a straggler when its loss is far above the group's
+    /// median: it cannot keep up with the rate the others take.
+    fn classify_stragglers(&mut self) {
+        let mut losses: Vec<f64> = self
+            .receivers
+            .values()
+            .filter(|r| !r.lost && !r.status.done)
+            .map(|r| r.loss)
+            .collect();
+        if losses.len() < 2 {
+            for r in self.receivers.values_mut() {
+                r.straggler = false;
+            }
+            return;
+        }
+        losses.sort_unstable_by(f64::total_cmp);
+        let median = losses[losses.len() / 2];
+        let limit = (median * 3.0).max(0.25);
+        for (&id, r) in self.receivers.iter_mut() {
+            // Hysteresis: in above the limit, out only well below it.
+            let s = !r.status.done
+                && if r.straggler {
+                    r.loss > limit * 0.6
+                } else {
+                    r.loss > limit
+                };
+            if s && !r.straggler {
+                self.events.push_back(SenderEvent::Straggler {
+                    receiver: id,
+                    loss: r.loss,
+                });
+            }
+            r.straggler = s;
+        }
+    }
+
+    /// The receivers whose needs set the pace: active non-stragglers, or all
+    /// active ones when only stragglers are left.
+    fn pace_setters(&self) -> Vec<&Rx> {
+        let active: Vec<&Rx> = self
+            .receivers
+            .values()
+            .filter(|r| !r.lost && !r.status.done)
+            .collect();
+        let healthy: Vec<&Rx> = active.iter().copied().filter(|r| !r.straggler).collect();
+        if healthy.is_empty() {
+            active
+        } else {
+            healthy
+        }
+    }
+
+    fn group_health(&self) -> (f64, bool) {
+        let setters = self.pace_setters();
+        if setters.is_empty() {
+            return (0.0, false);
+        }
+        let mut losses: Vec<f64> = setters.iter().map(|r| r.loss).collect();
+        losses.sort_unstable_by(f64::total_cmp);
+        let median = losses[losses.len() / 2];
+        let mut backlogs: Vec<u64> = setters.iter().map(|r| r.status.write_backlog).collect();
+        backlogs.sort_unstable();
+        // Half the healthy receivers holding more than 256 MiB undrained: their
+        // disks are the bottleneck, not the network.
+        let behind = backlogs[backlogs.len() / 2] > 256 << 20;
+        (median, behind)
+    }
+
+    fn needs(r: &Rx, chunk: u32) -> bool {
+        if !r.status.has_index {
+            // It needs the index first: index visits serve it.
+            return false;
+        }
+        for &(a, n) in &r.status.needed {
+            if chunk >= a && chunk - a < n {
+                return true;
+            }
+        }
+        r.status.needed_truncated
+            && r.status
+                .needed
+                .last()
+                .is_some_and(|&(a, n)| chunk >= a.saturating_add(n))
+    }
+
+    /// Symbols the neediest of `rx` lacks for `chunk` (k when unknown).
+    fn deficit(r: &Rx, chunk: u32, k: u32) -> u32 {
+        r.status
+            .deficits
+            .iter()
+            .find(|&&(c, _)| c == chunk)
+            .map_or(k, |&(_, d)| d.min(k))
+    }
+
+    fn next_symbol(&mut self, now: Instant) -> Result<Option<(u32, u32)>, CastError> {
+        for _ in 0..self.framed.len() + 2 {
+            if let Some((object, left)) = self.visit {
+                if left > 0 {
+                    self.visit = Some((object, left - 1));
+                    let o = self
+                        .objects
+                        .get_mut(&object)
+                        .expect("visited object is loaded");
+                    let total = o.k + self.fec.repair_count(o.k);
+                    let id = o.cursor;
+                    o.cursor = (o.cursor + 1) % total;
+                    return Ok(Some((object, id)));
+                }
+                self.visit = None;
+                self.visit_end.insert(object, now);
+                if object != INDEX_OBJECT {
+                    // Keep memory flat: only the index and the chunk in hand.
+                    self.objects.retain(|&o, _| o == INDEX_OBJECT);
+                }
+            }
+            if !self.plan_visit(now)? {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Chooses the next object to visit; false when nothing is needed now.
+    fn plan_visit(&mut self, now: Instant) -> Result<bool, CastError> {
+        let index_wanted = self.receivers.is_empty()
+            || self
+                .receivers
+                .values()
+                .any(|r| !r.lost && !r.status.has_index);
+        let index_due = self
+            .last_index_visit
+            .is_none_or(|t| now >= t + self.cfg.revisit_after);
+        if self.phase == Phase::Waiting || (index_wanted && index_due) {
+            if !index_due {
+                return Ok(false);
+            }
+            self.last_index_visit = Some(now);
+            let k = source_symbols(self.index_bytes.len(), self.cfg.symbol_size);
+            self.load(INDEX_OBJECT)?;
+            self.visit = Some((INDEX_OBJECT, k + 1 + k / 8));
+            return Ok(true);
+        }
+        let setters = self.pace_setters();
+        if self.framed.is_empty() || setters.is_empty() {
+            return Ok(false);
+        }
+        let mut losses: Vec<f64> = setters.iter().map(|r| r.loss).collect();
+        losses.sort_unstable_by(f64::total_cmp);
+        // Proactive repair covers the typical receiver's loss; the tail is
+        // served by deficit-driven repairs, which cost far less than sizing
+        // every chunk for the unluckiest receiver.
+        let median = losses[losses.len() / 2];
+        let margin = median.min(0.5) + self.cfg.repair_margin;
+        let cooling = |c: u32| self.cooldown.get(&c).is_some_and(|&t| now < t);
+        let lag = self.cfg.status_lag;
+        let visit_end = &self.visit_end;
+        let fresh = |r: &Rx, c: u32| visit_end.get(&c).is_none_or(|&e| r.last_seen >= e + lag);
+        let mut stale_needers = false;
+        // Repairs first: a chunk some healthy receiver holds in part.
+        let mut pick: Option<(usize, u32)> = None;
+        for r in &setters {
+            for &(c, d) in &r.status.deficits {
+                if d > 0 && !cooling(c) && fresh(r, c) && (c as usize) < self.index.entries.len() {
+                    if let Ok(pos) = self.framed.binary_search(&c) {
+                        if pick.is_none_or(|(p, _)| pos < p) {
+                            pick = Some((pos, c));
+                        }
+                    }
+                }
+            }
+        }
+        let mut earliest: Option<Instant> = None;
+        let mut advance: Option<(usize, bool)> = None;
+        if pick.is_none() {
+            for step in 0..self.framed.len() {
+                let pos = (self.cursor + step) % self.framed.len();
+                let chunk = self.framed[pos];
+                if !setters.iter().any(|r| Self::needs(r, chunk) && fresh(r, chunk)) {
+                    stale_needers |= setters.iter().any(|r| Self::needs(r, chunk));
+                    continue;
+                }
+                if let Some(&t) = self.cooldown.get(&chunk).filter(|&&t| now < t) {
+                    earliest = Some(earliest.map_or(t, |e: Instant| e.min(t)));
+                    continue;
+                }
+                advance = Some((
+                    (pos + 1) % self.framed.len(),
+                    pos < self.cursor || self.stats.passes == 0,
+                ));
+                pick = Some((pos, chunk));
+                break;
+            }
+        }
+        let Some((_, chunk)) = pick else {
+            // Wait for a cooldown to pass, or for statuses newer than the
+            // last visits (a new status also ends the wait).
+            let poll = stale_needers.then(|| now + lag);
+            self.idle_until = match (earliest, poll) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            return Ok(false);
+        };
+        let len = self.frame_len(chunk);
+        let k = source_symbols(len, self.cfg.symbol_size);
+        let want = setters
+            .iter()
+            .filter(|r| Self::needs(r, chunk) && fresh(r, chunk))
+            .map(|r| Self::deficit(r, chunk, k))
+            .max()
+            .unwrap_or(k);
+        if let Some((cursor, new_pass)) = advance {
+            self.cursor = cursor;
+            self.stats.passes += new_pass as u64;
+        }
+        let send =
+            ((want as f64 * (1.0 + margin)).ceil() as u32 + 1).min(k + self.fec.repair_count(k));
+        let send_time = Duration::from_secs_f64(
+            send as f64 * (self.cfg.symbol_size + wire::OVERHEAD) as f64 / self.pacer.rate() as f64,
+        );
+        self.cooldown
+            .insert(chunk, now + send_time + self.cfg.revisit_after);
+        self.load(chunk)?;
+        self.visit = Some((chunk, send));
+        Ok(true)
+    }
+
+    fn frame_len(&self, chunk: u32) -> usize {
+        match self.index.entries[chunk as usize].data {
+            ChunkData::Zstd(f) | ChunkData::Raw(f) => f.len as usize,
+            _ => 0,
+        }
+    }
+
+    fn load(&mut self, object: u32) -> Result<(), CastError> {
+        if self.objects.contains_key(&object) {
+            return Ok(());
+        }
+        let data = if object == INDEX_OBJECT {
+            self.index_bytes.clone()
+        } else {
+            let d = self.source.frame(object)?;
+            if d.len() != self.frame_len(object) {
+                return Err(CastError::Source(format!(
+                    "chunk {object}: frame is {} bytes, the index says {}",
+                    d.len(),
+                    self.frame_len(object)
+                )));
+            }
+            d
+        };
+        let k = source_symbols(data.len(), self.cfg.symbol_size);
+        let cursor = if object == INDEX_OBJECT {
+            0
+        } else {
+            // Continue where the last visit of this chunk stopped.
+            self.cursor_memory.get(&object).copied().unwrap_or(0)
+        };
+        self.objects.insert(
+            object,
+            ObjectTx {
+                data,
+                k,
+                repair: None,
+                cursor,
+            },
+        );
+        Ok(())
+    }
+
+    fn write_symbol(
+        &mut self,
+        object: u32,
+        symbol: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CastError> {
+        let s = self.cfg.symbol_size;
+        let o = self.objects.get_mut(&object).expect("loaded");
+        if object != INDEX_OBJECT {
+            self.cursor_memory.insert(object, o.cursor);
+        }
+        let mut payload = std::mem::take(&mut self.scratch);
+        if symbol < o.k {
+            source_symbol(&o.data, s, symbol, &mut payload);
+            self.stats.source_symbols += 1;
+        } else {
+            if o.repair.is_none() {
+                let src: Vec<Vec<u8>> = (0..o.k)
+                    .map(|i| {
+                        let mut b = Vec::new();
+                        source_symbol(&o.data, s, i, &mut b);
+                        b
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = src.iter().map(Vec::as_slice).collect();
+                o.repair = Some(Arc::new(self.fec.encode(&refs)?));
+            }
+            let rep = o.repair.as_ref().expect("just built");
+            payload.clear();
+            payload.extend_from_slice(&rep[(symbol - o.k) as usize]);
+            self.stats.repair_symbols += 1;
+        }
+        self.emit(PacketType::Symbol, object, symbol, &payload, buf);
+        self.scratch = payload;
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        kind: PacketType,
+        object: u32,
+        symbol: u32,
+        payload: &[u8],
+        buf: &mut Vec<u8>,
+    ) {
+        let h = Header {
+            kind,
+            session: self.cfg.session,
+            seq: self.seq,
+            object,
+            symbol,
+        };
+        self.seq += 1;
+        let start = buf.len();
+        wire::emit(&self.cfg.key, &h, payload, buf);
+        self.stats.packets += 1;
+        self.stats.bytes += (buf.len() - start) as u64;
+    }
+}

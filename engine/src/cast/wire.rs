@@ -1,0 +1,346 @@
+//! The cast wire format: one fixed header, a payload, a keyed MAC.
+//!
+//! ```text
+//! 0   2  magic "RC"
+//! 2   1  version (1)
+//! 3   1  packet type (1 announce, 2 symbol, 3 status, 4 end)
+//! 4   8  session id
+//! 12  8  sequence number (per sender: the data stream; per receiver: its statuses)
+//! 20  4  object: chunk number, or INDEX_OBJECT for the image index
+//! 24  4  symbol id (0..k source symbols, k.. repair symbols)
+//! 28  2  payload length
+//! 30  2  reserved (0)
+//! 32  n  payload
+//! 32+n 16 MAC: keyed BLAKE3 (session key) over bytes 0..32+n, truncated
+//! ```
+//!
+//! Every packet is authenticated: a receiver drops (and counts) anything whose
+//! MAC fails, whose session differs, or that does not parse, before looking at
+//! its payload. Payloads never exceed the symbol size chosen from the path MTU,
+//! so no packet is ever fragmented.
+
+use super::CastError;
+
+/// Magic at the start of every packet.
+pub const MAGIC: [u8; 2] = *b"RC";
+/// Wire version.
+pub const VERSION: u8 = 1;
+/// Header length.
+pub const HEADER_LEN: usize = 32;
+/// MAC length.
+pub const MAC_LEN: usize = 16;
+/// Header + MAC: what a packet costs beyond its payload.
+pub const OVERHEAD: usize = HEADER_LEN + MAC_LEN;
+/// IPv4 + UDP header bytes, for sizing payloads to an MTU.
+pub const IP_UDP_OVERHEAD: usize = 20 + 8;
+/// The object number that carries the image index instead of a chunk.
+pub const INDEX_OBJECT: u32 = u32::MAX;
+
+/// Packet types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketType {
+    /// Sender -> group: session parameters.
+    Announce = 1,
+    /// Sender -> group: one FEC symbol of a chunk frame or of the index.
+    Symbol = 2,
+    /// Receiver -> sender (unicast): progress and needs.
+    Status = 3,
+    /// Sender -> group: the session is over.
+    End = 4,
+}
+
+impl PacketType {
+    fn from_u8(v: u8) -> Option<PacketType> {
+        Some(match v {
+            1 => PacketType::Announce,
+            2 => PacketType::Symbol,
+            3 => PacketType::Status,
+            4 => PacketType::End,
+            _ => return None,
+        })
+    }
+}
+
+/// A packet's header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Packet type.
+    pub kind: PacketType,
+    /// Session id.
+    pub session: u64,
+    /// Sequence number.
+    pub seq: u64,
+    /// Chunk number or [`INDEX_OBJECT`].
+    pub object: u32,
+    /// Symbol id.
+    pub symbol: u32,
+}
+
+/// The session key: a keyed BLAKE3 key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+impl SessionKey {
+    /// Derives a session key from key-file bytes of any length.
+    pub fn from_secret(secret: &[u8]) -> SessionKey {
+        SessionKey(blake3::derive_key("rackcast cast session key v1", secret))
+    }
+
+    fn mac(&self, bytes: &[u8]) -> [u8; MAC_LEN] {
+        let h = blake3::keyed_hash(&self.0, bytes);
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(&h.as_bytes()[..MAC_LEN]);
+        out
+    }
+}
+
+/// Appends a complete packet (header, payload, MAC) to `out`.
+pub fn emit(key: &SessionKey, h: &Header, payload: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(h.kind as u8);
+    out.extend_from_slice(&h.session.to_le_bytes());
+    out.extend_from_slice(&h.seq.to_le_bytes());
+    out.extend_from_slice(&h.object.to_le_bytes());
+    out.extend_from_slice(&h.symbol.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(payload);
+    let mac = key.mac(&out[start..]);
+    out.extend_from_slice(&mac);
+}
+
+/// Checks and decodes a packet: returns the header and the payload.
+pub fn parse<'a>(key: &SessionKey, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), CastError> {
+    if bytes.len() < OVERHEAD {
+        return Err(CastError::Malformed("shorter than header and MAC"));
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(CastError::Malformed("bad magic"));
+    }
+    if bytes[2] != VERSION {
+        return Err(CastError::Malformed("unknown version"));
+    }
+    let len = u16::from_le_bytes([bytes[28], bytes[29]]) as usize;
+    if bytes.len() != OVERHEAD + len {
+        return Err(CastError::Malformed("length does not match"));
+    }
+    let (body, mac) = bytes.split_at(HEADER_LEN + len);
+    if key.mac(body) != mac {
+        return Err(CastError::BadMac);
+    }
+    let kind = PacketType::from_u8(bytes[3]).ok_or(CastError::Malformed("unknown packet type"))?;
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    Ok((
+        Header {
+            kind,
+            session: u64_at(4),
+            seq: u64_at(12),
+            object: u32_at(20),
+            symbol: u32_at(24),
+        },
+        &body[HEADER_LEN..],
+    ))
+}
+
+/// Largest even symbol size that fits an MTU without fragmentation.
+pub fn symbol_size_for_mtu(mtu: usize) -> usize {
+    (mtu.saturating_sub(IP_UDP_OVERHEAD + OVERHEAD)) & !1
+}
+
+/// Session parameters, carried by announce packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// Symbol size in bytes (even).
+    pub symbol_size: u32,
+    /// Number of chunks in the image.
+    pub chunk_count: u32,
+    /// Length of the encoded index.
+    pub index_len: u32,
+    /// Image root: BLAKE3 of the index.
+    pub root: [u8; 32],
+    /// Whether the sender is transmitting yet (false while waiting for receivers).
+    pub running: bool,
+}
+
+impl Announce {
+    /// Encoded length.
+    pub const LEN: usize = 4 + 4 + 4 + 32 + 1;
+
+    /// Encodes.
+    pub fn emit(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::LEN);
+        v.extend_from_slice(&self.symbol_size.to_le_bytes());
+        v.extend_from_slice(&self.chunk_count.to_le_bytes());
+        v.extend_from_slice(&self.index_len.to_le_bytes());
+        v.extend_from_slice(&self.root);
+        v.push(self.running as u8);
+        v
+    }
+
+    /// Decodes.
+    pub fn parse(b: &[u8]) -> Result<Announce, CastError> {
+        if b.len() != Self::LEN {
+            return Err(CastError::Malformed("announce length"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let symbol_size = u32_at(0);
+        if symbol_size == 0 || symbol_size % 2 != 0 || symbol_size > 65_000 {
+            return Err(CastError::Malformed("announce symbol size"));
+        }
+        Ok(Announce {
+            symbol_size,
+            chunk_count: u32_at(4),
+            index_len: u32_at(8),
+            root: b[12..44].try_into().expect("32 bytes"),
+            running: b[44] != 0,
+        })
+    }
+}
+
+/// A receiver's periodic report.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Status {
+    /// The receiver's id (random per run; stable across its restarts only if configured).
+    pub receiver: u64,
+    /// Whether it holds the verified index.
+    pub has_index: bool,
+    /// Whether it has every chunk written and verified.
+    pub done: bool,
+    /// Chunks complete.
+    pub chunks_done: u32,
+    /// Loss measured on the data stream since the last status, parts per million.
+    pub loss_ppm: u32,
+    /// Bytes decoded but not yet durable on disk.
+    pub write_backlog: u64,
+    /// Chunks still needed, as ranges (start, count), lowest first.
+    pub needed: Vec<(u32, u32)>,
+    /// Whether more needed ranges exist beyond the last listed one.
+    pub needed_truncated: bool,
+    /// Chunks partly received: (chunk, symbols still missing).
+    pub deficits: Vec<(u32, u32)>,
+}
+
+impl Status {
+    /// Most ranges and deficits a status carries (fits any MTU >= 576).
+    pub const MAX_ENTRIES: usize = 48;
+
+    /// Encodes.
+    pub fn emit(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40 + 8 * (self.needed.len() + self.deficits.len()));
+        v.extend_from_slice(&self.receiver.to_le_bytes());
+        v.push(self.has_index as u8 | (self.done as u8) << 1 | (self.needed_truncated as u8) << 2);
+        v.extend_from_slice(&self.chunks_done.to_le_bytes());
+        v.extend_from_slice(&self.loss_ppm.to_le_bytes());
+        v.extend_from_slice(&self.write_backlog.to_le_bytes());
+        v.push(self.needed.len().min(Self::MAX_ENTRIES) as u8);
+        v.push(self.deficits.len().min(Self::MAX_ENTRIES) as u8);
+        for &(a, b) in self.needed.iter().take(Self::MAX_ENTRIES) {
+            v.extend_from_slice(&a.to_le_bytes());
+            v.extend_from_slice(&b.to_le_bytes());
+        }
+        for &(a, b) in self.deficits.iter().take(Self::MAX_ENTRIES) {
+            v.extend_from_slice(&a.to_le_bytes());
+            v.extend_from_slice(&b.to_le_bytes());
+        }
+        v
+    }
+
+    /// Decodes.
+    pub fn parse(b: &[u8]) -> Result<Status, CastError> {
+        if b.len() < 27 {
+            return Err(CastError::Malformed("status too short"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let flags = b[8];
+        let (n_need, n_def) = (b[25] as usize, b[26] as usize);
+        if n_need > Self::MAX_ENTRIES
+            || n_def > Self::MAX_ENTRIES
+            || b.len() != 27 + 8 * (n_need + n_def)
+        {
+            return Err(CastError::Malformed("status entry count"));
+        }
+        let pairs = |from: usize, n: usize| -> Vec<(u32, u32)> {
+            (0..n)
+                .map(|i| (u32_at(from + 8 * i), u32_at(from + 8 * i + 4)))
+                .collect()
+        };
+        Ok(Status {
+            receiver: u64_at(0),
+            has_index: flags & 1 != 0,
+            done: flags & 2 != 0,
+            needed_truncated: flags & 4 != 0,
+            chunks_done: u32_at(9),
+            loss_ppm: u32_at(13),
+            write_backlog: u64_at(17),
+            needed: pairs(27, n_need),
+            deficits: pairs(27 + 8 * n_need, n_def),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_round_trip_and_every_flip_is_rejected() {
+        let key = SessionKey::from_secret(b"k");
+        let h = Header {
+            kind: PacketType::Symbol,
+            session: 7,
+            seq: 99,
+            object: 3,
+            symbol: 12,
+        };
+        let mut buf = Vec::new();
+        emit(&key, &h, b"payload", &mut buf);
+        let (h2, p) = parse(&key, &buf).unwrap();
+        assert_eq!((h2, p), (h, &b"payload"[..]));
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 1;
+            assert!(parse(&key, &bad).is_err(), "flip at {i}");
+        }
+        assert!(matches!(
+            parse(&SessionKey::from_secret(b"other"), &buf),
+            Err(CastError::BadMac)
+        ));
+        for n in 0..buf.len() {
+            assert!(parse(&key, &buf[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn status_round_trip() {
+        let s = Status {
+            receiver: 5,
+            has_index: true,
+            done: false,
+            chunks_done: 10,
+            loss_ppm: 12_000,
+            write_backlog: 1 << 20,
+            needed: vec![(3, 4), (100, 1)],
+            needed_truncated: true,
+            deficits: vec![(3, 17)],
+        };
+        assert_eq!(Status::parse(&s.emit()).unwrap(), s);
+        assert!(Status::parse(&s.emit()[..30]).is_err());
+    }
+
+    #[test]
+    fn symbols_fit_the_mtu() {
+        assert_eq!(symbol_size_for_mtu(1500), 1424);
+        assert_eq!(symbol_size_for_mtu(1500) + OVERHEAD + IP_UDP_OVERHEAD, 1500);
+        assert!(symbol_size_for_mtu(9000) > 8900);
+    }
+}

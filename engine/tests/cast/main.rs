@@ -1,0 +1,5 @@
+//! Multicast protocol tests: a deterministic, seeded simulation of a lossy
+//! network with many receivers and a virtual clock (no sockets).
+
+mod netsim;
+mod scenarios;
