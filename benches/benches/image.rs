@@ -22,12 +22,28 @@ fn random(len: usize, mut seed: u64) -> Vec<u8> {
 /// Text-like bytes from a small vocabulary: compresses like logs and binaries.
 fn text(len: usize, mut seed: u64) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "the ", "disk ", "image ", "rack ", "server ", "kernel ", "boot ", "0x7f3a ", "error ",
-        "ok\n", "multicast ", "chunk ", "=", "/usr/lib/", "systemd ", "\t",
+        "the ",
+        "disk ",
+        "image ",
+        "rack ",
+        "server ",
+        "kernel ",
+        "boot ",
+        "0x7f3a ",
+        "error ",
+        "ok\n",
+        "multicast ",
+        "chunk ",
+        "=",
+        "/usr/lib/",
+        "systemd ",
+        "\t",
     ];
     let mut out = Vec::with_capacity(len + 16);
     while out.len() < len {
-        out.extend_from_slice(WORDS[(xorshift(&mut seed) % WORDS.len() as u64) as usize].as_bytes());
+        out.extend_from_slice(
+            WORDS[(xorshift(&mut seed) % WORDS.len() as u64) as usize].as_bytes(),
+        );
     }
     out.truncate(len);
     out
@@ -78,7 +94,11 @@ fn decode(c: &mut Criterion) {
                     labels: Default::default(),
                 },
                 entries: vec![ChunkEntry {
-                    data: if zstd { ChunkData::Zstd(fref) } else { ChunkData::Raw(fref) },
+                    data: if zstd {
+                        ChunkData::Zstd(fref)
+                    } else {
+                        ChunkData::Raw(fref)
+                    },
                     hash,
                     used: UsedMask::All,
                 }],

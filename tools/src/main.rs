@@ -18,6 +18,9 @@ enum Command {
     /// Run the demo: capture a sample disk, verify it, restore it to local
     /// targets and check every byte.
     Demo(cmd::demo::DemoArgs),
+    /// Multicast an image to a rack (send) or receive it (recv).
+    #[command(subcommand)]
+    Cast(cmd::cast::CastCommand),
     /// Capture, inspect, verify, sign and restore disk images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
@@ -28,6 +31,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Cast(c) => cmd::cast::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Image(c) => cmd::image::run(c),
         Command::Netboot(a) => cmd::netboot::run(a),

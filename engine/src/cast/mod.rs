@@ -5,9 +5,11 @@
 //! [`wire`]. The shells that own sockets live with the binaries.
 
 pub mod fec;
+pub mod net;
 pub mod rate;
 pub mod receiver;
 pub mod sender;
+pub mod sink;
 pub mod wire;
 
 pub use fec::{ErasureCode, ReedSolomon};
@@ -30,4 +32,10 @@ pub enum CastError {
     /// The sender could not read a frame from its image.
     #[error("reading the image: {0}")]
     Source(String),
+    /// A socket operation failed.
+    #[error("network: {0}")]
+    Net(String),
+    /// The receiver could not write or verify its target.
+    #[error("target: {0}")]
+    Target(String),
 }

@@ -126,6 +126,7 @@ pub struct Receiver {
     window_first: Option<u64>,
     window_max: u64,
     window_got: u64,
+    highest_seq: u64,
     last_loss_ppm: u32,
     next_status: Instant,
     last_status: Option<Instant>,
@@ -160,6 +161,7 @@ impl Receiver {
             window_first: None,
             window_max: 0,
             window_got: 0,
+            highest_seq: 0,
             last_loss_ppm: 0,
             last_status: None,
             current_object: None,
@@ -343,6 +345,7 @@ impl Receiver {
             chunks_done: self.done_count,
             loss_ppm: self.last_loss_ppm,
             write_backlog: self.backlog,
+            highest_seq: self.highest_seq,
             needed,
             needed_truncated: truncated,
             deficits,
@@ -398,6 +401,7 @@ impl Receiver {
     }
 
     fn count_seq(&mut self, seq: u64) {
+        self.highest_seq = self.highest_seq.max(seq);
         match self.window_first {
             None => {
                 // Continue from the previous window so losses at its edge count.
@@ -505,8 +509,7 @@ impl Receiver {
                 let highest = *self
                     .assemblies
                     .keys()
-                    .filter(|&&o| o != INDEX_OBJECT)
-                    .next_back()
+                    .rfind(|&&o| o != INDEX_OBJECT)
                     .expect("at least one");
                 if h.object > highest {
                     self.stats.redundant += 1;

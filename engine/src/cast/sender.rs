@@ -56,10 +56,8 @@ pub struct SenderConfig {
     /// A chunk is not visited again until this long after its last visit
     /// (plus its send time).
     pub revisit_after: Duration,
-    /// A receiver's status speaks for a chunk only if it arrived this long
-    /// after the chunk's last visit ended (about one round trip): older
-    /// statuses predate the symbols just sent, and acting on them would
-    /// re-send blind.
+    /// How often to look again for statuses newer than the last visits when
+    /// only stale ones are at hand.
     pub status_lag: Duration,
 }
 
@@ -210,8 +208,11 @@ pub struct Sender<S> {
     cursor_memory: HashMap<u32, u32>,
     /// Earliest time each chunk may be visited again.
     cooldown: HashMap<u32, Instant>,
-    /// When each chunk's last visit ended.
-    visit_end: HashMap<u32, Instant>,
+    /// Sequence number of the last packet of each chunk's last visit: a
+    /// receiver's status speaks for the chunk only once it has processed a
+    /// later packet. Older statuses predate the symbols just sent, and acting
+    /// on them would re-send blind.
+    visit_end: HashMap<u32, u64>,
     /// Nothing to send before this (every needed chunk is cooling down).
     idle_until: Option<Instant>,
     /// Current visit: object and symbols left to send on it.
@@ -603,7 +604,7 @@ impl<S: FrameSource> Sender<S> {
                     return Ok(Some((object, id)));
                 }
                 self.visit = None;
-                self.visit_end.insert(object, now);
+                self.visit_end.insert(object, self.seq.saturating_sub(1));
                 if object != INDEX_OBJECT {
                     // Keep memory flat: only the index and the chunk in hand.
                     self.objects.retain(|&o, _| o == INDEX_OBJECT);
@@ -650,7 +651,7 @@ impl<S: FrameSource> Sender<S> {
         let cooling = |c: u32| self.cooldown.get(&c).is_some_and(|&t| now < t);
         let lag = self.cfg.status_lag;
         let visit_end = &self.visit_end;
-        let fresh = |r: &Rx, c: u32| visit_end.get(&c).is_none_or(|&e| r.last_seen >= e + lag);
+        let fresh = |r: &Rx, c: u32| visit_end.get(&c).is_none_or(|&e| r.status.highest_seq > e);
         let mut stale_needers = false;
         // Repairs first: a chunk some healthy receiver holds in part.
         let mut pick: Option<(usize, u32)> = None;
@@ -671,7 +672,10 @@ impl<S: FrameSource> Sender<S> {
             for step in 0..self.framed.len() {
                 let pos = (self.cursor + step) % self.framed.len();
                 let chunk = self.framed[pos];
-                if !setters.iter().any(|r| Self::needs(r, chunk) && fresh(r, chunk)) {
+                if !setters
+                    .iter()
+                    .any(|r| Self::needs(r, chunk) && fresh(r, chunk))
+                {
                     stale_needers |= setters.iter().any(|r| Self::needs(r, chunk));
                     continue;
                 }

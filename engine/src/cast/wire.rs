@@ -221,6 +221,10 @@ pub struct Status {
     pub loss_ppm: u32,
     /// Bytes decoded but not yet durable on disk.
     pub write_backlog: u64,
+    /// Highest sender sequence number processed: the status describes the
+    /// receiver's state after that packet, so the sender can tell a status
+    /// that predates its latest symbols from one that follows them.
+    pub highest_seq: u64,
     /// Chunks still needed, as ranges (start, count), lowest first.
     pub needed: Vec<(u32, u32)>,
     /// Whether more needed ranges exist beyond the last listed one.
@@ -241,6 +245,7 @@ impl Status {
         v.extend_from_slice(&self.chunks_done.to_le_bytes());
         v.extend_from_slice(&self.loss_ppm.to_le_bytes());
         v.extend_from_slice(&self.write_backlog.to_le_bytes());
+        v.extend_from_slice(&self.highest_seq.to_le_bytes());
         v.push(self.needed.len().min(Self::MAX_ENTRIES) as u8);
         v.push(self.deficits.len().min(Self::MAX_ENTRIES) as u8);
         for &(a, b) in self.needed.iter().take(Self::MAX_ENTRIES) {
@@ -256,16 +261,16 @@ impl Status {
 
     /// Decodes.
     pub fn parse(b: &[u8]) -> Result<Status, CastError> {
-        if b.len() < 27 {
+        if b.len() < 35 {
             return Err(CastError::Malformed("status too short"));
         }
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         let flags = b[8];
-        let (n_need, n_def) = (b[25] as usize, b[26] as usize);
+        let (n_need, n_def) = (b[33] as usize, b[34] as usize);
         if n_need > Self::MAX_ENTRIES
             || n_def > Self::MAX_ENTRIES
-            || b.len() != 27 + 8 * (n_need + n_def)
+            || b.len() != 35 + 8 * (n_need + n_def)
         {
             return Err(CastError::Malformed("status entry count"));
         }
@@ -282,8 +287,9 @@ impl Status {
             chunks_done: u32_at(9),
             loss_ppm: u32_at(13),
             write_backlog: u64_at(17),
-            needed: pairs(27, n_need),
-            deficits: pairs(27 + 8 * n_need, n_def),
+            highest_seq: u64_at(25),
+            needed: pairs(35, n_need),
+            deficits: pairs(35 + 8 * n_need, n_def),
         })
     }
 }
@@ -329,12 +335,24 @@ mod tests {
             chunks_done: 10,
             loss_ppm: 12_000,
             write_backlog: 1 << 20,
+            highest_seq: 12345,
             needed: vec![(3, 4), (100, 1)],
             needed_truncated: true,
             deficits: vec![(3, 17)],
         };
         assert_eq!(Status::parse(&s.emit()).unwrap(), s);
-        assert!(Status::parse(&s.emit()[..30]).is_err());
+        let bytes = s.emit();
+        for n in 0..bytes.len() {
+            assert!(Status::parse(&bytes[..n]).is_err(), "truncated to {n}");
+        }
+        // Any single byte changed: an error or a different status, never a panic.
+        for i in 0..bytes.len() {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                let _ = Status::parse(&b);
+            }
+        }
     }
 
     #[test]

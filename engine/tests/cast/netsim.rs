@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rackcast_engine::cast::CastError;
 use rackcast_engine::cast::{
     FrameSource, Receiver, ReceiverConfig, ReceiverEvent, ReedSolomon, Sender, SenderConfig,
     SenderEvent, SessionKey, Verdict,
 };
-use rackcast_engine::cast::CastError;
 use rackcast_engine::image::{ChunkData, ChunkDecoder, ChunkIndex};
 
 pub struct Rng(u64);
@@ -39,7 +39,11 @@ pub enum Loss {
     Uniform(f64),
     /// Gilbert–Elliott: enter the bad state with `enter`, leave with `exit`,
     /// lose `bad` of packets while in it.
-    Bursty { enter: f64, exit: f64, bad: f64 },
+    Bursty {
+        enter: f64,
+        exit: f64,
+        bad: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +84,9 @@ impl Link {
         out.clear();
         if let Some(rate) = self.spec.rate {
             let cap = 16.0 * 1500.0;
-            let dt = self.last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+            let dt = self
+                .last
+                .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
             self.last = Some(now);
             self.tokens = (self.tokens + dt * rate).min(cap);
             if self.tokens < len as f64 {
@@ -91,7 +97,11 @@ impl Link {
         let lost = match self.spec.loss {
             Loss::Uniform(p) => self.rng.chance(p),
             Loss::Bursty { enter, exit, bad } => {
-                self.bad = if self.bad { !self.rng.chance(exit) } else { self.rng.chance(enter) };
+                self.bad = if self.bad {
+                    !self.rng.chance(exit)
+                } else {
+                    self.rng.chance(enter)
+                };
                 self.bad && self.rng.chance(bad)
             }
         };
@@ -166,7 +176,9 @@ pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Durat
         cfg,
         fec.clone(),
         image.index.clone(),
-        MemSource { frames: image.frames.clone() },
+        MemSource {
+            frames: image.frames.clone(),
+        },
         t0,
     );
     let sender_addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
@@ -181,7 +193,13 @@ pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Durat
     let mut down: Vec<Link> = links
         .iter()
         .enumerate()
-        .map(|(i, s)| Link { spec: *s, rng: Rng::new(seed ^ (i as u64 + 1) * 7919), bad: false, tokens: 0.0, last: None })
+        .map(|(i, s)| Link {
+            spec: *s,
+            rng: Rng::new(seed ^ ((i as u64 + 1) * 7919)),
+            bad: false,
+            tokens: 0.0,
+            last: None,
+        })
         .collect();
     let mut up: Vec<Link> = links
         .iter()
@@ -190,7 +208,13 @@ pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Durat
             let mut spec = *s;
             spec.rate = None;
             spec.dup = 0.0;
-            Link { spec, rng: Rng::new(seed ^ (i as u64 + 1) * 104_729), bad: false, tokens: 0.0, last: None }
+            Link {
+                spec,
+                rng: Rng::new(seed ^ ((i as u64 + 1) * 104_729)),
+                bad: false,
+                tokens: 0.0,
+                last: None,
+            }
         })
         .collect();
     // (time, order, target: usize::MAX = sender, bytes)
@@ -333,7 +357,13 @@ pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Durat
     }
     for (i, h) in have.iter().enumerate() {
         if done_at[i].is_some() {
-            let missing = image.index.entries.iter().zip(h).filter(|(e, got)| e.data.frame().is_some() && !**got).count();
+            let missing = image
+                .index
+                .entries
+                .iter()
+                .zip(h)
+                .filter(|(e, got)| e.data.frame().is_some() && !**got)
+                .count();
             assert_eq!(missing, 0, "receiver {i} reported done without every frame");
         }
     }
@@ -382,5 +412,9 @@ pub fn make_image(source: Vec<u8>, chunk_size: u32) -> Image {
             _ => None,
         })
         .collect();
-    Image { index, frames, source }
+    Image {
+        index,
+        frames,
+        source,
+    }
 }

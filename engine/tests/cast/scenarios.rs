@@ -6,6 +6,8 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use rackcast_engine::cast::Verdict;
+
 use crate::netsim::{make_image, run, Image, LinkSpec, Loss, Outcome, Rng};
 
 /// 2 MiB: random, text-like, zero and repeated 64 KiB chunks.
@@ -39,6 +41,10 @@ fn scenario(image: &Image, name: &str, n: usize, seed: u64, f: impl Fn(usize) ->
     let links: Vec<LinkSpec> = (0..n).map(&f).collect();
     let out = run(image, &links, seed, RATE, LIMIT);
     assert_eq!(out.wrong_frames, 0, "{name}: a receiver got a wrong frame");
+    assert_eq!(out.verdicts.len(), n, "{name}: the sender lost track of receivers");
+    for (id, v) in &out.verdicts {
+        assert_eq!(*v, Verdict::Done, "{name}: receiver {id} ended {v:?}");
+    }
     Row {
         name: name.to_string(),
         n,
@@ -70,11 +76,21 @@ fn simulated_sessions_complete_and_match_the_snapshot() {
     let mut rows: Vec<Row> = Vec::new();
     for &n in &[1usize, 10, 100, 1000] {
         for &p in &[0.0, 0.01, 0.05, 0.20] {
-            rows.push(scenario(&image, &format!("uniform {:>2}%", (p * 100.0) as u32), n, 1, uniform(p)));
+            rows.push(scenario(
+                &image,
+                &format!("uniform {:>2}%", (p * 100.0) as u32),
+                n,
+                1,
+                uniform(p),
+            ));
         }
     }
     rows.push(scenario(&image, "bursty GE ~5%", 100, 2, |_| LinkSpec {
-        loss: Loss::Bursty { enter: 0.01, exit: 0.2, bad: 0.9 },
+        loss: Loss::Bursty {
+            enter: 0.01,
+            exit: 0.2,
+            bad: 0.9,
+        },
         ..LinkSpec::clean()
     }));
     rows.push(scenario(&image, "reorder+dup 1%", 100, 3, |_| LinkSpec {
@@ -85,7 +101,11 @@ fn simulated_sessions_complete_and_match_the_snapshot() {
     }));
     rows.push(scenario(&image, "late joiners", 100, 4, |i| LinkSpec {
         loss: Loss::Uniform(0.01),
-        join_at: if i % 5 == 0 { Duration::from_millis(150) } else { Duration::ZERO },
+        join_at: if i % 5 == 0 {
+            Duration::from_millis(150)
+        } else {
+            Duration::ZERO
+        },
         ..LinkSpec::clean()
     }));
     let mut s = scenario(&image, "straggler 10%", 10, 5, |i| LinkSpec {
@@ -123,9 +143,17 @@ fn simulated_sessions_complete_and_match_the_snapshot() {
             r.out.straggler_events
         )
         .unwrap();
-        assert!(r.out.finished_at.is_some(), "{}: session did not end", r.name);
+        assert!(
+            r.out.finished_at.is_some(),
+            "{}: session did not end",
+            r.name
+        );
         // Feedback per receiver stays bounded whatever N is.
-        assert!(status_rate < 150.0, "{}: {status_rate} statuses per receiver per second", r.name);
+        assert!(
+            status_rate < 150.0,
+            "{}: {status_rate} statuses per receiver per second",
+            r.name
+        );
     }
     print!("{table}");
 
@@ -135,9 +163,15 @@ fn simulated_sessions_complete_and_match_the_snapshot() {
         healthy_done(r).into_iter().fold(0.0, f64::max)
     };
     let ratio = t("uniform  1%", 1000) / t("uniform  1%", 1);
-    assert!(ratio <= 1.2, "1000 receivers at 1% loss take {ratio:.2}x a single receiver");
+    assert!(
+        ratio <= 1.2,
+        "1000 receivers at 1% loss take {ratio:.2}x a single receiver"
+    );
     let straggler = rows.last().unwrap();
-    assert!(straggler.out.done_at[0].is_some(), "the straggler never finished");
+    assert!(
+        straggler.out.done_at[0].is_some(),
+        "the straggler never finished"
+    );
     let healthy_straggler = healthy_done(straggler).into_iter().fold(0.0, f64::max);
     let healthy_clean = t("uniform  1%", 10);
     assert!(
@@ -150,6 +184,9 @@ fn simulated_sessions_complete_and_match_the_snapshot() {
         std::fs::write(&snap, &table).unwrap();
     } else {
         let want = std::fs::read_to_string(&snap).unwrap();
-        assert_eq!(table, want, "simulation table changed; review and rerun with RACKCAST_UPDATE_SNAPSHOTS=1");
+        assert_eq!(
+            table, want,
+            "simulation table changed; review and rerun with RACKCAST_UPDATE_SNAPSHOTS=1"
+        );
     }
 }

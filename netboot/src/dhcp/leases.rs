@@ -233,7 +233,7 @@ impl LeaseTable {
         match self.by_ip.get(&ip) {
             None => true,
             Some(m) if *m == mac => true,
-            Some(m) => self.by_mac.get(m).map_or(true, |l| l.expires <= now),
+            Some(m) => self.by_mac.get(m).is_none_or(|l| l.expires <= now),
         }
     }
 

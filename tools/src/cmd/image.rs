@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use rackcast_engine::image::{
-    self, create_image, hex, restore_image, ChunkKind, CreateOptions, ImageReader, ImageSigner,
-    RestoreOptions, TrustedKey,
+    self, create_image, hex, ChunkKind, CreateOptions, ImageReader, ImageSigner, TrustedKey,
 };
 
 use super::util::{human_bytes, parse_size, progress_bar, rate};
@@ -112,9 +111,61 @@ pub struct RestoreArgs {
     /// Require a valid signature by this public key before writing anything.
     #[arg(long, value_name = "PUB")]
     pub key: Option<PathBuf>,
-    /// Threads [default: all cores].
+    /// Decoder threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Hash what the target already holds and write only the chunks that differ.
+    #[arg(long)]
+    pub delta: bool,
+    /// Read back after the final flush: off, a sample of chunks, or all.
+    #[arg(long, value_enum, default_value = "sample")]
+    pub verify: VerifyArg,
+    /// Rewrite a chunk that reads back wrong up to this many times.
+    #[arg(long, default_value_t = 2)]
+    pub verify_retries: u32,
+    /// I/O engine: io_uring, positioned writes, or io_uring when available.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineArg,
+    /// io_uring queue depth.
+    #[arg(long, default_value_t = 32)]
+    pub queue_depth: u32,
+    /// Write a block device even if it (or one of its partitions) is mounted.
+    #[arg(long)]
+    pub force: bool,
+    /// Ignore and do not keep the resume bitmap of an interrupted restore.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Where resume bitmaps for block devices are kept.
+    #[arg(long, default_value = "/var/lib/rackcast")]
+    pub state_dir: PathBuf,
+    /// Cap the write rate, bytes per second (suffixes K, M, G); for tests.
+    #[arg(long, value_parser = parse_size, hide = true)]
+    pub max_rate: Option<u64>,
+    /// Checkpoint interval of the resume bitmap, in milliseconds.
+    #[arg(long, default_value_t = 1000, hide = true)]
+    pub checkpoint_ms: u64,
+}
+
+/// `--verify` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VerifyArg {
+    /// No read-back.
+    Off,
+    /// About one chunk in sixteen, plus the first and last.
+    Sample,
+    /// Every chunk.
+    Full,
+}
+
+/// `--engine` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    /// io_uring unless the kernel disables it.
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// Positioned writes.
+    Sync,
 }
 
 /// Options of `rackcast image keygen`.
@@ -134,7 +185,12 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Keygen(a) => keygen(&a),
         ImageCommand::Sample(a) => {
             super::sample::write_sample(&a.out, a.size, a.shape)?;
-            println!("wrote {} ({}, {:?})", a.out.display(), human_bytes(a.size), a.shape);
+            println!(
+                "wrote {} ({}, {:?})",
+                a.out.display(),
+                human_bytes(a.size),
+                a.shape
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -371,6 +427,7 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    use rackcast_agent::{EngineChoice, RestoreConfig, VerifyMode, WriterConfig};
     let r = ImageReader::open(&a.img).with_context(|| format!("opening {}", a.img.display()))?;
     if let Some(k) = &a.key {
         r.check_signature(&TrustedKey::load(k)?)
@@ -378,19 +435,68 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     let total = r.index().meta.source_size;
     let pb = progress_bar(total, "restoring");
-    let opts = RestoreOptions {
+    let cfg = RestoreConfig {
+        writer: WriterConfig {
+            engine: match a.engine {
+                EngineArg::Auto => EngineChoice::Auto,
+                EngineArg::Uring => EngineChoice::Uring,
+                EngineArg::Sync => EngineChoice::Sync,
+            },
+            queue_depth: a.queue_depth,
+            force: a.force,
+            resume: !a.no_resume,
+            state_dir: a.state_dir.clone(),
+            checkpoint_interval: std::time::Duration::from_millis(a.checkpoint_ms),
+            max_rate: a.max_rate,
+            ..WriterConfig::default()
+        },
         threads: threads(a.threads),
+        delta: a.delta,
+        verify: match a.verify {
+            VerifyArg::Off => VerifyMode::Off,
+            VerifyArg::Sample => VerifyMode::Sample,
+            VerifyArg::Full => VerifyMode::Full,
+        },
+        verify_retries: a.verify_retries,
     };
-    let s = restore_image(&r, &a.dest, &opts, &mut |n| pb.inc(n))
+    let s = rackcast_agent::restore(&r, &a.dest, &cfg, &mut |n| pb.inc(n))
         .with_context(|| format!("restoring {} to {}", a.img.display(), a.dest.display()))?;
     pb.finish_and_clear();
+    let w = &s.write;
     println!("restored  {} -> {}", a.img.display(), a.dest.display());
     println!("root      {}", hex(&r.root()));
     println!(
+        "engine    {}, {}, alignment {} (physical sector {})",
+        w.engine.map_or("none".into(), |e| e.to_string()),
+        if w.direct { "O_DIRECT" } else { "buffered" },
+        w.align,
+        w.physical_sector
+    );
+    println!(
         "written   {} in {} chunks, {} of zeros left as holes",
-        human_bytes(s.bytes_written),
-        s.chunks_written,
-        human_bytes(s.zero_bytes_skipped)
+        human_bytes(w.bytes_written),
+        w.chunks_written,
+        human_bytes(w.zero_bytes_skipped + w.zero_bytes_discarded)
+    );
+    println!(
+        "skipped   {} ({} bytes) in {} chunks already on the target{}",
+        human_bytes(w.bytes_matched),
+        w.bytes_matched,
+        w.chunks_matched,
+        if a.delta { "" } else { " (no --delta)" }
+    );
+    println!(
+        "resumed   {} ({} bytes) in {} chunks from an interrupted restore",
+        human_bytes(w.bytes_resumed),
+        w.bytes_resumed,
+        w.chunks_resumed
+    );
+    println!(
+        "verified  {} in {} chunks read back ({:?}), {} rewritten",
+        human_bytes(s.bytes_verified),
+        s.chunks_verified,
+        a.verify,
+        s.chunks_rewritten
     );
     println!(
         "time      {:.2} s, {} (flushed)",

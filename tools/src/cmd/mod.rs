@@ -1,5 +1,6 @@
 //! One module per `rackcast` subcommand.
 
+pub mod cast;
 pub mod demo;
 pub mod image;
 pub mod netboot;

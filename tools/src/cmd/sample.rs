@@ -54,9 +54,26 @@ fn next(s: &mut u64) -> u64 {
 
 fn fill_text(buf: &mut [u8], seed: &mut u64) {
     const WORDS: &[&[u8]] = &[
-        b"the ", b"disk ", b"image ", b"rack ", b"server ", b"kernel ", b"boot\n", b"0x7f3a ",
-        b"multicast ", b"chunk ", b"/usr/lib/", b"systemd[1]: ", b"Started ", b"\t", b"eth0 ",
-        b"link up ", b"10.0.3.17 ", b"ok\n", b"ERROR ", b"(pid 4711) ",
+        b"the ",
+        b"disk ",
+        b"image ",
+        b"rack ",
+        b"server ",
+        b"kernel ",
+        b"boot\n",
+        b"0x7f3a ",
+        b"multicast ",
+        b"chunk ",
+        b"/usr/lib/",
+        b"systemd[1]: ",
+        b"Started ",
+        b"\t",
+        b"eth0 ",
+        b"link up ",
+        b"10.0.3.17 ",
+        b"ok\n",
+        b"ERROR ",
+        b"(pid 4711) ",
     ];
     let mut i = 0;
     while i < buf.len() {
