@@ -41,7 +41,11 @@ fn scenario(image: &Image, name: &str, n: usize, seed: u64, f: impl Fn(usize) ->
     let links: Vec<LinkSpec> = (0..n).map(&f).collect();
     let out = run(image, &links, seed, RATE, LIMIT);
     assert_eq!(out.wrong_frames, 0, "{name}: a receiver got a wrong frame");
-    assert_eq!(out.verdicts.len(), n, "{name}: the sender lost track of receivers");
+    assert_eq!(
+        out.verdicts.len(),
+        n,
+        "{name}: the sender lost track of receivers"
+    );
     for (id, v) in &out.verdicts {
         assert_eq!(*v, Verdict::Done, "{name}: receiver {id} ended {v:?}");
     }

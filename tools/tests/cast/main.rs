@@ -13,7 +13,9 @@ use rig::Rig;
 const GROUP: &str = "239.255.77.1:7400";
 
 fn b3(p: &std::path::Path) -> String {
-    blake3::hash(&std::fs::read(p).unwrap()).to_hex().to_string()
+    blake3::hash(&std::fs::read(p).unwrap())
+        .to_hex()
+        .to_string()
 }
 
 struct Session {
@@ -32,10 +34,25 @@ fn session(tag: &str, receivers: usize, size: &str) -> Option<Session> {
     let key = dir.path().join("session.key");
     std::fs::write(&key, b"0123456789abcdef-rackcast-test-key").unwrap();
     let bin = env!("CARGO_BIN_EXE_rackcast");
-    let ok = |c: &mut std::process::Command| assert!(c.stdout(Stdio::null()).status().unwrap().success());
-    ok(std::process::Command::new(bin).args(["image", "sample"]).arg(&src).args(["--size", size]));
-    ok(std::process::Command::new(bin).args(["image", "create"]).arg(&src).arg(&img).args(["--chunk-size", "1M"]));
-    Some(Session { rig, dir, src, img, key })
+    let ok = |c: &mut std::process::Command| {
+        assert!(c.stdout(Stdio::null()).status().unwrap().success())
+    };
+    ok(std::process::Command::new(bin)
+        .args(["image", "sample"])
+        .arg(&src)
+        .args(["--size", size]));
+    ok(std::process::Command::new(bin)
+        .args(["image", "create"])
+        .arg(&src)
+        .arg(&img)
+        .args(["--chunk-size", "1M"]));
+    Some(Session {
+        rig,
+        dir,
+        src,
+        img,
+        key,
+    })
 }
 
 impl Session {
@@ -48,7 +65,18 @@ impl Session {
         let key = self.key.clone();
         let host = self.rig.receiver(r);
         self.rig.spawn(&host, &format!("recv-{r}"), |c| {
-            c.args(["cast", "recv"]).arg(&out).args(["--group", GROUP, "--iface", "eth0", "--timeout", "180", "--key-file"]).arg(&key);
+            c.args(["cast", "recv"])
+                .arg(&out)
+                .args([
+                    "--group",
+                    GROUP,
+                    "--iface",
+                    "eth0",
+                    "--timeout",
+                    "180",
+                    "--key-file",
+                ])
+                .arg(&key);
         })
     }
 
@@ -56,8 +84,20 @@ impl Session {
         let (img, key) = (self.img.clone(), self.key.clone());
         let host = self.rig.sender();
         self.rig.spawn(&host, "send", |c| {
-            c.args(["cast", "send"]).arg(&img).args(["--group", GROUP, "--iface", "eth0", "--rate", rate, "--max-wait", "20", "--deadline", "150"]);
-            c.args(["--min-receivers", &n.to_string(), "--key-file"]).arg(&key);
+            c.args(["cast", "send"]).arg(&img).args([
+                "--group",
+                GROUP,
+                "--iface",
+                "eth0",
+                "--rate",
+                rate,
+                "--max-wait",
+                "20",
+                "--deadline",
+                "150",
+            ]);
+            c.args(["--min-receivers", &n.to_string(), "--key-file"])
+                .arg(&key);
         })
     }
 
@@ -65,7 +105,11 @@ impl Session {
     fn check_outputs(&self, n: usize) {
         let want = b3(&self.src);
         for r in 0..n {
-            assert_eq!(b3(&self.out(r)), want, "receiver {r}'s target differs from the source");
+            assert_eq!(
+                b3(&self.out(r)),
+                want,
+                "receiver {r}'s target differs from the source"
+            );
         }
     }
 }
@@ -79,18 +123,45 @@ fn field(text: &str, key: &str) -> String {
 
 #[test]
 fn four_receivers_lossless_and_a_forger_changes_nothing() {
-    let Some(mut s) = session("a", 5, "48M") else { return };
+    let Some(mut s) = session("a", 5, "48M") else {
+        return;
+    };
     // A second sender on the group with the wrong key and another image.
     let other = s.dir.path().join("other.raw");
     let other_img = s.dir.path().join("other.rcimg");
     let bin = env!("CARGO_BIN_EXE_rackcast");
-    std::process::Command::new(bin).args(["image", "sample"]).arg(&other).args(["--size", "8M", "--shape", "random"]).stdout(Stdio::null()).status().unwrap();
-    std::process::Command::new(bin).args(["image", "create"]).arg(&other).arg(&other_img).stdout(Stdio::null()).status().unwrap();
+    std::process::Command::new(bin)
+        .args(["image", "sample"])
+        .arg(&other)
+        .args(["--size", "8M", "--shape", "random"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    std::process::Command::new(bin)
+        .args(["image", "create"])
+        .arg(&other)
+        .arg(&other_img)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     let wrong = s.dir.path().join("wrong.key");
     std::fs::write(&wrong, b"this is not the session key at all").unwrap();
     let forger_host = s.rig.receiver(4);
     let forger = s.rig.spawn(&forger_host, "forger", |c| {
-        c.args(["cast", "send"]).arg(&other_img).args(["--group", GROUP, "--iface", "eth0", "--max-wait", "0", "--deadline", "60", "--key-file"]).arg(&wrong);
+        c.args(["cast", "send"])
+            .arg(&other_img)
+            .args([
+                "--group",
+                GROUP,
+                "--iface",
+                "eth0",
+                "--max-wait",
+                "0",
+                "--deadline",
+                "60",
+                "--key-file",
+            ])
+            .arg(&wrong);
     });
     let rx: Vec<usize> = (0..4).map(|r| s.recv(r)).collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -101,7 +172,10 @@ fn four_receivers_lossless_and_a_forger_changes_nothing() {
     for r in rx {
         let o = s.rig.wait(r, Duration::from_secs(30));
         assert!(o.success, "receiver failed:\n{}", o.text);
-        assert_eq!(field(&o.text, "verified"), format!("ok ({} chunks read back)", 48));
+        assert_eq!(
+            field(&o.text, "verified"),
+            format!("ok ({} chunks read back)", 48)
+        );
         let dropped = field(&o.text, "dropped");
         let bad_mac: u64 = dropped.split_whitespace().next().unwrap().parse().unwrap();
         assert!(bad_mac > 0, "the forger's packets never arrived: {dropped}");
@@ -112,7 +186,9 @@ fn four_receivers_lossless_and_a_forger_changes_nothing() {
 
 #[test]
 fn four_receivers_with_loss_a_burst_and_a_restart() {
-    let Some(mut s) = session("b", 4, "48M") else { return };
+    let Some(mut s) = session("b", 4, "48M") else {
+        return;
+    };
     for r in 0..4 {
         s.rig.loss(&s.rig.receiver(r), 0.02);
     }
@@ -134,7 +210,10 @@ fn four_receivers_with_loss_a_burst_and_a_restart() {
         assert!(o.success, "receiver {r} failed:\n{}", o.text);
         if r == 2 {
             let written = field(&o.text, "written");
-            assert!(!written.contains("(0 chunks already"), "the restarted receiver resumed nothing: {written}");
+            assert!(
+                !written.contains("(0 chunks already"),
+                "the restarted receiver resumed nothing: {written}"
+            );
         }
     }
     s.check_outputs(4);
@@ -142,7 +221,9 @@ fn four_receivers_with_loss_a_burst_and_a_restart() {
 
 #[test]
 fn sixteen_receivers_with_loss() {
-    let Some(mut s) = session("c", 16, "32M") else { return };
+    let Some(mut s) = session("c", 16, "32M") else {
+        return;
+    };
     for r in 0..16 {
         s.rig.loss(&s.rig.receiver(r), 0.02);
     }
@@ -151,7 +232,12 @@ fn sixteen_receivers_with_loss() {
     let start = Instant::now();
     let tx = s.send(16, "200M");
     let out = s.rig.wait(tx, Duration::from_secs(170));
-    assert!(out.success, "sender failed after {:?}:\n{}", start.elapsed(), out.text);
+    assert!(
+        out.success,
+        "sender failed after {:?}:\n{}",
+        start.elapsed(),
+        out.text
+    );
     assert_eq!(field(&out.text, "result"), "16/16 receivers done");
     for (r, p) in rx.into_iter().enumerate() {
         let o = s.rig.wait(p, Duration::from_secs(30));

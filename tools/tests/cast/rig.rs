@@ -27,8 +27,15 @@ fn sh(args: &[&str]) -> bool {
 }
 
 fn must(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Rig {
@@ -55,19 +62,51 @@ impl Rig {
         let sw = format!("{}sw", rig.prefix);
         must(&["ip", "netns", "add", &sw]);
         rig.hosts.push(sw.clone());
-        must(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
+        must(&[
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         must(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
         for i in 0..=receivers {
             let host = format!("{}h{i}", rig.prefix);
             must(&["ip", "netns", "add", &host]);
             rig.hosts.push(host.clone());
             let port = format!("p{i}");
-            must(&["ip", "link", "add", "eth0", "netns", &host, "type", "veth", "peer", "name", &port, "netns", &sw]);
+            must(&[
+                "ip", "link", "add", "eth0", "netns", &host, "type", "veth", "peer", "name", &port,
+                "netns", &sw,
+            ]);
             must(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
             must(&["ip", "-n", &host, "link", "set", "lo", "up"]);
             must(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
-            must(&["ip", "-n", &host, "addr", "add", &format!("10.77.{}.{}/16", i / 200, i % 200 + 2), "dev", "eth0"]);
-            must(&["ip", "-n", &host, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+            must(&[
+                "ip",
+                "-n",
+                &host,
+                "addr",
+                "add",
+                &format!("10.77.{}.{}/16", i / 200, i % 200 + 2),
+                "dev",
+                "eth0",
+            ]);
+            must(&[
+                "ip",
+                "-n",
+                &host,
+                "route",
+                "add",
+                "224.0.0.0/4",
+                "dev",
+                "eth0",
+            ]);
         }
         Some(rig)
     }
@@ -84,22 +123,57 @@ impl Rig {
 
     /// Drops a random fraction of UDP arriving at `host`.
     pub fn loss(&self, host: &str, p: f64) {
-        must(&["ip", "netns", "exec", host, "iptables", "-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode", "random", "--probability", &p.to_string(), "-j", "DROP"]);
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            host,
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p.to_string(),
+            "-j",
+            "DROP",
+        ]);
     }
 
     /// Drops (or stops dropping) all UDP arriving at `host`: a loss burst.
     pub fn block(&self, host: &str, on: bool) {
-        must(&["ip", "netns", "exec", host, "iptables", if on { "-I" } else { "-D" }, "INPUT", "-p", "udp", "-j", "DROP"]);
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            host,
+            "iptables",
+            if on { "-I" } else { "-D" },
+            "INPUT",
+            "-p",
+            "udp",
+            "-j",
+            "DROP",
+        ]);
     }
 
     /// Starts `rackcast` in `host`; returns a handle for `wait` / `kill`.
     pub fn spawn(&mut self, host: &str, name: &str, args: impl FnOnce(&mut Command)) -> usize {
-        let log = self.logs.path().join(format!("{name}-{}.log", self.children.len()));
+        let log = self
+            .logs
+            .path()
+            .join(format!("{name}-{}.log", self.children.len()));
         let f = std::fs::File::create(&log).unwrap();
         let mut c = Command::new("ip");
         c.args(["netns", "exec", host, env!("CARGO_BIN_EXE_rackcast")]);
         args(&mut c);
-        c.stdout(f.try_clone().unwrap()).stderr(f).stdin(Stdio::null());
+        c.stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null());
         let child = c.spawn().expect("start rackcast");
         self.children.push(Some((name.to_string(), child, log)));
         self.children.len() - 1
@@ -157,6 +231,10 @@ fn nix_is_root() -> bool {
     // SAFETY-free: read our effective uid from procfs.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
