@@ -1,5 +1,6 @@
 //! TFTP: wire format, the sans-IO transfer state machine and the tokio shell.
 
+mod batch;
 pub mod packet;
 pub mod server;
 pub mod transfer;

@@ -3,7 +3,9 @@
 //!
 //! Tasks are cheap green threads on the runtime's few worker threads, so
 //! thousands of transfers cost thousands of small futures, not threads, and
-//! every transfer of one file shares one `Bytes` buffer.
+//! every transfer of one file shares one `Bytes` buffer. A window of DATA
+//! goes out in one GSO send (see `batch`), and each transfer keeps one timer
+//! that it moves about once per timeout rather than once per packet.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+use super::batch::Batch;
 use super::packet::{error_packet, ErrorCode, Packet};
-use super::transfer::{Outcome, Transfer, TransferLimits};
+use super::transfer::{Outcome, Transfer, TransferLimits, Transmit};
 use crate::error::{Error, Result};
 use crate::events::{BootEvent, Events, Step};
 use crate::files::FileTree;
@@ -233,21 +236,49 @@ impl Job {
                 n.windowsize.unwrap_or(1)
             ),
         });
-        let mut out = Vec::with_capacity(65536);
+        let mut batch = Batch::new(&sock, 4 + usize::from(n.blksize.unwrap_or(512)));
         let mut inbuf = vec![0u8; 65536];
+        // One timer per transfer, moved only when the deadline comes earlier
+        // or the timer has fired: in a steady transfer every ACK pushes the
+        // deadline later, and an early wake-up is harmless (the transfer
+        // ignores it), so the timer is touched about once per timeout
+        // instead of once per packet.
+        let idle = Duration::from_secs(1);
+        let mut armed = Instant::now() + idle;
+        let mut fired = false;
+        let timer = tokio::time::sleep_until(armed.into());
+        tokio::pin!(timer);
         loop {
-            while let Some(tx) = t.poll_transmit(Instant::now()) {
-                tx.write_to(&mut out);
-                // A send error (ICMP unreachable) is handled like loss.
-                let _ = sock.send(&out).await;
+            let mut now = Instant::now();
+            // A window goes out as one batch; the OACK alone.
+            while let Some(tx) = t.poll_transmit(now) {
+                let len = match &tx {
+                    Transmit::Data { payload, .. } => 4 + payload.len(),
+                    Transmit::Control(_) => usize::MAX,
+                };
+                if !batch.fits(len) {
+                    batch.flush(&sock).await;
+                    now = Instant::now();
+                }
+                batch.push(|out| tx.append_to(out));
             }
+            batch.flush(&sock).await;
+            now = Instant::now();
             if let Some(o) = t.outcome() {
                 return Ok((o.clone(), t.len()));
             }
-            let deadline = t
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let deadline = t.poll_timeout();
+            let rearm = match deadline {
+                Some(d) => (fired || d < armed).then_some(d),
+                None => fired.then(|| now + idle),
+            };
+            if let Some(d) = rearm {
+                armed = d;
+                fired = false;
+                timer.as_mut().reset(d.into());
+            }
             tokio::select! {
+                biased;
                 r = sock.recv(&mut inbuf) => {
                     if let Ok(len) = r {
                         match Packet::parse(&inbuf[..len]) {
@@ -256,7 +287,10 @@ impl Job {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => t.handle_timeout(Instant::now()),
+                _ = &mut timer => {
+                    fired = true;
+                    t.handle_timeout(Instant::now());
+                }
             }
         }
     }

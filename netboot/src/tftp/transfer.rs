@@ -74,6 +74,11 @@ impl Transmit {
     /// Writes the datagram into `out` (cleared first).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         out.clear();
+        self.append_to(out);
+    }
+
+    /// Appends the datagram to `out`.
+    pub fn append_to(&self, out: &mut Vec<u8>) {
         match self {
             Transmit::Data { block, payload } => Packet::Data {
                 block: *block,
