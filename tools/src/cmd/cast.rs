@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use rackcast_engine::cast::net::{self, NetConfig};
-use rackcast_engine::cast::sink::FileSink;
+use rackcast_engine::cast::sink::{FileSink, ReadBack};
 use rackcast_engine::cast::wire::symbol_size_for_mtu;
 use rackcast_engine::cast::{
     CastError, FrameSource, ReceiverConfig, ReedSolomon, Sender, SenderConfig, SenderEvent,
@@ -87,9 +87,24 @@ pub struct RecvArgs {
     /// Do not look for chunks already correct on the target.
     #[arg(long)]
     pub no_resume: bool,
+    /// Read back after the final flush: off, a sample of chunks, or all
+    /// (every chunk is checked against the index before it is written anyway).
+    #[arg(long, value_enum, default_value = "sample")]
+    pub verify: VerifyArg,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
+}
+
+/// Read-back after the final flush.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VerifyArg {
+    /// No read-back.
+    Off,
+    /// About one chunk in sixteen, plus the first and last.
+    Sample,
+    /// Every chunk.
+    Full,
 }
 
 /// Runs `rackcast cast ...`.
@@ -162,6 +177,7 @@ fn send(a: &SendArgs) -> anyhow::Result<ExitCode> {
     };
     let sock = net::sender_socket(&netcfg)?;
     let stored = index.stored_bytes();
+    let image_size = index.meta.source_size;
     let now = Instant::now();
     let mut sender = Sender::new(cfg, Arc::new(ReedSolomon), index, ImageFrames(reader), now);
     eprintln!(
@@ -228,8 +244,8 @@ fn send(a: &SendArgs) -> anyhow::Result<ExitCode> {
         st.repair_symbols as f64 * 100.0 / st.source_symbols.max(1) as f64
     );
     println!(
-        "time        {secs:.2} s, {:.1} MB/s of image delivered",
-        stored as f64 / secs / 1e6
+        "time        {secs:.2} s, {:.1} MB/s of image delivered (source bytes per second)",
+        image_size as f64 / secs / 1e6
     );
     println!("stragglers  {stragglers}");
     for (id, v) in &verdicts {
@@ -274,7 +290,12 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
     };
     let sock = net::receiver_socket(&netcfg)?;
     let mut rx = rackcast_engine::cast::Receiver::new(cfg, Arc::new(ReedSolomon), Instant::now());
-    let mut sink = FileSink::new(&a.dest, !a.no_resume);
+    let read_back = match a.verify {
+        VerifyArg::Off => ReadBack::Off,
+        VerifyArg::Sample => ReadBack::Sample,
+        VerifyArg::Full => ReadBack::Full,
+    };
+    let mut sink = FileSink::new(&a.dest, !a.no_resume, read_back);
     eprintln!(
         "receiver {id:016x} joined {} on {} ({iface_addr}), writing {}",
         a.group.group,

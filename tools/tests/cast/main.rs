@@ -74,6 +74,8 @@ impl Session {
                     "eth0",
                     "--timeout",
                     "180",
+                    "--verify",
+                    "full",
                     "--key-file",
                 ])
                 .arg(&key);
