@@ -129,7 +129,24 @@ pub fn create_image(
 
     let mut entries: Vec<ChunkEntry> = Vec::with_capacity(count as usize);
     let mut pos = HEADER_LEN as u64;
+    // Write-behind: a flusher thread syncs what is written so far every
+    // FLUSH_EVERY bytes, so the disk works while the cores compress and the
+    // final flush only waits for the tail.
+    const FLUSH_EVERY: u64 = 64 << 20;
+    let flusher_file = outf
+        .try_clone()
+        .map_err(|e| ImageError::io("opening", &partial, e))?;
+    let (flush_tx, flush_rx) = bounded::<()>(1);
+    let mut next_flush = FLUSH_EVERY;
     std::thread::scope(|s| -> Result<()> {
+        // Owned here so that an early error return closes every channel and
+        // lets the pipeline threads exit instead of blocking the scope.
+        let (done_rx, free_tx, flush_tx) = (done_rx, free_tx, flush_tx);
+        s.spawn(move || {
+            for () in flush_rx {
+                let _ = flusher_file.sync_data();
+            }
+        });
         let reader_done = done_tx.clone();
         s.spawn(move || {
             if let Err(e) = read_chunks(file, src, info.size, chunk_size, &free_rx, &work_tx) {
@@ -161,12 +178,18 @@ pub fn create_image(
                 let len = d.buf.len();
                 let entry = commit(&mut outf, &partial, &mut pos, &committed, &d)?;
                 entries.push(entry);
+                if pos >= next_flush {
+                    next_flush = pos + FLUSH_EVERY;
+                    // Busy flusher: skip, the next threshold catches up.
+                    let _ = flush_tx.try_send(());
+                }
                 // The reader may have finished: a closed pool is fine.
                 let _ = free_tx.send(d.buf);
                 progress(len as u64);
                 next += 1;
             }
         }
+        drop(flush_tx);
         Ok(())
     })?;
 
