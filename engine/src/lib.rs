@@ -6,3 +6,4 @@
 
 pub mod cast;
 pub mod image;
+pub mod sched;

@@ -1,0 +1,605 @@
+//! The wire types of the deployment server's two HTTP APIs: the operator API
+//! (`/api/v1/...`, REST/JSON + server-sent events, operator token) and the
+//! agent API (`/agent/v1/...`, JSON, enrollment token then a per-boot token).
+//!
+//! Both ends (server, agent, CLI) share these types, so a field renamed here is
+//! renamed everywhere. Every request carries `Authorization: Bearer TOKEN`.
+//!
+//! Operator API:
+//!
+//! | method and path                        | body -> answer                          |
+//! |----------------------------------------|-----------------------------------------|
+//! | `GET  /api/v1/targets`                 | -> `[TargetView]`                       |
+//! | `GET  /api/v1/targets/{mac}`           | -> `TargetView`                         |
+//! | `POST /api/v1/targets/{mac}/release`   | -> `TargetView` (clears a failure hold) |
+//! | `GET  /api/v1/images`                  | -> `[ImageView]`                        |
+//! | `PUT  /api/v1/images/{name}`           | image file bytes -> `ImageView`         |
+//! | `GET  /api/v1/environments`            | -> `[Environment]`                      |
+//! | `PUT  /api/v1/environments/{name}`     | `Environment` -> `Environment`          |
+//! | `POST /api/v1/jobs`                    | `JobSpec` -> `JobView`                  |
+//! | `GET  /api/v1/jobs`                    | -> `[JobView]`                          |
+//! | `GET  /api/v1/jobs/{id}`               | -> `JobView`                            |
+//! | `POST /api/v1/jobs/{id}/retry`         | -> `JobView` (failed targets run again) |
+//! | `POST /api/v1/jobs/{id}/cancel`        | -> `JobView`                            |
+//! | `GET  /api/v1/events?job=ID&since=SEQ` | -> `text/event-stream` of `EventRecord` |
+//!
+//! Agent API:
+//!
+//! | method and path                              | body -> answer                     |
+//! |----------------------------------------------|------------------------------------|
+//! | `POST /agent/v1/register` (enrollment token) | `RegisterRequest` -> `Registered`  |
+//! | `POST /agent/v1/poll` (boot token)           | `PollRequest` -> `Directive`       |
+//! | `POST /agent/v1/report` (boot token)         | `ReportRequest` -> `ReportAck`     |
+//! | `PUT  /agent/v1/images/{name}?job=J&task=T&attempt=A` | image bytes -> `ImageView` |
+//!
+//! Errors are JSON `ApiError` with a 4xx/5xx status.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch: the scheduler's clock (an input).
+pub type Millis = u64;
+
+/// A job's id.
+pub type JobId = u64;
+
+/// The environment name that means "the target's own disk".
+pub const LOCAL_ENV: &str = "local";
+
+/// An error answer from either API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+// ---------------------------------------------------------------- jobs
+
+/// A job as submitted: tasks run in order on every listed target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A name for people.
+    #[serde(default)]
+    pub name: String,
+    /// Target MACs (`aa:bb:cc:dd:ee:ff`).
+    pub targets: Vec<String>,
+    /// When the cast session of a Distribute Disk Image task starts.
+    #[serde(default)]
+    pub cast: CastPolicy,
+    /// The tasks, in order (`[[task]]` in TOML).
+    #[serde(rename = "task", alias = "tasks")]
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// When a cast session starts: the first of the set conditions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CastPolicy {
+    /// Start when this many targets have joined (default: all the job's targets).
+    #[serde(default)]
+    pub min_targets: Option<usize>,
+    /// ...or this many seconds after the first joined.
+    #[serde(default)]
+    pub max_wait: Option<u64>,
+    /// ...or at this time (Unix seconds).
+    #[serde(default)]
+    pub start_at: Option<u64>,
+    /// Rate ceiling in bytes/s (default: the server's).
+    #[serde(default)]
+    pub rate: Option<u64>,
+}
+
+impl Default for CastPolicy {
+    fn default() -> Self {
+        CastPolicy {
+            min_targets: None,
+            max_wait: Some(60),
+            start_at: None,
+            rate: None,
+        }
+    }
+}
+
+/// One task of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// What to do.
+    #[serde(flatten)]
+    pub kind: TaskKind,
+    /// The environment the task runs in (default: the server's default).
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Seconds before an attempt is failed (default per kind).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    /// Attempts after the first before the target is held as failed.
+    #[serde(default)]
+    pub retries: u32,
+}
+
+/// The kinds of task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Create Disk Image: capture `disk` into the image library as `image`.
+    Create {
+        /// Name in the image library.
+        image: String,
+        /// Disk to read (default: the agent's `--disk`).
+        #[serde(default)]
+        disk: Option<String>,
+    },
+    /// Distribute Disk Image: multicast `image` onto `disk`.
+    Distribute {
+        /// Name in the image library.
+        image: String,
+        /// Disk to write (default: the agent's `--disk`).
+        #[serde(default)]
+        disk: Option<String>,
+        /// Read-back after the final flush.
+        #[serde(default)]
+        verify: VerifyMode,
+    },
+    /// Run Script: run `script` with `interpreter`; success is `expect_exit`.
+    Script {
+        /// The script text.
+        script: String,
+        /// Interpreter (default `/bin/sh`).
+        #[serde(default)]
+        interpreter: Option<String>,
+        /// Exit code that counts as success.
+        #[serde(default)]
+        expect_exit: i32,
+    },
+    /// Reboot into an environment (`local`: the target's own disk).
+    Reboot {
+        /// Where to.
+        to: String,
+    },
+}
+
+impl TaskKind {
+    /// A short word for the kind.
+    pub fn word(&self) -> &'static str {
+        match self {
+            TaskKind::Create { .. } => "create",
+            TaskKind::Distribute { .. } => "distribute",
+            TaskKind::Script { .. } => "script",
+            TaskKind::Reboot { .. } => "reboot",
+        }
+    }
+}
+
+/// Read-back after writing a disk.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyMode {
+    /// No read-back (every chunk is still checked before it is written).
+    Off,
+    /// About one chunk in sixteen, plus the first and last.
+    #[default]
+    Sample,
+    /// Every chunk.
+    Full,
+}
+
+// ---------------------------------------------------------------- views
+
+/// A target's state, as the operator sees it. Every transient state has a
+/// deadline (Unix ms) after which the scheduler acts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum TargetState {
+    /// Named in a job, never heard from.
+    Unknown,
+    /// The agent is up in `env` and has nothing to do.
+    Waiting {
+        /// Environment it runs in.
+        env: String,
+    },
+    /// Told to reboot into `env`; its agent must register from there by `deadline`.
+    RebootingTo {
+        /// Environment it boots into.
+        env: String,
+        /// Unix ms.
+        deadline: Millis,
+    },
+    /// Running a task.
+    Running {
+        /// Job.
+        job: JobId,
+        /// Task index in the job.
+        task: u32,
+        /// Attempt, from 1.
+        attempt: u32,
+        /// Unix ms.
+        deadline: Millis,
+    },
+    /// Failed; held until an operator retries the job or releases the target.
+    Failed {
+        /// Job.
+        job: JobId,
+        /// Task index.
+        task: u32,
+        /// Why.
+        error: String,
+    },
+    /// No work left: booting (or booted) its local disk.
+    Local,
+}
+
+impl TargetState {
+    /// The state's name, as in the JSON `state` field.
+    pub fn word(&self) -> &'static str {
+        match self {
+            TargetState::Unknown => "unknown",
+            TargetState::Waiting { .. } => "waiting",
+            TargetState::RebootingTo { .. } => "rebooting-to",
+            TargetState::Running { .. } => "running",
+            TargetState::Failed { .. } => "failed",
+            TargetState::Local => "local",
+        }
+    }
+}
+
+/// What the agent reported about its machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inventory {
+    /// Host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// CPU model.
+    #[serde(default)]
+    pub cpu: String,
+    /// Logical CPUs.
+    #[serde(default)]
+    pub cpus: u32,
+    /// Memory in bytes.
+    #[serde(default)]
+    pub memory: u64,
+    /// Disks.
+    #[serde(default)]
+    pub disks: Vec<DiskInfo>,
+    /// Network interfaces.
+    #[serde(default)]
+    pub nics: Vec<NicInfo>,
+}
+
+/// A disk the agent sees.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Device path or file.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Serial number, where the kernel knows one.
+    #[serde(default)]
+    pub serial: String,
+    /// Model.
+    #[serde(default)]
+    pub model: String,
+}
+
+/// A network interface the agent sees.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NicInfo {
+    /// Kernel name.
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// IPv4 addresses.
+    #[serde(default)]
+    pub ipv4: Vec<String>,
+}
+
+/// Progress of the running task.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in all (0 when unknown).
+    pub total: u64,
+    /// Bytes per second now.
+    pub rate: f64,
+    /// A short line for people.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A target, for the operator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetView {
+    /// MAC.
+    pub mac: String,
+    /// Name (host name or operator's).
+    pub name: String,
+    /// State.
+    #[serde(flatten)]
+    pub state: TargetState,
+    /// Environment the agent last registered from (`local` when none).
+    pub env: String,
+    /// Inventory.
+    pub inventory: Inventory,
+    /// Unix ms the agent was last heard from (0: never).
+    pub last_seen: Millis,
+    /// Progress of the running task.
+    pub progress: Option<Progress>,
+    /// Jobs queued or running for it, in order.
+    pub jobs: Vec<JobId>,
+}
+
+/// How far a job got on one target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetRun {
+    /// MAC.
+    pub mac: String,
+    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    pub status: String,
+    /// Current task index (= tasks count when done).
+    pub task: u32,
+    /// Attempt of the current task.
+    pub attempt: u32,
+    /// Last error.
+    pub error: Option<String>,
+    /// Progress of the current task.
+    pub progress: Option<Progress>,
+    /// Tail of the last task's output (Run Script) or result line.
+    pub log: String,
+}
+
+/// A job, for the operator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobView {
+    /// Id.
+    pub id: JobId,
+    /// Name.
+    pub name: String,
+    /// `running`, `done`, `failed` (some target failed, none running) or `cancelled`.
+    pub status: String,
+    /// The spec as submitted.
+    pub spec: JobSpec,
+    /// Per target.
+    pub targets: Vec<TargetRun>,
+    /// Unix ms.
+    pub created: Millis,
+}
+
+/// An image in the library.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageView {
+    /// Name.
+    pub name: String,
+    /// Root hash (hex).
+    pub root: String,
+    /// Disk size it restores to.
+    pub source_size: u64,
+    /// Bytes of the image file.
+    pub stored_size: u64,
+    /// Chunks.
+    pub chunks: u64,
+    /// Signed?
+    pub signed: bool,
+}
+
+/// An automation environment: what a target boots to run the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Name, e.g. `linux-x64`.
+    pub name: String,
+    /// Kernel, a path under the server's boot root.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Initramfs, a path under the boot root.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Kernel command line (`{server}` is replaced by the server URL, `{token}`
+    /// by the enrollment token, `{env}` by the name).
+    #[serde(default)]
+    pub cmdline: String,
+    /// Or an EFI / iPXE file to chain instead of kernel + initrd.
+    #[serde(default)]
+    pub boot_file: Option<String>,
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    /// Sequence number, from 1, gap-free.
+    pub seq: u64,
+    /// Unix ms.
+    pub at: Millis,
+    /// Who: `operator`, `agent`, `scheduler` or `server`.
+    pub actor: String,
+    /// What, e.g. `target.state`, `task.started`, `task.finished`, `job.submitted`.
+    pub kind: String,
+    /// Target MAC, where it concerns one.
+    pub target: Option<String>,
+    /// Job, where it concerns one.
+    pub job: Option<JobId>,
+    /// Task index, where it concerns one.
+    pub task: Option<u32>,
+    /// Details for people and scripts.
+    pub detail: serde_json::Value,
+}
+
+// ---------------------------------------------------------------- agent API
+
+/// Which run of which task: `(job, task index, attempt)`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskRef {
+    /// Job.
+    pub job: JobId,
+    /// Task index in the job.
+    pub task: u32,
+    /// Attempt, from 1.
+    pub attempt: u32,
+}
+
+/// First call of an agent after it starts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisterRequest {
+    /// The target's identity.
+    pub mac: String,
+    /// Environment the agent runs in (from the kernel command line or `--env`).
+    pub env: String,
+    /// The machine.
+    pub inventory: Inventory,
+    /// A task it is still running from before it lost the server.
+    #[serde(default)]
+    pub running: Option<TaskRef>,
+    /// Agent version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Registered {
+    /// Token for this boot's further calls.
+    pub token: String,
+    /// Seconds the server holds a poll open when there is nothing to do.
+    pub poll_wait: u64,
+}
+
+/// A long poll for the next directive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PollRequest {
+    /// The target's identity.
+    pub mac: String,
+    /// The task the agent is running now, if any.
+    #[serde(default)]
+    pub running: Option<TaskRef>,
+    /// Seconds the server may hold the poll (capped by the server).
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
+/// What the server tells an agent to do next.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "directive", rename_all = "kebab-case")]
+pub enum Directive {
+    /// Nothing now: poll again.
+    Wait,
+    /// Run this task.
+    Run {
+        /// Which run.
+        task: TaskRef,
+        /// What to do.
+        work: Work,
+        /// Seconds before the server fails the attempt.
+        timeout: u64,
+    },
+    /// Set a one-time network boot into `env` and reboot (`local`: boot the disk).
+    Reboot {
+        /// Environment to boot next.
+        env: String,
+        /// When this reboot is itself a Reboot task, the run to report done first.
+        task: Option<TaskRef>,
+    },
+    /// No work left: reboot into the local disk (local test agents exit).
+    BootLocal,
+    /// The agent's boot token is not known: register again.
+    Register,
+}
+
+/// The work of a [`Directive::Run`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Work {
+    /// Capture `disk` and upload it as `image`.
+    Create {
+        /// Image name.
+        image: String,
+        /// Disk (None: the agent's default disk).
+        disk: Option<String>,
+    },
+    /// Join a cast session and write the image to `disk`.
+    Distribute {
+        /// Image name.
+        image: String,
+        /// The image root (hex): the receiver accepts only this image.
+        root: String,
+        /// Disk (None: the agent's default disk).
+        disk: Option<String>,
+        /// Read-back.
+        verify: VerifyMode,
+        /// The session to join.
+        cast: CastJoin,
+    },
+    /// Run a script.
+    Script {
+        /// Script text.
+        script: String,
+        /// Interpreter.
+        interpreter: String,
+        /// Exit code that counts as success.
+        expect_exit: i32,
+    },
+}
+
+/// How to join a cast session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CastJoin {
+    /// Multicast group and port, e.g. `239.255.42.1:7400`.
+    pub group: String,
+    /// The packet MAC key (hex).
+    pub key: String,
+    /// The wire session id: packets of any other session are dropped.
+    pub session: u64,
+    /// Receiver id to use (stable per target, so a restarted agent is the
+    /// same receiver to the sender).
+    pub receiver: u64,
+}
+
+/// A report about a running task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportRequest {
+    /// The target's identity.
+    pub mac: String,
+    /// Which run.
+    pub task: TaskRef,
+    /// What happened.
+    pub report: TaskReport,
+}
+
+/// What an agent reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "report", rename_all = "kebab-case")]
+pub enum TaskReport {
+    /// The agent began (or, after losing the server, is still on) the task.
+    Started,
+    /// Progress.
+    Progress(Progress),
+    /// Output lines (Run Script), appended to the task's log.
+    Log {
+        /// Text.
+        text: String,
+    },
+    /// The cast stream stalled or the session ended early: the agent wants a
+    /// (new) session for the same task; what it wrote stays.
+    Rejoin {
+        /// Why.
+        reason: String,
+    },
+    /// The task ended. The commit point: only this marks a task done.
+    Finished {
+        /// Success?
+        ok: bool,
+        /// Why not.
+        #[serde(default)]
+        error: Option<String>,
+        /// A short result line (root, exit code, bytes...).
+        #[serde(default)]
+        summary: String,
+    },
+}
+
+/// The answer to a report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportAck {
+    /// False when the server no longer wants this run (cancelled, timed out,
+    /// superseded): the agent stops it.
+    pub keep_going: bool,
+}
