@@ -7,3 +7,5 @@
 pub mod cast;
 pub mod image;
 pub mod sched;
+pub mod server;
+pub mod store;

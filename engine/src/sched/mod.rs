@@ -1,4 +1,42 @@
 //! Jobs, tasks, targets and cast sessions: the scheduler (sans-IO, time as
 //! an input) and the wire types of the server's APIs.
+//!
+//! The target state machine (every transient state has a deadline):
+//!
+//! ```text
+//! unknown -> waiting(E) -> [task needs E'] rebooting-to(E') -> waiting(E')
+//!         -> running(job, task, attempt) -> ... -> local
+//!                      \-> failed (held until retry or release)
+//! ```
+//!
+//! A task is done only when its agent reports it finished (the commit
+//! point), never on a DHCP packet or a timer.
 
 pub mod api;
+pub mod model;
+pub mod scheduler;
+
+pub use model::{CastSession, Job, Run, RunStatus, SessionPhase, State, Target};
+pub use scheduler::{
+    normalize_mac, receiver_id, valid_name, Action, BootChoice, Change, SchedConfig, Scheduler,
+};
+
+/// Errors of the scheduler: what an operator or agent asked for is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedError {
+    /// Not a MAC address.
+    #[error("{0:?} is not a MAC address (want aa:bb:cc:dd:ee:ff)")]
+    BadMac(String),
+    /// A MAC rackcast does not know.
+    #[error("unknown target {0}: enroll it (rackcast target add) or let its agent register")]
+    UnknownTarget(String),
+    /// An image not in the library.
+    #[error("unknown image {0:?}: upload it first (rackcast image upload)")]
+    UnknownImage(String),
+    /// No such job.
+    #[error("unknown job {0}")]
+    UnknownJob(u64),
+    /// A request that does not make sense.
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,264 @@
+//! The scheduler's entities as they are persisted: one serde value per row.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::api::{
+    CastPolicy, Environment, Inventory, JobId, JobSpec, JobView, Millis, Progress, TargetRun,
+    TargetState, TargetView,
+};
+
+/// A machine rackcast knows, keyed by MAC.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Target {
+    /// Identity (lower-case `aa:bb:..`).
+    pub mac: String,
+    /// Name for people.
+    pub name: String,
+    /// Environment its agent last registered from (`local` when none).
+    pub env: String,
+    /// What the agent reported.
+    pub inventory: Inventory,
+    /// State.
+    pub state: TargetState,
+    /// Unix ms the agent was last heard from.
+    pub last_seen: Millis,
+    /// An agent has registered for it at least once.
+    #[serde(default)]
+    pub registered: bool,
+    /// Jobs queued or running for it, in submission order.
+    pub queue: Vec<JobId>,
+    /// Progress of the running task (not persisted across restarts).
+    #[serde(skip)]
+    pub progress: Option<Progress>,
+}
+
+impl Target {
+    /// A target known by MAC only.
+    pub fn new(mac: &str) -> Target {
+        Target {
+            mac: mac.to_string(),
+            name: String::new(),
+            env: super::api::LOCAL_ENV.to_string(),
+            inventory: Inventory::default(),
+            state: TargetState::Unknown,
+            last_seen: 0,
+            registered: false,
+            queue: Vec::new(),
+            progress: None,
+        }
+    }
+
+    /// The operator's view.
+    pub fn view(&self) -> TargetView {
+        TargetView {
+            mac: self.mac.clone(),
+            name: self.name.clone(),
+            state: self.state.clone(),
+            env: self.env.clone(),
+            inventory: self.inventory.clone(),
+            last_seen: self.last_seen,
+            progress: self.progress.clone(),
+            jobs: self.queue.clone(),
+        }
+    }
+}
+
+/// Where one target is in one job.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Not started, or between tasks.
+    Queued,
+    /// A task is dispatched.
+    Running,
+    /// Every task succeeded.
+    Done,
+    /// A task failed with no retries left.
+    Failed,
+    /// The operator cancelled the job.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// The word used in views.
+    pub fn word(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Done, failed or cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Done | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+}
+
+/// One target's run of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Run {
+    /// Target MAC.
+    pub mac: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Current task index (= number of tasks when done).
+    pub task: u32,
+    /// Attempt of the current task, from 1.
+    pub attempt: u32,
+    /// The agent has acknowledged the current attempt (it began).
+    pub started: bool,
+    /// Last error.
+    pub error: Option<String>,
+    /// Tail of the output of the job's tasks.
+    pub log: String,
+    /// Progress (not persisted).
+    #[serde(skip)]
+    pub progress: Option<Progress>,
+}
+
+/// Most bytes of task output kept per run.
+pub const LOG_TAIL: usize = 64 * 1024;
+
+impl Run {
+    /// Appends output, keeping the last [`LOG_TAIL`] bytes.
+    pub fn append_log(&mut self, text: &str) {
+        self.log.push_str(text);
+        if self.log.len() > LOG_TAIL {
+            let mut cut = self.log.len() - LOG_TAIL;
+            while !self.log.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.log.drain(..cut);
+        }
+    }
+}
+
+/// A job: its spec and one run per target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    /// Id.
+    pub id: JobId,
+    /// As submitted.
+    pub spec: JobSpec,
+    /// Unix ms.
+    pub created: Millis,
+    /// Per target, in the spec's order.
+    pub runs: Vec<Run>,
+}
+
+impl Job {
+    /// `running`, `done`, `failed` or `cancelled`.
+    pub fn status(&self) -> &'static str {
+        if self.runs.iter().any(|r| !r.status.is_final()) {
+            "running"
+        } else if self.runs.iter().all(|r| r.status == RunStatus::Done) {
+            "done"
+        } else if self.runs.iter().any(|r| r.status == RunStatus::Failed) {
+            "failed"
+        } else {
+            "cancelled"
+        }
+    }
+
+    /// The run of `mac`.
+    pub fn run(&self, mac: &str) -> Option<&Run> {
+        self.runs.iter().find(|r| r.mac == mac)
+    }
+
+    /// The run of `mac`, mutable.
+    pub fn run_mut(&mut self, mac: &str) -> Option<&mut Run> {
+        self.runs.iter_mut().find(|r| r.mac == mac)
+    }
+
+    /// The operator's view.
+    pub fn view(&self) -> JobView {
+        JobView {
+            id: self.id,
+            name: self.spec.name.clone(),
+            status: self.status().to_string(),
+            spec: self.spec.clone(),
+            targets: self
+                .runs
+                .iter()
+                .map(|r| TargetRun {
+                    mac: r.mac.clone(),
+                    status: r.status.word().to_string(),
+                    task: r.task,
+                    attempt: r.attempt,
+                    error: r.error.clone(),
+                    progress: r.progress.clone(),
+                    log: r.log.clone(),
+                })
+                .collect(),
+            created: self.created,
+        }
+    }
+}
+
+/// Where a cast session is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum SessionPhase {
+    /// Collecting targets; starts at the policy's first condition.
+    Forming {
+        /// Unix ms the first target joined.
+        first_join: Millis,
+    },
+    /// The sender runs; late joiners join the carousel.
+    Running {
+        /// Unix ms.
+        started: Millis,
+    },
+    /// Over (finished, or interrupted by a server restart).
+    Ended,
+}
+
+/// One multicast session of one image to a group of targets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CastSession {
+    /// Id (also picks the port).
+    pub id: u64,
+    /// Image name.
+    pub image: String,
+    /// Image root (hex).
+    pub root: String,
+    /// Group and port.
+    pub group: String,
+    /// Packet MAC key (hex).
+    pub key: String,
+    /// Wire session id.
+    pub wire_session: u64,
+    /// Phase.
+    pub phase: SessionPhase,
+    /// The start policy (from the job that opened it).
+    pub policy: CastPolicy,
+    /// The job that opened it.
+    pub job: JobId,
+    /// Targets that joined.
+    pub members: BTreeSet<String>,
+    /// Targets that finished in it.
+    pub done: BTreeSet<String>,
+}
+
+/// What the scheduler keeps; loaded from the store at start.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// Targets.
+    pub targets: Vec<Target>,
+    /// Jobs.
+    pub jobs: Vec<Job>,
+    /// Cast sessions.
+    pub sessions: Vec<CastSession>,
+    /// Environments.
+    pub environments: Vec<Environment>,
+    /// The last event sequence number written.
+    pub last_seq: u64,
+}

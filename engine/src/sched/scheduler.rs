@@ -1,0 +1,1500 @@
+//! The scheduler: targets, jobs of tasks, the target state machine and the
+//! cast-session planner. Sans-IO: every input carries `now` (Unix ms), every
+//! output is a value (a directive, an action for the server, changes to
+//! persist). The server calls it under one lock and persists
+//! [`Scheduler::drain_changes`] before it answers anyone.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::api::{
+    CastJoin, CastPolicy, Directive, Environment, EventRecord, Inventory, JobId, JobSpec, Millis,
+    TargetState, TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
+};
+use super::model::{CastSession, Job, Run, RunStatus, SessionPhase, State, Target};
+use super::SchedError;
+
+/// Scheduler settings (validated by the server's config).
+#[derive(Debug, Clone)]
+pub struct SchedConfig {
+    /// Environment of tasks that name none.
+    pub default_env: String,
+    /// How long a target may take to come back from a reboot (ms).
+    pub boot_timeout: Millis,
+    /// Default attempt timeouts (ms) per kind.
+    pub create_timeout: Millis,
+    /// Distribute Disk Image.
+    pub distribute_timeout: Millis,
+    /// Run Script.
+    pub script_timeout: Millis,
+    /// Multicast group of cast sessions.
+    pub cast_group: std::net::Ipv4Addr,
+    /// Port of the first session; session `n` uses `cast_port + n % 1000`.
+    pub cast_port: u16,
+    /// Grace given to every deadline when the server starts again (ms).
+    pub restart_grace: Millis,
+    /// Secret the session keys are derived from (random per server start).
+    pub key_secret: [u8; 32],
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        SchedConfig {
+            default_env: "linux-x64".into(),
+            boot_timeout: 15 * 60_000,
+            create_timeout: 4 * 3_600_000,
+            distribute_timeout: 4 * 3_600_000,
+            script_timeout: 3_600_000,
+            cast_group: std::net::Ipv4Addr::new(239, 255, 42, 1),
+            cast_port: 7400,
+            restart_grace: 120_000,
+            key_secret: [7; 32],
+        }
+    }
+}
+
+/// Something the server must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start multicasting `session`'s image.
+    StartSender {
+        /// The session (see [`Scheduler::session`]).
+        session: u64,
+        /// Targets that joined before the start: the sender waits for them.
+        receivers: usize,
+        /// Rate ceiling, bytes/s (None: the server's).
+        rate: Option<u64>,
+    },
+}
+
+/// A row to persist (the current value) or an event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Upsert a target.
+    Target(Target),
+    /// Upsert a job.
+    Job(Job),
+    /// Upsert a cast session.
+    Session(CastSession),
+    /// Upsert an environment.
+    Environment(Environment),
+    /// Append an event (seq > 0) or broadcast a transient one (seq 0: progress).
+    Event(EventRecord),
+}
+
+/// What a MAC should boot, for the netboot policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootChoice {
+    /// No pending work (or unknown): its own disk.
+    Local,
+    /// Pending work in this environment.
+    Env(String),
+}
+
+/// The scheduler. See the module doc.
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedConfig,
+    targets: BTreeMap<String, Target>,
+    jobs: BTreeMap<JobId, Job>,
+    sessions: BTreeMap<u64, CastSession>,
+    environments: BTreeMap<String, Environment>,
+    image_roots: BTreeMap<String, String>,
+    next_job: JobId,
+    next_session: u64,
+    last_seq: u64,
+    dirty_targets: BTreeSet<String>,
+    dirty_jobs: BTreeSet<JobId>,
+    dirty_sessions: BTreeSet<u64>,
+    dirty_envs: BTreeSet<String>,
+    events: Vec<EventRecord>,
+    actions: VecDeque<Action>,
+}
+
+/// Who caused a change, for the event log.
+#[derive(Debug, Clone, Copy)]
+enum Actor {
+    Operator,
+    Agent,
+    Scheduler,
+    Server,
+}
+
+impl Actor {
+    fn word(self) -> &'static str {
+        match self {
+            Actor::Operator => "operator",
+            Actor::Agent => "agent",
+            Actor::Scheduler => "scheduler",
+            Actor::Server => "server",
+        }
+    }
+}
+
+/// Lower-case `aa:bb:cc:dd:ee:ff`, or None.
+pub fn normalize_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
+    if parts.len() != 6
+        || !parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return None;
+    }
+    Some(parts.join(":").to_ascii_lowercase())
+}
+
+/// A name usable for images and environments: `[A-Za-z0-9._-]`, 1..=64, not
+/// starting with a dot.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The receiver id a target uses in every cast session.
+pub fn receiver_id(mac: &str) -> u64 {
+    let h = blake3::hash(mac.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+impl Scheduler {
+    /// A scheduler over persisted `state` (empty for a new server). Sessions
+    /// that were running died with the old process: they are ended, and
+    /// their targets rejoin a new one. Every deadline gets the restart grace.
+    pub fn new(cfg: SchedConfig, state: State, now: Millis) -> Scheduler {
+        let mut s = Scheduler {
+            next_job: state.jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1,
+            next_session: state.sessions.iter().map(|j| j.id).max().unwrap_or(0) + 1,
+            last_seq: state.last_seq,
+            targets: state
+                .targets
+                .into_iter()
+                .map(|t| (t.mac.clone(), t))
+                .collect(),
+            jobs: state.jobs.into_iter().map(|j| (j.id, j)).collect(),
+            sessions: state.sessions.into_iter().map(|x| (x.id, x)).collect(),
+            environments: state
+                .environments
+                .into_iter()
+                .map(|e| (e.name.clone(), e))
+                .collect(),
+            image_roots: BTreeMap::new(),
+            cfg,
+            dirty_targets: BTreeSet::new(),
+            dirty_jobs: BTreeSet::new(),
+            dirty_sessions: BTreeSet::new(),
+            dirty_envs: BTreeSet::new(),
+            events: Vec::new(),
+            actions: VecDeque::new(),
+        };
+        let live: Vec<u64> = s
+            .sessions
+            .values()
+            .filter(|x| x.phase != SessionPhase::Ended)
+            .map(|x| x.id)
+            .collect();
+        for id in live {
+            s.end_session(
+                now,
+                id,
+                Actor::Server,
+                "the server restarted",
+                serde_json::json!({}),
+            );
+        }
+        let grace = now + s.cfg.restart_grace;
+        for t in s.targets.values_mut() {
+            match &mut t.state {
+                TargetState::RebootingTo { deadline, .. }
+                | TargetState::Running { deadline, .. } => {
+                    if *deadline < grace {
+                        *deadline = grace;
+                        s.dirty_targets.insert(t.mac.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    // ------------------------------------------------------------ views
+
+    /// Every target.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
+    }
+
+    /// One target.
+    pub fn target(&self, mac: &str) -> Option<&Target> {
+        self.targets.get(mac)
+    }
+
+    /// Every job.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// One cast session.
+    pub fn session(&self, id: u64) -> Option<&CastSession> {
+        self.sessions.get(&id)
+    }
+
+    /// Every environment.
+    pub fn environments(&self) -> impl Iterator<Item = &Environment> {
+        self.environments.values()
+    }
+
+    /// One environment.
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.get(name)
+    }
+
+    /// What `mac` should boot now: its pending work's environment, or its disk.
+    pub fn boot_choice(&self, mac: &str) -> BootChoice {
+        let Some(t) = self.targets.get(mac) else {
+            return BootChoice::Local;
+        };
+        match &t.state {
+            TargetState::RebootingTo { env, .. } if env != LOCAL_ENV => {
+                return BootChoice::Env(env.clone())
+            }
+            TargetState::Failed { .. } => return BootChoice::Local,
+            _ => {}
+        }
+        match self.current(mac) {
+            Some((job, run)) => {
+                let spec = &job.spec.tasks[run.task as usize];
+                let env = match &spec.kind {
+                    TaskKind::Reboot { to } if to != LOCAL_ENV => to.clone(),
+                    _ => self.task_env(spec),
+                };
+                BootChoice::Env(env)
+            }
+            None => BootChoice::Local,
+        }
+    }
+
+    // ------------------------------------------------------------ operator
+
+    /// Enrolls a target by MAC (so jobs can name it before it first boots).
+    pub fn add_target(
+        &mut self,
+        now: Millis,
+        mac: &str,
+        name: &str,
+    ) -> Result<&Target, SchedError> {
+        let mac = normalize_mac(mac).ok_or_else(|| SchedError::BadMac(mac.to_string()))?;
+        if !self.targets.contains_key(&mac) {
+            let mut t = Target::new(&mac);
+            t.name = name.to_string();
+            self.targets.insert(mac.clone(), t);
+            self.event(
+                now,
+                Actor::Operator,
+                "target.added",
+                Some(&mac),
+                None,
+                None,
+                serde_json::json!({"name": name}),
+            );
+        } else if !name.is_empty() {
+            if let Some(t) = self.targets.get_mut(&mac) {
+                t.name = name.to_string();
+            }
+        }
+        self.dirty_targets.insert(mac.clone());
+        self.targets.get(&mac).ok_or(SchedError::UnknownTarget(mac))
+    }
+
+    /// Adds or replaces an environment.
+    pub fn put_environment(&mut self, now: Millis, env: Environment) -> Result<(), SchedError> {
+        if !valid_name(&env.name) || env.name == LOCAL_ENV {
+            return Err(SchedError::Invalid(format!(
+                "environment name {:?}: use letters, digits, '.', '_' or '-' (and not `local`)",
+                env.name
+            )));
+        }
+        if env.boot_file.is_none() && (env.kernel.is_none() || env.initrd.is_none()) {
+            return Err(SchedError::Invalid(format!(
+                "environment {}: give kernel and initrd, or boot_file",
+                env.name
+            )));
+        }
+        self.event(
+            now,
+            Actor::Operator,
+            "environment.put",
+            None,
+            None,
+            None,
+            serde_json::json!({"name": env.name}),
+        );
+        self.dirty_envs.insert(env.name.clone());
+        self.environments.insert(env.name.clone(), env);
+        Ok(())
+    }
+
+    /// The image library changed: `name` now has `root` (hex), or is gone.
+    pub fn set_image(&mut self, name: &str, root: Option<String>) {
+        match root {
+            Some(r) => self.image_roots.insert(name.to_string(), r),
+            None => self.image_roots.remove(name),
+        };
+    }
+
+    /// A verified image entered the library (upload or Create Disk Image).
+    pub fn image_added(&mut self, now: Millis, name: &str, root: &str, who: &str) {
+        self.set_image(name, Some(root.to_string()));
+        let actor = if who == "agent" {
+            Actor::Agent
+        } else {
+            Actor::Operator
+        };
+        self.event(
+            now,
+            actor,
+            "image.added",
+            None,
+            None,
+            None,
+            serde_json::json!({"name": name, "root": root}),
+        );
+    }
+
+    /// Validates and queues a job.
+    pub fn submit(&mut self, now: Millis, mut spec: JobSpec) -> Result<JobId, SchedError> {
+        if spec.targets.is_empty() {
+            return Err(SchedError::Invalid("the job names no targets".into()));
+        }
+        if spec.tasks.is_empty() {
+            return Err(SchedError::Invalid("the job has no tasks".into()));
+        }
+        let mut macs = Vec::new();
+        for m in &spec.targets {
+            let mac = normalize_mac(m).ok_or_else(|| SchedError::BadMac(m.clone()))?;
+            if !self.targets.contains_key(&mac) {
+                return Err(SchedError::UnknownTarget(mac));
+            }
+            if macs.contains(&mac) {
+                return Err(SchedError::Invalid(format!("target {mac} is listed twice")));
+            }
+            macs.push(mac);
+        }
+        spec.targets = macs.clone();
+        for (i, t) in spec.tasks.iter().enumerate() {
+            let n = i + 1;
+            if let Some(env) = &t.env {
+                self.check_env(env)
+                    .map_err(|e| SchedError::Invalid(format!("task {n}: {e}")))?;
+            }
+            match &t.kind {
+                TaskKind::Distribute { image, .. } => {
+                    if !self.image_roots.contains_key(image) {
+                        return Err(SchedError::UnknownImage(image.clone()));
+                    }
+                }
+                TaskKind::Create { image, .. } => {
+                    if !valid_name(image) {
+                        return Err(SchedError::Invalid(format!(
+                            "task {n}: image name {image:?}: use letters, digits, '.', '_' or '-'"
+                        )));
+                    }
+                }
+                TaskKind::Script { script, .. } => {
+                    if script.trim().is_empty() {
+                        return Err(SchedError::Invalid(format!(
+                            "task {n}: the script is empty"
+                        )));
+                    }
+                }
+                TaskKind::Reboot { to } => {
+                    if to != LOCAL_ENV {
+                        self.check_env(to)
+                            .map_err(|e| SchedError::Invalid(format!("task {n}: {e}")))?;
+                    }
+                }
+            }
+        }
+        if let Some(0) = spec.cast.min_targets {
+            return Err(SchedError::Invalid(
+                "cast.min_targets must be at least 1".into(),
+            ));
+        }
+        let id = self.next_job;
+        self.next_job += 1;
+        let runs = macs
+            .iter()
+            .map(|m| Run {
+                mac: m.clone(),
+                status: RunStatus::Queued,
+                task: 0,
+                attempt: 1,
+                started: false,
+                error: None,
+                log: String::new(),
+                progress: None,
+            })
+            .collect();
+        let job = Job {
+            id,
+            spec,
+            created: now,
+            runs,
+        };
+        self.event(
+            now,
+            Actor::Operator,
+            "job.submitted",
+            None,
+            Some(id),
+            None,
+            serde_json::json!({"name": job.spec.name, "targets": macs.len(), "tasks": job.spec.tasks.len()}),
+        );
+        self.jobs.insert(id, job);
+        self.dirty_jobs.insert(id);
+        for m in &macs {
+            if let Some(t) = self.targets.get_mut(m) {
+                t.queue.push(id);
+                self.dirty_targets.insert(m.clone());
+            }
+        }
+        Ok(id)
+    }
+
+    /// Cancels a job: runs not finished are cancelled, its targets released.
+    pub fn cancel(&mut self, now: Millis, id: JobId) -> Result<(), SchedError> {
+        let job = self.jobs.get_mut(&id).ok_or(SchedError::UnknownJob(id))?;
+        let mut touched = Vec::new();
+        for r in job.runs.iter_mut() {
+            if r.status != RunStatus::Done && r.status != RunStatus::Cancelled {
+                r.status = RunStatus::Cancelled;
+                r.progress = None;
+                touched.push(r.mac.clone());
+            }
+        }
+        self.dirty_jobs.insert(id);
+        self.event(
+            now,
+            Actor::Operator,
+            "job.cancelled",
+            None,
+            Some(id),
+            None,
+            serde_json::json!({}),
+        );
+        for mac in touched {
+            self.leave_sessions(&mac);
+            if let Some(t) = self.targets.get_mut(&mac) {
+                t.queue.retain(|j| *j != id);
+                if matches!(&t.state, TargetState::Running { job, .. } | TargetState::Failed { job, .. } if *job == id)
+                {
+                    let st = idle_state(t);
+                    self.set_state(now, &mac, st, Actor::Operator);
+                }
+                self.dirty_targets.insert(mac);
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries a job's failed runs from the task that failed.
+    pub fn retry(&mut self, now: Millis, id: JobId) -> Result<usize, SchedError> {
+        let job = self.jobs.get_mut(&id).ok_or(SchedError::UnknownJob(id))?;
+        let mut again = Vec::new();
+        for r in job.runs.iter_mut() {
+            if r.status == RunStatus::Failed {
+                r.status = RunStatus::Queued;
+                r.attempt = 1;
+                r.started = false;
+                r.error = None;
+                again.push(r.mac.clone());
+            }
+        }
+        self.dirty_jobs.insert(id);
+        self.event(
+            now,
+            Actor::Operator,
+            "job.retried",
+            None,
+            Some(id),
+            None,
+            serde_json::json!({"targets": again.len()}),
+        );
+        for mac in &again {
+            if let Some(t) = self.targets.get_mut(mac) {
+                if !t.queue.contains(&id) {
+                    t.queue.insert(0, id);
+                }
+                self.dirty_targets.insert(mac.clone());
+                if matches!(&t.state, TargetState::Failed { job, .. } if *job == id) {
+                    let st = idle_state(t);
+                    self.set_state(now, mac, st, Actor::Operator);
+                }
+            }
+        }
+        Ok(again.len())
+    }
+
+    /// Releases a failed target's hold: its failed job stays failed, the next
+    /// queued job (if any) may run.
+    pub fn release(&mut self, now: Millis, mac: &str) -> Result<(), SchedError> {
+        let mac = normalize_mac(mac).ok_or_else(|| SchedError::BadMac(mac.to_string()))?;
+        let t = self
+            .targets
+            .get_mut(&mac)
+            .ok_or_else(|| SchedError::UnknownTarget(mac.clone()))?;
+        if let TargetState::Failed { job, .. } = t.state {
+            t.queue.retain(|j| *j != job);
+            let st = idle_state(t);
+            self.set_state(now, &mac, st, Actor::Operator);
+        }
+        self.dirty_targets.insert(mac);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ agents
+
+    /// An agent started in `env` (or came back after losing the server).
+    pub fn register(
+        &mut self,
+        now: Millis,
+        mac: &str,
+        env: &str,
+        inventory: Inventory,
+        running: Option<TaskRef>,
+    ) -> Result<(), SchedError> {
+        let mac = normalize_mac(mac).ok_or_else(|| SchedError::BadMac(mac.to_string()))?;
+        let t = self
+            .targets
+            .entry(mac.clone())
+            .or_insert_with(|| Target::new(&mac));
+        if t.name.is_empty() && !inventory.hostname.is_empty() {
+            t.name = inventory.hostname.clone();
+        }
+        t.inventory = inventory;
+        t.last_seen = now;
+        t.registered = true;
+        let old_env = std::mem::replace(&mut t.env, env.to_string());
+        let state = t.state.clone();
+        self.dirty_targets.insert(mac.clone());
+        self.event(
+            now,
+            Actor::Agent,
+            "agent.registered",
+            Some(&mac),
+            None,
+            None,
+            serde_json::json!({"env": env, "was": old_env}),
+        );
+        match state {
+            TargetState::RebootingTo { env: want, .. } => {
+                if want == env {
+                    self.arrived(now, &mac);
+                } else {
+                    // Booted into the wrong environment: the next poll sends it
+                    // where it must go again; the deadline still runs.
+                    self.event(
+                        now,
+                        Actor::Agent,
+                        "target.wrong-env",
+                        Some(&mac),
+                        None,
+                        None,
+                        serde_json::json!({"want": want, "got": env}),
+                    );
+                }
+            }
+            TargetState::Running {
+                job, task, attempt, ..
+            } => {
+                let still = running == Some(TaskRef { job, task, attempt });
+                if !still && !self.resumable(job, task) {
+                    let started = self
+                        .jobs
+                        .get(&job)
+                        .and_then(|j| j.run(&mac))
+                        .is_some_and(|r| r.started);
+                    if started {
+                        self.fail_attempt(now, &mac, "the agent restarted while running the task");
+                    } else {
+                        let st = idle_state_env(env);
+                        self.set_state(now, &mac, st, Actor::Agent);
+                    }
+                }
+            }
+            TargetState::Unknown | TargetState::Local | TargetState::Waiting { .. } => {
+                let st = idle_state_env(env);
+                self.set_state(now, &mac, st, Actor::Agent);
+            }
+            TargetState::Failed { .. } => {}
+        }
+        self.plan(now);
+        Ok(())
+    }
+
+    /// The agent asks what to do; `running` is the task it is on.
+    pub fn poll(&mut self, now: Millis, mac: &str, running: Option<TaskRef>) -> Directive {
+        let Some(mac) = normalize_mac(mac) else {
+            return Directive::Register;
+        };
+        let Some(t) = self.targets.get_mut(&mac) else {
+            return Directive::Register;
+        };
+        if !t.registered || matches!(t.state, TargetState::Unknown) {
+            return Directive::Register;
+        }
+        t.last_seen = now;
+        let d = match t.state.clone() {
+            TargetState::Unknown => Directive::Register,
+            TargetState::Failed { .. } => Directive::Wait,
+            TargetState::Local => {
+                if self.current(&mac).is_some() {
+                    let st = idle_state(self.targets.get(&mac).expect("target exists"));
+                    self.set_state(now, &mac, st, Actor::Scheduler);
+                    self.next_work(now, &mac)
+                } else {
+                    Directive::BootLocal
+                }
+            }
+            TargetState::RebootingTo { env, .. } => Directive::Reboot { env, task: None },
+            TargetState::Running {
+                job, task, attempt, ..
+            } => {
+                let r = TaskRef { job, task, attempt };
+                if running == Some(r) {
+                    Directive::Wait
+                } else {
+                    self.dispatch(now, &mac, r)
+                }
+            }
+            TargetState::Waiting { .. } => self.next_work(now, &mac),
+        };
+        self.plan(now);
+        d
+    }
+
+    /// The agent reports on a task. Only `Finished` moves the job on.
+    pub fn report(
+        &mut self,
+        now: Millis,
+        mac: &str,
+        r: TaskRef,
+        report: TaskReport,
+    ) -> Result<bool, SchedError> {
+        let mac = normalize_mac(mac).ok_or_else(|| SchedError::BadMac(mac.to_string()))?;
+        let t = self
+            .targets
+            .get_mut(&mac)
+            .ok_or_else(|| SchedError::UnknownTarget(mac.clone()))?;
+        t.last_seen = now;
+        let current = match t.state {
+            TargetState::Running {
+                job, task, attempt, ..
+            } => Some(TaskRef { job, task, attempt }),
+            _ => None,
+        };
+        if current != Some(r) {
+            // A stale run (cancelled, timed out, retried): the agent stops it.
+            if let TaskReport::Finished { ok, .. } = &report {
+                self.event(
+                    now,
+                    Actor::Agent,
+                    "task.stale-report",
+                    Some(&mac),
+                    Some(r.job),
+                    Some(r.task),
+                    serde_json::json!({"attempt": r.attempt, "ok": ok}),
+                );
+            }
+            return Ok(false);
+        }
+        match report {
+            TaskReport::Started => {
+                let job = self
+                    .jobs
+                    .get_mut(&r.job)
+                    .ok_or(SchedError::UnknownJob(r.job))?;
+                let run = job
+                    .run_mut(&mac)
+                    .ok_or_else(|| SchedError::UnknownTarget(mac.clone()))?;
+                let kind = if run.started {
+                    "task.resumed"
+                } else {
+                    "task.started"
+                };
+                run.started = true;
+                run.status = RunStatus::Running;
+                self.dirty_jobs.insert(r.job);
+                let word = job.spec.tasks[r.task as usize].kind.word();
+                self.event(
+                    now,
+                    Actor::Agent,
+                    kind,
+                    Some(&mac),
+                    Some(r.job),
+                    Some(r.task),
+                    serde_json::json!({"attempt": r.attempt, "kind": word}),
+                );
+            }
+            TaskReport::Progress(p) => {
+                self.mark_started(now, &mac, r);
+                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(&mac)) {
+                    run.progress = Some(p.clone());
+                }
+                if let Some(t) = self.targets.get_mut(&mac) {
+                    t.progress = Some(p.clone());
+                }
+                self.transient(
+                    now,
+                    "task.progress",
+                    &mac,
+                    r,
+                    serde_json::to_value(&p).unwrap_or_default(),
+                );
+            }
+            TaskReport::Log { text } => {
+                self.mark_started(now, &mac, r);
+                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(&mac)) {
+                    run.append_log(&text);
+                    self.dirty_jobs.insert(r.job);
+                }
+                self.transient(now, "task.log", &mac, r, serde_json::json!({"text": text}));
+            }
+            TaskReport::Rejoin { reason } => {
+                self.mark_started(now, &mac, r);
+                self.leave_sessions(&mac);
+                self.event(
+                    now,
+                    Actor::Agent,
+                    "task.rejoin",
+                    Some(&mac),
+                    Some(r.job),
+                    Some(r.task),
+                    serde_json::json!({"reason": reason}),
+                );
+            }
+            TaskReport::Finished { ok, error, summary } => {
+                self.mark_started(now, &mac, r);
+                if ok {
+                    self.task_done(now, &mac, r, &summary);
+                } else {
+                    let e = error.unwrap_or_else(|| "the task failed".into());
+                    if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(&mac)) {
+                        if !summary.is_empty() {
+                            run.append_log(&format!("{summary}\n"));
+                        }
+                    }
+                    self.fail_attempt(now, &mac, &e);
+                }
+            }
+        }
+        self.plan(now);
+        Ok(true)
+    }
+
+    /// The sender of `session` finished; `done` are the receiver ids that
+    /// completed in it, `stats` its figures (kept in the `cast.ended` event).
+    pub fn sender_finished(
+        &mut self,
+        now: Millis,
+        session: u64,
+        done: &[u64],
+        stats: serde_json::Value,
+    ) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            let members: Vec<String> = s.members.iter().cloned().collect();
+            for m in members {
+                if done.contains(&receiver_id(&m)) {
+                    s.done.insert(m);
+                }
+            }
+        }
+        self.end_session(now, session, Actor::Server, "the sender finished", stats);
+        self.plan(now);
+    }
+
+    /// Deadlines: reboots that never came back, attempts that ran too long,
+    /// cast sessions whose start time came.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let expired: Vec<(String, String)> = self
+            .targets
+            .values()
+            .filter_map(|t| match &t.state {
+                TargetState::RebootingTo { env, deadline } if *deadline <= now => Some((
+                    t.mac.clone(),
+                    format!(
+                        "did not come back in environment {env} within {} s of the reboot",
+                        self.cfg.boot_timeout / 1000
+                    ),
+                )),
+                TargetState::Running { deadline, .. } if *deadline <= now => {
+                    Some((t.mac.clone(), "timed out".to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (mac, why) in expired {
+            self.fail_attempt(now, &mac, &why);
+        }
+        self.plan(now);
+    }
+
+    /// When [`Scheduler::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let t = self.targets.values().filter_map(|t| match &t.state {
+            TargetState::RebootingTo { deadline, .. } | TargetState::Running { deadline, .. } => {
+                Some(*deadline)
+            }
+            _ => None,
+        });
+        let s = self.sessions.values().filter_map(|s| match s.phase {
+            SessionPhase::Forming { first_join } => {
+                let a = s.policy.max_wait.map(|w| first_join + w * 1000);
+                let b = s.policy.start_at.map(|t| t * 1000);
+                match (a, b) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            _ => None,
+        });
+        t.chain(s).min()
+    }
+
+    /// The next thing the server must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Everything changed since the last call, to persist (and broadcast)
+    /// before answering.
+    pub fn drain_changes(&mut self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for m in std::mem::take(&mut self.dirty_targets) {
+            if let Some(t) = self.targets.get(&m) {
+                out.push(Change::Target(t.clone()));
+            }
+        }
+        for id in std::mem::take(&mut self.dirty_jobs) {
+            if let Some(j) = self.jobs.get(&id) {
+                out.push(Change::Job(j.clone()));
+            }
+        }
+        for id in std::mem::take(&mut self.dirty_sessions) {
+            if let Some(s) = self.sessions.get(&id) {
+                out.push(Change::Session(s.clone()));
+            }
+        }
+        for n in std::mem::take(&mut self.dirty_envs) {
+            if let Some(e) = self.environments.get(&n) {
+                out.push(Change::Environment(e.clone()));
+            }
+        }
+        out.extend(self.events.drain(..).map(Change::Event));
+        out
+    }
+
+    // ------------------------------------------------------------ internals
+
+    fn check_env(&self, env: &str) -> Result<(), String> {
+        if env == self.cfg.default_env || self.environments.contains_key(env) {
+            Ok(())
+        } else {
+            Err(format!("unknown environment {env:?}"))
+        }
+    }
+
+    fn task_env(&self, spec: &super::api::TaskSpec) -> String {
+        spec.env
+            .clone()
+            .unwrap_or_else(|| self.cfg.default_env.clone())
+    }
+
+    /// The first job in `mac`'s queue that still has work for it.
+    fn current(&self, mac: &str) -> Option<(&Job, &Run)> {
+        let t = self.targets.get(mac)?;
+        t.queue.iter().find_map(|id| {
+            let j = self.jobs.get(id)?;
+            let r = j.run(mac)?;
+            (!r.status.is_final()).then_some((j, r))
+        })
+    }
+
+    fn resumable(&self, job: JobId, task: u32) -> bool {
+        self.jobs
+            .get(&job)
+            .and_then(|j| j.spec.tasks.get(task as usize))
+            .is_some_and(|t| matches!(t.kind, TaskKind::Distribute { .. }))
+    }
+
+    fn timeout_for(&self, spec: &super::api::TaskSpec) -> Millis {
+        spec.timeout.map(|s| s * 1000).unwrap_or(match spec.kind {
+            TaskKind::Create { .. } => self.cfg.create_timeout,
+            TaskKind::Distribute { .. } => self.cfg.distribute_timeout,
+            TaskKind::Script { .. } => self.cfg.script_timeout,
+            TaskKind::Reboot { .. } => self.cfg.boot_timeout,
+        })
+    }
+
+    /// A waiting target: start its next task, or send it where it must be.
+    fn next_work(&mut self, now: Millis, mac: &str) -> Directive {
+        let Some((job, run)) = self.current(mac) else {
+            let t = self.targets.get(mac).expect("target exists");
+            // A target that ran work and has none left boots its disk; one
+            // that never had any just waits for some.
+            if t.queue.is_empty() && !self.jobs.values().any(|j| j.run(mac).is_some()) {
+                return Directive::Wait;
+            }
+            self.set_state(now, mac, TargetState::Local, Actor::Scheduler);
+            return Directive::BootLocal;
+        };
+        let (job_id, task, attempt) = (job.id, run.task, run.attempt);
+        let spec = job.spec.tasks[task as usize].clone();
+        let r = TaskRef {
+            job: job_id,
+            task,
+            attempt,
+        };
+        let here = self
+            .targets
+            .get(mac)
+            .map(|t| t.env.clone())
+            .unwrap_or_default();
+        if let TaskKind::Reboot { to } = &spec.kind {
+            let deadline = now + self.timeout_for(&spec);
+            self.set_state(
+                now,
+                mac,
+                TargetState::Running {
+                    job: job_id,
+                    task,
+                    attempt,
+                    deadline,
+                },
+                Actor::Scheduler,
+            );
+            self.set_run(job_id, mac, RunStatus::Running);
+            return Directive::Reboot {
+                env: to.clone(),
+                task: Some(r),
+            };
+        }
+        let want = self.task_env(&spec);
+        if want != here {
+            let deadline = now + self.cfg.boot_timeout;
+            self.set_state(
+                now,
+                mac,
+                TargetState::RebootingTo {
+                    env: want.clone(),
+                    deadline,
+                },
+                Actor::Scheduler,
+            );
+            return Directive::Reboot {
+                env: want,
+                task: None,
+            };
+        }
+        let deadline = now + self.timeout_for(&spec);
+        self.set_state(
+            now,
+            mac,
+            TargetState::Running {
+                job: job_id,
+                task,
+                attempt,
+                deadline,
+            },
+            Actor::Scheduler,
+        );
+        self.set_run(job_id, mac, RunStatus::Running);
+        self.dispatch(now, mac, r)
+    }
+
+    /// The directive for a running task (first dispatch or again).
+    fn dispatch(&mut self, now: Millis, mac: &str, r: TaskRef) -> Directive {
+        let Some(job) = self.jobs.get(&r.job) else {
+            return Directive::Wait;
+        };
+        let spec = job.spec.tasks[r.task as usize].clone();
+        let timeout = self.timeout_for(&spec) / 1000;
+        let policy = job.spec.cast.clone();
+        let work = match spec.kind {
+            TaskKind::Create { image, disk } => Work::Create { image, disk },
+            TaskKind::Script {
+                script,
+                interpreter,
+                expect_exit,
+            } => Work::Script {
+                script,
+                interpreter: interpreter.unwrap_or_else(|| "/bin/sh".into()),
+                expect_exit,
+            },
+            TaskKind::Reboot { to } => {
+                return Directive::Reboot {
+                    env: to,
+                    task: Some(r),
+                }
+            }
+            TaskKind::Distribute {
+                image,
+                disk,
+                verify,
+            } => {
+                let Some(sid) = self.join_session(now, mac, &image, r.job, &policy) else {
+                    return Directive::Wait;
+                };
+                // This target may be the one that fills the session.
+                self.plan(now);
+                let s = &self.sessions[&sid];
+                match s.phase {
+                    SessionPhase::Running { .. } => Work::Distribute {
+                        image,
+                        root: s.root.clone(),
+                        disk,
+                        verify,
+                        cast: CastJoin {
+                            group: s.group.clone(),
+                            key: s.key.clone(),
+                            session: s.wire_session,
+                            receiver: receiver_id(mac),
+                        },
+                    },
+                    _ => return Directive::Wait,
+                }
+            }
+        };
+        Directive::Run {
+            task: r,
+            work,
+            timeout,
+        }
+    }
+
+    /// Puts `mac` in the live session for `image` (opening one if none),
+    /// returning its id; None when the image vanished.
+    fn join_session(
+        &mut self,
+        now: Millis,
+        mac: &str,
+        image: &str,
+        job: JobId,
+        policy: &CastPolicy,
+    ) -> Option<u64> {
+        if let Some(s) = self
+            .sessions
+            .values_mut()
+            .find(|s| s.image == image && s.phase != SessionPhase::Ended && !s.done.contains(mac))
+        {
+            if s.members.insert(mac.to_string()) {
+                self.dirty_sessions.insert(s.id);
+            }
+            return Some(s.id);
+        }
+        let root = self.image_roots.get(image).cloned()?;
+        let id = self.next_session;
+        self.next_session += 1;
+        let derive = |what: &str| {
+            blake3::keyed_hash(&self.cfg.key_secret, format!("{what} {id}").as_bytes())
+        };
+        let key = super::super::image::hex(derive("key").as_bytes());
+        let wire = u64::from_le_bytes(derive("wire").as_bytes()[..8].try_into().unwrap_or([1; 8]));
+        let port = self.cfg.cast_port + (id % 1000) as u16;
+        let s = CastSession {
+            id,
+            image: image.to_string(),
+            root,
+            group: format!("{}:{port}", self.cfg.cast_group),
+            key,
+            wire_session: wire,
+            phase: SessionPhase::Forming { first_join: now },
+            policy: policy.clone(),
+            job,
+            members: [mac.to_string()].into_iter().collect(),
+            done: BTreeSet::new(),
+        };
+        self.event(
+            now,
+            Actor::Scheduler,
+            "cast.forming",
+            Some(mac),
+            Some(job),
+            None,
+            serde_json::json!({"session": id, "image": image, "group": s.group}),
+        );
+        self.sessions.insert(id, s);
+        self.dirty_sessions.insert(id);
+        Some(id)
+    }
+
+    /// Starts forming sessions whose condition holds.
+    fn plan(&mut self, now: Millis) {
+        let forming: Vec<u64> = self
+            .sessions
+            .values()
+            .filter(|s| matches!(s.phase, SessionPhase::Forming { .. }))
+            .map(|s| s.id)
+            .collect();
+        for id in forming {
+            let s = &self.sessions[&id];
+            let SessionPhase::Forming { first_join } = s.phase else {
+                continue;
+            };
+            let pending = self.pending_for(&s.image);
+            let want = s
+                .policy
+                .min_targets
+                .unwrap_or(usize::MAX)
+                .min(pending)
+                .max(1);
+            let reason = if s.members.len() >= want {
+                Some(format!("{} of {want} targets joined", s.members.len()))
+            } else if s
+                .policy
+                .max_wait
+                .is_some_and(|w| now >= first_join + w * 1000)
+            {
+                Some(format!(
+                    "{} s after the first target joined",
+                    s.policy.max_wait.unwrap_or(0)
+                ))
+            } else if s.policy.start_at.is_some_and(|t| now >= t * 1000) {
+                Some("the set start time came".to_string())
+            } else {
+                None
+            };
+            let Some(reason) = reason else { continue };
+            let s = self.sessions.get_mut(&id).expect("session exists");
+            s.phase = SessionPhase::Running { started: now };
+            let (receivers, rate, job) = (s.members.len(), s.policy.rate, s.job);
+            self.dirty_sessions.insert(id);
+            self.event(
+                now,
+                Actor::Scheduler,
+                "cast.started",
+                None,
+                Some(job),
+                None,
+                serde_json::json!({"session": id, "receivers": receivers, "why": reason}),
+            );
+            self.actions.push_back(Action::StartSender {
+                session: id,
+                receivers,
+                rate,
+            });
+        }
+    }
+
+    /// Targets whose current task is distributing `image` (and not done in a session).
+    fn pending_for(&self, image: &str) -> usize {
+        self.targets
+            .values()
+            .filter(|t| !matches!(t.state, TargetState::Failed { .. }))
+            .filter(|t| {
+                self.current(&t.mac).is_some_and(|(j, r)| {
+                    matches!(&j.spec.tasks[r.task as usize].kind, TaskKind::Distribute { image: i, .. } if i == image)
+                })
+            })
+            .count()
+    }
+
+    fn end_session(
+        &mut self,
+        now: Millis,
+        id: u64,
+        actor: Actor,
+        why: &str,
+        mut detail: serde_json::Value,
+    ) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if s.phase == SessionPhase::Ended {
+                return;
+            }
+            s.phase = SessionPhase::Ended;
+            let (job, done, members) = (s.job, s.done.len(), s.members.len());
+            self.dirty_sessions.insert(id);
+            if let Some(o) = detail.as_object_mut() {
+                o.insert("session".into(), id.into());
+                o.insert("why".into(), why.into());
+                o.insert("done".into(), done.into());
+                o.insert("members".into(), members.into());
+            }
+            self.event(now, actor, "cast.ended", None, Some(job), None, detail);
+        }
+    }
+
+    fn leave_sessions(&mut self, mac: &str) {
+        for s in self.sessions.values_mut() {
+            if s.phase != SessionPhase::Ended && s.members.remove(mac) {
+                self.dirty_sessions.insert(s.id);
+            }
+        }
+    }
+
+    fn mark_started(&mut self, now: Millis, mac: &str, r: TaskRef) {
+        let started = self
+            .jobs
+            .get(&r.job)
+            .and_then(|j| j.run(mac))
+            .is_some_and(|r| r.started);
+        if !started {
+            let _ = self.report(now, mac, r, TaskReport::Started);
+        }
+    }
+
+    fn set_run(&mut self, job: JobId, mac: &str, st: RunStatus) {
+        if let Some(run) = self.jobs.get_mut(&job).and_then(|j| j.run_mut(mac)) {
+            if run.status != st {
+                run.status = st;
+                self.dirty_jobs.insert(job);
+            }
+        }
+    }
+
+    fn task_done(&mut self, now: Millis, mac: &str, r: TaskRef, summary: &str) {
+        let Some(job) = self.jobs.get_mut(&r.job) else {
+            return;
+        };
+        let ntasks = job.spec.tasks.len() as u32;
+        let kind = job.spec.tasks[r.task as usize].kind.clone();
+        let Some(run) = job.run_mut(mac) else { return };
+        if !summary.is_empty() {
+            run.append_log(&format!("task {}: {summary}\n", r.task + 1));
+        }
+        run.task += 1;
+        run.attempt = 1;
+        run.started = false;
+        run.progress = None;
+        let finished = run.task >= ntasks;
+        if finished {
+            run.status = RunStatus::Done;
+        } else {
+            run.status = RunStatus::Queued;
+        }
+        let status = job.status();
+        self.dirty_jobs.insert(r.job);
+        self.event(
+            now,
+            Actor::Agent,
+            "task.finished",
+            Some(mac),
+            Some(r.job),
+            Some(r.task),
+            serde_json::json!({"attempt": r.attempt, "ok": true, "summary": summary}),
+        );
+        if let TaskKind::Distribute { .. } = kind {
+            for s in self.sessions.values_mut() {
+                if s.members.contains(mac) && s.phase != SessionPhase::Ended {
+                    s.done.insert(mac.to_string());
+                    self.dirty_sessions.insert(s.id);
+                }
+            }
+        }
+        if finished {
+            self.event(
+                now,
+                Actor::Scheduler,
+                "run.done",
+                Some(mac),
+                Some(r.job),
+                None,
+                serde_json::json!({}),
+            );
+            if let Some(t) = self.targets.get_mut(mac) {
+                t.queue.retain(|j| *j != r.job);
+                t.progress = None;
+            }
+            if status != "running" {
+                self.event(
+                    now,
+                    Actor::Scheduler,
+                    "job.finished",
+                    None,
+                    Some(r.job),
+                    None,
+                    serde_json::json!({"status": status}),
+                );
+            }
+        }
+        let next = match kind {
+            TaskKind::Reboot { to } if to == LOCAL_ENV => TargetState::Local,
+            TaskKind::Reboot { to } => TargetState::RebootingTo {
+                env: to,
+                deadline: now + self.cfg.boot_timeout,
+            },
+            _ => idle_state(self.targets.get(mac).expect("target exists")),
+        };
+        self.set_state(now, mac, next, Actor::Agent);
+    }
+
+    fn fail_attempt(&mut self, now: Millis, mac: &str, error: &str) {
+        self.leave_sessions(mac);
+        let Some((job, run)) = self.current(mac) else {
+            let st = idle_state(self.targets.get(mac).expect("target exists"));
+            self.set_state(now, mac, st, Actor::Scheduler);
+            return;
+        };
+        let (id, task, attempt) = (job.id, run.task, run.attempt);
+        let retries = job.spec.tasks[task as usize].retries;
+        let run = self
+            .jobs
+            .get_mut(&id)
+            .and_then(|j| j.run_mut(mac))
+            .expect("current run exists");
+        run.error = Some(error.to_string());
+        run.started = false;
+        run.progress = None;
+        self.dirty_jobs.insert(id);
+        if attempt <= retries {
+            run.attempt += 1;
+            run.status = RunStatus::Queued;
+            self.event(
+                now,
+                Actor::Scheduler,
+                "task.retry",
+                Some(mac),
+                Some(id),
+                Some(task),
+                serde_json::json!({"attempt": attempt, "error": error, "next": attempt + 1}),
+            );
+            let st = idle_state(self.targets.get(mac).expect("target exists"));
+            self.set_state(now, mac, st, Actor::Scheduler);
+        } else {
+            run.status = RunStatus::Failed;
+            self.event(
+                now,
+                Actor::Scheduler,
+                "task.failed",
+                Some(mac),
+                Some(id),
+                Some(task),
+                serde_json::json!({"attempt": attempt, "error": error}),
+            );
+            let status = self.jobs[&id].status();
+            if status != "running" {
+                self.event(
+                    now,
+                    Actor::Scheduler,
+                    "job.finished",
+                    None,
+                    Some(id),
+                    None,
+                    serde_json::json!({"status": status}),
+                );
+            }
+            self.set_state(
+                now,
+                mac,
+                TargetState::Failed {
+                    job: id,
+                    task,
+                    error: error.to_string(),
+                },
+                Actor::Scheduler,
+            );
+        }
+        if let Some(t) = self.targets.get_mut(mac) {
+            t.progress = None;
+        }
+    }
+
+    fn set_state(&mut self, now: Millis, mac: &str, st: TargetState, actor: Actor) {
+        let Some(t) = self.targets.get_mut(mac) else {
+            return;
+        };
+        if t.state == st {
+            return;
+        }
+        let from = t.state.word();
+        t.state = st.clone();
+        self.dirty_targets.insert(mac.to_string());
+        let (job, task) = match &st {
+            TargetState::Running { job, task, .. } | TargetState::Failed { job, task, .. } => {
+                (Some(*job), Some(*task))
+            }
+            _ => (None, None),
+        };
+        let mut detail = serde_json::to_value(&st).unwrap_or_default();
+        if let Some(o) = detail.as_object_mut() {
+            o.insert("from".into(), from.into());
+        }
+        self.event(now, actor, "target.state", Some(mac), job, task, detail);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &mut self,
+        now: Millis,
+        actor: Actor,
+        kind: &str,
+        target: Option<&str>,
+        job: Option<JobId>,
+        task: Option<u32>,
+        detail: serde_json::Value,
+    ) {
+        self.last_seq += 1;
+        self.events.push(EventRecord {
+            seq: self.last_seq,
+            at: now,
+            actor: actor.word().into(),
+            kind: kind.into(),
+            target: target.map(str::to_string),
+            job,
+            task,
+            detail,
+        });
+    }
+
+    fn transient(
+        &mut self,
+        now: Millis,
+        kind: &str,
+        mac: &str,
+        r: TaskRef,
+        detail: serde_json::Value,
+    ) {
+        self.events.push(EventRecord {
+            seq: 0,
+            at: now,
+            actor: Actor::Agent.word().into(),
+            kind: kind.into(),
+            target: Some(mac.to_string()),
+            job: Some(r.job),
+            task: Some(r.task),
+            detail,
+        });
+    }
+
+    /// The agent is where it was sent: the job goes on.
+    fn arrived(&mut self, now: Millis, mac: &str) {
+        let env = self
+            .targets
+            .get(mac)
+            .map(|t| t.env.clone())
+            .unwrap_or_default();
+        self.set_state(now, mac, idle_state_env(&env), Actor::Agent);
+    }
+}
+
+fn idle_state(t: &Target) -> TargetState {
+    if !t.registered {
+        TargetState::Unknown
+    } else {
+        idle_state_env(&t.env)
+    }
+}
+
+fn idle_state_env(env: &str) -> TargetState {
+    TargetState::Waiting {
+        env: env.to_string(),
+    }
+}

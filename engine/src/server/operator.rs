@@ -1,0 +1,287 @@
+//! The operator API: REST/JSON under `/api/v1` and server-sent events.
+//! Every call needs the operator token.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{auth, library, ApiErr, Shared};
+use crate::sched::api::{Environment, EventRecord, ImageView, JobId, JobSpec, JobView, TargetView};
+use crate::sched::normalize_mac;
+
+type S = State<Arc<Shared>>;
+
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/targets", get(list_targets).post(add_target))
+        .route("/api/v1/targets/{mac}", get(show_target))
+        .route("/api/v1/targets/{mac}/release", post(release_target))
+        .route("/api/v1/images", get(list_images))
+        .route("/api/v1/images/{name}", get(show_image).put(put_image))
+        .route("/api/v1/environments", get(list_envs))
+        .route("/api/v1/environments/{name}", get(show_env).put(put_env))
+        .route("/api/v1/jobs", get(list_jobs).post(submit_job))
+        .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/retry", post(retry_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/events", get(events))
+}
+
+fn operator(sh: &Shared, h: &HeaderMap) -> Result<(), ApiErr> {
+    auth::require(h, &sh.admin_token, "operator")
+}
+
+fn not_found(what: String) -> ApiErr {
+    ApiErr(StatusCode::NOT_FOUND, what)
+}
+
+async fn list_targets(State(sh): S, h: HeaderMap) -> Result<Json<Vec<TargetView>>, ApiErr> {
+    operator(&sh, &h)?;
+    Ok(Json(
+        sh.read(|i| i.sched.targets().map(|t| t.view()).collect())
+            .await,
+    ))
+}
+
+/// `POST /api/v1/targets {mac, name}`: enroll a target before it first boots.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTarget {
+    mac: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn add_target(
+    State(sh): S,
+    h: HeaderMap,
+    Json(t): Json<NewTarget>,
+) -> Result<Json<TargetView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = sh
+        .mutate(|s, now| s.add_target(now, &t.mac, &t.name).map(|t| t.view()))
+        .await??;
+    Ok(Json(v))
+}
+
+async fn show_target(
+    State(sh): S,
+    h: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Json<TargetView>, ApiErr> {
+    operator(&sh, &h)?;
+    let m = normalize_mac(&mac).ok_or_else(|| crate::sched::SchedError::BadMac(mac.clone()))?;
+    sh.read(|i| i.sched.target(&m).map(|t| t.view()))
+        .await
+        .map(Json)
+        .ok_or_else(|| crate::sched::SchedError::UnknownTarget(m).into())
+}
+
+async fn release_target(
+    State(sh): S,
+    h: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Json<TargetView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = sh
+        .mutate(|s, now| {
+            s.release(now, &mac)?;
+            let m = normalize_mac(&mac).unwrap_or_default();
+            Ok::<_, crate::sched::SchedError>(s.target(&m).map(|t| t.view()))
+        })
+        .await??;
+    v.map(Json)
+        .ok_or_else(|| not_found(format!("unknown target {mac}")))
+}
+
+async fn list_images(State(sh): S, h: HeaderMap) -> Result<Json<Vec<ImageView>>, ApiErr> {
+    operator(&sh, &h)?;
+    Ok(Json(
+        sh.read(|i| i.images.values().cloned().collect()).await,
+    ))
+}
+
+async fn show_image(
+    State(sh): S,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<ImageView>, ApiErr> {
+    operator(&sh, &h)?;
+    sh.read(|i| i.images.get(&name).cloned())
+        .await
+        .map(Json)
+        .ok_or_else(|| crate::sched::SchedError::UnknownImage(name).into())
+}
+
+async fn put_image(
+    State(sh): S,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<ImageView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = library::receive(&sh.cfg.data, &name, body).await?;
+    sh.install_image(v.clone(), "operator").await?;
+    Ok(Json(v))
+}
+
+async fn list_envs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<Environment>>, ApiErr> {
+    operator(&sh, &h)?;
+    Ok(Json(
+        sh.read(|i| i.sched.environments().cloned().collect()).await,
+    ))
+}
+
+async fn show_env(
+    State(sh): S,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Environment>, ApiErr> {
+    operator(&sh, &h)?;
+    sh.read(|i| i.sched.environment(&name).cloned())
+        .await
+        .map(Json)
+        .ok_or_else(|| not_found(format!("unknown environment {name:?}")))
+}
+
+async fn put_env(
+    State(sh): S,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    Json(mut env): Json<Environment>,
+) -> Result<Json<Environment>, ApiErr> {
+    operator(&sh, &h)?;
+    env.name = name;
+    let e = env.clone();
+    sh.mutate(|s, now| s.put_environment(now, e)).await??;
+    Ok(Json(env))
+}
+
+async fn list_jobs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<JobView>>, ApiErr> {
+    operator(&sh, &h)?;
+    Ok(Json(
+        sh.read(|i| i.sched.jobs().map(|j| j.view()).collect())
+            .await,
+    ))
+}
+
+async fn submit_job(
+    State(sh): S,
+    h: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<JobView>), ApiErr> {
+    operator(&sh, &h)?;
+    let spec: JobSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiErr(StatusCode::UNPROCESSABLE_ENTITY, format!("job spec: {e}")))?;
+    let v = sh
+        .mutate(|s, now| {
+            let id = s.submit(now, spec)?;
+            Ok::<_, crate::sched::SchedError>(s.job(id).map(|j| j.view()))
+        })
+        .await??;
+    v.map(|v| (StatusCode::CREATED, Json(v)))
+        .ok_or_else(|| not_found("the job vanished".into()))
+}
+
+async fn show_job(
+    State(sh): S,
+    h: HeaderMap,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiErr> {
+    operator(&sh, &h)?;
+    sh.read(|i| i.sched.job(id).map(|j| j.view()))
+        .await
+        .map(Json)
+        .ok_or_else(|| crate::sched::SchedError::UnknownJob(id).into())
+}
+
+async fn retry_job(
+    State(sh): S,
+    h: HeaderMap,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = sh
+        .mutate(|s, now| {
+            s.retry(now, id)?;
+            Ok::<_, crate::sched::SchedError>(s.job(id).map(|j| j.view()))
+        })
+        .await??;
+    v.map(Json)
+        .ok_or_else(|| not_found(format!("unknown job {id}")))
+}
+
+async fn cancel_job(
+    State(sh): S,
+    h: HeaderMap,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = sh
+        .mutate(|s, now| {
+            s.cancel(now, id)?;
+            Ok::<_, crate::sched::SchedError>(s.job(id).map(|j| j.view()))
+        })
+        .await??;
+    v.map(Json)
+        .ok_or_else(|| not_found(format!("unknown job {id}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    job: Option<JobId>,
+    #[serde(default)]
+    since: u64,
+}
+
+/// Replays the stored events after `since` (of one job, or all), then
+/// streams new ones live; progress events are live only.
+async fn events(
+    State(sh): S,
+    h: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiErr> {
+    operator(&sh, &h)?;
+    // Subscribe first, so nothing falls between the replay and the live feed.
+    let live = BroadcastStream::new(sh.events.subscribe());
+    let mut replay = Vec::new();
+    let mut since = q.since;
+    loop {
+        let batch = sh.store.events(q.job, since, 1000).await?;
+        let n = batch.len();
+        if let Some(last) = batch.last() {
+            since = last.seq;
+        }
+        replay.extend(batch);
+        if n < 1000 {
+            break;
+        }
+    }
+    let job = q.job;
+    let live = live.filter_map(move |e| async move {
+        match e {
+            Ok(e) if (e.seq == 0 || e.seq > since) && (job.is_none() || e.job == job) => Some(e),
+            Ok(_) => None,
+            // A subscriber that fell behind: it reconnects with `since`.
+            Err(_) => None,
+        }
+    });
+    let stream = stream::iter(replay).chain(live).map(|e: EventRecord| {
+        let mut ev = Event::default().event(e.kind.clone());
+        if e.seq > 0 {
+            ev = ev.id(e.seq.to_string());
+        }
+        Ok(ev.data(serde_json::to_string(&e).unwrap_or_default()))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
