@@ -7,7 +7,7 @@ set -euo pipefail
 want=(zstd b3sum)
 if [[ "${1:-test}" == test ]]; then
     want+=(qemu-system-x86 ovmf ipxe-qemu busybox atftp tftp-hpa curl dnsmasq
-           iproute2 iptables udpcast uftp fio util-linux)
+           iproute2 iptables udpcast uftp fio util-linux cpio efibootmgr)
 fi
 
 missing=()
@@ -20,6 +20,18 @@ if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The automation-environment test boots Debian's cloud kernel with a
+# busybox-static initramfs. busybox-static conflicts with (and would remove)
+# the dynamic busybox above, so it is extracted into the cache with the
+# kernel rather than installed.
+if [[ "${1:-test}" == test ]]; then
+    kcache=${RACKCAST_KERNEL_CACHE:-/var/cache/rackcast/kernel}
+    if [[ $(id -u) -ne 0 ]] && ! { mkdir -p "$kcache" 2>/dev/null && [[ -w $kcache ]]; }; then
+        sudo mkdir -p "$kcache" && sudo chown "$(id -u):$(id -g)" "$kcache"
+    fi
+    "$(dirname "$0")/fetch-kernel.sh" "$kcache"
 fi
 
 if [[ "${1:-test}" == test ]] && ! cargo fuzz --version >/dev/null 2>&1; then

@@ -208,11 +208,11 @@ impl Scheduler {
         for t in s.targets.values_mut() {
             match &mut t.state {
                 TargetState::RebootingTo { deadline, .. }
-                | TargetState::Running { deadline, .. } => {
-                    if *deadline < grace {
-                        *deadline = grace;
-                        s.dirty_targets.insert(t.mac.clone());
-                    }
+                | TargetState::Running { deadline, .. }
+                    if *deadline < grace =>
+                {
+                    *deadline = grace;
+                    s.dirty_targets.insert(t.mac.clone());
                 }
                 _ => {}
             }

@@ -1,0 +1,100 @@
+//! `rackcast server`: the deployment server (REST API, agent API, cast
+//! senders, image library, optional netboot) in one process.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use rackcast_engine::server::{Server, ServerConfig};
+
+/// Options of `rackcast server`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  rackcast server --data /var/lib/rackcast --listen 0.0.0.0:7300 --cast-addr 10.0.0.1\n\n\
+On first start the server writes an operator token to DATA/admin.token (for the\n\
+CLI: RACKCAST_TOKEN or --token-file) and an agent enrollment token to\n\
+DATA/agent.token (for agents: --token, or rackcast.token= on the kernel command line).")]
+pub struct ServerArgs {
+    /// Server configuration (TOML: the fields of `ServerConfig`, and a
+    /// `[netboot]` table to answer PXE too). Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory: database, tokens, image library.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address of the operator and agent APIs.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// URL agents should use to reach this server (default: http://LISTEN).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Address of the interface cast sessions are multicast from.
+    #[arg(long)]
+    cast_addr: Option<Ipv4Addr>,
+    /// First UDP port of cast sessions (session n uses PORT + n % 1000).
+    #[arg(long)]
+    cast_port: Option<u16>,
+    /// Rate ceiling of each cast session, bytes/s (suffixes K, M, G).
+    #[arg(long, value_parser = super::util::parse_size)]
+    cast_rate: Option<u64>,
+    /// Environment of tasks that name none.
+    #[arg(long)]
+    default_env: Option<String>,
+}
+
+/// Runs `rackcast server`.
+pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<ServerConfig>(&text).with_context(|| format!("{}", p.display()))?
+        }
+        None => ServerConfig::new(PathBuf::from("/var/lib/rackcast")),
+    };
+    if let Some(d) = a.data {
+        cfg.data = d;
+    }
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(u) = a.public_url {
+        cfg.public_url = Some(u);
+    }
+    if let Some(c) = a.cast_addr {
+        cfg.cast_addr = c;
+    }
+    if let Some(p) = a.cast_port {
+        cfg.cast_port = p;
+    }
+    if let Some(r) = a.cast_rate {
+        cfg.cast_rate = r;
+    }
+    if let Some(e) = a.default_env {
+        cfg.default_env = e;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let data = cfg.data.clone();
+        let server = Server::bind(cfg).await?;
+        eprintln!("rackcast server on {} (data in {})", server.url(), data.display());
+        eprintln!("  operator token:         {}", server.admin_token_path().display());
+        eprintln!("  agent enrollment token: {}", data.join("agent.token").display());
+        // A line scripts can wait for.
+        println!("listening {}", server.url());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("SIGTERM handler")?;
+        tokio::select! {
+            r = server.run() => r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
