@@ -1,7 +1,9 @@
-//! Errors of the agent: the disk writer and the restore pipeline.
+//! Errors of the agent: the disk writer, the restore pipeline and the
+//! control loop (server calls, tasks, reboots).
 
 use std::path::PathBuf;
 
+use rackcast_engine::cast::CastError;
 use rackcast_engine::image::ImageError;
 
 /// Everything that can go wrong writing an image to a target.
@@ -108,6 +110,71 @@ pub enum AgentError {
     /// A decode worker thread died.
     #[error("a decode worker stopped unexpectedly")]
     WorkerGone,
+    /// The server could not be reached, or the exchange broke off
+    /// (connection refused, reset, timed out): worth retrying.
+    #[error("{url}: {detail}")]
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// What the transport said.
+        detail: String,
+    },
+    /// The server answered with an error status.
+    #[error("{url}: HTTP {status}: {message}")]
+    Status {
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's `ApiError` text (or the body, for a non-JSON answer).
+        message: String,
+    },
+    /// The server's answer did not parse as what the API promises.
+    #[error("{url}: unexpected answer: {detail}")]
+    BadAnswer {
+        /// The URL called.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The enrollment token was refused: retrying cannot help.
+    #[error("the server at {server} refused the enrollment token (HTTP {status}): {message}")]
+    Enrollment {
+        /// The server URL.
+        server: String,
+        /// 401 or 403.
+        status: u16,
+        /// The server's reason.
+        message: String,
+    },
+    /// A cast receive failed (socket, authentication, target write or
+    /// verification).
+    #[error(transparent)]
+    Cast(#[from] CastError),
+    /// A program (script interpreter, efibootmgr, reboot command) could not
+    /// be started.
+    #[error("starting {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Setting the one-time network boot failed.
+    #[error("setting the one-time network boot: {0}")]
+    BootNext(String),
+    /// The reboot command returned instead of rebooting.
+    #[error("reboot command `{command}` failed: {detail}")]
+    Reboot {
+        /// The command line.
+        command: String,
+        /// Its exit status and output.
+        detail: String,
+    },
+    /// A directive could not be carried out as given (bad key, bad group
+    /// address, no disk named).
+    #[error("bad directive: {0}")]
+    BadDirective(String),
 }
 
 impl AgentError {

@@ -15,9 +15,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the target agent: register with a deployment server, follow its
+    /// directives (scripts, captures, multicast restores, reboots), report.
+    Agent(cmd::agent::AgentArgs),
     /// Run the demo: capture a sample disk, verify it, restore it to local
     /// targets and check every byte.
     Demo(cmd::demo::DemoArgs),
+    /// Automation environments: build the kernel + initramfs a target boots
+    /// to run the agent.
+    #[command(subcommand)]
+    Env(cmd::env::EnvCommand),
     /// Multicast an image to a rack (send) or receive it (recv).
     #[command(subcommand)]
     Cast(cmd::cast::CastCommand),
@@ -26,15 +33,30 @@ enum Command {
     Image(cmd::image::ImageCommand),
     /// Run the netboot front end alone: proxy-DHCP / DHCP, TFTP and HTTP boot.
     Netboot(cmd::netboot::NetbootArgs),
+    /// The server's targets: list, show, add, release (a client of the server).
+    #[command(subcommand)]
+    Target(cmd::target::TargetCommand),
+    /// Jobs on the server: submit, distribute, script, capture, list, show,
+    /// retry, cancel, watch.
+    #[command(subcommand)]
+    Job(cmd::job::JobCommand),
+    /// Run the deployment server: REST API, agent API, cast sessions, image
+    /// library and (configured) netboot.
+    Server(cmd::server::ServerArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Agent(a) => cmd::agent::run(a),
         Command::Cast(c) => cmd::cast::run(c),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Env(c) => cmd::env::run(c),
         Command::Image(c) => cmd::image::run(c),
         Command::Netboot(a) => cmd::netboot::run(a),
+        Command::Target(c) => cmd::target::run(c),
+        Command::Job(c) => cmd::job::run(c),
+        Command::Server(a) => cmd::server::run(a),
     };
     match result {
         Ok(code) => code,

@@ -10,11 +10,13 @@ pub mod rate;
 pub mod receiver;
 pub mod sender;
 pub mod sink;
+pub mod source;
 pub mod wire;
 
 pub use fec::{ErasureCode, ReedSolomon};
 pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats};
 pub use sender::{FrameSource, Sender, SenderConfig, SenderEvent, SenderStats, Transmit, Verdict};
+pub use source::ImageFrames;
 pub use wire::SessionKey;
 
 /// Errors of the cast protocol.
@@ -38,4 +40,26 @@ pub enum CastError {
     /// The receiver could not write or verify its target.
     #[error("target: {0}")]
     Target(String),
+    /// No authenticated packet of the session arrived for the receive's idle
+    /// limit: the sender is gone or unreachable. What was written stays.
+    #[error("no packet of the session for {idle_secs} s, with {done} of {total} chunks received")]
+    Stalled {
+        /// The idle limit, in seconds.
+        idle_secs: u64,
+        /// Chunks received (or already on the target).
+        done: u32,
+        /// Chunks that travel.
+        total: u32,
+    },
+    /// The sender ended the session before this receiver had every chunk.
+    #[error("the sender ended the session with {done} of {total} chunks received")]
+    EndedEarly {
+        /// Chunks received (or already on the target).
+        done: u32,
+        /// Chunks that travel.
+        total: u32,
+    },
+    /// The receive was abandoned by its caller (the observer asked to stop).
+    #[error("the receive was abandoned")]
+    Abandoned,
 }

@@ -11,6 +11,7 @@
 
 use std::io::IoSliceMut;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -229,6 +230,27 @@ pub enum ReceiveOutcome {
     Complete,
 }
 
+/// Limits of one receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiveLimits {
+    /// Give up after this long in all.
+    pub timeout: Duration,
+    /// Give up with [`CastError::Stalled`] when no authenticated packet of
+    /// the session arrived for this long (`None`: wait until `timeout`).
+    /// Announces count, so a sender still waiting for receivers is not idle.
+    pub idle: Option<Duration>,
+}
+
+impl ReceiveLimits {
+    /// Only an overall timeout.
+    pub fn timeout(timeout: Duration) -> ReceiveLimits {
+        ReceiveLimits {
+            timeout,
+            idle: None,
+        }
+    }
+}
+
 /// Receives until the target is complete and verified, or `timeout`.
 pub fn run_receiver(
     rx: &mut Receiver,
@@ -237,6 +259,27 @@ pub fn run_receiver(
     timeout: Duration,
     observe: &mut dyn FnMut(&Receiver),
 ) -> Result<ReceiveOutcome, CastError> {
+    run_receiver_with(rx, sock, sink, ReceiveLimits::timeout(timeout), &mut |r| {
+        observe(r);
+        ControlFlow::Continue(())
+    })
+}
+
+/// Receives until the target is complete and verified, or a limit is hit.
+/// `observe` is called at least every 100 ms; when it breaks, the receive
+/// ends with [`CastError::Abandoned`] (what was written stays).
+///
+/// A session the sender ends early is [`CastError::EndedEarly`]; an idle one
+/// is [`CastError::Stalled`]: in both cases a resumed receive into the same
+/// target only fetches what is still missing.
+pub fn run_receiver_with(
+    rx: &mut Receiver,
+    sock: &UdpSocket,
+    sink: &mut dyn ChunkSink,
+    limits: ReceiveLimits,
+    observe: &mut dyn FnMut(&Receiver) -> ControlFlow<()>,
+) -> Result<ReceiveOutcome, CastError> {
+    let timeout = limits.timeout;
     let state = UdpSocketState::new(UdpSockRef::from(sock)).map_err(net_err("socket state"))?;
     let gro = state.gro_segments().max(1);
     const SLOTS: usize = 16;
@@ -247,6 +290,7 @@ pub fn run_receiver(
     let start = Instant::now();
     let mut finished_at: Option<Instant> = None;
     let mut last_observe = start;
+    let mut heard = (rx.stats().packets, start);
     loop {
         let now = Instant::now();
         if now > start + timeout {
@@ -271,6 +315,20 @@ pub fn run_receiver(
             let stride = m.stride.max(1);
             for d in buf.chunks(stride) {
                 rx.handle_datagram(now, m.addr, d);
+            }
+        }
+        // Checked after the socket was read: a slow disk that held this loop
+        // up is not a silent sender.
+        if rx.stats().packets != heard.0 {
+            heard = (rx.stats().packets, now);
+        }
+        if let Some(idle) = limits.idle {
+            if finished_at.is_none() && now > heard.1 + idle {
+                return Err(CastError::Stalled {
+                    idle_secs: idle.as_secs(),
+                    done: rx.chunks_done(),
+                    total: rx.chunks_needed_total(),
+                });
             }
         }
         while let Some(ev) = rx.poll_event() {
@@ -301,20 +359,21 @@ pub fn run_receiver(
         }
         if now >= last_observe + Duration::from_millis(100) {
             last_observe = now;
-            observe(rx);
+            if observe(rx).is_break() {
+                return Err(CastError::Abandoned);
+            }
         }
         if let Some(t) = finished_at {
             // Keep saying "done" until the sender ends the session (or a while).
             if rx.ended() || now > t + Duration::from_secs(3) {
-                observe(rx);
+                let _ = observe(rx);
                 return Ok(ReceiveOutcome::Complete);
             }
         } else if rx.ended() && rx.index().is_some() {
-            return Err(CastError::Net(format!(
-                "the sender ended the session with {} of {} chunks received",
-                rx.chunks_done(),
-                rx.chunks_needed_total()
-            )));
+            return Err(CastError::EndedEarly {
+                done: rx.chunks_done(),
+                total: rx.chunks_needed_total(),
+            });
         }
         if n == 0 {
             wait_readable(sock, rx.poll_timeout())?;

@@ -101,8 +101,10 @@ impl Default for CastPolicy {
 }
 
 /// One task of a job.
+// No `deny_unknown_fields` here: serde cannot combine it with `flatten` (every
+// field of the flattened kind, `kind` included, would be refused); `TaskKind`
+// refuses unknown fields instead.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// What to do.
     #[serde(flatten)]
@@ -120,7 +122,7 @@ pub struct TaskSpec {
 
 /// The kinds of task.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TaskKind {
     /// Create Disk Image: capture `disk` into the image library as `image`.
     Create {

@@ -1421,7 +1421,10 @@ impl Scheduler {
             TargetState::Running { job, task, .. } | TargetState::Failed { job, task, .. } => {
                 (Some(*job), Some(*task))
             }
-            _ => (None, None),
+            // A reboot or wait on the way to a job's next task belongs to that job.
+            _ => self
+                .current(mac)
+                .map_or((None, None), |(j, r)| (Some(j.id), Some(r.task))),
         };
         let mut detail = serde_json::to_value(&st).unwrap_or_default();
         if let Some(o) = detail.as_object_mut() {

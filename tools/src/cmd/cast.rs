@@ -1,6 +1,7 @@
 //! `rackcast cast send|recv`: one image to a whole rack over multicast.
 
 use std::net::SocketAddrV4;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use rackcast_engine::cast::net::{self, NetConfig};
-use rackcast_engine::cast::sink::{FileSink, ReadBack};
+use rackcast_agent::CastReceive;
+use rackcast_engine::cast::net::{self, NetConfig, ReceiveLimits};
+use rackcast_engine::cast::sink::ReadBack;
 use rackcast_engine::cast::wire::symbol_size_for_mtu;
 use rackcast_engine::cast::{
-    CastError, FrameSource, ReceiverConfig, ReedSolomon, Sender, SenderConfig, SenderEvent,
-    SessionKey, Verdict,
+    CastError, FrameSource, ReedSolomon, Sender, SenderConfig, SenderEvent, SessionKey, Verdict,
 };
 use rackcast_engine::image::{hex, ImageReader};
 
@@ -275,27 +276,31 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
         .concat(),
     );
     let id = u64::from_le_bytes(id_hash.as_bytes()[..8].try_into().expect("8 bytes"));
-    let mut cfg = ReceiverConfig::new(key, id);
-    if let Some(r) = &a.root {
-        let b = rackcast_engine::image::from_hex(r)
-            .filter(|b| b.len() == 32)
-            .context("--root must be 64 hex digits")?;
-        cfg.expected_root = Some(b.try_into().expect("32 bytes"));
-    }
-    let netcfg = NetConfig {
-        group: a.group.group,
-        iface_addr,
-        ttl: 1,
-        buffer: 32 << 20,
+    let expected_root = match &a.root {
+        Some(r) => Some(
+            rackcast_engine::image::from_hex(r)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .context("--root must be 64 hex digits")?,
+        ),
+        None => None,
     };
-    let sock = net::receiver_socket(&netcfg)?;
-    let mut rx = rackcast_engine::cast::Receiver::new(cfg, Arc::new(ReedSolomon), Instant::now());
     let read_back = match a.verify {
         VerifyArg::Off => ReadBack::Off,
         VerifyArg::Sample => ReadBack::Sample,
         VerifyArg::Full => ReadBack::Full,
     };
-    let mut sink = FileSink::new(&a.dest, !a.no_resume, read_back);
+    let spec = CastReceive {
+        dest: a.dest.clone(),
+        group: a.group.group,
+        iface_addr,
+        key,
+        receiver: id,
+        session: None,
+        expected_root,
+        resume: !a.no_resume,
+        read_back,
+        limits: ReceiveLimits::timeout(Duration::from_secs(a.timeout)),
+    };
     eprintln!(
         "receiver {id:016x} joined {} on {} ({iface_addr}), writing {}",
         a.group.group,
@@ -304,16 +309,11 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
     );
     let start = Instant::now();
     let mut last = start;
-    let result = net::run_receiver(
-        &mut rx,
-        &sock,
-        &mut sink,
-        Duration::from_secs(a.timeout),
-        &mut |r| {
-            if last.elapsed() >= Duration::from_secs(1) {
-                last = Instant::now();
-                let s = r.stats();
-                eprintln!(
+    let result = rackcast_agent::receive(&spec, &mut |r| {
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            let s = r.stats();
+            eprintln!(
                 "progress   {}/{} chunks, {} received, loss {:.1}%, {} decoded by FEC, {} dropped",
                 r.chunks_done(),
                 r.chunks_needed_total(),
@@ -322,14 +322,14 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
                 s.decoded,
                 s.bad_mac + s.malformed + s.wrong_session
             );
-            }
-        },
-    );
-    let s = rx.stats().clone();
+        }
+        ControlFlow::Continue(())
+    });
     let secs = start.elapsed().as_secs_f64();
     match result {
-        Ok(_) => {
-            let root = rx.index().map(|i| hex(&i.root())).unwrap_or_default();
+        Ok(done) => {
+            let (s, sink) = (&done.rx, &done.sink);
+            let root = hex(&done.root);
             println!("target      {}", a.dest.display());
             println!("root        {root}");
             println!(
@@ -346,14 +346,11 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
             );
             println!(
                 "written     {} ({} chunks already on the target)",
-                human_bytes(sink.stats().bytes_written),
-                sink.stats().resumed_chunks
+                human_bytes(sink.bytes_written),
+                sink.resumed_chunks
             );
             println!("time        {secs:.2} s");
-            println!(
-                "verified    ok ({} chunks read back)",
-                sink.stats().verified_chunks
-            );
+            println!("verified    ok ({} chunks read back)", sink.verified_chunks);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -36,6 +36,11 @@ pub enum ImageCommand {
     Keygen(KeygenArgs),
     /// Write a generated, reproducible sample disk (for demos and benchmarks).
     Sample(SampleArgs),
+    /// List the images in the server's library.
+    List(super::image_remote::ListArgs),
+    /// Upload an image file into the server's library (streamed; the server
+    /// verifies the root before accepting it).
+    Upload(super::image_remote::UploadArgs),
 }
 
 /// Options of `rackcast image sample`.
@@ -183,6 +188,8 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Verify(a) => verify(&a),
         ImageCommand::Restore(a) => restore(&a),
         ImageCommand::Keygen(a) => keygen(&a),
+        ImageCommand::List(a) => super::image_remote::list(&a),
+        ImageCommand::Upload(a) => super::image_remote::upload(&a),
         ImageCommand::Sample(a) => {
             super::sample::write_sample(&a.out, a.size, a.shape)?;
             println!(

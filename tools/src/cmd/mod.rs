@@ -1,8 +1,16 @@
 //! One module per `rackcast` subcommand.
 
+pub mod agent;
 pub mod cast;
+pub mod client;
 pub mod demo;
+pub mod demo_net;
+pub mod env;
 pub mod image;
+pub mod image_remote;
+pub mod job;
 pub mod netboot;
 pub mod sample;
+pub mod server;
+pub mod target;
 pub mod util;

@@ -10,10 +10,12 @@ use rackcast_engine::server::{Server, ServerConfig};
 
 /// Options of `rackcast server`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  rackcast server --data /var/lib/rackcast --listen 0.0.0.0:7300 --cast-addr 10.0.0.1\n\n\
+#[command(
+    after_help = "Example:\n  rackcast server --data /var/lib/rackcast --listen 0.0.0.0:7300 --cast-addr 10.0.0.1\n\n\
 On first start the server writes an operator token to DATA/admin.token (for the\n\
 CLI: RACKCAST_TOKEN or --token-file) and an agent enrollment token to\n\
-DATA/agent.token (for agents: --token, or rackcast.token= on the kernel command line).")]
+DATA/agent.token (for agents: --token, or rackcast.token= on the kernel command line)."
+)]
 pub struct ServerArgs {
     /// Server configuration (TOML: the fields of `ServerConfig`, and a
     /// `[netboot]` table to answer PXE too). Flags override it.
@@ -50,7 +52,8 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         .try_init();
     let mut cfg = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str::<ServerConfig>(&text).with_context(|| format!("{}", p.display()))?
         }
         None => ServerConfig::new(PathBuf::from("/var/lib/rackcast")),
@@ -83,9 +86,19 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let data = cfg.data.clone();
         let server = Server::bind(cfg).await?;
-        eprintln!("rackcast server on {} (data in {})", server.url(), data.display());
-        eprintln!("  operator token:         {}", server.admin_token_path().display());
-        eprintln!("  agent enrollment token: {}", data.join("agent.token").display());
+        eprintln!(
+            "rackcast server on {} (data in {})",
+            server.url(),
+            data.display()
+        );
+        eprintln!(
+            "  operator token:         {}",
+            server.admin_token_path().display()
+        );
+        eprintln!(
+            "  agent enrollment token: {}",
+            data.join("agent.token").display()
+        );
         // A line scripts can wait for.
         println!("listening {}", server.url());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,0 +1,194 @@
+//! The agent's control loop: register with the deployment server, long-poll
+//! for directives, run tasks and report on them, reboot where told.
+//!
+//! ```text
+//! register ─► poll ─┬─ Wait ──────────────► poll
+//!    ▲              ├─ Run ─► task thread ─► reports (Log, Progress) ... Finished | Rejoin ─► poll
+//!    │              ├─ Reboot / BootLocal ─► --on-reboot: restart | exit | system
+//!    └── 401 ───────┴─ Register
+//! ```
+//!
+//! Nothing is lost when the server is: calls are retried with back-off
+//! ([`backoff`]) for up to [`AgentConfig::give_up`]; a `Finished` (or
+//! `Rejoin`) report is held until the server acknowledges it, and a
+//! re-registration names the task still in hand (`running`).
+
+pub mod backoff;
+pub mod boot;
+pub mod client;
+pub mod inventory;
+pub mod script;
+mod session;
+pub mod tasks;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{AgentError, Result};
+
+pub use boot::KernelArgs;
+pub use client::Client;
+
+/// The agent's version, sent when registering.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What to do when the server says reboot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootMode {
+    /// Local test and demo targets: act as if the machine had booted into
+    /// the environment (register again from it, in-process); `local` ends
+    /// the agent as "booted the local disk".
+    Restart,
+    /// Say where the machine would boot, and end the agent.
+    Exit,
+    /// Real machines: set a one-time network boot (UEFI `BootNext` via
+    /// `efibootmgr`, when booting into an automation environment) and run
+    /// the reboot command.
+    System,
+}
+
+/// How the control loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// No work left: the machine boots (or, for a local agent, "booted")
+    /// its own disk.
+    BootLocal,
+    /// The machine reboots (or, with [`RebootMode::Exit`], would reboot)
+    /// into this environment.
+    Rebooted {
+        /// The environment.
+        env: String,
+    },
+    /// The server stayed unreachable for the give-up time.
+    GaveUp {
+        /// How long it was tried.
+        after: Duration,
+        /// The last error.
+        last_error: String,
+    },
+}
+
+/// Everything the control loop needs, validated by [`run`].
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The deployment server, `http://host:port`.
+    pub server: String,
+    /// The enrollment token for `register`.
+    pub enroll_token: String,
+    /// The target's identity, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The environment this agent runs in (`linux-x64`, ...).
+    pub env: String,
+    /// The disk a task that names none works on (a file or a device).
+    pub disk: Option<PathBuf>,
+    /// Where scripts run and captures are written before upload.
+    pub work_dir: PathBuf,
+    /// Join cast sessions on this address (`None`: the address the route to
+    /// the server leaves from).
+    pub iface_addr: Option<Ipv4Addr>,
+    /// What a reboot directive does.
+    pub on_reboot: RebootMode,
+    /// The reboot command for [`RebootMode::System`], program then arguments.
+    pub reboot_command: Vec<String>,
+    /// Seconds to ask the server to hold an idle poll (`None`: the server's
+    /// `poll_wait`).
+    pub poll_wait: Option<u64>,
+    /// How long to keep retrying a lost server before giving up.
+    pub give_up: Duration,
+    /// A cast receive with no packet of its session for this long asks the
+    /// server for a new session.
+    pub stall: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults: environment `linux-x64`, work
+    /// directory `/var/tmp/rackcast`, reboot mode `exit`, give up after an
+    /// hour, rejoin a cast after 15 s of silence.
+    pub fn new(server: &str, enroll_token: &str, mac: &str) -> AgentConfig {
+        AgentConfig {
+            server: server.trim_end_matches('/').to_string(),
+            enroll_token: enroll_token.to_string(),
+            mac: mac.to_ascii_lowercase(),
+            env: "linux-x64".into(),
+            disk: None,
+            work_dir: PathBuf::from("/var/tmp/rackcast"),
+            iface_addr: None,
+            on_reboot: RebootMode::Exit,
+            reboot_command: vec!["reboot".into(), "-f".into()],
+            poll_wait: None,
+            give_up: Duration::from_secs(3600),
+            stall: Duration::from_secs(15),
+        }
+    }
+
+    /// Checks the values that would otherwise fail later, far from here.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(AgentError::Config(s));
+        inventory::server_host_port(&self.server)?;
+        if !inventory::is_real_mac(&self.mac) {
+            return bad(format!(
+                "MAC {:?} is not six hex octets (aa:bb:cc:dd:ee:ff), or is all zeros",
+                self.mac
+            ));
+        }
+        if self.env.trim().is_empty() {
+            return bad("the environment name is empty".into());
+        }
+        if self.on_reboot == RebootMode::System && self.reboot_command.is_empty() {
+            return bad("the reboot command is empty".into());
+        }
+        if self.stall.is_zero() {
+            return bad("the cast stall time must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs the agent until there is nothing left for it to do: it registers,
+/// follows directives, and returns how it ended. Errors are the ones
+/// retrying cannot fix (a bad configuration, a refused enrollment token, a
+/// reboot command that failed).
+pub fn run(cfg: AgentConfig) -> Result<Outcome> {
+    cfg.validate()?;
+    session::Session::new(cfg).run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c = AgentConfig::new("http://127.0.0.1:7070/", "tok", "02:00:00:00:00:0A");
+        assert_eq!(c.server, "http://127.0.0.1:7070");
+        assert_eq!(c.mac, "02:00:00:00:00:0a");
+        assert_eq!(c.on_reboot, RebootMode::Exit, "never reboot by default");
+        assert!(c.validate().is_ok());
+        let mut bad = c.clone();
+        bad.mac = "00:00:00:00:00:00".into();
+        assert!(bad.validate().is_err());
+        let mut bad = c.clone();
+        bad.server = "https://x".into();
+        assert!(bad.validate().is_err());
+        let mut bad = c;
+        bad.on_reboot = RebootMode::System;
+        bad.reboot_command.clear();
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_refused_connection_for_longer_than_give_up_is_an_outcome() {
+        let mut c = AgentConfig::new("http://127.0.0.1:9", "tok", "02:00:00:00:00:01");
+        c.give_up = Duration::from_millis(700);
+        let start = std::time::Instant::now();
+        match run(c).unwrap() {
+            Outcome::GaveUp { after, last_error } => {
+                assert!(after >= Duration::from_millis(700));
+                assert!(!last_error.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(8));
+    }
+}

@@ -1,0 +1,534 @@
+//! Run Script: the script runs as `interpreter FILE` in its own process
+//! group, with stdout and stderr on one pipe (so their lines keep the order
+//! they were written in), streamed out in batches; at its timeout, or when
+//! the caller says stop, the whole group is killed (a `sleep` the script
+//! started dies with it).
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::error::{AgentError, Result};
+
+/// A batch of output is sent after this long...
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// ...or once it holds this many bytes.
+pub const BATCH_BYTES: usize = 16 * 1024;
+/// After SIGTERM, the group gets this long before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_millis(300);
+/// After the script exits, descendants still holding its output get this
+/// long to finish before the group is killed.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ScriptSpec {
+    /// The script text.
+    pub script: String,
+    /// The interpreter, with arguments (`/bin/sh`, `/bin/bash -e`, `python3`).
+    pub interpreter: String,
+    /// Kill it after this long (`None`: never).
+    pub timeout: Option<Duration>,
+    /// Working directory; the script file is written here too.
+    pub dir: PathBuf,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// How a script ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptEnd {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal ended it (not one of ours).
+    Signalled(i32),
+    /// It ran past its timeout and was killed.
+    TimedOut(Duration),
+    /// The caller said stop; it was killed.
+    Stopped,
+}
+
+impl ScriptEnd {
+    /// A short line for the task's summary.
+    pub fn summary(&self) -> String {
+        match self {
+            ScriptEnd::Exited(n) => format!("exit {n}"),
+            ScriptEnd::Signalled(s) => format!("killed by signal {s}"),
+            ScriptEnd::TimedOut(t) => format!("killed at its timeout of {} s", t.as_secs()),
+            ScriptEnd::Stopped => "stopped".into(),
+        }
+    }
+}
+
+/// Whether to keep going, from the caller's output callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep running.
+    Continue,
+    /// Kill the script.
+    Stop,
+}
+
+/// Runs the script; `output` gets its output in order, in batches of whole
+/// lines where possible (every [`BATCH_INTERVAL`] or [`BATCH_BYTES`]), and
+/// is asked every [`BATCH_INTERVAL`] with an empty batch when there is none.
+pub fn run_script(spec: &ScriptSpec, output: &mut dyn FnMut(&str) -> Flow) -> Result<ScriptEnd> {
+    std::fs::create_dir_all(&spec.dir).map_err(|e| AgentError::io("creating", &spec.dir, e))?;
+    let file = ScriptFile::create(&spec.dir, &spec.script)?;
+    let mut words = spec.interpreter.split_whitespace();
+    let program = words.next().unwrap_or("/bin/sh");
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| AgentError::io("creating a pipe for", file.path(), e.into()))?;
+    let write_2 = write_end
+        .try_clone()
+        .map_err(|e| AgentError::io("duplicating a pipe for", file.path(), e))?;
+    let mut cmd = Command::new(program);
+    cmd.args(words)
+        .arg(file.path())
+        .current_dir(&spec.dir)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::from(write_2))
+        .process_group(0);
+    let child = cmd.spawn().map_err(|source| AgentError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    // The command holds our copies of the pipe's write end: close them, or
+    // the pipe never reports end of file.
+    drop(cmd);
+    let chunks = spawn_reader(std::fs::File::from(read_end));
+    let mut run = Running {
+        child,
+        chunks,
+        pending: Vec::new(),
+        eof: false,
+    };
+    let end = run.supervise(spec.timeout, output);
+    drop(file);
+    end
+}
+
+/// The script on disk, removed when dropped.
+struct ScriptFile(PathBuf);
+
+impl ScriptFile {
+    fn create(dir: &Path, text: &str) -> Result<ScriptFile> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("script-{}-{n}", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    let file = ScriptFile(path);
+                    f.write_all(text.as_bytes())
+                        .map_err(|e| AgentError::io("writing", &file.0, e))?;
+                    return Ok(file);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(AgentError::io("creating", path, e)),
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScriptFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+struct Running {
+    child: Child,
+    chunks: Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    eof: bool,
+}
+
+impl Running {
+    fn supervise(
+        &mut self,
+        timeout: Option<Duration>,
+        output: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<ScriptEnd> {
+        let start = Instant::now();
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        let mut last_flush = start;
+        let mut status: Option<ExitStatus> = None;
+        let mut exited_at: Option<Instant> = None;
+        let mut verdict: Option<ScriptEnd> = None;
+        let mut term_sent: Option<Instant> = None;
+        loop {
+            self.gather(Duration::from_millis(50));
+            let now = Instant::now();
+            if status.is_none() {
+                status = self
+                    .child
+                    .try_wait()
+                    .map_err(|e| AgentError::io("waiting for", "the script", e))?;
+                if status.is_some() {
+                    exited_at = Some(now);
+                }
+            }
+            // Past the timeout: TERM the group, then KILL it.
+            if verdict.is_none() {
+                if let Some(t) = timeout.filter(|t| now >= start + *t && status.is_none()) {
+                    verdict = Some(ScriptEnd::TimedOut(t));
+                }
+            }
+            if verdict.is_some() {
+                match term_sent {
+                    None => {
+                        let _ = killpg(pgid, Signal::SIGTERM);
+                        term_sent = Some(now);
+                    }
+                    Some(t) if now >= t + KILL_GRACE => {
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                    }
+                    Some(_) => {}
+                }
+            }
+            // The script is gone, but something it started still holds the
+            // pipe: give it a moment, then end the group.
+            if let Some(t) = exited_at {
+                if !self.eof && now >= t + LINGER {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+            }
+            let done = status.is_some() && self.eof;
+            let lost_pipe = exited_at.is_some_and(|t| now >= t + LINGER * 3);
+            let last = done || lost_pipe;
+            if self.pending.len() >= BATCH_BYTES || now >= last_flush + BATCH_INTERVAL || last {
+                last_flush = now;
+                loop {
+                    let text = self.take_batch(last);
+                    if output(&text) == Flow::Stop && verdict.is_none() && status.is_none() {
+                        verdict = Some(ScriptEnd::Stopped);
+                    }
+                    let more = if last {
+                        !self.pending.is_empty()
+                    } else {
+                        self.pending.len() >= BATCH_BYTES
+                    };
+                    if !more || text.is_empty() {
+                        break;
+                    }
+                }
+            }
+            if done || lost_pipe {
+                // The group is reaped already, but nothing of it may outlive
+                // the task.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                break;
+            }
+        }
+        if let Some(v) = verdict {
+            return Ok(v);
+        }
+        let status = status.ok_or_else(|| AgentError::Config("script status lost".into()))?;
+        Ok(
+            match (
+                status.code(),
+                std::os::unix::process::ExitStatusExt::signal(&status),
+            ) {
+                (Some(code), _) => ScriptEnd::Exited(code),
+                (None, Some(sig)) => ScriptEnd::Signalled(sig),
+                (None, None) => ScriptEnd::Signalled(0),
+            },
+        )
+    }
+
+    /// Waits up to `wait` for output, then takes what is there (up to a
+    /// batch).
+    fn gather(&mut self, wait: Duration) {
+        if self.eof {
+            std::thread::sleep(wait.min(Duration::from_millis(20)));
+            return;
+        }
+        match self.chunks.recv_timeout(wait) {
+            Ok(c) => self.pending.extend_from_slice(&c),
+            Err(RecvTimeoutError::Timeout) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.eof = true;
+                return;
+            }
+        }
+        while self.pending.len() < BATCH_BYTES {
+            match self.chunks.try_recv() {
+                Ok(c) => self.pending.extend_from_slice(&c),
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    self.eof = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The text to send now: up to the last newline when a line is still
+    /// being written (unless `all` or the batch is full), never splitting a
+    /// UTF-8 character.
+    fn take_batch(&mut self, all: bool) -> String {
+        let cut = batch_cut(&self.pending, all);
+        let rest = self.pending.split_off(cut);
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending = rest;
+        text
+    }
+}
+
+/// Where to cut `buf` for a batch of at most [`BATCH_BYTES`]: after the
+/// last whole line that fits, else (one long line) at a UTF-8 boundary;
+/// with `all`, a short buffer is taken whole.
+pub(crate) fn batch_cut(buf: &[u8], all: bool) -> usize {
+    if all && buf.len() <= BATCH_BYTES {
+        return buf.len();
+    }
+    let window = &buf[..buf.len().min(BATCH_BYTES)];
+    if let Some(nl) = window.iter().rposition(|b| *b == b'\n') {
+        return nl + 1;
+    }
+    match std::str::from_utf8(window) {
+        Ok(_) => window.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => window.len(),
+    }
+}
+
+fn spawn_reader(mut pipe: std::fs::File) -> Receiver<Vec<u8>> {
+    let (tx, rx) = unbounded();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+    rx
+}
+
+/// The default interpreter when a script names none.
+pub fn default_interpreter() -> &'static str {
+    "/bin/sh"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(script: &str, timeout: Option<Duration>) -> (ScriptSpec, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (
+            ScriptSpec {
+                script: script.into(),
+                interpreter: "/bin/sh".into(),
+                timeout,
+                dir: dir.path().to_path_buf(),
+                env: vec![("RACKCAST_TEST".into(), "yes".into())],
+            },
+            dir,
+        )
+    }
+
+    fn run(s: &ScriptSpec) -> (ScriptEnd, Vec<(Duration, String)>) {
+        let start = Instant::now();
+        let mut batches = Vec::new();
+        let end = run_script(s, &mut |t| {
+            if !t.is_empty() {
+                batches.push((start.elapsed(), t.to_string()));
+            }
+            Flow::Continue
+        })
+        .unwrap();
+        (end, batches)
+    }
+
+    fn text(b: &[(Duration, String)]) -> String {
+        b.iter().map(|(_, t)| t.as_str()).collect()
+    }
+
+    #[test]
+    fn output_of_stdout_and_stderr_in_order_and_exit_code() {
+        let (s, _d) = spec(
+            "echo one; echo two >&2; printf 'three\\n'; echo \"$RACKCAST_TEST\" >&2; exit 3",
+            None,
+        );
+        let (end, batches) = run(&s);
+        assert_eq!(end, ScriptEnd::Exited(3));
+        assert_eq!(end.summary(), "exit 3");
+        assert_eq!(text(&batches), "one\ntwo\nthree\nyes\n");
+    }
+
+    #[test]
+    fn output_is_streamed_while_the_script_runs() {
+        let (s, _d) = spec("echo first; sleep 1.5; echo second", None);
+        let (end, batches) = run(&s);
+        assert_eq!(end, ScriptEnd::Exited(0));
+        assert_eq!(text(&batches), "first\nsecond\n");
+        assert_eq!(batches[0].1, "first\n");
+        assert!(
+            batches[0].0 < Duration::from_millis(1200),
+            "first line came at {:?}, not while the script ran",
+            batches[0].0
+        );
+    }
+
+    #[test]
+    fn large_output_comes_in_bounded_batches() {
+        let (s, _d) = spec(
+            "i=0; while [ $i -lt 3000 ]; do echo \"line $i of the output\"; i=$((i+1)); done",
+            None,
+        );
+        let (end, batches) = run(&s);
+        assert_eq!(end, ScriptEnd::Exited(0));
+        let all = text(&batches);
+        assert_eq!(all.lines().count(), 3000);
+        assert!(all.ends_with("line 2999 of the output\n"));
+        assert!(batches
+            .iter()
+            .all(|(_, t)| t.len() <= 2 * BATCH_BYTES + 8192));
+    }
+
+    #[test]
+    fn killed_at_timeout_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let (mut s, _d) = spec("", Some(Duration::from_millis(500)));
+        s.script = format!(
+            "sleep 30 & echo $! > {}; echo started; wait",
+            pidfile.display()
+        );
+        let start = Instant::now();
+        let (end, batches) = run(&s);
+        let took = start.elapsed();
+        assert_eq!(end, ScriptEnd::TimedOut(Duration::from_millis(500)));
+        assert!(took < Duration::from_millis(2000), "took {took:?}");
+        assert_eq!(text(&batches), "started\n");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_child_gone(pid);
+    }
+
+    #[test]
+    fn a_script_that_traps_term_is_still_killed() {
+        let (s, _d) = spec(
+            "trap '' TERM; echo ready; while :; do sleep 0.1; done",
+            Some(Duration::from_millis(300)),
+        );
+        let start = Instant::now();
+        let (end, _) = run(&s);
+        assert!(matches!(end, ScriptEnd::TimedOut(_)));
+        assert!(start.elapsed() < Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn stop_from_the_caller_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let (mut s, _d) = spec("", None);
+        s.script = format!(
+            "sleep 30 & echo $! > {}; echo started; wait",
+            pidfile.display()
+        );
+        let start = Instant::now();
+        let end = run_script(&s, &mut |t| {
+            if t.contains("started") {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })
+        .unwrap();
+        assert_eq!(end, ScriptEnd::Stopped);
+        assert!(start.elapsed() < Duration::from_secs(3));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_child_gone(pid);
+    }
+
+    #[test]
+    fn a_background_daemon_does_not_hold_the_task() {
+        let (s, _d) = spec("(sleep 30; echo never) & echo bye", None);
+        let start = Instant::now();
+        let (end, batches) = run(&s);
+        assert_eq!(end, ScriptEnd::Exited(0));
+        assert_eq!(text(&batches), "bye\n");
+        assert!(start.elapsed() < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_missing_interpreter_is_a_spawn_error() {
+        let (mut s, _d) = spec("true", None);
+        s.interpreter = "/nonexistent/interpreter".into();
+        match run_script(&s, &mut |_| Flow::Continue) {
+            Err(AgentError::Spawn { program, .. }) => {
+                assert_eq!(program, "/nonexistent/interpreter")
+            }
+            other => panic!("expected a spawn error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_cut_at_line_ends_and_utf8_boundaries() {
+        assert_eq!(batch_cut(b"a\nb", false), 2);
+        assert_eq!(batch_cut(b"a\nb", true), 3);
+        assert_eq!(batch_cut(b"abc", false), 3);
+        let e = "é".as_bytes();
+        let partial = [b'x', e[0]];
+        assert_eq!(batch_cut(&partial, false), 1);
+        let long = vec![b'y'; BATCH_BYTES * 2];
+        assert_eq!(batch_cut(&long, true), BATCH_BYTES);
+        let mut lines = b"ab\n".repeat(BATCH_BYTES);
+        lines.truncate(BATCH_BYTES * 2);
+        let cut = batch_cut(&lines, false);
+        assert!(cut <= BATCH_BYTES && lines[cut - 1] == b'\n');
+    }
+
+    /// The child was killed: it is gone, or a zombie waiting for init.
+    fn assert_child_gone(pid: i32) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 3 is the state; Z is a zombie.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.chars().next())
+                .unwrap_or('Z');
+            if state == 'Z' || state == 'X' {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child {pid} of the script is still running (state {state})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,792 @@
+//! The work of a `Run` directive, each kind on its own thread: Run Script,
+//! Create Disk Image (capture, then upload) and Distribute Disk Image (a
+//! resuming multicast receive). A worker hands its reports to the control
+//! loop through a bounded channel and ends with exactly one terminal report
+//! (`Finished` or `Rejoin`), or none when it was told to stop.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use rackcast_engine::cast::net::ReceiveLimits;
+use rackcast_engine::cast::CastError;
+use rackcast_engine::cast::SessionKey;
+use rackcast_engine::image::{create_image, from_hex, hex, CreateOptions};
+use rackcast_engine::sched::api::{CastJoin, Progress, TaskRef, TaskReport, VerifyMode, Work};
+
+use super::backoff::Backoff;
+use super::client::{classify, Client, Failure};
+use super::inventory::{disk_file, route_to};
+use super::script::{run_script, Flow, ScriptEnd, ScriptSpec};
+use crate::error::AgentError;
+use crate::receive::{read_back_for, receive, CastReceive};
+
+/// Progress is reported this often.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Output held back while the control loop cannot send it (server lost);
+/// beyond this the oldest is dropped, with a note.
+const HELD_LOG_MAX: usize = 1 << 20;
+/// A task with no timeout still ends some day.
+const NO_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What a worker needs from the agent.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The server (the upload uses its boot token).
+    pub client: Client,
+    /// Where scripts run and captures are written.
+    pub work_dir: PathBuf,
+    /// The disk a task that names none works on.
+    pub default_disk: Option<PathBuf>,
+    /// Join multicast on this address (`None`: the route to the server).
+    pub iface_addr: Option<Ipv4Addr>,
+    /// A receive with no packet of its session for this long asks to rejoin.
+    pub stall: Duration,
+    /// How long an upload keeps retrying a lost server.
+    pub give_up: Duration,
+    /// Prefix of the lines echoed to stderr.
+    pub tag: String,
+}
+
+/// A running task.
+#[derive(Debug)]
+pub struct TaskHandle {
+    /// Which run.
+    pub task: TaskRef,
+    /// What it does.
+    pub work: Work,
+    stop: Arc<AtomicBool>,
+    reports: Receiver<TaskReport>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TaskHandle {
+    /// Starts `work` on its own thread.
+    pub fn spawn(ctx: TaskContext, task: TaskRef, work: Work, timeout: u64) -> TaskHandle {
+        let (tx, rx) = bounded(64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut out = Out {
+            tx,
+            stop: stop.clone(),
+            held: String::new(),
+            dropped: 0,
+        };
+        let limit = (timeout > 0).then(|| Duration::from_secs(timeout));
+        let w = work.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("task-{}-{}", task.job, task.task))
+            .spawn(move || {
+                let end = match w {
+                    Work::Script {
+                        script,
+                        interpreter,
+                        expect_exit,
+                    } => script_task(
+                        &ctx,
+                        task,
+                        script,
+                        interpreter,
+                        expect_exit,
+                        limit,
+                        &mut out,
+                    ),
+                    Work::Create { image, disk } => {
+                        create_task(&ctx, task, &image, disk.as_deref(), &mut out)
+                    }
+                    Work::Distribute {
+                        root,
+                        disk,
+                        verify,
+                        cast,
+                        ..
+                    } => distribute_task(
+                        &ctx,
+                        &root,
+                        disk.as_deref(),
+                        verify,
+                        &cast,
+                        limit,
+                        &mut out,
+                    ),
+                };
+                if let Some(end) = end {
+                    out.end(end);
+                }
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // No thread: the task fails at once (the channel still works).
+                let (tx, rx2) = bounded(1);
+                let _ = tx.send(failed(format!("starting the task thread: {e}")));
+                return TaskHandle {
+                    task,
+                    work,
+                    stop,
+                    reports: rx2,
+                    thread: None,
+                };
+            }
+        };
+        TaskHandle {
+            task,
+            work,
+            stop,
+            reports: rx,
+            thread,
+        }
+    }
+
+    /// The worker's reports.
+    pub fn reports(&self) -> &Receiver<TaskReport> {
+        &self.reports
+    }
+
+    /// Asks the worker to stop (kill a script, abandon a receive).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`TaskHandle::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Stops the worker and waits for it (reports it still sends are
+    /// dropped).
+    pub fn stop_and_join(mut self) {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            // Drain so a worker blocked on a full channel can finish.
+            while !t.is_finished() {
+                let _ = self.reports.recv_timeout(Duration::from_millis(50));
+            }
+            let _ = t.join();
+        }
+    }
+
+    /// Waits for a worker that has sent its terminal report.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn failed(error: String) -> TaskReport {
+    TaskReport::Finished {
+        ok: false,
+        summary: error.clone(),
+        error: Some(error),
+    }
+}
+
+/// The worker's side of the channel.
+struct Out {
+    tx: Sender<TaskReport>,
+    stop: Arc<AtomicBool>,
+    /// Output the channel had no room for yet.
+    held: String,
+    dropped: usize,
+}
+
+impl Out {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn log(&mut self, text: &str) {
+        self.held.push_str(text);
+        if self.held.len() > HELD_LOG_MAX {
+            let mut cut = self.held.len() - HELD_LOG_MAX / 2;
+            while !self.held.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.dropped += cut;
+            self.held.drain(..cut);
+        }
+        if self.held.is_empty() {
+            return;
+        }
+        let text = self.held_text();
+        // No room: keep it and try again with the next batch.
+        if self.tx.try_send(TaskReport::Log { text }).is_ok() {
+            self.held.clear();
+            self.dropped = 0;
+        }
+    }
+
+    fn held_text(&self) -> String {
+        if self.dropped > 0 {
+            format!(
+                "[rackcast: {} bytes of output dropped while the server was away]\n{}",
+                self.dropped, self.held
+            )
+        } else {
+            self.held.clone()
+        }
+    }
+
+    fn progress(&mut self, p: Progress) {
+        // Stale progress is worthless: drop it when there is no room.
+        let _ = self.tx.try_send(TaskReport::Progress(p));
+    }
+
+    fn end(self, report: TaskReport) {
+        if !self.held.is_empty() {
+            let _ = self.tx.send(TaskReport::Log {
+                text: self.held_text(),
+            });
+        }
+        let _ = self.tx.send(report);
+    }
+}
+
+/// A once-a-second progress reporter.
+struct Pacer {
+    last: Instant,
+    last_done: u64,
+}
+
+impl Pacer {
+    fn new() -> Pacer {
+        Pacer {
+            last: Instant::now(),
+            last_done: 0,
+        }
+    }
+
+    fn due(&mut self, done: u64, total: u64, message: &str) -> Option<Progress> {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last);
+        if dt < PROGRESS_EVERY {
+            return None;
+        }
+        let rate = done.saturating_sub(self.last_done) as f64 / dt.as_secs_f64();
+        self.last = now;
+        self.last_done = done;
+        Some(Progress {
+            done,
+            total,
+            rate,
+            message: message.to_string(),
+        })
+    }
+}
+
+fn disk_for(ctx: &TaskContext, named: Option<&str>) -> Result<PathBuf, String> {
+    named
+        .map(PathBuf::from)
+        .or_else(|| ctx.default_disk.clone())
+        .ok_or_else(|| "the task names no disk and the agent has no --disk".to_string())
+}
+
+// ---------------------------------------------------------------- script
+
+fn script_task(
+    ctx: &TaskContext,
+    task: TaskRef,
+    script: String,
+    interpreter: String,
+    expect_exit: i32,
+    timeout: Option<Duration>,
+    out: &mut Out,
+) -> Option<TaskReport> {
+    let mut env = vec![
+        ("RACKCAST_JOB".to_string(), task.job.to_string()),
+        ("RACKCAST_TASK".to_string(), task.task.to_string()),
+        ("RACKCAST_ATTEMPT".to_string(), task.attempt.to_string()),
+    ];
+    if let Some(d) = &ctx.default_disk {
+        env.push(("RACKCAST_DISK".into(), d.display().to_string()));
+    }
+    let spec = ScriptSpec {
+        script,
+        interpreter: if interpreter.trim().is_empty() {
+            super::script::default_interpreter().to_string()
+        } else {
+            interpreter
+        },
+        timeout,
+        dir: ctx.work_dir.clone(),
+        env,
+    };
+    let end = run_script(&spec, &mut |text| {
+        for line in text.lines() {
+            eprintln!("{} | {line}", ctx.tag);
+        }
+        if !text.is_empty() {
+            out.log(text);
+        }
+        if out.stopped() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    });
+    match end {
+        Ok(ScriptEnd::Stopped) => None,
+        Ok(ScriptEnd::Exited(code)) => Some(TaskReport::Finished {
+            ok: code == expect_exit,
+            error: (code != expect_exit).then(|| format!("exit {code}, expected {expect_exit}")),
+            summary: format!("exit {code}"),
+        }),
+        Ok(end) => Some(failed(end.summary())),
+        Err(e) => Some(failed(e.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------- create
+
+fn create_task(
+    ctx: &TaskContext,
+    task: TaskRef,
+    image: &str,
+    disk: Option<&str>,
+    out: &mut Out,
+) -> Option<TaskReport> {
+    let disk = match disk_for(ctx, disk) {
+        Ok(d) => d,
+        Err(e) => return Some(failed(e)),
+    };
+    if let Err(e) = std::fs::create_dir_all(&ctx.work_dir) {
+        return Some(failed(format!("creating {}: {e}", ctx.work_dir.display())));
+    }
+    let file = ctx.work_dir.join(format!(
+        "capture-{}-{}-{}.rcimg",
+        task.job,
+        task.task,
+        file_word(image)
+    ));
+    let total = disk_file(&disk).map_or(0, |d| d.size);
+    let mut pacer = Pacer::new();
+    let summary = create_image(&disk, &file, &CreateOptions::default(), &mut |done| {
+        if let Some(p) = pacer.due(done, total, "capturing") {
+            out.progress(p);
+        }
+    });
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => return Some(failed(format!("capturing {}: {e}", disk.display()))),
+    };
+    if out.stopped() {
+        let _ = std::fs::remove_file(&file);
+        return None;
+    }
+    let root = hex(&summary.root);
+    match upload(ctx, task, image, &file, summary.image_bytes, out) {
+        Ok(Some(stored)) if stored == root => {
+            let _ = std::fs::remove_file(&file);
+            Some(TaskReport::Finished {
+                ok: true,
+                error: None,
+                summary: format!("root {root}"),
+            })
+        }
+        Ok(Some(stored)) => Some(failed(format!(
+            "the server stored root {stored}, the capture has root {root}"
+        ))),
+        Ok(None) => {
+            let _ = std::fs::remove_file(&file);
+            None
+        }
+        Err(e) => Some(failed(format!("uploading {image}: {e}"))),
+    }
+}
+
+/// Streams the capture to the server, retrying while it is unreachable (or
+/// our boot token is being renewed). `Ok(None)`: stopped.
+fn upload(
+    ctx: &TaskContext,
+    task: TaskRef,
+    image: &str,
+    file: &Path,
+    len: u64,
+    out: &mut Out,
+) -> Result<Option<String>, AgentError> {
+    let mut backoff = Backoff::from_entropy();
+    let mut lost_since: Option<Instant> = None;
+    loop {
+        if out.stopped() {
+            return Ok(None);
+        }
+        let f = File::open(file).map_err(|e| AgentError::io("opening", file, e))?;
+        let body = Counting {
+            inner: f,
+            done: 0,
+            total: len,
+            pacer: Pacer::new(),
+            out: &mut *out,
+        };
+        match ctx.client.upload_image(image, task, len, body) {
+            Ok(view) => return Ok(Some(view.root)),
+            Err(e) => {
+                if out.stopped() {
+                    return Ok(None);
+                }
+                match classify(&e) {
+                    Failure::Refused => return Err(e),
+                    Failure::Retry | Failure::Reregister => {
+                        let since = *lost_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > ctx.give_up {
+                            return Err(e);
+                        }
+                        if backoff.failures() == 0 {
+                            eprintln!("{}: upload failed ({e}); retrying", ctx.tag);
+                        }
+                        std::thread::sleep(backoff.next_delay());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The upload body: counts bytes for progress, and ends the upload early
+/// when the task is stopped.
+struct Counting<'a> {
+    inner: File,
+    done: u64,
+    total: u64,
+    pacer: Pacer,
+    out: &'a mut Out,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.out.stopped() {
+            return Err(std::io::Error::other("the task was stopped"));
+        }
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if let Some(p) = self.pacer.due(self.done, self.total, "uploading") {
+            self.out.progress(p);
+        }
+        Ok(n)
+    }
+}
+
+/// A file-name-safe form of an image name.
+fn file_word(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- distribute
+
+fn distribute_task(
+    ctx: &TaskContext,
+    root: &str,
+    disk: Option<&str>,
+    verify: VerifyMode,
+    cast: &CastJoin,
+    timeout: Option<Duration>,
+    out: &mut Out,
+) -> Option<TaskReport> {
+    let spec = match receive_spec(ctx, root, disk, verify, cast, timeout) {
+        Ok(s) => s,
+        Err(e) => return Some(failed(e.to_string())),
+    };
+    eprintln!(
+        "{}: joining {} on {} (session {:016x}, receiver {:016x}), writing {}",
+        ctx.tag,
+        spec.group,
+        spec.iface_addr,
+        cast.session,
+        cast.receiver,
+        spec.dest.display()
+    );
+    let mut pacer = Pacer::new();
+    let result = receive(&spec, &mut |rx| {
+        if out.stopped() {
+            return ControlFlow::Break(());
+        }
+        let (total, chunks) = rx
+            .index()
+            .map_or((0, 0), |i| (i.meta.source_size, rx.chunks_needed_total()));
+        let done = if chunks == 0 {
+            0
+        } else {
+            (total as u128 * rx.chunks_done() as u128 / chunks as u128) as u64
+        };
+        let message = format!(
+            "receiving: {}/{} chunks, loss {:.1}%",
+            rx.chunks_done(),
+            chunks,
+            rx.loss_ppm() as f64 / 1e4
+        );
+        if let Some(p) = pacer.due(done, total, &message) {
+            out.progress(p);
+        }
+        ControlFlow::Continue(())
+    });
+    match result {
+        Ok(r) => Some(TaskReport::Finished {
+            ok: true,
+            error: None,
+            summary: format!(
+                "root {}, {} bytes written, {} chunks resumed",
+                hex(&r.root),
+                r.sink.bytes_written,
+                r.sink.resumed_chunks
+            ),
+        }),
+        Err(CastError::Abandoned) => None,
+        Err(e @ (CastError::Stalled { .. } | CastError::EndedEarly { .. })) => {
+            Some(TaskReport::Rejoin {
+                reason: e.to_string(),
+            })
+        }
+        Err(e) => Some(failed(format!(
+            "receiving into {}: {e}",
+            spec.dest.display()
+        ))),
+    }
+}
+
+fn receive_spec(
+    ctx: &TaskContext,
+    root: &str,
+    disk: Option<&str>,
+    verify: VerifyMode,
+    cast: &CastJoin,
+    timeout: Option<Duration>,
+) -> Result<CastReceive, AgentError> {
+    let bad = AgentError::BadDirective;
+    let dest = disk_for(ctx, disk).map_err(bad)?;
+    let key = from_hex(&cast.key)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| bad(format!("cast key {:?} is not hex", cast.key)))?;
+    let root: [u8; 32] = from_hex(root)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad(format!("image root {root:?} is not 64 hex digits")))?;
+    let group: SocketAddrV4 = cast.group.parse().map_err(|_| {
+        bad(format!(
+            "cast group {:?} is not IPv4 address:port",
+            cast.group
+        ))
+    })?;
+    let iface_addr = match ctx.iface_addr {
+        Some(a) => a,
+        None => route_to(ctx.client.server())?.local,
+    };
+    Ok(CastReceive {
+        dest,
+        group,
+        iface_addr,
+        key: SessionKey::from_secret(&key),
+        receiver: cast.receiver,
+        session: Some(cast.session),
+        expected_root: Some(root),
+        resume: true,
+        read_back: read_back_for(verify),
+        limits: ReceiveLimits {
+            timeout: timeout.unwrap_or(NO_TIMEOUT),
+            idle: Some(ctx.stall),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(dir: &Path) -> TaskContext {
+        TaskContext {
+            client: Client::new("http://127.0.0.1:9"),
+            work_dir: dir.to_path_buf(),
+            default_disk: None,
+            iface_addr: Some(Ipv4Addr::LOCALHOST),
+            stall: Duration::from_secs(1),
+            give_up: Duration::from_secs(1),
+            tag: "test".into(),
+        }
+    }
+
+    fn collect(h: TaskHandle) -> Vec<TaskReport> {
+        let mut v = Vec::new();
+        while let Ok(r) = h.reports().recv_timeout(Duration::from_secs(20)) {
+            let end = matches!(r, TaskReport::Finished { .. } | TaskReport::Rejoin { .. });
+            v.push(r);
+            if end {
+                break;
+            }
+        }
+        h.join();
+        v
+    }
+
+    const T: TaskRef = TaskRef {
+        job: 1,
+        task: 0,
+        attempt: 1,
+    };
+
+    #[test]
+    fn a_script_task_logs_and_finishes_with_its_exit_code() {
+        let d = tempfile::tempdir().unwrap();
+        let work = Work::Script {
+            script: "echo hello; echo \"task $RACKCAST_JOB.$RACKCAST_TASK\"; exit 2".into(),
+            interpreter: "/bin/sh".into(),
+            expect_exit: 2,
+        };
+        let reports = collect(TaskHandle::spawn(ctx(d.path()), T, work, 10));
+        let log: String = reports
+            .iter()
+            .filter_map(|r| match r {
+                TaskReport::Log { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(log, "hello\ntask 1.0\n");
+        assert_eq!(
+            reports.last(),
+            Some(&TaskReport::Finished {
+                ok: true,
+                error: None,
+                summary: "exit 2".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_stopped_script_task_sends_no_finished_report() {
+        let d = tempfile::tempdir().unwrap();
+        let work = Work::Script {
+            script: "echo go; sleep 30".into(),
+            interpreter: String::new(),
+            expect_exit: 0,
+        };
+        let h = TaskHandle::spawn(ctx(d.path()), T, work, 0);
+        let first = h.reports().recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            first,
+            TaskReport::Log {
+                text: "go\n".into()
+            }
+        );
+        let start = Instant::now();
+        h.stop_and_join();
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_distribute_with_a_bad_key_fails_clearly() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = ctx(d.path());
+        c.default_disk = Some(d.path().join("disk"));
+        let work = Work::Distribute {
+            image: "img".into(),
+            root: "00".repeat(32),
+            disk: None,
+            verify: VerifyMode::Sample,
+            cast: CastJoin {
+                group: "239.255.42.9:7409".into(),
+                key: "not hex".into(),
+                session: 1,
+                receiver: 2,
+            },
+        };
+        let reports = collect(TaskHandle::spawn(c, T, work, 10));
+        match reports.last() {
+            Some(TaskReport::Finished {
+                ok: false,
+                error: Some(e),
+                ..
+            }) => {
+                assert!(e.contains("cast key"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_silent_session_asks_to_rejoin() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = ctx(d.path());
+        c.default_disk = Some(d.path().join("disk"));
+        let work = Work::Distribute {
+            image: "img".into(),
+            root: "11".repeat(32),
+            disk: None,
+            verify: VerifyMode::Off,
+            cast: CastJoin {
+                // Nobody sends to this group.
+                group: "239.255.42.77:7477".into(),
+                key: "00112233445566778899aabbccddeeff".into(),
+                session: 7,
+                receiver: 8,
+            },
+        };
+        let start = Instant::now();
+        let reports = collect(TaskHandle::spawn(c, T, work, 60));
+        match reports.last() {
+            Some(TaskReport::Rejoin { reason }) => {
+                assert!(reason.contains("no packet"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_task_without_a_disk_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let work = Work::Create {
+            image: "x".into(),
+            disk: None,
+        };
+        let reports = collect(TaskHandle::spawn(ctx(d.path()), T, work, 10));
+        assert!(matches!(
+            reports.last(),
+            Some(TaskReport::Finished { ok: false, .. })
+        ));
+    }
+
+    #[test]
+    fn held_output_is_bounded_and_marked() {
+        let (tx, rx) = bounded(1);
+        let mut out = Out {
+            tx,
+            stop: Arc::default(),
+            held: String::new(),
+            dropped: 0,
+        };
+        out.log("first\n");
+        // The channel is full now: the rest is held, then trimmed.
+        for _ in 0..200 {
+            out.log(&"x".repeat(10_000));
+        }
+        assert!(out.held.len() <= HELD_LOG_MAX);
+        assert!(out.dropped > 0);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            TaskReport::Log {
+                text: "first\n".into()
+            }
+        );
+        out.log("last\n");
+        match rx.try_recv().unwrap() {
+            TaskReport::Log { text } => {
+                assert!(text.starts_with("[rackcast: "), "{}", &text[..40]);
+                assert!(text.ends_with("last\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out.dropped, 0);
+    }
+}

@@ -1,0 +1,501 @@
+//! The operator API client shared by `rackcast target`, `rackcast job` and
+//! `rackcast image list|upload`: where the server is, which token to send,
+//! and typed calls that turn HTTP and connection failures into messages an
+//! operator can act on.
+
+pub mod show;
+pub mod sse;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use rackcast_engine::sched::api::ApiError;
+
+/// Where the operator token is kept by a server started with the default `--data`.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/rackcast/admin.token";
+
+/// How long a plain API call may wait for the server to answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an upload may wait for its answer: the server verifies the root first.
+const UPLOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// An event stream silent this long is taken as dropped (the server sends
+/// keep-alive comments well within it).
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// `--server`, `--token`, `--token-file`: flattened into every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The rackcast server's URL.
+    #[arg(
+        long,
+        env = "RACKCAST_SERVER",
+        default_value = "http://127.0.0.1:7300",
+        value_name = "URL"
+    )]
+    pub server: String,
+    /// Operator token [env: RACKCAST_TOKEN]; else --token-file; else
+    /// /var/lib/rackcast/admin.token.
+    #[arg(long, value_name = "T")]
+    pub token: Option<String>,
+    /// Read the operator token from this file (the server writes admin.token
+    /// in its --data directory on first start).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// What went wrong talking to the server.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No connection, or it broke before a full answer arrived.
+    Unreachable {
+        /// The server URL.
+        server: String,
+        /// What the transport said.
+        detail: String,
+    },
+    /// The server refused the token (401).
+    Refused {
+        /// HTTP status.
+        status: u16,
+    },
+    /// The server answered with an error.
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The server's `ApiError.error`, or the start of its body.
+        error: String,
+    },
+    /// The answer was not what this version of rackcast expects.
+    BadAnswer {
+        /// Method and path.
+        call: String,
+        /// What did not parse.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// True when the server could not be reached (as opposed to answering no).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Unreachable { server, detail } => {
+                write!(f, "cannot reach the rackcast server at {server}: {detail}")
+            }
+            ClientError::Refused { status } => write!(
+                f,
+                "the server refused the token (HTTP {status}): check --token or RACKCAST_TOKEN"
+            ),
+            ClientError::Api { status, error } => write!(f, "{error} (HTTP {status})"),
+            ClientError::BadAnswer { call, detail } => {
+                write!(f, "unexpected answer to {call}: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// A connection to the operator API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// Resolves the server URL and the token from the command line, the
+    /// environment and the default token file.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let base = normalize_server(&args.server)?;
+        let env_token = std::env::var("RACKCAST_TOKEN").ok();
+        let token = resolve_token(
+            args.token.as_deref(),
+            args.token_file.as_deref(),
+            env_token.as_deref(),
+            Path::new(DEFAULT_TOKEN_FILE),
+        )?;
+        Ok(Client::with_token(base, token))
+    }
+
+    fn with_token(base: String, token: String) -> Client {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(CALL_TIMEOUT)
+            .timeout_write(CALL_TIMEOUT)
+            .user_agent(concat!("rackcast/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Client { base, token, agent }
+    }
+
+    /// `GET path` -> `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.get_with(path, json)
+    }
+
+    /// `GET path`, the answer decoded by `decode`.
+    pub fn get_with<T>(
+        &self,
+        path: &str,
+        decode: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ClientError> {
+        let call = format!("GET {path}");
+        let req = self.request(&self.agent, "GET", path);
+        self.answer(&call, req.call(), decode)
+    }
+
+    /// `POST path` with a JSON body -> `T`.
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.post_with(path, body, json)
+    }
+
+    /// `POST path` with a JSON body, the answer decoded by `decode`.
+    pub fn post_with<B: Serialize, T>(
+        &self,
+        path: &str,
+        body: &B,
+        decode: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ClientError> {
+        let call = format!("POST {path}");
+        let req = self.request(&self.agent, "POST", path);
+        self.answer(&call, req.send_json(body), decode)
+    }
+
+    /// `POST path` without a body -> `T`.
+    pub fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.post_empty_with(path, json)
+    }
+
+    /// `POST path` without a body, the answer decoded by `decode`.
+    pub fn post_empty_with<T>(
+        &self,
+        path: &str,
+        decode: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ClientError> {
+        let call = format!("POST {path}");
+        let req = self.request(&self.agent, "POST", path);
+        self.answer(&call, req.send_bytes(&[]), decode)
+    }
+
+    /// `PUT path` streaming `len` bytes from `body` -> `T`.
+    pub fn put_stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: impl Read,
+        len: u64,
+    ) -> Result<T, ClientError> {
+        let call = format!("PUT {path}");
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_write(CALL_TIMEOUT)
+            .timeout_read(UPLOAD_ANSWER_TIMEOUT)
+            .build();
+        let req = self
+            .request(&agent, "PUT", path)
+            .set("Content-Type", "application/octet-stream")
+            .set("Content-Length", &len.to_string());
+        self.answer(&call, req.send(body), json)
+    }
+
+    /// `GET /api/v1/events?job=ID&since=SEQ`: the open stream's body.
+    pub fn events(&self, job: u64, since: u64) -> Result<Box<dyn Read + Send>, ClientError> {
+        let path = format!("/api/v1/events?job={job}&since={since}");
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(STREAM_IDLE_TIMEOUT)
+            .build();
+        let req = self
+            .request(&agent, "GET", &path)
+            .set("Accept", "text/event-stream");
+        match req.call() {
+            Ok(resp) => {
+                let ct = resp.content_type().to_string();
+                if ct != "text/event-stream" {
+                    return Err(ClientError::BadAnswer {
+                        call: format!("GET {path}"),
+                        detail: format!("content type {ct:?}, not text/event-stream"),
+                    });
+                }
+                Ok(resp.into_reader())
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    fn request(&self, agent: &ureq::Agent, method: &str, path: &str) -> ureq::Request {
+        agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Accept", "application/json")
+    }
+
+    fn answer<T>(
+        &self,
+        call: &str,
+        res: Result<ureq::Response, ureq::Error>,
+        decode: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ClientError> {
+        let resp = res.map_err(|e| self.error(e))?;
+        let body = resp.into_string().map_err(|e| self.unreachable(&e))?;
+        decode(&body).map_err(|detail| ClientError::BadAnswer {
+            call: call.to_string(),
+            detail,
+        })
+    }
+
+    fn error(&self, e: ureq::Error) -> ClientError {
+        match e {
+            ureq::Error::Status(status @ 401, _) => ClientError::Refused { status },
+            ureq::Error::Status(status, resp) => {
+                let text = resp.status_text().to_string();
+                let body = resp.into_string().unwrap_or_default();
+                ClientError::Api {
+                    status,
+                    error: api_error_text(&body, &text),
+                }
+            }
+            ureq::Error::Transport(t) => {
+                let mut detail = t.kind().to_string();
+                if let Some(m) = t.message() {
+                    detail = format!("{detail}: {m}");
+                }
+                if let Some(s) = std::error::Error::source(&t) {
+                    detail = format!("{detail}: {s}");
+                }
+                ClientError::Unreachable {
+                    server: self.base.clone(),
+                    detail,
+                }
+            }
+        }
+    }
+
+    fn unreachable(&self, e: &std::io::Error) -> ClientError {
+        ClientError::Unreachable {
+            server: self.base.clone(),
+            detail: format!("the answer broke off: {e}"),
+        }
+    }
+}
+
+/// The plain JSON decoder of answers.
+fn json<T: DeserializeOwned>(body: &str) -> Result<T, String> {
+    serde_json::from_str(body).map_err(|e| e.to_string())
+}
+
+/// The text to show for an error answer: the `ApiError` when the body is one.
+fn api_error_text(body: &str, status_text: &str) -> String {
+    if let Ok(e) = serde_json::from_str::<ApiError>(body) {
+        return e.error;
+    }
+    let body = body.trim();
+    if body.is_empty() {
+        return status_text.to_string();
+    }
+    let short: String = body.chars().take(200).collect();
+    format!("{status_text}: {short}")
+}
+
+/// `host:port` or `http://host:port/` -> `http://host:port`.
+pub fn normalize_server(s: &str) -> anyhow::Result<String> {
+    let s = s.trim().trim_end_matches('/');
+    if s.is_empty() {
+        anyhow::bail!("--server is empty (e.g. --server http://10.0.0.5:7300)");
+    }
+    if s.starts_with("https://") {
+        anyhow::bail!(
+            "--server {s}: this build of rackcast speaks plain http only; \
+             use http:// (behind a TLS proxy, point --server at the proxy's http side)"
+        );
+    }
+    if s.starts_with("http://") {
+        Ok(s.to_string())
+    } else if s.contains("://") {
+        anyhow::bail!("--server {s}: expected an http:// URL");
+    } else {
+        Ok(format!("http://{s}"))
+    }
+}
+
+/// The token, in order: `--token`, `--token-file`, `RACKCAST_TOKEN`, then
+/// `default_file` if it can be read.
+pub fn resolve_token(
+    flag: Option<&str>,
+    file: Option<&Path>,
+    env: Option<&str>,
+    default_file: &Path,
+) -> anyhow::Result<String> {
+    if let Some(t) = flag {
+        return non_empty(t, "--token");
+    }
+    if let Some(p) = file {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("reading the token file {}: {e}", p.display()))?;
+        return non_empty(&t, &format!("token file {}", p.display()));
+    }
+    if let Some(t) = env {
+        return non_empty(t, "RACKCAST_TOKEN");
+    }
+    match std::fs::read_to_string(default_file) {
+        Ok(t) => non_empty(&t, &format!("token file {}", default_file.display())),
+        Err(e) => anyhow::bail!(
+            "no operator token: pass --token T, set RACKCAST_TOKEN, or pass --token-file PATH \
+             (the server writes admin.token in its --data directory on first start; \
+             {} is not readable: {e})",
+            default_file.display()
+        ),
+    }
+}
+
+fn non_empty(t: &str, what: &str) -> anyhow::Result<String> {
+    let t = t.trim();
+    if t.is_empty() {
+        anyhow::bail!("{what} is empty");
+    }
+    if t.chars().any(|c| c.is_control() || c == ' ') {
+        anyhow::bail!("{what} holds spaces or control characters: not a token");
+    }
+    Ok(t.to_string())
+}
+
+/// Percent-encodes one path segment (an image name, a MAC).
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `AA-BB-CC-DD-EE-FF`, `aabb.ccdd.eeff` or `aa:bb:cc:dd:ee:ff` ->
+/// `aa:bb:cc:dd:ee:ff`; anything else is refused.
+pub fn parse_mac(s: &str) -> Result<String, String> {
+    let hex: String = s
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | '.'))
+        .collect();
+    let seps_ok = s
+        .trim()
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '-' | '.'));
+    if hex.len() != 12 || !seps_ok || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"
+        ));
+    }
+    let hex = hex.to_ascii_lowercase();
+    let parts: Vec<&str> = (0..6).map(|i| &hex[i * 2..i * 2 + 2]).collect();
+    Ok(parts.join(":"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(
+            normalize_server("http://10.0.0.5:7300/").unwrap(),
+            "http://10.0.0.5:7300"
+        );
+        assert_eq!(
+            normalize_server("10.0.0.5:7300").unwrap(),
+            "http://10.0.0.5:7300"
+        );
+        assert!(normalize_server("https://x").is_err());
+        assert!(normalize_server("ftp://x").is_err());
+        assert!(normalize_server(" ").is_err());
+    }
+
+    #[test]
+    fn token_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let dflt = dir.path().join("admin.token");
+        std::fs::write(&dflt, "from-default\n").unwrap();
+        let missing = dir.path().join("missing");
+
+        let t = |flag, f, env, d| resolve_token(flag, f, env, d).map_err(|e| e.to_string());
+        assert_eq!(
+            t(Some("a"), Some(&file), Some("e"), &dflt).unwrap(),
+            "a".to_string()
+        );
+        assert_eq!(t(None, Some(&file), Some("e"), &dflt).unwrap(), "from-file");
+        assert_eq!(t(None, None, Some("e"), &dflt).unwrap(), "e");
+        assert_eq!(t(None, None, None, &dflt).unwrap(), "from-default");
+        let err = t(None, None, None, &missing).unwrap_err();
+        assert!(err.contains("no operator token"), "{err}");
+        assert!(t(None, Some(&missing), None, &dflt)
+            .unwrap_err()
+            .contains("reading the token file"));
+        assert!(t(Some("  "), None, None, &dflt).is_err());
+    }
+
+    #[test]
+    fn error_texts() {
+        let e = ClientError::Api {
+            status: 404,
+            error: api_error_text(r#"{"error":"no image named debian"}"#, "Not Found"),
+        };
+        assert_eq!(e.to_string(), "no image named debian (HTTP 404)");
+        assert_eq!(api_error_text("", "Bad Gateway"), "Bad Gateway");
+        assert_eq!(
+            api_error_text("<html>oops</html>", "Bad Gateway"),
+            "Bad Gateway: <html>oops</html>"
+        );
+        assert_eq!(
+            ClientError::Refused { status: 401 }.to_string(),
+            "the server refused the token (HTTP 401): check --token or RACKCAST_TOKEN"
+        );
+    }
+
+    #[test]
+    fn unreachable_server_is_a_clear_error() {
+        // Port 9 (discard) on loopback: nothing listens there in CI.
+        let c = Client::with_token("http://127.0.0.1:9".into(), "t".into());
+        let e = c.get::<serde_json::Value>("/api/v1/targets").unwrap_err();
+        assert!(e.is_unreachable(), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot reach the rackcast server at http://127.0.0.1:9: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("AA-BB-CC-DD-EE-0F").unwrap(), "aa:bb:cc:dd:ee:0f");
+        assert_eq!(parse_mac("aabb.ccdd.ee0f").unwrap(), "aa:bb:cc:dd:ee:0f");
+        assert!(parse_mac("aa:bb:cc:dd:ee").is_err());
+        assert!(parse_mac("aa:bb:cc:dd:ee:gg").is_err());
+        assert!(parse_mac("node1").is_err());
+    }
+
+    #[test]
+    fn segments() {
+        assert_eq!(path_segment("debian-12.img"), "debian-12.img");
+        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+    }
+}
