@@ -320,7 +320,7 @@ pub struct TargetView {
     #[serde(flatten)]
     pub state: TargetState,
     /// Environment the agent last registered from (`local` when none).
-    pub env: String,
+    pub environment: String,
     /// Inventory.
     pub inventory: Inventory,
     /// Unix ms the agent was last heard from (0: never).

@@ -56,7 +56,7 @@ impl Target {
             mac: self.mac.clone(),
             name: self.name.clone(),
             state: self.state.clone(),
-            env: self.env.clone(),
+            environment: self.env.clone(),
             inventory: self.inventory.clone(),
             last_seen: self.last_seen,
             progress: self.progress.clone(),

@@ -356,6 +356,18 @@ impl Server {
             ..SchedConfig::default()
         };
         let mut sched = Scheduler::new(sched_cfg, state, now);
+        let boot_root = cfg
+            .netboot
+            .as_ref()
+            .and_then(|n| n.root.clone())
+            .unwrap_or_else(|| cfg.data.join("boot"));
+        for env in policy::environments_in(&boot_root) {
+            let name = env.name.clone();
+            match sched.put_environment(now, env) {
+                Ok(()) => tracing::info!("environment {name} from {}", boot_root.display()),
+                Err(e) => tracing::warn!("{}: {e}", boot_root.display()),
+            }
+        }
         let mut image_map = std::collections::BTreeMap::new();
         for img in images {
             if library::image_path(&cfg.data, &img.name).exists() {

@@ -103,6 +103,27 @@ impl BootPolicy for SchedPolicy {
     }
 }
 
+/// The environments built into `root` (`rackcast env build -o ROOT/NAME`
+/// leaves `ROOT/NAME/env.toml`), so a server serves what it finds there.
+pub(crate) fn environments_in(root: &std::path::Path) -> Vec<Environment> {
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let p = e.path().join("env.toml");
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        match toml::from_str::<Environment>(&text) {
+            Ok(env) => out.push(env),
+            Err(err) => tracing::warn!("{}: {err}", p.display()),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 /// Binds netboot for the server.
 pub(crate) async fn bind_netboot(
     cfg: &ServerConfig,

@@ -16,7 +16,7 @@ use rackcast_engine::cast::net;
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub struct AgentArgs {
-    /// The deployment server, e.g. http://10.0.0.1:7070 (plain HTTP).
+    /// The deployment server, e.g. http://10.0.0.1:7300 (plain HTTP).
     /// Default: rackcast.server= on the kernel command line.
     #[arg(long, env = "RACKCAST_SERVER")]
     pub server: Option<String>,
@@ -82,7 +82,7 @@ result is held until the server has it.
 Local targets for tests and demos: several agents on one machine, each with
 its own identity and disk file:
 
-  rackcast agent --server http://127.0.0.1:7070 --token T \\
+  rackcast agent --server http://127.0.0.1:7300 --token T \\
       --mac 02:00:00:00:00:01 --disk /tmp/t1.img --on-reboot restart
 
 Exit status: 0 when the target boots its local disk or reboots into an

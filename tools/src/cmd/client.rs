@@ -142,18 +142,9 @@ impl Client {
 
     /// `GET path` -> `T`.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.get_with(path, json)
-    }
-
-    /// `GET path`, the answer decoded by `decode`.
-    pub fn get_with<T>(
-        &self,
-        path: &str,
-        decode: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, ClientError> {
         let call = format!("GET {path}");
         let req = self.request(&self.agent, "GET", path);
-        self.answer(&call, req.call(), decode)
+        self.answer(&call, req.call())
     }
 
     /// `POST path` with a JSON body -> `T`.
@@ -162,35 +153,16 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.post_with(path, body, json)
-    }
-
-    /// `POST path` with a JSON body, the answer decoded by `decode`.
-    pub fn post_with<B: Serialize, T>(
-        &self,
-        path: &str,
-        body: &B,
-        decode: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, ClientError> {
         let call = format!("POST {path}");
         let req = self.request(&self.agent, "POST", path);
-        self.answer(&call, req.send_json(body), decode)
+        self.answer(&call, req.send_json(body))
     }
 
     /// `POST path` without a body -> `T`.
     pub fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.post_empty_with(path, json)
-    }
-
-    /// `POST path` without a body, the answer decoded by `decode`.
-    pub fn post_empty_with<T>(
-        &self,
-        path: &str,
-        decode: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, ClientError> {
         let call = format!("POST {path}");
         let req = self.request(&self.agent, "POST", path);
-        self.answer(&call, req.send_bytes(&[]), decode)
+        self.answer(&call, req.send_bytes(&[]))
     }
 
     /// `PUT path` streaming `len` bytes from `body` -> `T`.
@@ -210,7 +182,7 @@ impl Client {
             .request(&agent, "PUT", path)
             .set("Content-Type", "application/octet-stream")
             .set("Content-Length", &len.to_string());
-        self.answer(&call, req.send(body), json)
+        self.answer(&call, req.send(body))
     }
 
     /// `GET /api/v1/events?job=ID&since=SEQ`: the open stream's body.
@@ -245,17 +217,16 @@ impl Client {
             .set("Accept", "application/json")
     }
 
-    fn answer<T>(
+    fn answer<T: DeserializeOwned>(
         &self,
         call: &str,
         res: Result<ureq::Response, ureq::Error>,
-        decode: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<T, ClientError> {
         let resp = res.map_err(|e| self.error(e))?;
         let body = resp.into_string().map_err(|e| self.unreachable(&e))?;
-        decode(&body).map_err(|detail| ClientError::BadAnswer {
+        serde_json::from_str(&body).map_err(|e| ClientError::BadAnswer {
             call: call.to_string(),
-            detail,
+            detail: e.to_string(),
         })
     }
 
@@ -292,11 +263,6 @@ impl Client {
             detail: format!("the answer broke off: {e}"),
         }
     }
-}
-
-/// The plain JSON decoder of answers.
-fn json<T: DeserializeOwned>(body: &str) -> Result<T, String> {
-    serde_json::from_str(body).map_err(|e| e.to_string())
 }
 
 /// The text to show for an error answer: the `ApiError` when the body is one.

@@ -93,7 +93,7 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut targets = client.get_with("/api/v1/targets", decode_targets)?;
+            let mut targets = client.get::<Vec<TargetView>>("/api/v1/targets")?;
             targets.sort_by(|a, b| a.mac.cmp(&b.mac));
             if targets.is_empty() {
                 eprintln!(
@@ -110,7 +110,7 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
                 let v: serde_json::Value = client.get(&path)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let t = client.get_with(&path, decode_target)?;
+                let t: TargetView = client.get(&path)?;
                 print!("{}", render_target(&t, now_ms()));
             }
         }
@@ -120,90 +120,17 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
                 mac: &a.mac,
                 name: &a.name,
             };
-            let t = client.post_with("/api/v1/targets", &body, decode_target)?;
+            let t: TargetView = client.post("/api/v1/targets", &body)?;
             println!("{}: {}", t.mac, state_cell(&t.state, now_ms()));
         }
         TargetCommand::Release(a) => {
             let client = Client::new(&a.client)?;
             let path = format!("/api/v1/targets/{}/release", path_segment(&a.mac));
-            let t = client.post_empty_with(&path, decode_target)?;
+            let t: TargetView = client.post_empty(&path)?;
             println!("{}: {}", t.mac, state_cell(&t.state, now_ms()));
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Decodes a `TargetView` answer. For waiting and rebooting-to targets the
-/// flattened state's `env` and the target's own `env` share the key `env`
-/// (written twice, the state's first), which the derived decoder cannot
-/// take apart; this one can, and takes a plain answer as well.
-pub fn decode_target(text: &str) -> Result<TargetView, String> {
-    if let Ok(t) = serde_json::from_str(text) {
-        return Ok(t);
-    }
-    let e: Entries = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    e.into_target().map_err(|e| e.to_string())
-}
-
-/// Decodes a `[TargetView]` answer (see [`decode_target`]).
-pub fn decode_targets(text: &str) -> Result<Vec<TargetView>, String> {
-    if let Ok(t) = serde_json::from_str(text) {
-        return Ok(t);
-    }
-    let list: Vec<Entries> = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    list.into_iter()
-        .map(|e| e.into_target().map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// A JSON object's entries in order, duplicates kept.
-#[derive(Debug)]
-struct Entries(Vec<(String, serde_json::Value)>);
-
-impl Entries {
-    /// The state from the keys with the first `env`, the rest of the target
-    /// with the last one.
-    fn into_target(self) -> Result<TargetView, serde_json::Error> {
-        use serde_json::{Map, Value};
-        let first_env = self
-            .0
-            .iter()
-            .find(|(k, _)| k == "env")
-            .map(|(_, v)| v.clone());
-        let mut view: Map<String, Value> = self.0.into_iter().collect();
-        let mut state = view.clone();
-        if let Some(env) = first_env {
-            state.insert("env".into(), env);
-        }
-        let state: TargetState = serde_json::from_value(Value::Object(state))?;
-        view.insert("state".into(), Value::String("unknown".into()));
-        let mut t: TargetView = serde_json::from_value(Value::Object(view))?;
-        t.state = state;
-        Ok(t)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Entries {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Entries;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a target object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<Entries, A::Error> {
-                let mut v = Vec::new();
-                while let Some(kv) = m.next_entry::<String, serde_json::Value>()? {
-                    v.push(kv);
-                }
-                Ok(Entries(v))
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 /// The `target list` table.
@@ -218,7 +145,7 @@ pub fn targets_table(targets: &[TargetView], now: Millis) -> Table {
                 v.name.clone()
             },
             state_cell(&v.state, now),
-            v.env.clone(),
+            v.environment.clone(),
             format_age(now, v.last_seen),
             v.progress.as_ref().map_or("-".into(), progress_cell),
         ]);
@@ -278,7 +205,7 @@ pub fn render_target(t: &TargetView, now: Millis) -> String {
         TargetState::Running { deadline, .. } => field("deadline", deadline_cell(now, *deadline)),
         _ => {}
     }
-    field("env", t.env.clone());
+    field("env", t.environment.clone());
     field("last seen", format_age(now, t.last_seen));
     if let Some(p) = &t.progress {
         field("progress", progress_cell(p));
@@ -335,7 +262,7 @@ mod tests {
             mac: "aa:bb:cc:dd:ee:01".into(),
             name: "node1".into(),
             state,
-            env: "linux-x64".into(),
+            environment: "linux-x64".into(),
             inventory: Inventory {
                 hostname: "node1".into(),
                 cpu: "EPYC 9354".into(),
@@ -382,25 +309,28 @@ mod tests {
     }
 
     #[test]
-    fn decodes_the_duplicate_env_key() {
-        // What the server writes for a target told to reboot elsewhere.
-        let mut t = target(TargetState::RebootingTo {
-            env: "linux-x64".into(),
-            deadline: 5,
-        });
-        t.env = "local".into();
-        let text = serde_json::to_string(&t).unwrap();
-        assert_eq!(text.matches("\"env\"").count(), 2, "{text}");
-        assert_eq!(decode_target(&text).unwrap(), t);
-        assert_eq!(
-            decode_targets(&format!("[{text},{text}]")).unwrap(),
-            [t.clone(), t]
-        );
-        // ...and a target whose state has no env of its own.
-        let local = target(TargetState::Local);
-        let text = serde_json::to_string(&local).unwrap();
-        assert_eq!(decode_target(&text).unwrap(), local);
-        assert!(decode_target("[]").is_err());
+    fn target_views_round_trip() {
+        // The state is flattened into the view: its `env` must not collide
+        // with the view's own fields, or the answer cannot be read back.
+        for state in [
+            TargetState::Waiting {
+                env: "linux-x64".into(),
+            },
+            TargetState::RebootingTo {
+                env: "linux-x64".into(),
+                deadline: 5,
+            },
+            TargetState::Local,
+        ] {
+            let mut t = target(state);
+            t.environment = "local".into();
+            let text = serde_json::to_string(&t).unwrap();
+            assert_eq!(
+                serde_json::from_str::<TargetView>(&text).unwrap(),
+                t,
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -17,52 +17,17 @@ use std::time::{Duration, Instant};
 
 use rackcast_engine::sched::api::Environment;
 
-const RC: &str = env!("CARGO_BIN_EXE_rackcast");
+#[path = "../common/mod.rs"]
+mod common;
+use common::{
+    cache, env_build, euid, have, kernel_cache, kernel_version, ovmf, read_lossy, Qemu, RC,
+};
+
 /// Hard limit on one QEMU run.
 const QEMU_LIMIT: Duration = Duration::from_secs(90);
 const MAC: &str = "52:54:00:7e:00:01";
 const HOST_IP: &str = "10.234.0.1";
 const DISK_BYTES: u64 = 64 << 20;
-
-fn cache() -> PathBuf {
-    std::env::var_os("RACKCAST_KERNEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/rackcast/kernel"))
-}
-
-/// The kernel cache, or `None` with the reason printed.
-fn kernel_cache() -> Option<PathBuf> {
-    let c = cache();
-    for f in ["vmlinuz", "modules", "busybox", "VERSION"] {
-        if !c.join(f).exists() {
-            eprintln!(
-                "SKIP: {} has no {f}: run scripts/fetch-kernel.sh {}",
-                c.display(),
-                c.display()
-            );
-            return None;
-        }
-    }
-    Some(c)
-}
-
-fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn kernel_version(cache: &Path) -> String {
-    std::fs::read_to_string(cache.join("VERSION"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_string()
-}
 
 /// An environment built into a temporary directory (removed on drop).
 struct Built {
@@ -83,25 +48,7 @@ fn build() -> Option<Built> {
     let cache = kernel_cache()?;
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     let dir = root.path().join("linux-x64");
-    let t = Instant::now();
-    // --modules is found beside the kernel (the dpkg -x layout) and the
-    // agent is this rackcast binary (the default).
-    let o = Command::new(RC)
-        .args(["env", "build", "--kernel"])
-        .arg(cache.join("vmlinuz"))
-        .arg("--busybox")
-        .arg(cache.join("busybox"))
-        .args(["--extra-module", "virtio_rng", "-o"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let summary = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "env build failed:\n{summary}");
-    eprintln!("env build took {:?}:\n{summary}", t.elapsed());
+    let summary = env_build(&cache, &dir);
     Some(Built {
         _root: root,
         dir,
@@ -353,51 +300,8 @@ impl Drop for Lan {
     }
 }
 
-/// The effective uid, from /proc.
-fn euid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|u| u.parse().ok())
-        })
-        .unwrap_or(u32::MAX)
-}
-
-/// Kills QEMU by its PID when the run ends, even on panic.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn read_lossy(p: &Path) -> String {
-    std::fs::read(p)
-        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-        .unwrap_or_default()
-}
-
 /// TCG on two cores: one QEMU at a time.
 static ONE_QEMU: Mutex<()> = Mutex::new(());
-
-/// OVMF's code and a variable-store template.
-fn ovmf() -> Option<(PathBuf, PathBuf)> {
-    let dir = Path::new("/usr/share/OVMF");
-    for (code, vars) in [
-        ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
-        ("OVMF_CODE.fd", "OVMF_VARS.fd"),
-    ] {
-        if dir.join(code).exists() && dir.join(vars).exists() {
-            return Some((dir.join(code), dir.join(vars)));
-        }
-    }
-    None
-}
 
 /// What one boot of the environment left behind.
 struct Boot {

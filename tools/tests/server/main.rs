@@ -309,7 +309,7 @@ fn a_task_that_needs_another_environment_reboots_the_target_into_it() {
     let t = s
         .call("GET", &format!("/api/v1/targets/{m}"), None)
         .unwrap();
-    assert_eq!(t["env"], "maintenance", "{t}");
+    assert_eq!(t["environment"], "maintenance", "{t}");
 }
 
 #[test]
@@ -394,4 +394,173 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let imgs = s.call("GET", "/api/v1/images", None).unwrap();
     assert_eq!(imgs.as_array().unwrap().len(), 0);
     assert!(!s.data().join("images/bad.rcimg").exists());
+}
+
+/// The README's main job, as a user runs it (smaller).
+#[test]
+fn demo_images_local_targets_through_the_server_and_prints_the_summary() {
+    let out = std::process::Command::new(rig::BIN)
+        .args(["demo", "--size", "32M", "--targets", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in ["on the wire", "repair", "cast session", "wall time"] {
+        assert!(text.contains(want), "summary lacks {want:?}:\n{text}");
+    }
+    let verified = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("target ") && l.ends_with("verified"))
+        .count();
+    assert_eq!(verified, 3, "{text}");
+    assert!(
+        text.contains("all 3 targets match the source byte for byte"),
+        "{text}"
+    );
+}
+
+/// `rackcast demo --loss`: targets in namespaces dropping multicast.
+#[test]
+fn demo_with_packet_loss_in_namespaces_still_verifies_every_target() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipping: --loss needs root for network namespaces");
+        return;
+    }
+    let out = std::process::Command::new(rig::BIN)
+        .args(["demo", "--size", "32M", "--targets", "3", "--loss", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3.0% of multicast packets dropped"), "{text}");
+    assert!(
+        text.contains("all 3 targets match the source byte for byte"),
+        "{text}"
+    );
+    let repair: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("repair"))
+        .and_then(|l| l.trim().split('%').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("repair line");
+    assert!(repair > 0.5, "3% loss needed repairs: {text}");
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ns.stdout).contains("rcd"),
+        "the demo left namespaces behind"
+    );
+}
+
+/// The README's rack walkthrough with the real CLI: upload, enroll, submit,
+/// watch (exit 0 only on success), list, show; a job file; a failing job's
+/// watch exits 1; bad job files are refused before anything is sent.
+#[test]
+fn cli_uploads_enrolls_distributes_and_watches_as_the_readme_says() {
+    let mut s = Server::start("400M");
+    let (disk, img) = sample_image(s.dir.path(), "16M");
+    let (url, token) = (s.url.clone(), s.token.clone());
+    let cli = |args: &[&str]| {
+        std::process::Command::new(rig::BIN)
+            .args(args)
+            .env("RACKCAST_SERVER", &url)
+            .env("RACKCAST_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let ok = |o: &std::process::Output| {
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&cli(&["image", "upload", img.to_str().unwrap()]));
+    assert!(ok(&cli(&["image", "list"])).contains("golden"));
+    let macs: Vec<String> = (1..=2).map(mac).collect();
+    ok(&cli(&["target", "add", &macs[0], "--name", "rack12-u01"]));
+    ok(&cli(&["target", "add", &macs[1], "--name", "rack12-u02"]));
+    let list = ok(&cli(&["target", "list"]));
+    assert!(
+        list.contains("rack12-u01") && list.contains("unknown"),
+        "{list}"
+    );
+    let disks: Vec<_> = (1..=2)
+        .map(|i| s.dir.path().join(format!("c{i}.disk")))
+        .collect();
+    for (m, d) in macs.iter().zip(&disks) {
+        s.agent(m, d, "linux-x64");
+    }
+    let targets = macs.join(",");
+    let id = ok(&cli(&[
+        "job",
+        "distribute",
+        "--image",
+        "golden",
+        "--targets",
+        &targets,
+        "--min-targets",
+        "2",
+    ]));
+    let id = id.trim();
+    assert!(
+        id.parse::<u64>().is_ok(),
+        "job distribute printed {id:?}, not an id"
+    );
+    ok(&cli(&["job", "watch", id, "--timeout", "120"]));
+    for d in &disks {
+        assert_eq!(hash_file(d), hash_file(&disk));
+    }
+    assert!(ok(&cli(&["job", "show", id])).contains("done"));
+
+    // A job file; its script fails, so watch exits 1.
+    for i in 0..2 {
+        s.agent_mut(i).wait_exit(Duration::from_secs(30));
+        s.agent_mut(i).restart();
+    }
+    let file = s.dir.path().join("job.toml");
+    std::fs::write(
+        &file,
+        format!("name = \"fails\"\ntargets = [\"{}\"]\n[[task]]\nkind = \"script\"\nscript = \"exit 7\"\n", macs[0]),
+    )
+    .unwrap();
+    let id = ok(&cli(&["job", "submit", file.to_str().unwrap()]));
+    let w = cli(&["job", "watch", id.trim(), "--timeout", "60"]);
+    assert_eq!(
+        w.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&w.stderr)
+    );
+    // A malformed job file names its line and changes nothing.
+    std::fs::write(&file, "targets = [\n").unwrap();
+    let bad = cli(&["job", "submit", file.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("job.toml:"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let jobs = s.call("GET", "/api/v1/jobs", None).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 2);
+    // A wrong token is refused with a message that says what to check.
+    let o = std::process::Command::new(rig::BIN)
+        .args(["target", "list", "--server", &s.url, "--token", "nope"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refused the token"));
 }

@@ -316,21 +316,26 @@ impl Screen {
     }
 
     fn finish(&mut self, view: &JobView, watched: Duration) {
-        let sink = match self {
+        let (sink, bars) = match self {
             Screen::Bars(b) => {
-                b.update(view);
+                // Cleared, so that the lines below start on a line of their own.
                 for pb in b.bars.values() {
-                    pb.abandon();
+                    pb.finish_and_clear();
                 }
-                // The bars are still now: the summary goes below them.
-                b.sink
+                let _ = b.multi.clear();
+                (b.sink, true)
             }
-            Screen::Lines(l) => l.sink,
+            Screen::Lines(l) => (l.sink, false),
         };
         let out = Lines {
             sink,
             last: HashMap::new(),
         };
+        if bars {
+            for r in &view.targets {
+                out.print(&format!("{}  {}", r.mac, target_message(view, r)));
+            }
+        }
         for line in summary(view, watched) {
             out.print(&line);
         }

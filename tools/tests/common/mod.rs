@@ -1,0 +1,121 @@
+//! What the QEMU tests share (the env test and the end-to-end test): the
+//! kernel cache, facility checks, `rackcast env build`, OVMF, and a QEMU
+//! process killed by PID on drop.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+pub const RC: &str = env!("CARGO_BIN_EXE_rackcast");
+
+/// The kernel cache: $RACKCAST_KERNEL_CACHE or /var/cache/rackcast/kernel.
+pub fn cache() -> PathBuf {
+    std::env::var_os("RACKCAST_KERNEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/rackcast/kernel"))
+}
+
+/// The kernel cache, or `None` with the reason printed.
+pub fn kernel_cache() -> Option<PathBuf> {
+    let c = cache();
+    for f in ["vmlinuz", "modules", "busybox", "VERSION"] {
+        if !c.join(f).exists() {
+            eprintln!(
+                "SKIP: {} has no {f}: run scripts/fetch-kernel.sh {}",
+                c.display(),
+                c.display()
+            );
+            return None;
+        }
+    }
+    Some(c)
+}
+
+pub fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn kernel_version(cache: &Path) -> String {
+    std::fs::read_to_string(cache.join("VERSION"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `rackcast env build` from the kernel cache into `dir` (with virtio_rng);
+/// returns what it printed.
+pub fn env_build(cache: &Path, dir: &Path) -> String {
+    let t = Instant::now();
+    // --modules is found beside the kernel (the dpkg -x layout) and the
+    // agent is this rackcast binary (the default).
+    let o = Command::new(RC)
+        .args(["env", "build", "--kernel"])
+        .arg(cache.join("vmlinuz"))
+        .arg("--busybox")
+        .arg(cache.join("busybox"))
+        .args(["--extra-module", "virtio_rng", "-o"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let summary = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "env build failed:\n{summary}");
+    eprintln!("env build took {:?}:\n{summary}", t.elapsed());
+    summary
+}
+
+/// The effective uid, from /proc.
+pub fn euid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|u| u.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// Kills QEMU by its PID when the run ends, even on panic.
+pub struct Qemu(pub Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A file's text, lossily, `\r` removed; empty if it cannot be read.
+pub fn read_lossy(p: &Path) -> String {
+    std::fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default()
+}
+
+/// OVMF's code and a variable-store template.
+pub fn ovmf() -> Option<(PathBuf, PathBuf)> {
+    let dir = Path::new("/usr/share/OVMF");
+    for (code, vars) in [
+        ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+        ("OVMF_CODE.fd", "OVMF_VARS.fd"),
+    ] {
+        if dir.join(code).exists() && dir.join(vars).exists() {
+            return Some((dir.join(code), dir.join(vars)));
+        }
+    }
+    None
+}
