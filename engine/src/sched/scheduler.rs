@@ -969,19 +969,7 @@ impl Scheduler {
             .map(|t| t.env.clone())
             .unwrap_or_default();
         if let TaskKind::Reboot { to } = &spec.kind {
-            let deadline = now + self.timeout_for(&spec);
-            self.set_state(
-                now,
-                mac,
-                TargetState::Running {
-                    job: job_id,
-                    task,
-                    attempt,
-                    deadline,
-                },
-                Actor::Scheduler,
-            );
-            self.set_run(job_id, mac, RunStatus::Running);
+            self.start_run(now, mac, r, now + self.timeout_for(&spec));
             return Directive::Reboot {
                 env: to.clone(),
                 task: Some(r),
@@ -1004,20 +992,20 @@ impl Scheduler {
                 task: None,
             };
         }
-        let deadline = now + self.timeout_for(&spec);
-        self.set_state(
-            now,
-            mac,
-            TargetState::Running {
-                job: job_id,
-                task,
-                attempt,
-                deadline,
-            },
-            Actor::Scheduler,
-        );
-        self.set_run(job_id, mac, RunStatus::Running);
+        self.start_run(now, mac, r, now + self.timeout_for(&spec));
         self.dispatch(now, mac, r)
+    }
+
+    /// `mac` is now running `r` until `deadline`.
+    fn start_run(&mut self, now: Millis, mac: &str, r: TaskRef, deadline: Millis) {
+        let st = TargetState::Running {
+            job: r.job,
+            task: r.task,
+            attempt: r.attempt,
+            deadline,
+        };
+        self.set_state(now, mac, st, Actor::Scheduler);
+        self.set_run(r.job, mac, RunStatus::Running);
     }
 
     /// The directive for a running task (first dispatch or again).

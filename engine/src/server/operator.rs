@@ -210,15 +210,7 @@ async fn retry_job(
     h: HeaderMap,
     Path(id): Path<JobId>,
 ) -> Result<Json<JobView>, ApiErr> {
-    operator(&sh, &h)?;
-    let v = sh
-        .mutate(|s, now| {
-            s.retry(now, id)?;
-            Ok::<_, crate::sched::SchedError>(s.job(id).map(|j| j.view()))
-        })
-        .await??;
-    v.map(Json)
-        .ok_or_else(|| not_found(format!("unknown job {id}")))
+    job_action(&sh, &h, id, |s, now| s.retry(now, id).map(drop)).await
 }
 
 async fn cancel_job(
@@ -226,10 +218,20 @@ async fn cancel_job(
     h: HeaderMap,
     Path(id): Path<JobId>,
 ) -> Result<Json<JobView>, ApiErr> {
-    operator(&sh, &h)?;
+    job_action(&sh, &h, id, |s, now| s.cancel(now, id)).await
+}
+
+/// Runs an operator action on job `id` and answers the job as it is after it.
+async fn job_action(
+    sh: &Arc<Shared>,
+    h: &HeaderMap,
+    id: JobId,
+    f: impl FnOnce(&mut crate::sched::Scheduler, u64) -> Result<(), crate::sched::SchedError>,
+) -> Result<Json<JobView>, ApiErr> {
+    operator(sh, h)?;
     let v = sh
         .mutate(|s, now| {
-            s.cancel(now, id)?;
+            f(s, now)?;
             Ok::<_, crate::sched::SchedError>(s.job(id).map(|j| j.view()))
         })
         .await??;

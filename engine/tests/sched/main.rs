@@ -2,6 +2,8 @@
 //! environment switches, cast sessions with each start policy, late
 //! joiners, and a restart from the persisted rows.
 
+mod random;
+
 use std::collections::BTreeMap;
 
 use rackcast_engine::sched::api::{
