@@ -7,7 +7,8 @@ set -euo pipefail
 want=(zstd b3sum)
 if [[ "${1:-test}" == test ]]; then
     want+=(qemu-system-x86 ovmf ipxe-qemu busybox atftp tftp-hpa curl dnsmasq
-           iproute2 iptables udpcast uftp fio util-linux cpio efibootmgr)
+           iproute2 iptables udpcast uftp fio util-linux cpio efibootmgr
+           ipxe grub-efi-amd64-bin grub-common mtools)
 fi
 
 missing=()

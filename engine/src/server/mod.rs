@@ -286,11 +286,16 @@ impl Shared {
     }
 
     fn publish(&self, changes: Vec<Change>) {
+        // Progress and log lines (transient events) change no directive:
+        // they must not wake every long-polling agent.
         let mut any = false;
         for c in changes {
-            any = true;
-            if let Change::Event(e) = c {
-                let _ = self.events.send(e);
+            match c {
+                Change::Event(e) => {
+                    any |= e.seq > 0;
+                    let _ = self.events.send(e);
+                }
+                _ => any = true,
             }
         }
         if any {
