@@ -54,6 +54,11 @@ pub fn kernel_version(cache: &Path) -> String {
 /// `rackcast env build` from the kernel cache into `dir` (with virtio_rng);
 /// returns what it printed.
 pub fn env_build(cache: &Path, dir: &Path) -> String {
+    env_build_named(cache, dir, None)
+}
+
+/// `env_build`, with `--name` when `name` is given (the default otherwise).
+pub fn env_build_named(cache: &Path, dir: &Path, name: Option<&str>) -> String {
     let t = Instant::now();
     // --modules is found beside the kernel (the dpkg -x layout) and the
     // agent is this rackcast binary (the default).
@@ -62,7 +67,9 @@ pub fn env_build(cache: &Path, dir: &Path) -> String {
         .arg(cache.join("vmlinuz"))
         .arg("--busybox")
         .arg(cache.join("busybox"))
-        .args(["--extra-module", "virtio_rng", "-o"])
+        .args(["--extra-module", "virtio_rng"])
+        .args(name.map(|n| ["--name", n]).into_iter().flatten())
+        .arg("-o")
         .arg(dir)
         .output()
         .unwrap();

@@ -15,19 +15,29 @@
 //! the NIC's iPXE ROM. The OVMF targets have the disk first, the network
 //! second (see `Target::start`).
 //!
-//! 1. the MACs are enrolled and a Distribute Disk Image job submitted (and a
-//!    Create Disk Image job queued behind it on the first target), so the
-//!    boot policy hands each target the automation environment; every target
-//!    PXE-boots it and its agent registers;
+//! 1. the MACs are enrolled and a Distribute Disk Image job submitted (and,
+//!    queued behind it on the first target, a Create Disk Image job and an
+//!    environment-switch job), so the boot policy hands each target the
+//!    automation environment; every target PXE-boots it and its agent
+//!    registers;
 //! 2. one multicast session (`min_targets` = all) images them all with a
 //!    small hybrid disk: MBR boot code that prints a marker on COM1 (BIOS)
 //!    and an MBR partition of type 0xEF (an EFI system partition, FAT) whose
 //!    standalone GRUB prints another marker (UEFI);
 //! 3. the agents report verified success and reboot; with no work left the
 //!    policy sends SeaBIOS's iPXE to the disk (`sanboot`), OVMF boots its
-//!    now bootable disk, and each marker appears on its serial console;
+//!    now bootable disk, and each marker appears on its serial console
+//!    (the first target, SeaBIOS, first captures its disk and runs the
+//!    switch job: a Run Script in the environment it waits in, then one in a
+//!    second environment, `maintenance`, built beside the first in the boot
+//!    root: it is told to reboot into it, PXE-boots it, registers from it
+//!    and runs the script there; only then is it sent to its disk);
 //! 4. every target disk equals the golden disk, byte for byte; the image
-//!    the first target captured verifies and restores to the golden disk.
+//!    the first target captured verifies and restores to the golden disk;
+//! 5. the switch's witnesses: `target.state` rebooting-to `maintenance`,
+//!    then `agent.registered` from `maintenance`; the script's output (its
+//!    marker, `rackcast.env=maintenance` from /proc/cmdline) in the run log;
+//!    netboot serving the maintenance environment's files.
 //!
 //! Every QEMU is killed by PID when the test ends (at the latest after
 //! `LIMIT`); every wait is bounded. Prints a per-step timing summary.
@@ -41,11 +51,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{env_build, euid, have, kernel_cache, ovmf, read_lossy, Qemu, RC};
+use common::{env_build, env_build_named, euid, have, kernel_cache, ovmf, read_lossy, Qemu, RC};
 use rackcast_engine::sched::api::Environment;
 
 /// Hard limit on the targets' part of the test (every QEMU is killed after
-/// it); measured: ~35 s for three targets on two cores.
+/// it); measured: ~36 s for three targets on two cores, ~46 s with the
+/// environment switch (beside another CI run).
 const LIMIT: Duration = Duration::from_secs(240);
 /// The same with RACKCAST_E2E_UEFI_NET_FIRST=1 (OVMF's slow fall-through).
 const LIMIT_UEFI_NET_FIRST: Duration = Duration::from_secs(480);
@@ -62,6 +73,9 @@ const DISK_BYTES: usize = 8 << 20;
 const ESP_START: usize = 1 << 20;
 const BIOS_MARKER: &str = "RACKCAST-E2E: BIOS disk booted";
 const UEFI_MARKER: &str = "RACKCAST-E2E: UEFI disk booted";
+/// The environment switch's destination and what its script prints.
+const MAINT: &str = "maintenance";
+const MAINT_MARKER: &str = "RACKCAST-IN-MAINTENANCE";
 
 /// Sector 0 of the golden disk: real-mode code, then the marker, a disk
 /// signature, one MBR partition (type 0xEF: an EFI system partition, which
@@ -429,10 +443,13 @@ root = "{}"
         self.curl(c, None)
     }
 
-    /// The job's stored events (the replay of the SSE stream).
-    fn events(&self, job: u64) -> Vec<serde_json::Value> {
+    /// The stored events of one job, or all (the replay of the SSE stream).
+    fn events(&self, job: Option<u64>) -> Vec<serde_json::Value> {
         let auth = format!("Authorization: Bearer {}", self.token);
-        let url = format!("{}/api/v1/events?job={job}", self.url);
+        let url = match job {
+            Some(job) => format!("{}/api/v1/events?job={job}", self.url),
+            None => format!("{}/api/v1/events", self.url),
+        };
         // The stream stays open: take what the replay sent within 3 s.
         let o = self
             .lan
@@ -687,6 +704,9 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
     let boot_root = dir.join("boot");
     std::fs::create_dir_all(&boot_root).unwrap();
     env_build(&cache, &boot_root.join("linux-x64"));
+    // The second environment, the switch's destination: the same kernel
+    // under another name; the server loads it from the boot root at start.
+    env_build_named(&cache, &boot_root.join(MAINT), Some(MAINT));
     for f in ["ipxe.efi", "undionly.kpxe"] {
         let src = Path::new("/usr/lib/ipxe").join(f);
         if src.exists() {
@@ -696,7 +716,7 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
     let env: Environment =
         toml::from_str(&std::fs::read_to_string(boot_root.join("linux-x64/env.toml")).unwrap())
             .unwrap();
-    step("env build", &mut steps);
+    step("env build (two environments)", &mut steps);
 
     let golden = golden_disk(dir);
     let image = dir.join("golden.rcimg");
@@ -714,6 +734,12 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
         "PUT",
         &format!("/api/v1/environments/{}", env.name),
         Some(&serde_json::to_value(&env).unwrap()),
+    );
+    let envs = lan.api_ok("GET", "/api/v1/environments", None);
+    assert!(
+        envs.as_array()
+            .is_some_and(|a| a.iter().any(|e| e["name"] == MAINT)),
+        "the server did not load {MAINT} from the boot root: {envs}"
     );
     let up = lan.upload("golden", &image);
     assert!((200..300).contains(&up.0), "upload: {up:?}");
@@ -777,6 +803,25 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
         })),
     );
     let create = create["id"].as_u64().expect("job id");
+    // The environment switch, queued behind those on the same target: a
+    // task in the environment it waits in, then one that needs another; it
+    // is told to reboot into that (BIOS, network first: PXE again, and the
+    // policy hands it the maintenance environment), runs the task there,
+    // and with no work left goes to its disk.
+    let switch = lan.api_ok(
+        "POST",
+        "/api/v1/jobs",
+        Some(&serde_json::json!({
+            "name": "e2e environment switch",
+            "targets": [targets[0].mac],
+            "task": [
+                {"kind": "script", "env": env.name, "script": "echo RACKCAST-IN-DEFAULT"},
+                {"kind": "script", "env": MAINT,
+                 "script": format!("echo {MAINT_MARKER}; cat /proc/cmdline")},
+            ],
+        })),
+    );
+    let switch = switch["id"].as_u64().expect("job id");
     step("namespaces + server + enroll + submit", &mut steps);
 
     // The targets' part, bounded by LIMIT.
@@ -791,6 +836,7 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
     }
     let (mut job_done, mut job_view) = (None, serde_json::Value::Null);
     let mut create_done = None;
+    let (mut switch_done, mut switch_view) = (None, serde_json::Value::Null);
     let mut last_poll = Instant::now() - Duration::from_secs(10);
     let ctx = |targets: &[Target], lan: &Lan, job_view: &serde_json::Value| {
         format!(
@@ -849,8 +895,22 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
                     ctx(&targets, &lan, &create_view)
                 );
             }
+            switch_view = lan.api_ok("GET", &format!("/api/v1/jobs/{switch}"), None);
+            if switch_done.is_none() && switch_view["status"] != "running" {
+                switch_done = Some(now);
+                eprintln!("job {switch}: {} after {now:.1?}", switch_view["status"]);
+                assert_eq!(
+                    switch_view["status"],
+                    "done",
+                    "the switch job failed: {}",
+                    ctx(&targets, &lan, &switch_view)
+                );
+            }
         }
-        if job_done.is_some() && create_done.is_some() && targets.iter().all(|t| t.marker.is_some())
+        if job_done.is_some()
+            && create_done.is_some()
+            && switch_done.is_some()
+            && targets.iter().all(|t| t.marker.is_some())
         {
             break;
         }
@@ -898,7 +958,16 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
     for r in job_view["targets"].as_array().unwrap() {
         assert_eq!(r["status"], "done", "{r}");
     }
-    let ev = lan.events(job);
+    // The replays (each takes its 3 s), side by side: the distribution's,
+    // the switch job's and every event (agent.registered belongs to no job).
+    let (ev, sev, all) = std::thread::scope(|s| {
+        let (a, b) = (
+            s.spawn(|| lan.events(Some(job))),
+            s.spawn(|| lan.events(Some(switch))),
+        );
+        let all = lan.events(None);
+        (a.join().unwrap(), b.join().unwrap(), all)
+    });
     let sessions: Vec<_> = ev.iter().filter(|e| e["kind"] == "cast.started").collect();
     assert_eq!(sessions.len(), 1, "one multicast session for all: {ev:#?}");
     assert_eq!(sessions[0]["detail"]["receivers"], count, "{ev:#?}");
@@ -979,7 +1048,85 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
             blake3::hash(&want).to_hex()
         );
     }
-    step("job events (3 s SSE replay), logs, disk hashes", &mut steps);
+    step(
+        "job events (3 x 3 s SSE replay, in parallel), logs, disk hashes",
+        &mut steps,
+    );
+
+    // 5. The environment switch: the first target, waiting in the default
+    // environment after its run script there, was told to reboot into the
+    // maintenance environment, registered from it and ran the task there.
+    let t = &targets[0];
+    let c = || ctx(&targets, &lan, &switch_view);
+    let rebooting = all
+        .iter()
+        .find(|e| {
+            e["kind"] == "target.state"
+                && e["target"] == t.mac.as_str()
+                && e["job"] == switch
+                && e["detail"]["state"] == "rebooting-to"
+                && e["detail"]["env"] == MAINT
+        })
+        .unwrap_or_else(|| panic!("no rebooting-to {MAINT} for {}: {all:#?}", t.name));
+    let arrived = all
+        .iter()
+        .find(|e| {
+            e["kind"] == "agent.registered"
+                && e["target"] == t.mac.as_str()
+                && e["detail"]["env"] == MAINT
+                && e["seq"].as_u64() > rebooting["seq"].as_u64()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} never registered from {MAINT} after the reboot: {all:#?}",
+                t.name
+            )
+        });
+    let boot_ms = arrived["at"].as_u64().unwrap() - rebooting["at"].as_u64().unwrap();
+    eprintln!("switch: {rebooting}\n        {arrived}");
+    // The job's own replay carries the reboot too.
+    assert!(
+        sev.iter().any(|e| e["seq"] == rebooting["seq"]),
+        "the switch job's events lack its reboot: {sev:#?}"
+    );
+    let run = &switch_view["targets"][0];
+    assert_eq!(run["status"], "done", "{run}");
+    let runlog = run["log"].as_str().unwrap_or_default();
+    assert!(
+        runlog.contains(MAINT_MARKER) && runlog.contains(&format!("rackcast.env={MAINT}")),
+        "the maintenance script's output is not in the run log: {runlog:?}{}",
+        c()
+    );
+    let serial = read_lossy(&t.serial);
+    let after = serial
+        .find(&format!("rebooting into {MAINT}"))
+        .unwrap_or(serial.len());
+    assert!(
+        serial[after..].contains(&format!("--env {MAINT}")),
+        "{}'s agent never started in {MAINT}: {}",
+        t.name,
+        c()
+    );
+    assert!(
+        said(&t.mac, "HttpScript", &format!("{MAINT}/vmlinuz")),
+        "{} never fetched the {MAINT} environment's iPXE script: {log}",
+        t.name
+    );
+    for f in ["vmlinuz", "initrd.img"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("HttpFile") && l.contains(&format!("{MAINT}/{f}"))),
+            "nobody fetched {MAINT}/{f}: {log}"
+        );
+    }
+    steps.push((
+        format!(
+            "  environment switch on {}: rebooting-to to registered",
+            t.name
+        ),
+        Duration::from_millis(boot_ms),
+    ));
+    step("environment switch: events, run log, logs", &mut steps);
 
     // The captured image verifies and restores to the golden disk.
     let captured = dir.join("data/images/captured.rcimg");
