@@ -1,6 +1,7 @@
 //! The `rackcast` binary as users run it: commands, exit codes, output.
 
 mod image;
+mod readme;
 
 use std::path::Path;
 use std::process::{Command, Output};
