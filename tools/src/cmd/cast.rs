@@ -14,7 +14,7 @@ use rackcast_engine::cast::net::{self, NetConfig, ReceiveLimits};
 use rackcast_engine::cast::sink::ReadBack;
 use rackcast_engine::cast::wire::symbol_size_for_mtu;
 use rackcast_engine::cast::{
-    CastError, FrameSource, ReedSolomon, Sender, SenderConfig, SenderEvent, SessionKey, Verdict,
+    ImageFrames, ReedSolomon, Sender, SenderConfig, SenderEvent, SessionKey, Verdict,
 };
 use rackcast_engine::image::{hex, ImageReader};
 
@@ -141,23 +141,13 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-struct ImageFrames(ImageReader);
-
-impl FrameSource for ImageFrames {
-    fn frame(&mut self, chunk: u32) -> Result<bytes::Bytes, CastError> {
-        let mut buf = Vec::new();
-        self.0
-            .read_frame(chunk as u64, &mut buf)
-            .map_err(|e| CastError::Source(e.to_string()))?;
-        Ok(buf.into())
-    }
-}
-
 fn send(a: &SendArgs) -> anyhow::Result<ExitCode> {
     let reader =
         ImageReader::open(&a.img).with_context(|| format!("opening {}", a.img.display()))?;
     let (iface_addr, iface_mtu) = net::interface(&a.group.iface)?;
-    let mtu = a.mtu.unwrap_or(iface_mtu);
+    // Receivers read into 64 KiB slots: `lo`'s 65536-byte MTU would make
+    // every packet too big for them.
+    let mtu = a.mtu.unwrap_or(iface_mtu).min(9000);
     let symbol = symbol_size_for_mtu(mtu);
     if symbol < 256 {
         bail!("MTU {mtu} is too small");
