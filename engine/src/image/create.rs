@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use super::codec::{ChunkEncoder, EncodedChunk};
 use super::error::{ImageError, Result};
 use super::header::{Header, HEADER_LEN};
 use super::index::{ChunkData, ChunkEntry, ChunkIndex, FrameRef, Metadata, UsedMask};
+use super::outfile::OutFile;
 use super::sign::ImageSigner;
 use super::source::probe_source;
 use super::trailer::Trailer;
@@ -82,7 +83,8 @@ struct Done {
 enum Encoded {
     Zero,
     Duplicate(u64),
-    Zstd(Vec<u8>),
+    /// The frame and its hash.
+    Zstd(Vec<u8>, [u8; 32]),
     Raw,
 }
 
@@ -106,19 +108,20 @@ pub fn create_image(
     let count = ChunkIndex::chunks_for(info.size, chunk_size);
 
     let partial = partial_path(out);
-    let mut outf = File::create(&partial).map_err(|e| ImageError::io("creating", &partial, e))?;
+    let mut outf = OutFile::create(&partial)?;
     let guard = RemoveOnDrop(Some(partial.clone()));
     let header = Header {
         version: FORMAT_VERSION,
         chunk_size,
         source_size: info.size,
     };
-    outf.write_all(&header.emit())
-        .map_err(|e| ImageError::io("writing", &partial, e))?;
+    outf.write_all(&header.emit())?;
 
     // Buffers circulate reader -> encoder -> writer -> reader: at most
-    // `2 * threads + 2` chunks are in memory at once, however big the disk.
-    let in_flight = 2 * threads + 2;
+    // `4 * threads + 4` chunks are in memory at once, however big the disk.
+    // Enough that a slow chunk (text at a high level) does not stall the
+    // reader while the other encoders race ahead on zeros and noise.
+    let in_flight = 4 * threads + 4;
     let (free_tx, free_rx) = bounded::<Vec<u8>>(in_flight);
     for _ in 0..in_flight {
         free_tx.send(Vec::new()).expect("channel has room");
@@ -129,24 +132,10 @@ pub fn create_image(
 
     let mut entries: Vec<ChunkEntry> = Vec::with_capacity(count as usize);
     let mut pos = HEADER_LEN as u64;
-    // Write-behind: a flusher thread syncs what is written so far every
-    // FLUSH_EVERY bytes, so the disk works while the cores compress and the
-    // final flush only waits for the tail.
-    const FLUSH_EVERY: u64 = 64 << 20;
-    let flusher_file = outf
-        .try_clone()
-        .map_err(|e| ImageError::io("opening", &partial, e))?;
-    let (flush_tx, flush_rx) = bounded::<()>(1);
-    let mut next_flush = FLUSH_EVERY;
     std::thread::scope(|s| -> Result<()> {
         // Owned here so that an early error return closes every channel and
         // lets the pipeline threads exit instead of blocking the scope.
-        let (done_rx, free_tx, flush_tx) = (done_rx, free_tx, flush_tx);
-        s.spawn(move || {
-            for () in flush_rx {
-                let _ = flusher_file.sync_data();
-            }
-        });
+        let (done_rx, free_tx) = (done_rx, free_tx);
         let reader_done = done_tx.clone();
         s.spawn(move || {
             if let Err(e) = read_chunks(file, src, info.size, chunk_size, &free_rx, &work_tx) {
@@ -176,20 +165,14 @@ pub fn create_image(
             pending.insert(d.i, d);
             while let Some(d) = pending.remove(&next) {
                 let len = d.buf.len();
-                let entry = commit(&mut outf, &partial, &mut pos, &committed, &d)?;
+                let entry = commit(&mut outf, &mut pos, &committed, &d)?;
                 entries.push(entry);
-                if pos >= next_flush {
-                    next_flush = pos + FLUSH_EVERY;
-                    // Busy flusher: skip, the next threshold catches up.
-                    let _ = flush_tx.try_send(());
-                }
                 // The reader may have finished: a closed pool is fine.
                 let _ = free_tx.send(d.buf);
                 progress(len as u64);
                 next += 1;
             }
         }
-        drop(flush_tx);
         Ok(())
     })?;
 
@@ -222,11 +205,9 @@ pub fn create_image(
         root,
         signature: opts.signer.as_ref().map(|k| k.sign_root(&root)),
     };
-    outf.write_all(&index_bytes)
-        .and_then(|_| outf.write_all(&trailer.emit()))
-        .and_then(|_| outf.sync_all())
-        .map_err(|e| ImageError::io("writing", &partial, e))?;
-    drop(outf);
+    outf.write_all(&index_bytes)?;
+    outf.write_all(&trailer.emit())?;
+    outf.finish()?;
     std::fs::rename(&partial, out).map_err(|e| ImageError::io("renaming into", out, e))?;
     guard.disarm();
     Ok(CreateSummary {
@@ -300,7 +281,10 @@ fn encode_chunks(
             match seen {
                 Some(of) => (hash, Encoded::Duplicate(of)),
                 None => match enc.compress(&buf) {
-                    EncodedChunk::Zstd(f) => (hash, Encoded::Zstd(f)),
+                    EncodedChunk::Zstd(f) => {
+                        let fh = *blake3::hash(&f).as_bytes();
+                        (hash, Encoded::Zstd(f, fh))
+                    }
                     EncodedChunk::Raw => (hash, Encoded::Raw),
                     EncodedChunk::Zero => (hash, Encoded::Zero),
                 },
@@ -322,20 +306,20 @@ fn encode_chunks(
 
 /// Writes one chunk's frame (if it needs one) and returns its index entry.
 /// Runs in chunk order, so a duplicate always points at an earlier chunk.
+/// Frame hashes come from the encoders: a raw frame is the chunk itself, so
+/// its frame hash is the content hash already computed.
 fn commit(
-    out: &mut File,
-    path: &Path,
+    out: &mut OutFile,
     pos: &mut u64,
     committed: &Mutex<HashMap<[u8; 32], u64>>,
     d: &Done,
 ) -> Result<ChunkEntry> {
-    let mut write_frame = |bytes: &[u8]| -> Result<FrameRef> {
-        out.write_all(bytes)
-            .map_err(|e| ImageError::io("writing", path, e))?;
+    let mut write_frame = |bytes: &[u8], hash: [u8; 32]| -> Result<FrameRef> {
+        out.write_all(bytes)?;
         let f = FrameRef {
             offset: *pos,
             len: bytes.len() as u32,
-            hash: *blake3::hash(bytes).as_bytes(),
+            hash,
         };
         *pos += bytes.len() as u64;
         Ok(f)
@@ -344,11 +328,11 @@ fn commit(
     let data = match &d.enc {
         Encoded::Zero => ChunkData::Zero,
         Encoded::Duplicate(of) => ChunkData::Duplicate { of: *of },
-        Encoded::Zstd(_) | Encoded::Raw if map.contains_key(&d.hash) => {
+        Encoded::Zstd(..) | Encoded::Raw if map.contains_key(&d.hash) => {
             ChunkData::Duplicate { of: map[&d.hash] }
         }
-        Encoded::Zstd(f) => ChunkData::Zstd(write_frame(f)?),
-        Encoded::Raw => ChunkData::Raw(write_frame(&d.buf)?),
+        Encoded::Zstd(f, fh) => ChunkData::Zstd(write_frame(f, *fh)?),
+        Encoded::Raw => ChunkData::Raw(write_frame(&d.buf, d.hash)?),
     };
     if matches!(data, ChunkData::Zstd(_) | ChunkData::Raw(_)) {
         map.insert(d.hash, d.i);

@@ -11,6 +11,9 @@
 //! - [`header`]: 64 fixed bytes: magic, version, chunk size, source size.
 //! - frames: one independent frame per stored chunk, back to back; zero,
 //!   absent and duplicate chunks cost no frame. Any chunk can be read alone.
+//!   A zstd chunk's frame is a zstd stream: one or more zstd frames back to
+//!   back (compressed runs, and runs of noise or zeros stored as raw or RLE
+//!   blocks), which any zstd decoder decodes in one call.
 //! - [`index`]: metadata and one entry per fixed-size logical chunk (kind,
 //!   used-block mask, BLAKE3 of the canonical bytes, frame location and hash).
 //!   It stands alone: a multicast receiver starts from it.
@@ -26,6 +29,7 @@ mod create;
 mod error;
 pub mod header;
 pub mod index;
+mod outfile;
 mod reader;
 mod restore;
 mod sign;
