@@ -79,10 +79,12 @@ pub enum AgentError {
         path: PathBuf,
     },
     /// io_uring was asked for and could not be set up.
-    #[error("io_uring setup for {path}: {source}")]
+    #[error("io_uring {step} failed for {path}: {source}")]
     Uring {
         /// The target.
         path: PathBuf,
+        /// Which part of the setup failed.
+        step: crate::writer::UringSetupStep,
         /// The OS error.
         source: std::io::Error,
     },

@@ -14,12 +14,14 @@
 #![deny(unsafe_code)]
 
 pub mod control;
+pub mod disk_sink;
 mod error;
 pub mod receive;
 pub mod restore;
 pub mod writer;
 
 pub use control::{run, AgentConfig, KernelArgs, Outcome, RebootMode};
+pub use disk_sink::DiskSink;
 pub use error::{AgentError, Result};
 pub use receive::{receive, CastReceive, CastReceived};
 pub use restore::{

@@ -1,5 +1,6 @@
 //! One multicast receive into a file or block device: the receiver state
-//! machine, its socket and a resuming [`FileSink`], wired together. Shared by
+//! machine, its socket and a resuming [`DiskSink`] (the io_uring disk
+//! writer), wired together. Shared by
 //! `rackcast cast recv` and the agent's Distribute Disk Image task.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -9,10 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rackcast_engine::cast::net::{self, NetConfig, ReceiveLimits};
-use rackcast_engine::cast::sink::{FileSink, ReadBack, SinkStats};
+use rackcast_engine::cast::sink::{ReadBack, SinkStats};
 use rackcast_engine::cast::{CastError, Receiver, ReceiverConfig, ReceiverStats, ReedSolomon};
 use rackcast_engine::cast::{ErasureCode, SessionKey};
 use rackcast_engine::sched::api::VerifyMode as ApiVerifyMode;
+
+use crate::disk_sink::DiskSink;
+use crate::writer::WriterConfig;
 
 /// What to receive, from where, into what.
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ pub struct CastReceive {
     pub read_back: ReadBack,
     /// Overall and idle limits.
     pub limits: ReceiveLimits,
+    /// The disk writer's settings (engine, queue depth, resume state).
+    pub writer: WriterConfig,
 }
 
 /// What a completed receive did.
@@ -83,7 +89,7 @@ pub fn receive(
     let fec: Arc<dyn ErasureCode> = Arc::new(ReedSolomon);
     let start = Instant::now();
     let mut rx = Receiver::new(cfg, fec, start);
-    let mut sink = FileSink::new(&spec.dest, spec.resume, spec.read_back);
+    let mut sink = DiskSink::new(&spec.dest, spec.resume, spec.read_back, spec.writer.clone());
     net::run_receiver_with(&mut rx, &sock, &mut sink, spec.limits, observe)?;
     let root = rx
         .index()

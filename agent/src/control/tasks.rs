@@ -27,6 +27,7 @@ use super::inventory::{disk_file, route_to};
 use super::script::{run_script, Flow, ScriptEnd, ScriptSpec};
 use crate::error::AgentError;
 use crate::receive::{read_back_for, receive, CastReceive};
+use crate::writer::WriterConfig;
 
 /// Progress is reported this often.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -597,6 +598,11 @@ fn receive_spec(
         limits: ReceiveLimits {
             timeout: timeout.unwrap_or(NO_TIMEOUT),
             idle: Some(ctx.stall),
+        },
+        writer: WriterConfig {
+            // A block device's resume bitmap lives with the agent's state.
+            state_dir: ctx.work_dir.join("resume"),
+            ..WriterConfig::default()
         },
     })
 }

@@ -30,6 +30,7 @@ use rackcast_engine::image::{ChunkData, ChunkIndex};
 
 pub use buffer::{AlignedBuf, BufferPool, MEM_ALIGN};
 pub use engine::EngineKind;
+pub use uring::UringSetupStep;
 
 use crate::error::{AgentError, Result};
 use engine::{Completed, Engine, SyncEngine, WriteOp};
@@ -39,7 +40,8 @@ use target::Target;
 /// Which engine to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineChoice {
-    /// io_uring unless the kernel disables it or setup fails, then sync.
+    /// io_uring unless the kernel disables it or setup fails (the reason is
+    /// kept in [`WriteSummary::engine_fallback`]), then sync.
     #[default]
     Auto,
     /// io_uring, or an error.
@@ -113,6 +115,9 @@ pub enum ChunkPayload {
 pub struct WriteSummary {
     /// The engine used.
     pub engine: Option<EngineKind>,
+    /// Why [`EngineChoice::Auto`] runs positioned writes instead of io_uring
+    /// (e.g. "io_uring setup failed: EPERM (Operation not permitted)").
+    pub engine_fallback: Option<String>,
     /// Direct-I/O alignment of the target (logical sector, or STATX_DIOALIGN).
     pub align: usize,
     /// Physical sector size (BLKPBSZGET; the alignment for files).
@@ -200,11 +205,12 @@ impl DiskWriter {
         let meta = &index.meta;
         let target = Target::open(path, meta.source_size, meta.min_target_size, cfg.force)?;
         let pool = BufferPool::new(cfg.buffers, meta.chunk_size as usize);
-        let engine = make_engine(&target, cfg, &pool)?;
+        let (engine, engine_fallback) = make_engine(&target, cfg, &pool)?;
         let count = index.entries.len() as u64;
         let mut states = vec![ChunkState::Pending; count as usize];
         let mut summary = WriteSummary {
             engine: Some(engine.kind()),
+            engine_fallback,
             align: target.align,
             physical_sector: target.physical_sector(),
             direct: target.direct,
@@ -641,27 +647,64 @@ impl TargetReader {
     }
 }
 
-fn make_engine(t: &Target, cfg: &WriterConfig, pool: &BufferPool) -> Result<Box<dyn Engine>> {
+/// The engine `cfg` asks for on `t`, and why Auto fell back to positioned
+/// writes when it did.
+fn make_engine(
+    t: &Target,
+    cfg: &WriterConfig,
+    pool: &BufferPool,
+) -> Result<(Box<dyn Engine>, Option<String>)> {
     let file = || {
         t.file
             .try_clone()
             .map_err(|e| AgentError::io("duplicating", &t.path, e))
     };
-    let uring = || -> Result<Box<dyn Engine>> {
+    let sync = || -> Result<Box<dyn Engine>> { Ok(Box::new(SyncEngine::new(file()?))) };
+    let uring = || -> Result<std::result::Result<Box<dyn Engine>, uring::SetupError>> {
         let reg = cfg.register_buffers.then_some(pool);
-        let e = uring::UringEngine::new(file()?, cfg.queue_depth, reg).map_err(|e| {
-            AgentError::Uring {
-                path: t.path.clone(),
-                source: e,
-            }
-        })?;
-        Ok(Box::new(e))
+        Ok(uring::UringEngine::new(file()?, cfg.queue_depth, reg)
+            .map(|e| Box::new(e) as Box<dyn Engine>))
     };
     match cfg.engine {
-        EngineChoice::Sync => Ok(Box::new(SyncEngine::new(file()?))),
-        EngineChoice::Uring => uring(),
-        EngineChoice::Auto if uring_disabled() => Ok(Box::new(SyncEngine::new(file()?))),
-        EngineChoice::Auto => uring().or_else(|_| Ok(Box::new(SyncEngine::new(file()?)))),
+        EngineChoice::Sync => Ok((sync()?, None)),
+        EngineChoice::Uring => match uring()? {
+            Ok(e) => Ok((e, None)),
+            Err(e) => Err(AgentError::Uring {
+                path: t.path.clone(),
+                step: e.step,
+                source: e.source,
+            }),
+        },
+        EngineChoice::Auto if uring_disabled() => Ok((
+            sync()?,
+            Some("io_uring disabled by kernel.io_uring_disabled = 2".into()),
+        )),
+        // Any failure to set up a ring (EPERM from a sysctl or seccomp
+        // filter, ENOSYS on an old kernel, ENOMEM from RLIMIT_MEMLOCK) means
+        // positioned writes: the restore is correct either way.
+        EngineChoice::Auto => match uring()? {
+            Ok(e) => Ok((e, None)),
+            Err(e) => Ok((
+                sync()?,
+                Some(format!(
+                    "io_uring {} failed: {}",
+                    e.step,
+                    errno_text(&e.source)
+                )),
+            )),
+        },
+    }
+}
+
+/// "EPERM (Operation not permitted)" for an OS error, the error's text
+/// otherwise.
+fn errno_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => {
+            let errno = nix::errno::Errno::from_raw(n);
+            format!("{errno:?} ({})", errno.desc())
+        }
+        None => e.to_string(),
     }
 }
 

@@ -56,10 +56,21 @@ struct Slot {
 
 impl UringEngine {
     /// Sets up a ring of `depth` entries on `file`, registering the file and,
-    /// when `pool` is given and RLIMIT_MEMLOCK allows, the pool's buffers.
-    pub fn new(file: File, depth: u32, pool: Option<&BufferPool>) -> io::Result<UringEngine> {
-        let ring = IoUring::builder().build(depth)?;
-        ring.submitter().register_files(&[file.as_raw_fd()])?;
+    /// when `pool` is given and RLIMIT_MEMLOCK allows, the pool's buffers,
+    /// then proves the ring runs a request (a NOP) before any write
+    /// depends on it.
+    pub fn new(
+        file: File,
+        depth: u32,
+        pool: Option<&BufferPool>,
+    ) -> Result<UringEngine, SetupError> {
+        let mut ring = IoUring::builder()
+            .build(depth)
+            .map_err(SetupError::at(UringSetupStep::Setup))?;
+        ring.submitter()
+            .register_files(&[file.as_raw_fd()])
+            .map_err(SetupError::at(UringSetupStep::RegisterFile))?;
+        probe_nop(&mut ring).map_err(SetupError::at(UringSetupStep::Probe))?;
         let pool = pool.filter(|p| register_pool(&ring, p).is_ok()).cloned();
         Ok(UringEngine {
             ring,
@@ -274,6 +285,64 @@ impl Drop for UringEngine {
             let cqes: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
             self.ops_in_ring -= cqes.len();
         }
+    }
+}
+
+/// Which part of setting up a ring failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UringSetupStep {
+    /// `io_uring_setup`: creating the ring (EPERM where the kernel's
+    /// io_uring_disabled sysctl or a seccomp filter forbids it, ENOSYS on a
+    /// kernel without io_uring).
+    Setup,
+    /// `io_uring_register`: registering the target's descriptor.
+    RegisterFile,
+    /// `io_uring_enter`: running a NOP through the new ring (a filter may
+    /// allow creating a ring but not using it).
+    Probe,
+}
+
+impl std::fmt::Display for UringSetupStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UringSetupStep::Setup => "setup",
+            UringSetupStep::RegisterFile => "file registration",
+            UringSetupStep::Probe => "probe request",
+        })
+    }
+}
+
+/// Why a ring could not be set up.
+#[derive(Debug)]
+pub(crate) struct SetupError {
+    pub step: UringSetupStep,
+    pub source: io::Error,
+}
+
+impl SetupError {
+    fn at(step: UringSetupStep) -> impl FnOnce(io::Error) -> SetupError {
+        move |source| SetupError { step, source }
+    }
+}
+
+/// Submits one NOP and waits for its completion.
+fn probe_nop(ring: &mut IoUring) -> io::Result<()> {
+    let nop = opcode::Nop::new().build().user_data(u64::MAX);
+    // SAFETY: a NOP refers to no memory and no descriptor.
+    unsafe { ring.submission().push(&nop) }
+        .map_err(|_| io::Error::other("submission queue full on a new ring"))?;
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let res = ring.completion().next().map(|c| c.result());
+    match res {
+        Some(r) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+        Some(_) => Ok(()),
+        None => Err(io::Error::other("no completion for the probe NOP")),
     }
 }
 

@@ -290,6 +290,7 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
         resume: !a.no_resume,
         read_back,
         limits: ReceiveLimits::timeout(Duration::from_secs(a.timeout)),
+        writer: rackcast_agent::WriterConfig::default(),
     };
     eprintln!(
         "receiver {id:016x} joined {} on {} ({iface_addr}), writing {}",

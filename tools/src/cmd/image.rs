@@ -479,6 +479,9 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         w.align,
         w.physical_sector
     );
+    if let Some(why) = &w.engine_fallback {
+        println!("          io_uring not used: {why}");
+    }
     println!(
         "written   {} in {} chunks, {} of zeros left as holes",
         human_bytes(w.bytes_written),
