@@ -2,14 +2,17 @@
 //!
 //! The transfer socket gets a UDP generic segmentation offload size
 //! (`UDP_SEGMENT`) of one full DATA packet; packets of one window are then
-//! laid end to end in one buffer and handed to the kernel in a single `send`,
+//! laid end to end in one buffer and handed to the kernel in a single
+//! `sendto` (the transfer socket is unconnected, so it can hear and answer
+//! strays; the segment size is a socket option and applies all the same),
 //! which cuts it back into datagrams: every one the segment size except
 //! possibly the last, which is exactly the shape of a TFTP window. Anything
 //! no longer than one segment (the OACK, a lone block) goes out unchanged.
 //! Where GSO is refused (old kernel, a device without checksum offload) the
-//! transfer falls back to one `send` per packet for good.
+//! transfer falls back to one `sendto` per packet for good.
 
 use std::io;
+use std::net::SocketAddr;
 
 use nix::sys::socket::{setsockopt, sockopt::UdpGsoSegment};
 use tokio::net::UdpSocket;
@@ -20,9 +23,10 @@ const MAX_BATCH_BYTES: usize = 65000;
 /// Larger than any OACK this server sends (four options, 20-digit tsize).
 const MIN_GSO_SEGMENT: usize = 128;
 
-/// A buffer of same-sized datagrams waiting to go out on a connected socket.
+/// A buffer of same-sized datagrams waiting to go out to one client.
 #[derive(Debug)]
 pub struct Batch {
+    to: SocketAddr,
     buf: Vec<u8>,
     segment: usize,
     count: usize,
@@ -32,15 +36,16 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// An empty batch for `sock`, which is given a GSO segment size of
-    /// `segment` bytes when the kernel takes it.
-    pub fn new(sock: &UdpSocket, segment: usize) -> Self {
+    /// An empty batch of datagrams to `to` for `sock`, which is given a GSO
+    /// segment size of `segment` bytes when the kernel takes it.
+    pub fn new(sock: &UdpSocket, segment: usize, to: SocketAddr) -> Self {
         // With a segment smaller than the OACK the kernel would cut the OACK
         // too; such tiny blocks are not worth batching anyway.
         let gso = segment >= MIN_GSO_SEGMENT
             && i32::try_from(segment)
                 .is_ok_and(|seg| setsockopt(sock, UdpGsoSegment, &seg).is_ok());
         Batch {
+            to,
             buf: Vec::with_capacity(MAX_BATCH_BYTES + 65536),
             segment,
             count: 0,
@@ -78,14 +83,14 @@ impl Batch {
         match self.count {
             0 => {}
             1 => {
-                let _ = sock.send(&self.buf).await;
+                let _ = sock.send_to(&self.buf, self.to).await;
             }
             _ => {
-                if let Err(e) = sock.send(&self.buf).await {
+                if let Err(e) = sock.send_to(&self.buf, self.to).await {
                     if gso_unsupported(&e) {
                         self.gso = false;
                         for d in self.buf.chunks(self.segment) {
-                            let _ = sock.send(d).await;
+                            let _ = sock.send_to(d, self.to).await;
                         }
                     }
                 }
@@ -114,8 +119,7 @@ mod tests {
     async fn window_arrives_as_separate_datagrams() {
         let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        tx.connect(rx.local_addr().unwrap()).await.unwrap();
-        let mut batch = Batch::new(&tx, 516);
+        let mut batch = Batch::new(&tx, 516, rx.local_addr().unwrap());
         // OACK-sized, then three full blocks and a short last one.
         let sizes = [20, 516, 516, 516, 100];
         for (i, &n) in sizes.iter().enumerate() {
@@ -125,6 +129,7 @@ mod tests {
             batch.push(|out| out.extend(std::iter::repeat_n(i as u8, n)));
         }
         batch.flush(&tx).await;
+        assert!(batch.gso, "GSO must work with sendto on loopback");
         let mut buf = [0u8; 4096];
         for (i, &n) in sizes.iter().enumerate() {
             let got = rx.recv(&mut buf).await.unwrap();

@@ -6,22 +6,34 @@
 //! curl expect. Duplicate ACKs never trigger a retransmission (the
 //! Sorcerer's Apprentice bug); only the retransmit timer does, with back-off.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::budget::{FlightBudget, Reservation};
 use super::packet::{ErrorCode, Packet, Request};
+
+/// IPv4 (20) and UDP (8) headers, and the TFTP DATA header (4).
+const V4_OVERHEAD: u32 = 20 + 8 + 4;
+/// IPv6 (40) and UDP (8) headers, and the TFTP DATA header (4).
+const V6_OVERHEAD: u32 = 40 + 8 + 4;
 
 /// Limits a transfer negotiates within.
 #[derive(Debug, Clone)]
 pub struct TransferLimits {
-    /// Largest blksize granted: the path MTU minus IP, UDP and TFTP headers.
+    /// Largest blksize granted. The server lowers it further per client to
+    /// that client's path MTU minus IP, UDP and TFTP headers.
     pub max_blksize: u16,
     /// Largest windowsize granted (RFC 7440).
     pub max_windowsize: u16,
     /// Cap on unacknowledged payload bytes per transfer; the granted
     /// windowsize is lowered so that `windowsize * blksize` stays under it.
     pub max_bytes_in_flight: usize,
+    /// Cap on unacknowledged payload bytes across all transfers of one
+    /// server: a transfer's windowsize is lowered to fit in what the running
+    /// ones leave, down to one block.
+    pub max_total_bytes_in_flight: usize,
     /// First retransmit timeout when the client asks for none.
     pub initial_timeout: Duration,
     /// Back-off stops doubling here.
@@ -30,12 +42,31 @@ pub struct TransferLimits {
     pub max_retries: u32,
 }
 
+impl TransferLimits {
+    /// These limits with `max_blksize` lowered so that one DATA packet fits
+    /// in a path MTU of `mtu` bytes over IPv4 or IPv6.
+    pub fn clamped_to_mtu(&self, mtu: u32, ipv6: bool) -> TransferLimits {
+        TransferLimits {
+            max_blksize: self.max_blksize.min(blksize_for_mtu(mtu, ipv6)),
+            ..self.clone()
+        }
+    }
+}
+
+/// The largest blksize whose DATA packet fits in one `mtu`-byte IP packet
+/// (at least 8, the smallest RFC 2348 allows).
+pub fn blksize_for_mtu(mtu: u32, ipv6: bool) -> u16 {
+    let overhead = if ipv6 { V6_OVERHEAD } else { V4_OVERHEAD };
+    mtu.saturating_sub(overhead).clamp(8, 65464) as u16
+}
+
 impl Default for TransferLimits {
     fn default() -> Self {
         TransferLimits {
             max_blksize: 1468,
             max_windowsize: 64,
             max_bytes_in_flight: 256 * 1024,
+            max_total_bytes_in_flight: 64 * 1024 * 1024,
             initial_timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),
             max_retries: 6,
@@ -136,15 +167,42 @@ pub struct Transfer {
     deadline: Option<Instant>,
     outcome: Option<Outcome>,
     negotiated: Negotiated,
+    /// This transfer's share of the server's bytes in flight, held until it ends.
+    reservation: Option<Reservation>,
+    window_lowered_by_global_cap: bool,
 }
 
 impl Transfer {
-    /// Starts serving `data` for `req` (an RRQ already resolved to its file).
+    /// Starts serving `data` for `req` (an RRQ already resolved to its file),
+    /// with no server-wide cap on bytes in flight.
     pub fn start(
         now: Instant,
         data: Bytes,
         req: &Request<'_>,
         limits: &TransferLimits,
+    ) -> Result<Transfer, Refusal> {
+        Self::start_inner(now, data, req, limits, None)
+    }
+
+    /// Like [`Transfer::start`], with the window also fitted into what the
+    /// server's other transfers leave of `budget`; the share is held until
+    /// the transfer ends or is dropped.
+    pub fn start_within(
+        now: Instant,
+        data: Bytes,
+        req: &Request<'_>,
+        limits: &TransferLimits,
+        budget: &Arc<FlightBudget>,
+    ) -> Result<Transfer, Refusal> {
+        Self::start_inner(now, data, req, limits, Some(budget))
+    }
+
+    fn start_inner(
+        now: Instant,
+        data: Bytes,
+        req: &Request<'_>,
+        limits: &TransferLimits,
+        budget: Option<&Arc<FlightBudget>>,
     ) -> Result<Transfer, Refusal> {
         let _ = now;
         let data = match req.mode.to_ascii_lowercase().as_str() {
@@ -189,6 +247,12 @@ impl Transfer {
             let cap = (limits.max_bytes_in_flight / blksize).max(1);
             *w = (*w).min(cap.min(65535) as u16);
         }
+        let asked = neg.windowsize.unwrap_or(1);
+        let reservation = budget.map(|b| b.reserve(asked, blksize));
+        let window_lowered_by_global_cap = reservation.as_ref().is_some_and(|r| r.window() < asked);
+        if let (Some(w), Some(r)) = (neg.windowsize.as_mut(), &reservation) {
+            *w = r.window();
+        }
         let oack = (neg != Negotiated::default()).then(|| oack_bytes(&neg));
         let base_rto = neg
             .timeout
@@ -211,12 +275,25 @@ impl Transfer {
             deadline: None,
             outcome: None,
             negotiated: neg,
+            reservation,
+            window_lowered_by_global_cap,
         })
     }
 
     /// What was negotiated.
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
+    }
+
+    /// True when the server-wide cap on bytes in flight granted a smaller
+    /// windowsize than the per-transfer limits would have.
+    pub fn window_lowered_by_global_cap(&self) -> bool {
+        self.window_lowered_by_global_cap
+    }
+
+    /// Bytes of the server-wide budget this transfer holds (0 once it ended).
+    pub fn reserved_bytes(&self) -> usize {
+        self.reservation.as_ref().map_or(0, Reservation::bytes)
     }
 
     /// Size of the data being served (after netascii conversion).
@@ -284,12 +361,10 @@ impl Transfer {
         }
         match pkt {
             Packet::Ack(n) => self.handle_ack(now, *n),
-            Packet::Error { code, message } => {
-                self.outcome = Some(Outcome::ClientError {
-                    code: *code,
-                    message: (*message).to_string(),
-                })
-            }
+            Packet::Error { code, message } => self.finish(Outcome::ClientError {
+                code: *code,
+                message: (*message).to_string(),
+            }),
             // Anything else on a read transfer is ignored; the client's own
             // timer recovers from whatever it thinks it did.
             _ => {}
@@ -312,13 +387,19 @@ impl Transfer {
         }
         self.acked += diff;
         if self.acked >= self.total_blocks {
-            self.outcome = Some(Outcome::Complete);
+            self.finish(Outcome::Complete);
             return;
         }
         // An ACK inside the window means the client lost what followed:
         // RFC 7440 restarts the window right after it.
         self.next = self.acked + 1;
         self.progress(now);
+    }
+
+    /// Ends the transfer and gives its bytes in flight back at once.
+    fn finish(&mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+        self.reservation = None;
     }
 
     fn progress(&mut self, _now: Instant) {
@@ -337,7 +418,7 @@ impl Transfer {
         }
         self.retries += 1;
         if self.retries > self.max_retries {
-            self.outcome = Some(Outcome::TimedOut);
+            self.finish(Outcome::TimedOut);
             return;
         }
         self.rto = (self.rto * 2).min(self.max_rto);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::tftp::budget::FlightBudget;
 
 fn rrq<'a>(opts: &[(&'a str, &'a str)]) -> Request<'a> {
     Request {
@@ -390,4 +391,101 @@ fn lossy_window_simulation_delivers_every_byte_in_order() {
         t.acked
     );
     assert!(got == d.to_vec());
+}
+
+#[test]
+fn blksize_clamped_to_path_mtu_v4_and_v6() {
+    assert_eq!(blksize_for_mtu(1500, false), 1468);
+    assert_eq!(blksize_for_mtu(1200, false), 1168);
+    assert_eq!(blksize_for_mtu(1500, true), 1448);
+    assert_eq!(
+        blksize_for_mtu(65536, false),
+        65464,
+        "loopback: RFC 2348 maximum"
+    );
+    assert_eq!(
+        blksize_for_mtu(0, false),
+        8,
+        "never below the RFC 2348 minimum"
+    );
+    let limits = TransferLimits::default().clamped_to_mtu(1200, false);
+    let t = Transfer::start(
+        Instant::now(),
+        data(10_000),
+        &rrq(&[("blksize", "1468")]),
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(t.negotiated().blksize, Some(1168));
+    let roomy = TransferLimits::default().clamped_to_mtu(9000, false);
+    assert_eq!(roomy.max_blksize, 1468, "the configured cap still holds");
+}
+
+#[test]
+fn global_cap_lowers_later_windows_and_is_released_when_transfers_end() {
+    let limits = TransferLimits::default();
+    // Room for 64 + 36 blocks of 1024 bytes.
+    let budget = FlightBudget::new(100 * 1024);
+    let req = rrq(&[("blksize", "1024"), ("windowsize", "64")]);
+    let start = |d: Bytes| Transfer::start_within(Instant::now(), d, &req, &limits, &budget);
+    let mut a = start(data(200_000)).unwrap();
+    let b = start(data(200_000)).unwrap();
+    let c = start(data(200_000)).unwrap();
+    assert_eq!(a.negotiated().windowsize, Some(64));
+    assert!(!a.window_lowered_by_global_cap());
+    assert_eq!(b.negotiated().windowsize, Some(36));
+    assert!(b.window_lowered_by_global_cap());
+    assert_eq!(c.negotiated().windowsize, Some(1), "never below one block");
+    assert_eq!(budget.in_use(), 101 * 1024);
+    // The window the client was granted is the one the server keeps to.
+    let Some(Transmit::Control(oack)) = a.poll_transmit(Instant::now()) else {
+        panic!("expected OACK")
+    };
+    let Packet::Oack(opts) = Packet::parse(&oack).unwrap() else {
+        panic!()
+    };
+    assert!(opts.contains(&("windowsize", "64")));
+    // A finished transfer gives its share back before it is even dropped.
+    a.handle_packet(
+        Instant::now(),
+        &Packet::Error {
+            code: 0,
+            message: "bye",
+        },
+    );
+    assert_eq!(a.reserved_bytes(), 0);
+    assert_eq!(budget.in_use(), 37 * 1024);
+    drop(b);
+    assert_eq!(budget.in_use(), 1024);
+    let d = start(data(200_000)).unwrap();
+    assert_eq!(d.negotiated().windowsize, Some(64));
+    drop((a, c, d));
+    assert_eq!(budget.in_use(), 0);
+}
+
+#[test]
+fn global_cap_counts_transfers_without_windowsize_as_one_block() {
+    let budget = FlightBudget::new(3 * 512);
+    let limits = TransferLimits::default();
+    let plain =
+        Transfer::start_within(Instant::now(), data(5000), &rrq(&[]), &limits, &budget).unwrap();
+    assert_eq!(plain.reserved_bytes(), 512);
+    assert_eq!(plain.negotiated(), Negotiated::default(), "no OACK for it");
+    let w = Transfer::start_within(
+        Instant::now(),
+        data(5000),
+        &rrq(&[("windowsize", "8")]),
+        &limits,
+        &budget,
+    )
+    .unwrap();
+    assert_eq!(w.negotiated().windowsize, Some(2));
+    let mut w = w;
+    let (got, _) = run_clean(&mut w, 2, true);
+    assert_eq!(got, data(5000).to_vec());
+    assert_eq!(
+        budget.in_use(),
+        512,
+        "completion released the windowed share"
+    );
 }

@@ -4,4 +4,6 @@
 mod dhcp_netns;
 mod qemu;
 mod tftp_interop;
+mod tftp_limits;
 mod util;
+mod wire;

@@ -4,9 +4,11 @@
 //! primary DHCP server (dnsmasq, addresses only, no PXE options) in its own
 //! namespace on a veth into the bridge, as at a site with its own DHCP.
 //!
-//! Asserted on three independent witnesses: netboot's boot events, the
-//! firmware's own output (OVMF's serial console, SeaBIOS's debug port) and the
-//! primary server's log (the address came from it, not from us).
+//! Asserted on four independent witnesses: netboot's boot events, the
+//! firmware's own output (OVMF's serial console, SeaBIOS's debug port), the
+//! primary server's log (the address came from it, not from us), and the
+//! wire itself: QEMU's `filter-dump` records the NIC's frames to a pcap file
+//! that the tests read back (no tcpdump needed).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -20,7 +22,8 @@ use rackcast_netboot::{
     BootAction, BootEvent, MacAddr, Mode, Netboot, NetbootConfig, StaticPolicy, Step,
 };
 
-use crate::util::{enter, have, root, Netns};
+use crate::util::{enter, have, read_pcap, root, Netns, Seen};
+use crate::wire;
 
 /// Our address on the segment; the primary DHCP server is `.1`.
 const OUR_IP: &str = "10.232.0.2";
@@ -88,6 +91,7 @@ fn ovmf_uefi_pxe_via_proxy_dhcp_and_4011_beside_dnsmasq_downloads_boot_file() {
         run.primary_acked(mac),
         "the primary DHCP server did not lease the address: {ctx}"
     );
+    run.on_wire(|w, ours| wire::uefi_pxe(w, mac.0, ours, "ipxe.efi", &boot_file));
 }
 
 #[test]
@@ -140,6 +144,7 @@ fn ovmf_uefi_http_boot_arch16_gets_url_and_downloads_over_http() {
         run.primary_acked(mac),
         "the primary DHCP server did not lease the address: {ctx}"
     );
+    run.on_wire(|w, ours| wire::uefi_http(w, mac.0, ours, &url));
 }
 
 #[test]
@@ -215,6 +220,7 @@ fn seabios_ipxe_rom_via_proxy_dhcp_fetches_our_script_which_names_our_server() {
         run.primary_acked(mac),
         "the primary DHCP server did not lease the address: {ctx}"
     );
+    run.on_wire(|w, ours| wire::ipxe_script(w, mac.0, ours, &script_url));
 }
 
 fn facilities() -> bool {
@@ -454,9 +460,18 @@ impl Lan {
         args.push("-serial".into());
         args.push(format!("file:{}", serial.display()));
         args.push("-netdev".into());
+        // `vnet_hdr=off`: with it on, QEMU 7.2's filter-dump writes the
+        // virtio-net header in front of every frame a virtio NIC moves,
+        // and the capture is no longer plain Ethernet.
         args.push(format!(
-            "tap,id=n0,ifname={},script=no,downscript=no",
+            "tap,id=n0,ifname={},script=no,downscript=no,vnet_hdr=off",
             self.tap
+        ));
+        let pcap = self.dir().join("n0.pcap");
+        args.push("-object".into());
+        args.push(format!(
+            "filter-dump,id=cap0,netdev=n0,file={}",
+            pcap.display()
         ));
         args.extend(firmware.iter().cloned());
         args.extend(nic.iter().cloned());
@@ -479,6 +494,7 @@ impl Lan {
             elapsed: Duration::ZERO,
             dhcp_log: String::new(),
             qemu_log: String::new(),
+            wire: Err("not read yet".into()),
         };
         while start.elapsed() < QEMU_LIMIT {
             match srv.events.recv_timeout(Duration::from_millis(250)) {
@@ -506,6 +522,7 @@ impl Lan {
         run.serial = read_lossy(&serial);
         run.dhcp_log = read_lossy(&self.dhcp_log);
         run.qemu_log = read_lossy(&qemu_log);
+        run.wire = read_pcap(&pcap);
         eprintln!("firmware run took {:?}", run.elapsed);
         run
     }
@@ -554,6 +571,8 @@ struct Run {
     elapsed: Duration,
     dhcp_log: String,
     qemu_log: String,
+    /// The guest NIC's traffic as QEMU recorded it.
+    wire: Result<Vec<Seen>, String>,
 }
 
 impl Run {
@@ -574,6 +593,23 @@ impl Run {
         self.dhcp_log.lines().any(|l| {
             l.contains("DHCPACK") && l.contains(POOL_PREFIX) && l.contains(&mac.to_string())
         })
+    }
+
+    /// Runs a check on the recorded traffic; panics with it and the run's
+    /// context when the check fails.
+    fn on_wire(&self, check: impl FnOnce(&[Seen], std::net::Ipv4Addr) -> Result<String, String>) {
+        let wire = match &self.wire {
+            Ok(w) => w,
+            Err(e) => panic!("no capture from QEMU's filter-dump: {e}{}", self.context()),
+        };
+        match check(wire, OUR_IP.parse().unwrap()) {
+            Ok(found) => eprintln!("{found}"),
+            Err(e) => panic!(
+                "on the wire: {e}\n--- capture\n{}{}",
+                wire::summary(wire),
+                self.context()
+            ),
+        }
     }
 
     fn context(&self) -> String {

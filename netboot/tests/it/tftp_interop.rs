@@ -12,9 +12,9 @@ use rackcast_netboot::tftp::{Packet, Request, TransferLimits};
 
 use crate::util::{have, run_limited, TftpFixture};
 
-const LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
-fn limits() -> TransferLimits {
+pub(crate) fn limits() -> TransferLimits {
     TransferLimits {
         max_blksize: 1468,
         max_timeout: Duration::from_secs(2),
@@ -26,7 +26,7 @@ fn limits() -> TransferLimits {
 /// Sizes of the matrix: empty, around 512, a multiple of 1468.
 const SIZES: [usize; 6] = [0, 1, 511, 512, 513, 1468 * 5];
 
-fn make_root(sizes: &[usize]) -> tempfile::TempDir {
+pub(crate) fn make_root(sizes: &[usize]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for &n in sizes {
         std::fs::write(dir.path().join(format!("f{n}")), content(n)).unwrap();
@@ -36,7 +36,7 @@ fn make_root(sizes: &[usize]) -> tempfile::TempDir {
     dir
 }
 
-fn content(n: usize) -> Vec<u8> {
+pub(crate) fn content(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8 ^ (i / 251) as u8).collect()
 }
 

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rackcast_netboot::files::FileTree;
-use rackcast_netboot::tftp::{TftpServer, TftpStats, TransferLimits};
-use rackcast_netboot::{BootAction, Events, StaticPolicy};
+use rackcast_netboot::tftp::{FlightBudget, TftpServer, TftpStats, TransferLimits};
+use rackcast_netboot::{BootAction, BootEvent, Events, StaticPolicy, Step};
 
 /// True when `bin` is on PATH; otherwise prints why the test is skipped.
 pub fn have(bin: &str) -> bool {
@@ -63,38 +63,68 @@ pub fn run_limited(cmd: &mut Command, limit: Duration) -> (bool, String) {
 pub struct TftpFixture {
     pub addr: SocketAddr,
     pub stats: Arc<TftpStats>,
+    pub budget: Arc<FlightBudget>,
+    /// Every boot event the server emitted, in order.
+    pub events: Arc<Mutex<Vec<BootEvent>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TftpFixture {
     pub fn start(root: &Path, limits: TransferLimits) -> Self {
+        Self::start_in(None, root, limits)
+    }
+
+    /// Like [`TftpFixture::start`], on the loopback of namespace `ns`.
+    pub fn start_in(ns: Option<&str>, root: &Path, limits: TransferLimits) -> Self {
+        let ns = ns.map(str::to_string);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
         let policy = Arc::new(StaticPolicy::with_default(BootAction::Ignore));
         let files = FileTree::new(root, policy).unwrap();
         let events = Events::new();
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
+            // Runtime threads inherit the namespace of the thread building them.
+            if let Some(ns) = &ns {
+                enter(ns);
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
+                let mut feed = events.subscribe();
                 let srv = TftpServer::bind("127.0.0.1:0".parse().unwrap(), files, limits, events)
                     .await
                     .unwrap();
-                tx.send((srv.local_addr().unwrap(), srv.stats())).unwrap();
+                tx.send((srv.local_addr().unwrap(), srv.stats(), srv.flight_budget()))
+                    .unwrap();
+                // Runs as long as the server; a lagging feed only loses events.
+                let record = async move {
+                    loop {
+                        match feed.recv().await {
+                            Ok(e) => sink.lock().unwrap().push(e),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(_) => std::future::pending::<()>().await,
+                        }
+                    }
+                };
                 tokio::select! {
                     _ = srv.run() => {}
+                    _ = record => {}
                     _ = stop_rx => {}
                 }
             });
         });
-        let (addr, stats) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (addr, stats, budget) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         TftpFixture {
             addr,
             stats,
+            budget,
+            events: log,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -110,6 +140,17 @@ impl TftpFixture {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Details of the events of `step` so far.
+    pub fn details(&self, step: Step) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.step == step)
+            .map(|e| e.detail.clone())
+            .collect()
     }
 }
 
@@ -200,4 +241,202 @@ impl Drop for Netns {
 pub fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// A UDP datagram or TCP segment seen on the wire, by its IPv4 and
+/// Ethernet headers.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Ethernet source.
+    pub src_mac: [u8; 6],
+    pub src: std::net::SocketAddrV4,
+    pub dst: std::net::SocketAddrV4,
+    /// True for TCP, false for UDP.
+    pub tcp: bool,
+    pub payload: Vec<u8>,
+}
+
+/// Reads a classic pcap file of Ethernet frames (as QEMU's `filter-dump`
+/// writes) and returns its IPv4 UDP datagrams and TCP segments in order.
+/// A record cut short (QEMU killed mid-write) ends the list; anything else
+/// malformed is an error.
+pub fn read_pcap(path: &Path) -> Result<Vec<Seen>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let header = bytes.get(..24).ok_or("shorter than a pcap header")?;
+    let magic = [header[0], header[1], header[2], header[3]];
+    let le = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => return Err(format!("not a classic pcap file: magic {magic:02x?}")),
+    };
+    let u32_at = |b: &[u8], at: usize| -> u32 {
+        let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
+    };
+    let linktype = u32_at(header, 20);
+    if linktype != 1 {
+        return Err(format!("link type {linktype}, not Ethernet"));
+    }
+    let mut out = Vec::new();
+    let mut at = 24;
+    while let Some(rec) = bytes.get(at..at + 16) {
+        let caplen = u32_at(rec, 8) as usize;
+        let Some(frame) = bytes.get(at + 16..at + 16 + caplen) else {
+            break;
+        };
+        out.extend(parse_frame(frame));
+        at += 16 + caplen;
+    }
+    Ok(out)
+}
+
+/// Ethernet (optionally one VLAN tag), IPv4 (first fragments only), UDP or TCP.
+fn parse_frame(f: &[u8]) -> Option<Seen> {
+    let src_mac: [u8; 6] = f.get(6..12)?.try_into().ok()?;
+    let mut at = 12;
+    let mut ethertype = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
+    if ethertype == 0x8100 {
+        at += 4;
+        ethertype = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
+    }
+    if ethertype != 0x0800 {
+        return None;
+    }
+    let ip = f.get(at + 2..)?;
+    let (ver, ihl) = (ip.first()? >> 4, usize::from(ip.first()? & 0xf) * 4);
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let frag_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+    if ver != 4 || ihl < 20 || total < ihl || frag_offset != 0 {
+        return None;
+    }
+    let ip = ip.get(..total)?;
+    let src_ip = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst_ip = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let l4 = &ip[ihl..];
+    let port = |i: usize| Some(u16::from_be_bytes([*l4.get(i)?, *l4.get(i + 1)?]));
+    let (tcp, payload) = match ip[9] {
+        17 => {
+            let len = usize::from(port(4)?);
+            (false, l4.get(8..len.max(8))?)
+        }
+        6 => {
+            let off = usize::from(l4.get(12)? >> 4) * 4;
+            (true, l4.get(off..)?)
+        }
+        _ => return None,
+    };
+    Some(Seen {
+        src_mac,
+        src: std::net::SocketAddrV4::new(src_ip, port(0)?),
+        dst: std::net::SocketAddrV4::new(dst_ip, port(2)?),
+        tcp,
+        payload: payload.to_vec(),
+    })
+}
+
+/// A BOOTP/DHCP message's fields the tests look at.
+#[derive(Debug, Clone)]
+pub struct Dhcp {
+    /// 1 request, 2 reply.
+    pub op: u8,
+    pub yiaddr: std::net::Ipv4Addr,
+    pub chaddr: [u8; 6],
+    /// The `file` field up to its first NUL.
+    pub file: String,
+    pub options: Vec<(u8, Vec<u8>)>,
+}
+
+impl Dhcp {
+    /// Parses a BOOTP message with the DHCP magic cookie; `None` if malformed.
+    pub fn parse(b: &[u8]) -> Option<Dhcp> {
+        if b.get(236..240)? != [99, 130, 83, 99] {
+            return None;
+        }
+        let file = b.get(108..236)?;
+        let file = &file[..file.iter().position(|&c| c == 0).unwrap_or(file.len())];
+        let mut options = Vec::new();
+        let mut at = 240;
+        while let Some(&code) = b.get(at) {
+            match code {
+                0 => at += 1,
+                255 => break,
+                _ => {
+                    let len = usize::from(*b.get(at + 1)?);
+                    options.push((code, b.get(at + 2..at + 2 + len)?.to_vec()));
+                    at += 2 + len;
+                }
+            }
+        }
+        Some(Dhcp {
+            op: b[0],
+            yiaddr: std::net::Ipv4Addr::new(b[16], b[17], b[18], b[19]),
+            chaddr: b.get(28..34)?.try_into().ok()?,
+            file: String::from_utf8_lossy(file).into_owned(),
+            options,
+        })
+    }
+
+    /// The value of option `code`, if present.
+    pub fn option(&self, code: u8) -> Option<&[u8]> {
+        self.options
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The DHCP message type (option 53).
+    pub fn kind(&self) -> Option<u8> {
+        self.option(53).and_then(|v| v.first().copied())
+    }
+}
+
+#[test]
+fn pcap_reader_parses_a_udp_frame_and_stops_at_a_cut_record() {
+    let mut f = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    f.extend([0u8; 8]);
+    f.extend(65535u32.to_le_bytes());
+    f.extend(1u32.to_le_bytes());
+    let mut frame = vec![0xff; 6];
+    frame.extend([0x52, 0x54, 0, 1, 2, 3, 0x08, 0x00]);
+    let udp_payload = b"hello";
+    let ip_len = 20 + 8 + udp_payload.len() as u16;
+    frame.extend([
+        0x45,
+        0,
+        (ip_len >> 8) as u8,
+        ip_len as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    frame.extend([10, 0, 0, 1, 10, 0, 0, 2]);
+    frame.extend([0, 68, 0, 67, 0, 13, 0, 0]);
+    frame.extend(udp_payload);
+    for _ in 0..2 {
+        f.extend([0u8; 8]);
+        f.extend((frame.len() as u32).to_le_bytes());
+        f.extend((frame.len() as u32).to_le_bytes());
+        f.extend(&frame);
+    }
+    f.truncate(f.len() - 3);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.pcap");
+    std::fs::write(&p, &f).unwrap();
+    let seen = read_pcap(&p).unwrap();
+    assert_eq!(seen.len(), 1, "the cut second record is dropped");
+    assert_eq!(seen[0].src.to_string(), "10.0.0.1:68");
+    assert_eq!(seen[0].dst.to_string(), "10.0.0.2:67");
+    assert_eq!(seen[0].payload, b"hello");
+    assert_eq!(seen[0].src_mac, [0x52, 0x54, 0, 1, 2, 3]);
+    std::fs::write(&p, b"garbage").unwrap();
+    assert!(read_pcap(&p).is_err());
 }
