@@ -364,8 +364,9 @@ pub fn run_receiver_with(
             }
         }
         if let Some(t) = finished_at {
-            // Keep saying "done" until the sender ends the session (or a while).
-            if rx.ended() || now > t + Duration::from_secs(3) {
+            // Keep saying "done" until the sender has recorded it (or ends
+            // the session, or a while has passed).
+            if rx.acked() || rx.ended() || now > t + Duration::from_secs(3) {
                 let _ = observe(rx);
                 return Ok(ReceiveOutcome::Complete);
             }

@@ -107,9 +107,22 @@ impl RateControl {
         }
         self.next_adjust = Some(now + self.interval);
         if loss > self.decrease_above || disks_behind {
-            self.current = ((self.current as f64 * 0.75) as u64).max(self.floor);
+            // Down by a quarter; under heavy loss straight down to about
+            // what got through, so that a slow group is not flooded for a
+            // dozen steps.
+            let factor = if disks_behind {
+                0.75
+            } else {
+                (1.0 - loss).clamp(0.05, 0.75)
+            };
+            self.current = ((self.current as f64 * factor) as u64).max(self.floor);
         } else if loss < self.increase_below {
-            self.current = (self.current + self.ceiling / 20).min(self.ceiling);
+            // Additive steps that stay small next to a slow group's rate
+            // (an eighth of it, within 1% and 5% of the ceiling): a flat
+            // twentieth of a 1 GB/s ceiling doubled a 27 MB/s straggler's
+            // rate in one step and brought the loss straight back.
+            let step = (self.current / 8).clamp(self.ceiling / 100, self.ceiling / 20);
+            self.current = (self.current + step.max(1)).min(self.ceiling);
         }
         self.current
     }

@@ -121,6 +121,7 @@ pub struct Receiver {
     assemblies: BTreeMap<u32, Assembly>,
     durable: bool,
     ended: bool,
+    acked: bool,
     backlog: u64,
     // Loss accounting over the sender's sequence numbers since the last status.
     window_first: Option<u64>,
@@ -157,6 +158,7 @@ impl Receiver {
             assemblies: BTreeMap::new(),
             durable: false,
             ended: false,
+            acked: false,
             backlog: 0,
             window_first: None,
             window_max: 0,
@@ -209,6 +211,12 @@ impl Receiver {
         self.ended
     }
 
+    /// The sender recorded this receiver as done (after [`Receiver::set_durable`]):
+    /// it may leave.
+    pub fn acked(&self) -> bool {
+        self.acked
+    }
+
     /// The loss measured over the last status interval, in ppm.
     pub fn loss_ppm(&self) -> u32 {
         self.last_loss_ppm
@@ -253,6 +261,7 @@ impl Receiver {
                 self.needed_left += 1;
                 self.done_count -= 1;
                 self.durable = false;
+                self.acked = false;
             }
         }
     }
@@ -394,6 +403,15 @@ impl Receiver {
                 if !self.ended {
                     self.ended = true;
                     self.events.push_back(ReceiverEvent::SessionEnded);
+                }
+            }
+            PacketType::Acked => {
+                if let Ok(ids) = wire::parse_acked(payload) {
+                    if ids.contains(&self.cfg.id) && self.durable {
+                        self.acked = true;
+                    }
+                } else {
+                    self.stats.malformed += 1;
                 }
             }
             PacketType::Status => {}

@@ -29,6 +29,11 @@ pub trait FrameSource {
 }
 
 /// Sender configuration.
+/// How often the group is told which receivers are done.
+const ACK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a done status is acknowledged for (renewed by each new one).
+const ACK_FOR: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
     /// Session id (random per session).
@@ -227,6 +232,10 @@ pub struct Sender<S> {
     events: VecDeque<SenderEvent>,
     stats: SenderStats,
     scratch: Vec<u8>,
+    /// Receivers whose latest status said done, and when: acknowledged to
+    /// the group for a while (see [`PacketType::Acked`]).
+    acks: HashMap<u64, Instant>,
+    next_ack: Instant,
 }
 
 impl<S: FrameSource> Sender<S> {
@@ -275,6 +284,8 @@ impl<S: FrameSource> Sender<S> {
             events: VecDeque::new(),
             stats: SenderStats::default(),
             scratch: Vec::new(),
+            acks: HashMap::new(),
+            next_ack: now,
         }
     }
 
@@ -357,9 +368,14 @@ impl<S: FrameSource> Sender<S> {
                 );
             }
         }
-        if !was_done && self.receivers[&id].status.done {
-            self.events
-                .push_back(SenderEvent::ReceiverDone { receiver: id });
+        if self.receivers[&id].status.done {
+            // Every done status renews the acknowledgement, so a receiver
+            // that missed it keeps asking and gets it again.
+            self.acks.insert(id, now);
+            if !was_done {
+                self.events
+                    .push_back(SenderEvent::ReceiverDone { receiver: id });
+            }
         }
         self.classify_stragglers();
         let (loss, behind) = self.group_health();
@@ -408,6 +424,25 @@ impl<S: FrameSource> Sender<S> {
                 }));
             }
             _ => {}
+        }
+        if now >= self.next_ack && !self.acks.is_empty() {
+            // A done receiver can leave as soon as it sees its id here,
+            // instead of lingering (and taking a core from those still at
+            // work) until the slowest receiver is done too.
+            self.next_ack = now + ACK_INTERVAL;
+            self.acks
+                .retain(|_, t| now.saturating_duration_since(*t) < ACK_FOR);
+            let max = (self.cfg.symbol_size / 8).max(1);
+            let mut ids: Vec<(Instant, u64)> = self.acks.iter().map(|(&id, &t)| (t, id)).collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            let ids: Vec<u64> = ids.into_iter().take(max).map(|(_, id)| id).collect();
+            if !ids.is_empty() {
+                let start = buf.len();
+                self.emit(PacketType::Acked, 0, 0, &wire::emit_acked(&ids), buf);
+                return Ok(Some(Transmit {
+                    len: buf.len() - start,
+                }));
+            }
         }
         if now >= self.next_announce {
             self.next_announce = now + self.cfg.announce_interval;
@@ -513,11 +548,20 @@ impl<S: FrameSource> Sender<S> {
         losses.sort_unstable_by(f64::total_cmp);
         let median = losses[losses.len() / 2];
         let limit = (median * 3.0).max(0.25);
+        // A straggler stays one while any healthy receiver still works: its
+        // loss falls whenever the sender slows or it is starved of packets
+        // it no longer sets the pace for, and re-admitting it on that dip
+        // hands it the pace again (measured: a tbf-limited port swung from
+        // 83% to 0% loss and back, and each swing cut the group's rate).
+        // Once the healthy ones are done, it sets the pace alone.
+        let healthy_left = self
+            .receivers
+            .values()
+            .any(|r| !r.lost && !r.status.done && !r.straggler && r.loss <= limit);
         for (&id, r) in self.receivers.iter_mut() {
-            // Hysteresis: in above the limit, out only well below it.
             let s = !r.status.done
                 && if r.straggler {
-                    r.loss > limit * 0.6
+                    healthy_left || r.loss > limit * 0.6
                 } else {
                     r.loss > limit
                 };

@@ -3,7 +3,8 @@
 //! ```text
 //! 0   2  magic "RC"
 //! 2   1  version (1)
-//! 3   1  packet type (1 announce, 2 symbol, 3 status, 4 end)
+//! 3   1  packet type (1 announce, 2 symbol, 3 status, 4 end, 5 acked: ids of
+//!        receivers whose "done" the sender recorded, 8 bytes each)
 //! 4   8  session id
 //! 12  8  sequence number (per sender: the data stream; per receiver: its statuses)
 //! 20  4  object: chunk number, or INDEX_OBJECT for the image index
@@ -47,6 +48,9 @@ pub enum PacketType {
     Status = 3,
     /// Sender -> group: the session is over.
     End = 4,
+    /// Sender -> group: receivers whose "done" status it has recorded (they
+    /// may leave without waiting for the session to end).
+    Acked = 5,
 }
 
 impl PacketType {
@@ -56,6 +60,7 @@ impl PacketType {
             2 => PacketType::Symbol,
             3 => PacketType::Status,
             4 => PacketType::End,
+            5 => PacketType::Acked,
             _ => return None,
         })
     }
@@ -206,6 +211,21 @@ impl Announce {
     }
 }
 
+/// Encodes an [`PacketType::Acked`] payload: receiver ids, 8 bytes each.
+pub fn emit_acked(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
+}
+
+/// Decodes an [`PacketType::Acked`] payload.
+pub fn parse_acked(b: &[u8]) -> Result<Vec<u64>, CastError> {
+    if b.len() % 8 != 0 {
+        return Err(CastError::Malformed("acked length"));
+    }
+    Ok(b.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
 /// A receiver's periodic report.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Status {
@@ -352,6 +372,16 @@ mod tests {
                 b[i] = v;
                 let _ = Status::parse(&b);
             }
+        }
+    }
+
+    #[test]
+    fn acked_round_trip_and_bad_length() {
+        let ids = [1u64, u64::MAX, 0x1234_5678_9abc_def0];
+        assert_eq!(parse_acked(&emit_acked(&ids)).unwrap(), ids);
+        assert!(parse_acked(&[]).unwrap().is_empty());
+        for n in [1, 7, 9, 23] {
+            assert!(parse_acked(&vec![0u8; n]).is_err(), "{n} bytes");
         }
     }
 
