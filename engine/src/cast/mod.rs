@@ -13,7 +13,7 @@ pub mod sink;
 pub mod source;
 pub mod wire;
 
-pub use fec::{ErasureCode, ReedSolomon};
+pub use fec::{ErasureCode, RaptorQ, ReedSolomon};
 pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats};
 pub use sender::{FrameSource, Sender, SenderConfig, SenderEvent, SenderStats, Transmit, Verdict};
 pub use source::ImageFrames;
