@@ -14,13 +14,15 @@
 # namespace deleted on exit.
 #
 # Usage: sudo benches/netboot-vs-peers.sh        (env: RACKCAST, DHCP_LOAD,
-#        DHCP_SECS=10, CLIENTS=100, SKIP_BUILD=1)
+#        DHCP_SECS=10, CLIENTS=100, SKIP_BUILD=1, ONLY="rackcast dnsmasq",
+#        CASES="many" to run only some of w1 w4 w16 many, NO_DHCP=1)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RACKCAST=${RACKCAST:-$REPO/target/release/rackcast}
 DHCP_LOAD=${DHCP_LOAD:-$REPO/target/release/examples/dhcp_load}
 CLIENTS=${CLIENTS:-100}
+CASES=${CASES:-w1 w4 w16 many}
 DHCP_SECS=${DHCP_SECS:-10}
 BLK=1468
 
@@ -176,11 +178,17 @@ echo "# rackcast netboot vs peers: $(date -u +%FT%TZ), $(nproc) cores, load: $(c
 declare -A R
 for s in "${SERVERS[@]}"; do
     start_tftp "$s"
-    for ws in 1 4 16; do R[$s,w$ws]=$(fetch64 "$NS" "$ws"); done
-    R[$s,many]=$(fetch_many "$NS")
+    for k in $CASES; do
+        case $k in
+        many) R[$s,many]=$(fetch_many "$NS") ;;
+        w*) R[$s,$k]=$(fetch64 "$NS" "${k#w}") ;;
+        esac
+    done
     stop_last
-    echo "  $s: ${R[$s,w1]} ${R[$s,w4]} ${R[$s,w16]} ${R[$s,many]}" >&2
-    [[ ${R[$s,w1]} == fail ]] && { echo "  $s log:" >&2; cat "$WORK/$s.log" >&2; }
+    echo "  $s:$(for k in $CASES; do printf ' %s=%s' "$k" "${R[$s,$k]}"; done)" >&2
+    for k in $CASES; do
+        [[ ${R[$s,$k]} == fail* ]] && { echo "  $s log:" >&2; cat "$WORK/$s.log" >&2; break; }
+    done
 done
 
 # --- proxy-DHCP offer latency ------------------------------------------------
@@ -213,10 +221,13 @@ dhcp_run() { # server -> dhcp_load's line in $WORK/dhcp-$1.out
         || echo "dhcp_load failed" >>"$WORK/dhcp-$s.out"
     stop_last
 }
-dhcp_run rackcast
-dhcp_run dnsmasq
-D_RC=$(cat "$WORK/dhcp-rackcast.out")
-D_DM=$(cat "$WORK/dhcp-dnsmasq.out")
+D_RC=skipped D_DM=skipped
+if [ -z "${NO_DHCP:-}" ]; then
+    dhcp_run rackcast
+    dhcp_run dnsmasq
+    D_RC=$(cat "$WORK/dhcp-rackcast.out")
+    D_DM=$(cat "$WORK/dhcp-dnsmasq.out")
+fi
 
 # --- report ------------------------------------------------------------------
 best_peer() { # key -> best peer MiB/s (0 when none succeeded)
@@ -233,7 +244,7 @@ echo
 printf '%-28s' "TFTP MiB/s (blksize $BLK)"
 for s in "${SERVERS[@]}"; do printf '%12s' "$s"; done
 printf '%14s\n' "rc/best peer"
-for k in w1 w4 w16 many; do
+for k in $CASES; do
     case $k in
     many) label="$CLIENTS clients x 16 MiB" ;;
     *) label="64 MiB, windowsize ${k#w}" ;;

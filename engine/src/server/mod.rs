@@ -87,6 +87,13 @@ pub struct NetbootSettings {
     /// Full mode: first and last pool address.
     #[serde(default)]
     pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Cap on unacknowledged TFTP bytes across all transfers (default
+    /// 64 MiB); later transfers get smaller windows while it is used up.
+    #[serde(default)]
+    pub tftp_max_bytes_in_flight: Option<usize>,
+    /// Largest TFTP windowsize granted (default 64; 1 turns windows off).
+    #[serde(default)]
+    pub tftp_max_windowsize: Option<u16>,
 }
 
 /// Server configuration: `rackcast server --config FILE` (TOML), flags override.

@@ -178,10 +178,64 @@ pub(crate) async fn bind_netboot(
         http: nb
             .http
             .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8080))),
-        tftp_limits: rackcast_netboot::tftp::TransferLimits {
-            max_blksize,
-            ..Default::default()
-        },
+        tftp_limits: tftp_limits(nb, max_blksize)?,
     };
     Ok(Netboot::bind(ncfg, policy).await?)
+}
+
+/// The TFTP limits of `[netboot]`: its keys over the defaults.
+fn tftp_limits(
+    nb: &NetbootSettings,
+    max_blksize: u16,
+) -> Result<rackcast_netboot::tftp::TransferLimits, ServerError> {
+    let d = rackcast_netboot::tftp::TransferLimits::default();
+    let max_windowsize = nb.tftp_max_windowsize.unwrap_or(d.max_windowsize);
+    if max_windowsize == 0 {
+        return Err(ServerError::Config(
+            "netboot tftp_max_windowsize must be at least 1".into(),
+        ));
+    }
+    Ok(rackcast_netboot::tftp::TransferLimits {
+        max_blksize,
+        max_windowsize,
+        max_total_bytes_in_flight: nb
+            .tftp_max_bytes_in_flight
+            .unwrap_or(d.max_total_bytes_in_flight),
+        ..d
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn netboot(table: &str) -> Result<NetbootSettings, toml::de::Error> {
+        let text = format!("data = \"/tmp/x\"\n[netboot]\niface = \"eth0\"\n{table}");
+        toml::from_str::<ServerConfig>(&text).map(|c| c.netboot.expect("[netboot] given"))
+    }
+
+    #[test]
+    fn tftp_keys_of_the_netboot_table_set_the_limits() {
+        let nb = netboot("tftp_max_bytes_in_flight = 1048576\ntftp_max_windowsize = 8\n").unwrap();
+        let l = tftp_limits(&nb, 1468).unwrap();
+        assert_eq!(l.max_total_bytes_in_flight, 1 << 20);
+        assert_eq!(l.max_windowsize, 8);
+        assert_eq!(l.max_blksize, 1468);
+        // Absent keys keep the defaults.
+        let d = rackcast_netboot::tftp::TransferLimits::default();
+        let l = tftp_limits(&netboot("").unwrap(), 1400).unwrap();
+        assert_eq!(l.max_total_bytes_in_flight, d.max_total_bytes_in_flight);
+        assert_eq!(l.max_windowsize, d.max_windowsize);
+        assert_eq!(l.max_blksize, 1400);
+    }
+
+    #[test]
+    fn bad_tftp_keys_are_refused() {
+        let nb = netboot("tftp_max_windowsize = 0\n").unwrap();
+        let e = tftp_limits(&nb, 1468).unwrap_err().to_string();
+        assert!(e.contains("tftp_max_windowsize"), "{e}");
+        let e = netboot("tftp_max_window = 4\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field"), "{e}");
+        assert!(netboot("tftp_max_bytes_in_flight = -1\n").is_err());
+    }
 }

@@ -1,12 +1,15 @@
 //! TFTP: wire format, the sans-IO transfer state machine and the tokio shell.
 
-mod batch;
 pub mod budget;
+mod mtu;
+mod outbox;
 pub mod packet;
 pub mod server;
+mod shard;
 pub mod transfer;
 
 pub use budget::{FlightBudget, Reservation};
+pub use mtu::path_mtu;
 pub use packet::{ErrorCode, Packet, Request};
 pub use server::{TftpServer, TftpStats};
 pub use transfer::{blksize_for_mtu, Negotiated, Outcome, Transfer, TransferLimits, Transmit};

@@ -311,6 +311,17 @@ impl Transfer {
         self.total_blocks
     }
 
+    /// Blocks the client has acknowledged so far.
+    pub fn acked_blocks(&self) -> u64 {
+        self.acked
+    }
+
+    /// True when the retransmit timer has fired since the client's last
+    /// progress: the client has gone quiet.
+    pub fn stalled(&self) -> bool {
+        self.retries > 0
+    }
+
     /// How the transfer ended, once it has.
     pub fn outcome(&self) -> Option<&Outcome> {
         self.outcome.as_ref()

@@ -5,5 +5,6 @@ mod dhcp_netns;
 mod qemu;
 mod tftp_interop;
 mod tftp_limits;
+mod tftp_shared;
 mod util;
 mod wire;

@@ -1,5 +1,5 @@
 //! What the TFTP server grants and refuses beyond the happy path: blksize
-//! capped by a namespace's loopback MTU, windowsize shrunk by the server-wide
+//! capped by a namespace's loopback MTU (IPv4 and IPv6), windowsize shrunk by the server-wide
 //! cap on bytes in flight, and datagrams from a stranger on a transfer's port
 //! answered with ERROR 5 while the real client's transfer goes on.
 
@@ -86,6 +86,61 @@ fn blksize_clamped_to_loopback_mtu_1200_in_namespace() {
         srv.stats.blksize_capped_by_mtu.load(Ordering::Relaxed),
         starts.len() as u64
     );
+}
+
+#[test]
+fn blksize_clamped_to_loopback_mtu_1300_over_ipv6() {
+    if !root() || !have("ip") {
+        return;
+    }
+    let ns = Netns::new("rt6");
+    ns.exec(&["ip", "link", "set", "lo", "mtu", "1300"]);
+    // IPv6 needs lo to carry ::1; a kernel booted with ipv6.disable=1 has
+    // no IPv6 at all, which is the only reason to skip.
+    let name = ns.name.clone();
+    let v6 = std::thread::spawn(move || {
+        enter(&name);
+        UdpSocket::bind("[::1]:0").is_ok()
+    })
+    .join()
+    .unwrap();
+    if !v6 {
+        eprintln!("skipping: no IPv6 on loopback in a new namespace");
+        return;
+    }
+    let n = 50_000;
+    let dir = make_root(&[n]);
+    let srv = TftpFixture::start_at(
+        Some(&ns.name),
+        "[::1]:0".parse().unwrap(),
+        dir.path(),
+        limits(),
+    );
+    let (name, addr) = (ns.name.clone(), srv.addr);
+    let got = std::thread::spawn(move || {
+        enter(&name);
+        let sock = UdpSocket::bind("[::1]:0").unwrap();
+        raw_get(
+            &sock,
+            addr,
+            &format!("f{n}"),
+            &[("blksize", "1468")],
+            |_, _| {},
+        )
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        got.option("blksize"),
+        Some("1248"),
+        "1300 - 40 (IPv6) - 8 (UDP) - 4 (TFTP): {:?}",
+        got.oack
+    );
+    assert_eq!(got.largest_block, 1248);
+    assert!(got.data == content(n), "{} bytes back", got.data.len());
+    assert!(srv.wait_idle(Duration::from_secs(10)));
+    assert_eq!(srv.stats.blksize_capped_by_mtu.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -230,10 +285,10 @@ fn stray_on_transfer_port_gets_error_5_and_transfer_continues() {
 }
 
 /// What a raw fetch saw.
-struct Fetched {
-    oack: Vec<(String, String)>,
-    data: Vec<u8>,
-    largest_block: usize,
+pub(crate) struct Fetched {
+    pub oack: Vec<(String, String)>,
+    pub data: Vec<u8>,
+    pub largest_block: usize,
 }
 
 impl Fetched {
@@ -248,7 +303,7 @@ impl Fetched {
 /// A small client (RFC 1350, 2347, 7440): sends the RRQ, ACKs the OACK and
 /// each window's last block, re-ACKs on silence. `hook(block, tid)` runs when
 /// DATA `block` first arrives, before it is acknowledged.
-fn raw_get(
+pub(crate) fn raw_get(
     sock: &UdpSocket,
     server: SocketAddr,
     name: &str,
@@ -311,10 +366,14 @@ fn raw_get(
                 last_ack = Some(0);
             }
             Ok(Packet::Data { block, data }) => {
-                tid.get_or_insert(from);
-                if block != next as u16 {
+                // Latch onto the server's transfer ID only with the first
+                // block (or the OACK above): tests run side by side, and a
+                // late retransmission from another test's server can reach a
+                // reused port.
+                if block != next as u16 || (tid.is_none() && block != 1) {
                     continue;
                 }
+                tid.get_or_insert(from);
                 hook(block, from);
                 got.data.extend_from_slice(data);
                 got.largest_block = got.largest_block.max(data.len());

@@ -59,9 +59,12 @@ pub fn run_limited(cmd: &mut Command, limit: Duration) -> (bool, String) {
     }
 }
 
-/// A TFTP server on 127.0.0.1 on its own runtime, stopped on drop.
+/// A TFTP server on 127.0.0.1 (or another loopback address) on its own
+/// runtime, stopped on drop.
 pub struct TftpFixture {
     pub addr: SocketAddr,
+    /// The shared sockets transfers are served from.
+    pub transfer_addrs: Vec<SocketAddr>,
     pub stats: Arc<TftpStats>,
     pub budget: Arc<FlightBudget>,
     /// Every boot event the server emitted, in order.
@@ -77,6 +80,16 @@ impl TftpFixture {
 
     /// Like [`TftpFixture::start`], on the loopback of namespace `ns`.
     pub fn start_in(ns: Option<&str>, root: &Path, limits: TransferLimits) -> Self {
+        Self::start_at(ns, "127.0.0.1:0".parse().unwrap(), root, limits)
+    }
+
+    /// Like [`TftpFixture::start_in`], bound to `bind` (`[::1]:0` for IPv6).
+    pub fn start_at(
+        ns: Option<&str>,
+        bind: SocketAddr,
+        root: &Path,
+        limits: TransferLimits,
+    ) -> Self {
         let ns = ns.map(str::to_string);
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -97,11 +110,14 @@ impl TftpFixture {
                 .unwrap();
             rt.block_on(async move {
                 let mut feed = events.subscribe();
-                let srv = TftpServer::bind("127.0.0.1:0".parse().unwrap(), files, limits, events)
-                    .await
-                    .unwrap();
-                tx.send((srv.local_addr().unwrap(), srv.stats(), srv.flight_budget()))
-                    .unwrap();
+                let srv = TftpServer::bind(bind, files, limits, events).await.unwrap();
+                tx.send((
+                    srv.local_addr().unwrap(),
+                    srv.transfer_addrs(),
+                    srv.stats(),
+                    srv.flight_budget(),
+                ))
+                .unwrap();
                 // Runs as long as the server; a lagging feed only loses events.
                 let record = async move {
                     loop {
@@ -119,9 +135,11 @@ impl TftpFixture {
                 }
             });
         });
-        let (addr, stats, budget) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (addr, transfer_addrs, stats, budget) =
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
         TftpFixture {
             addr,
+            transfer_addrs,
             stats,
             budget,
             events: log,

@@ -64,6 +64,13 @@ pub struct NetbootArgs {
     /// Where full-mode leases are kept across restarts.
     #[arg(long, default_value = "/var/lib/rackcast/netboot")]
     state_dir: PathBuf,
+    /// Cap on unacknowledged TFTP bytes across all transfers (e.g. 64M):
+    /// later transfers are granted smaller windows while it is used up.
+    #[arg(long, default_value = "64M", value_parser = crate::cmd::util::parse_size)]
+    tftp_max_bytes_in_flight: u64,
+    /// Largest TFTP windowsize granted (RFC 7440; 1 turns windows off).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    tftp_max_windowsize: u16,
     /// DHCP ports (tests use others; production is 67 and 4011).
     #[arg(long = "dhcp-port", default_values_t = [67u16, 4011])]
     dhcp_ports: Vec<u16>,
@@ -134,6 +141,9 @@ pub fn run(args: NetbootArgs) -> anyhow::Result<ExitCode> {
         http: args.http,
         tftp_limits: TransferLimits {
             max_blksize,
+            max_windowsize: args.tftp_max_windowsize,
+            max_total_bytes_in_flight: usize::try_from(args.tftp_max_bytes_in_flight)
+                .context("--tftp-max-bytes-in-flight is too large")?,
             ..TransferLimits::default()
         },
     };

@@ -1,0 +1,422 @@
+//! The TFTP data plane: a few shared transfer sockets, each with one task
+//! driving every [`Transfer`] whose client it serves.
+//!
+//! RFC 1350 names a connection by the pair of transfer IDs (ports), so one
+//! server port can carry transfers to many clients at once as long as no two
+//! share the client's address and port. Sharing is what makes many transfers
+//! cheap: a shard reads every ACK waiting for any of its transfers in one
+//! `recvmmsg`, and sends every DATA they release in one `sendmmsg` (see
+//! `outbox`), where a socket per transfer costs a wake-up, a read, a failed
+//! read and a write for every block. Under load the shard wakes once per
+//! batch of ACKs instead of once per ACK.
+//!
+//! A client is always served by the same shard (chosen by a hash of its
+//! address), so a repeated request from the same port reaches the shard that
+//! holds the first one: a repeated RRQ for the same file is dropped while
+//! its transfer is healthy (a retransmission, perhaps late), and replaces the
+//! old transfer when the client went quiet on it or wants another file (the
+//! client restarted from the same port).
+//!
+//! A packet from an address and port that holds no transfer here gets ERROR
+//! 5 "Unknown transfer ID" and is otherwise ignored (RFC 1350 section 4).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::outbox::Outbox;
+use super::packet::{error_packet, ErrorCode, Packet};
+use super::server::{finish_event, TftpStats};
+use super::transfer::{Outcome, Transfer};
+use crate::events::Events;
+
+/// Datagrams read per `recvmmsg`.
+const RECV_BATCH: usize = 64;
+/// Receive buffer per datagram: an ACK is 4 bytes and an ERROR at most a
+/// few hundred; anything longer is truncated and counted as malformed.
+const RECV_BUF: usize = 1536;
+/// `recvmmsg` rounds per wake-up before pending sends go out.
+const RECV_ROUNDS: usize = 4;
+/// Kernel socket buffers asked for: thousands of transfers share one socket.
+const SOCK_BUF: usize = 8 << 20;
+
+/// How long a lone transfer polls its socket for the next ACK before it
+/// sleeps. Without a window TFTP is one round trip per block, and a sleeping
+/// thread is woken by the kernel tens of microseconds after the ACK arrives
+/// (an inter-processor wake-up, measured at about half of an 80 µs loopback
+/// round trip on this project's 2-core VM): for one transfer that wake-up is
+/// half its speed. Only a transfer running alone polls, so a busy server
+/// never spends a core spinning; the poll gives up after this long.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// A transfer ready to run, handed from the request handler to its shard.
+#[derive(Debug)]
+pub(super) struct Admit {
+    pub peer: SocketAddr,
+    pub filename: String,
+    pub transfer: Transfer,
+}
+
+/// The request handler's end of a shard.
+#[derive(Debug, Clone)]
+pub(super) struct ShardHandle {
+    pub sock: Arc<UdpSocket>,
+    pub tx: mpsc::UnboundedSender<Admit>,
+}
+
+/// A shard before it runs.
+#[derive(Debug)]
+pub(super) struct Shard {
+    sock: Arc<UdpSocket>,
+    rx: mpsc::UnboundedReceiver<Admit>,
+}
+
+/// Binds a shard's socket on `ip` (port chosen by the kernel).
+pub(super) fn bind(ip: std::net::IpAddr) -> io::Result<(ShardHandle, Shard)> {
+    let std_sock = std::net::UdpSocket::bind((ip, 0))?;
+    std_sock.set_nonblocking(true)?;
+    // Without CAP_NET_ADMIN the kernel caps the plain options at
+    // net.core.[rw]mem_max; take what it gives.
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(&std_sock, sockopt::RcvBufForce, &SOCK_BUF).is_err() {
+        let _ = setsockopt(&std_sock, sockopt::RcvBuf, &SOCK_BUF);
+    }
+    if setsockopt(&std_sock, sockopt::SndBufForce, &SOCK_BUF).is_err() {
+        let _ = setsockopt(&std_sock, sockopt::SndBuf, &SOCK_BUF);
+    }
+    let sock = Arc::new(UdpSocket::from_std(std_sock)?);
+    let (tx, rx) = mpsc::unbounded_channel();
+    Ok((
+        ShardHandle {
+            sock: sock.clone(),
+            tx,
+        },
+        Shard { sock, rx },
+    ))
+}
+
+struct Slot {
+    t: Transfer,
+    filename: String,
+    /// The earliest timer entry this transfer has in the heap.
+    armed: Option<Instant>,
+    dirty: bool,
+}
+
+struct Running {
+    sock: Arc<UdpSocket>,
+    stats: Arc<TftpStats>,
+    events: Events,
+    slots: HashMap<SocketAddr, Slot>,
+    /// Retransmit deadlines. A transfer pushes an entry only when its
+    /// deadline comes earlier than the one it has in the heap; in a steady
+    /// transfer every ACK moves the deadline later, and a stale entry that
+    /// pops is re-pushed at the current deadline, so the heap holds about
+    /// one entry per transfer and is touched about once per timeout.
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
+    dirty: Vec<SocketAddr>,
+    outbox: Outbox,
+}
+
+impl Shard {
+    /// Serves until every [`ShardHandle`] is dropped and no transfer is left.
+    pub(super) async fn run(self, stats: Arc<TftpStats>, events: Events) {
+        let Shard { sock, mut rx } = self;
+        let mut r = Running {
+            sock: sock.clone(),
+            stats,
+            events,
+            slots: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            outbox: Outbox::default(),
+        };
+        let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
+        let mut got: Vec<(usize, SocketAddr, bool)> = Vec::with_capacity(RECV_BATCH);
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let mut timer_at = far();
+        let mut timer_fired = false;
+        let timer = tokio::time::sleep_until(timer_at.into());
+        tokio::pin!(timer);
+        let mut open = true;
+        loop {
+            while let Ok(a) = rx.try_recv() {
+                r.admit(a);
+            }
+            let now = Instant::now();
+            r.fire_due(now);
+            r.transmit(now);
+            r.outbox.flush(&r.sock).await;
+            if !open && r.slots.is_empty() {
+                return;
+            }
+            // One sleep for the whole shard, moved only when the earliest
+            // deadline comes earlier or the sleep has fired (an early
+            // wake-up is harmless).
+            let next = r.timers.peek().map_or_else(far, |e| e.0 .0);
+            if timer_fired || next < timer_at {
+                timer_at = next;
+                timer_fired = false;
+                timer.as_mut().reset(next.into());
+            }
+            // Alone, a transfer polls for its ACK for a moment first.
+            if r.slots.len() == 1 && r.stats.active.load(Ordering::Relaxed) <= 1 {
+                spin_recv(&sock, &mut bufs, &mut got);
+            }
+            if got.is_empty() {
+                let wake = tokio::select! {
+                    biased;
+                    ready = sock.readable() => match ready {
+                        Ok(()) => Wake::Readable,
+                        Err(_) => Wake::Timer,
+                    },
+                    a = rx.recv(), if open => Wake::Admit(a.map(Box::new)),
+                    _ = &mut timer => Wake::Timer,
+                };
+                match wake {
+                    Wake::Readable => {
+                        for _ in 0..RECV_ROUNDS {
+                            let n = sock
+                                .try_io(Interest::READABLE, || {
+                                    recv_batch(&sock, &mut bufs, &mut got)
+                                })
+                                .unwrap_or(0);
+                            r.deliver(&bufs, &got);
+                            got.clear();
+                            if n < RECV_BATCH {
+                                break;
+                            }
+                        }
+                    }
+                    Wake::Admit(Some(a)) => r.admit(*a),
+                    Wake::Admit(None) => open = false,
+                    Wake::Timer => timer_fired = true,
+                }
+            } else {
+                r.deliver(&bufs, &got);
+                got.clear();
+            }
+        }
+    }
+}
+
+enum Wake {
+    Readable,
+    Admit(Option<Box<Admit>>),
+    Timer,
+}
+
+impl Running {
+    fn admit(&mut self, a: Admit) {
+        if let Some(old) = self.slots.get(&a.peer) {
+            let running = old.t.outcome().is_none();
+            if running && old.filename == a.filename && !old.t.stalled() {
+                // The client's request again while its transfer is healthy:
+                // a retransmission (maybe late, after the first blocks got
+                // through). The running transfer answers it.
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.stats.active.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            // The old transfer ended and awaits retiring, or the client went
+            // quiet on it (or wants another file) and asked afresh.
+            let old = self.slots.remove(&a.peer).expect("just looked up");
+            let why = running.then_some("superseded by a new request from the same port");
+            self.end(a.peer, old, why);
+        }
+        self.slots.insert(
+            a.peer,
+            Slot {
+                t: a.transfer,
+                filename: a.filename,
+                armed: None,
+                dirty: true,
+            },
+        );
+        self.dirty.push(a.peer);
+    }
+
+    fn mark(&mut self, peer: SocketAddr) {
+        if let Some(s) = self.slots.get_mut(&peer) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(peer);
+            }
+        }
+    }
+
+    fn fire_due(&mut self, now: Instant) {
+        while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.slots.get_mut(&peer) else {
+                continue;
+            };
+            if slot.armed != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            slot.armed = None;
+            match slot.t.poll_timeout() {
+                Some(d) if d <= now => {
+                    slot.t.handle_timeout(now);
+                    self.mark(peer);
+                }
+                Some(d) => {
+                    slot.armed = Some(d);
+                    self.timers.push(Reverse((d, peer)));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Lets every transfer that got input send what it may, and retires
+    /// the ones that ended.
+    fn transmit(&mut self, now: Instant) {
+        for peer in std::mem::take(&mut self.dirty) {
+            let Some(slot) = self.slots.get_mut(&peer) else {
+                continue;
+            };
+            slot.dirty = false;
+            while let Some(tx) = slot.t.poll_transmit(now) {
+                self.outbox.push(peer, tx);
+            }
+            if slot.t.outcome().is_some() {
+                let slot = self.slots.remove(&peer).expect("just looked up");
+                self.end(peer, slot, None);
+                continue;
+            }
+            if let Some(d) = slot.t.poll_timeout() {
+                if slot.armed.is_none_or(|a| d < a) {
+                    slot.armed = Some(d);
+                    self.timers.push(Reverse((d, peer)));
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, bufs: &[[u8; RECV_BUF]], got: &[(usize, SocketAddr, bool)]) {
+        let now = Instant::now();
+        for (i, &(len, from, truncated)) in got.iter().enumerate() {
+            let datagram = &bufs[i][..len];
+            if from.port() == 0 {
+                // No source address: nothing to answer.
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(slot) = self.slots.get_mut(&from) else {
+                self.stray(datagram, from);
+                continue;
+            };
+            match Packet::parse(datagram) {
+                Ok(p) if !truncated => {
+                    slot.t.handle_packet(now, &p);
+                    self.mark(from);
+                }
+                _ => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// RFC 1350 section 4: a datagram from another transfer ID gets ERROR 5
+    /// and leaves the transfers alone. An ERROR is not answered, so that two
+    /// confused peers cannot bounce errors forever.
+    fn stray(&mut self, datagram: &[u8], from: SocketAddr) {
+        self.stats.stray.fetch_add(1, Ordering::Relaxed);
+        if matches!(Packet::parse(datagram), Ok(Packet::Error { .. })) {
+            return;
+        }
+        let e = error_packet(ErrorCode::UnknownTid, "Unknown transfer ID");
+        self.outbox.push_control(from, e.into());
+    }
+
+    /// Counts and reports a transfer that ended (or was replaced).
+    fn end(&mut self, peer: SocketAddr, slot: Slot, superseded: Option<&str>) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let len = slot.t.len();
+        let result = match (superseded, slot.t.outcome()) {
+            (Some(why), _) => Err(why.to_string()),
+            (None, Some(o)) => Ok(o.clone()),
+            (None, None) => Ok(Outcome::TimedOut),
+        };
+        finish_event(&self.stats, &self.events, peer, &slot.filename, len, result);
+    }
+}
+
+/// Reads up to [`RECV_BATCH`] datagrams without waiting; appends (length,
+/// source, truncated) to `got` in the order of `bufs`.
+fn recv_batch(
+    sock: &UdpSocket,
+    bufs: &mut [[u8; RECV_BUF]],
+    got: &mut Vec<(usize, SocketAddr, bool)>,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+        bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(iovs.len(), None);
+    let res = recvmmsg(
+        sock.as_raw_fd(),
+        &mut hdrs,
+        iovs.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )?;
+    let mut n = 0;
+    for m in res {
+        n += 1;
+        let from = m.address.as_ref().and_then(to_socket_addr);
+        match from {
+            Some(from) => got.push((m.bytes, from, m.flags.contains(MsgFlags::MSG_TRUNC))),
+            // Keep indices aligned with `bufs`; an address-less datagram
+            // cannot be answered and is dropped at delivery as a stray from
+            // nowhere.
+            None => got.push((0, SocketAddr::from(([0, 0, 0, 0], 0)), true)),
+        }
+    }
+    Ok(n)
+}
+
+fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    a.as_sockaddr_in()
+        .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+        .or_else(|| {
+            a.as_sockaddr_in6()
+                .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+        })
+}
+
+/// Polls `sock` without sleeping for up to [`SPIN`]. Reads the descriptor
+/// directly: tokio's `try_io` answers from readiness that only the
+/// (sleeping) reactor updates.
+fn spin_recv(
+    sock: &UdpSocket,
+    bufs: &mut [[u8; RECV_BUF]],
+    got: &mut Vec<(usize, SocketAddr, bool)>,
+) {
+    let until = Instant::now() + SPIN;
+    loop {
+        match recv_batch(sock, bufs, got) {
+            Ok(0) => {}
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        if Instant::now() >= until {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
