@@ -146,11 +146,20 @@ fetch64() {
     echo "$t0 $t1" | awk '{ printf "%.1f", 64 / ($2 - $1) }'
 }
 
+# CPU seconds used so far by process $1 and its reaped children.
+proc_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15 + $16 + $17) / hz }' "/proc/$1/stat"; }
+# CPU seconds used so far by the whole machine (user, nice, system, irq, softirq).
+all_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
+
 # Aggregate MiB/s of $CLIENTS concurrent 16 MiB fetches; client 0 is checked
-# byte for byte, the others by exit status.
+# byte for byte, the others by exit status. Also sets CPU_LINE: the CPU
+# seconds the server and the whole machine spent, since on one machine the
+# clients share its cores with the server.
 fetch_many() {
-    local ns=$1 t0 t1 ok=0 pids=() i
+    local ns=$1 t0 t1 ok=0 pids=() i s0 s1 a0 a1 srv=${PIDS[-1]}
     rm -f "$WORK/out/f16"
+    s0=$(proc_cpu "$srv")
+    a0=$(all_cpu)
     t0=$(now)
     for i in $(seq 0 $((CLIENTS - 1))); do
         local dst=/dev/null
@@ -161,6 +170,10 @@ fetch_many() {
     done
     for p in "${pids[@]}"; do wait "$p" && ok=$((ok + 1)); done
     t1=$(now)
+    s1=$(proc_cpu "$srv")
+    a1=$(all_cpu)
+    echo "$s0 $s1 $a0 $a1 $t0 $t1" | awk '{ printf "%.1f %.1f %.1f\n", $2 - $1, $4 - $3, $6 - $5 }' \
+        >"$WORK/cpu-many"
     if [ "$ok" != "$CLIENTS" ] || ! cmp -s "$WORK/out/f16" "$ROOT/f16"; then
         echo "fail($ok/$CLIENTS)"
         return
@@ -175,12 +188,16 @@ SERVERS+=(dnsmasq)
 if [ -n "${ONLY:-}" ]; then read -r -a SERVERS <<<"$ONLY"; fi
 
 echo "# rackcast netboot vs peers: $(date -u +%FT%TZ), $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A R
+declare -A R CPU
 for s in "${SERVERS[@]}"; do
     start_tftp "$s"
     for k in $CASES; do
         case $k in
-        many) R[$s,many]=$(fetch_many "$NS") ;;
+        many)
+            R[$s,many]=$(fetch_many "$NS")
+            read -r c_srv c_all c_wall <"$WORK/cpu-many"
+            CPU[$s]="server ${c_srv}s, machine ${c_all}s of $(awk -v w="$c_wall" -v n="$(nproc)" 'BEGIN { printf "%.1f", w * n }')s"
+            ;;
         w*) R[$s,$k]=$(fetch64 "$NS" "${k#w}") ;;
         esac
     done
@@ -259,6 +276,12 @@ for k in $CASES; do
         printf '%14s\n' "n/a"
     fi
 done
+if [[ " $CASES " == *" many "* ]]; then
+    echo
+    echo "CPU seconds during the $CLIENTS-client case (the clients share the cores; a server's"
+    echo "figure is its own process and the children it reaped):"
+    for s in "${SERVERS[@]}"; do printf '  %-10s %s\n' "$s" "${CPU[$s]:-n/a}"; done
+fi
 echo
 echo "proxy-DHCP offer latency, 1000 DISCOVERs/s for ${DHCP_SECS}s:"
 echo "  rackcast: $D_RC"
