@@ -13,7 +13,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
-use tokio_stream::wrappers::BroadcastStream;
 
 use super::{auth, library, ApiErr, Shared};
 use crate::sched::api::{Environment, EventRecord, ImageView, JobId, JobSpec, JobView, TargetView};
@@ -247,7 +246,11 @@ struct EventQuery {
 }
 
 /// Replays the stored events after `since` (of one job, or all), then
-/// streams new ones live; progress events are live only.
+/// streams new ones live; progress events are live only. `since` is the
+/// `since=` query or the `Last-Event-ID` header an EventSource reconnects
+/// with, whichever is later. A subscriber too slow for the live feed gets a
+/// `lagged` event and the end of the stream: reconnecting from the last id it
+/// saw replays what it missed from the store.
 async fn events(
     State(sh): S,
     h: HeaderMap,
@@ -255,9 +258,9 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiErr> {
     operator(&sh, &h)?;
     // Subscribe first, so nothing falls between the replay and the live feed.
-    let live = BroadcastStream::new(sh.events.subscribe());
+    let rx = sh.events.subscribe();
     let mut replay = Vec::new();
-    let mut since = q.since;
+    let mut since = q.since.max(last_event_id(&h).unwrap_or(0));
     loop {
         let batch = sh.store.events(q.job, since, 1000).await?;
         let n = batch.len();
@@ -269,21 +272,125 @@ async fn events(
             break;
         }
     }
-    let job = q.job;
-    let live = live.filter_map(move |e| async move {
-        match e {
-            Ok(e) if (e.seq == 0 || e.seq > since) && (job.is_none() || e.job == job) => Some(e),
-            Ok(_) => None,
-            // A subscriber that fell behind: it reconnects with `since`.
-            Err(_) => None,
-        }
-    });
-    let stream = stream::iter(replay).chain(live).map(|e: EventRecord| {
-        let mut ev = Event::default().event(e.kind.clone());
-        if e.seq > 0 {
-            ev = ev.id(e.seq.to_string());
-        }
-        Ok(ev.data(serde_json::to_string(&e).unwrap_or_default()))
-    });
+    let stream = stream::iter(replay.into_iter().map(Live::Event))
+        .chain(live_events(rx, since, q.job))
+        .map(|item| {
+            Ok(match item {
+                Live::Event(e) => {
+                    let mut ev = Event::default().event(e.kind.clone());
+                    if e.seq > 0 {
+                        ev = ev.id(e.seq.to_string());
+                    }
+                    ev.data(serde_json::to_string(&e).unwrap_or_default())
+                }
+                Live::Lagged(missed) => Event::default().event("lagged").data(format!(
+                    "{{\"missed\":{missed},\"hint\":\"reconnect with since= (or Last-Event-ID) \
+                     set to the last id received\"}}"
+                )),
+            })
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One item of the event stream.
+#[derive(Debug)]
+enum Live {
+    Event(EventRecord),
+    /// The subscriber fell this many events behind; the stream ends here.
+    Lagged(u64),
+}
+
+/// `Last-Event-ID`, when it is a sequence number.
+fn last_event_id(h: &HeaderMap) -> Option<u64> {
+    h.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The live feed after `since` (of one job, or all): progress events (seq
+/// 0) always, stored ones only past what the replay sent. Ends after a
+/// [`Live::Lagged`] when the subscriber fell behind the broadcast buffer.
+fn live_events(
+    rx: tokio::sync::broadcast::Receiver<EventRecord>,
+    since: u64,
+    job: Option<JobId>,
+) -> impl Stream<Item = Live> {
+    use tokio::sync::broadcast::error::RecvError;
+    let wanted =
+        move |e: &EventRecord| (e.seq == 0 || e.seq > since) && (job.is_none() || e.job == job);
+    stream::unfold(Some(rx), move |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(e) if wanted(&e) => return Some((Live::Event(e), Some(rx))),
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => return Some((Live::Lagged(n), None)),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, job: Option<JobId>) -> EventRecord {
+        EventRecord {
+            seq,
+            at: 0,
+            actor: "scheduler".into(),
+            kind: "task.progress".into(),
+            target: None,
+            job,
+            task: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    #[tokio::test]
+    async fn live_feed_skips_replayed_and_other_jobs_events() {
+        let (tx, rx) = tokio::sync::broadcast::channel(16);
+        let job = Some(7);
+        let feed = live_events(rx, 5, job);
+        for (seq, j) in [(4, job), (6, Some(8)), (0, job), (7, job)] {
+            tx.send(record(seq, j)).unwrap();
+        }
+        drop(tx);
+        let got: Vec<u64> = feed
+            .map(|i| match i {
+                Live::Event(e) => e.seq,
+                Live::Lagged(_) => panic!("not lagging"),
+            })
+            .collect()
+            .await;
+        assert_eq!(got, [0, 7], "progress (seq 0) and seq 7 of job 7 only");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_told_and_its_stream_ends() {
+        let (tx, rx) = tokio::sync::broadcast::channel(8);
+        let feed = live_events(rx, 0, None);
+        // Twenty events while nobody reads: the oldest twelve are gone.
+        for seq in 1..=20 {
+            tx.send(record(seq, None)).unwrap();
+        }
+        let items: Vec<Live> = feed.take(3).collect().await;
+        assert!(
+            matches!(items.as_slice(), [Live::Lagged(12)]),
+            "the lag, then the end, not events past a gap: {items:?}"
+        );
+        assert!(
+            tx.send(record(21, None)).is_err(),
+            "the receiver was dropped"
+        );
+    }
+
+    #[test]
+    fn last_event_id_header_is_read_as_a_sequence_number() {
+        let mut h = HeaderMap::new();
+        assert_eq!(last_event_id(&h), None);
+        h.insert("last-event-id", " 42 ".parse().unwrap());
+        assert_eq!(last_event_id(&h), Some(42));
+        h.insert("last-event-id", "abc".parse().unwrap());
+        assert_eq!(last_event_id(&h), None);
+    }
 }
