@@ -2,7 +2,8 @@
 //! group, with stdout and stderr on one pipe (so their lines keep the order
 //! they were written in), streamed out in batches; at its timeout, or when
 //! the caller says stop, the whole group is killed (a `sleep` the script
-//! started dies with it).
+//! started dies with it). The group is marked on disk while it runs, so that
+//! an agent killed outright ends it when it starts again.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -82,6 +83,8 @@ pub enum Flow {
 /// is asked every [`BATCH_INTERVAL`] with an empty batch when there is none.
 pub fn run_script(spec: &ScriptSpec, output: &mut dyn FnMut(&str) -> Flow) -> Result<ScriptEnd> {
     std::fs::create_dir_all(&spec.dir).map_err(|e| AgentError::io("creating", &spec.dir, e))?;
+    // Never beside a script an earlier, killed agent left running.
+    reap_orphans(&spec.dir);
     let file = ScriptFile::create(&spec.dir, &spec.script)?;
     let mut words = spec.interpreter.split_whitespace();
     let program = words.next().unwrap_or("/bin/sh");
@@ -103,6 +106,7 @@ pub fn run_script(spec: &ScriptSpec, output: &mut dyn FnMut(&str) -> Flow) -> Re
         program: program.to_string(),
         source,
     })?;
+    let mark = GroupMark::create(&spec.dir, child.id() as i32);
     // The command holds our copies of the pipe's write end: close them, or
     // the pipe never reports end of file.
     drop(cmd);
@@ -114,6 +118,8 @@ pub fn run_script(spec: &ScriptSpec, output: &mut dyn FnMut(&str) -> Flow) -> Re
         eof: false,
     };
     let end = run.supervise(spec.timeout, output);
+    // `supervise` killed the group on every way out.
+    drop(mark);
     drop(file);
     end
 }
@@ -288,6 +294,134 @@ impl Running {
         self.pending = rest;
         text
     }
+}
+
+/// Where the process groups of running scripts are marked, under the
+/// scripts' directory: an agent killed without cleaning up (kill -9, the
+/// OOM killer) leaves its script's group running, and ends it when it starts
+/// again ([`reap_orphans`]) instead of letting it run beside the task's
+/// next attempt.
+const GROUP_MARKS: &str = ".script-groups";
+
+/// The mark of one running script's process group, removed when dropped
+/// (the script ended and its group was killed).
+struct GroupMark(Option<PathBuf>);
+
+impl GroupMark {
+    /// Marks group `pgid` (led by the process of that id). Best effort: a
+    /// script runs even where the mark cannot be written.
+    fn create(dir: &Path, pgid: i32) -> GroupMark {
+        let dir = dir.join(GROUP_MARKS);
+        let (Some(boot), Some(start)) = (boot_id(), proc_stat(pgid).map(|s| s.start)) else {
+            return GroupMark(None);
+        };
+        let path = dir.join(pgid.to_string());
+        let ok = std::fs::create_dir_all(&dir).is_ok()
+            && std::fs::write(&path, format!("{boot} {start}\n")).is_ok();
+        GroupMark(ok.then_some(path))
+    }
+}
+
+impl Drop for GroupMark {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            // The group is ours and normally dead already; make sure before
+            // the mark that would have ended it goes.
+            if let Some(pgid) = p.file_name().and_then(|n| n.to_str()?.parse::<i32>().ok()) {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Ends the process groups of scripts an earlier agent run left behind in
+/// `dir` (marked, and still alive in this boot); returns how many processes
+/// were killed. A mark whose group is gone, whose leader's id now belongs
+/// to another process, or that comes from another boot is just removed.
+pub fn reap_orphans(dir: &Path) -> usize {
+    let marks = dir.join(GROUP_MARKS);
+    let Ok(entries) = std::fs::read_dir(&marks) else {
+        return 0;
+    };
+    let boot = boot_id();
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        let pgid = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut words = text.split_whitespace();
+        let (mark_boot, mark_start) = (
+            words.next(),
+            words.next().and_then(|w| w.parse::<u64>().ok()),
+        );
+        if let (Some(pgid), Some(b), Some(start)) = (pgid, mark_boot, mark_start) {
+            if pgid > 1 && boot.as_deref() == Some(b) {
+                killed += end_group(pgid, start);
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
+/// Kills group `pgid` if it is still the one whose leader started at
+/// `start` (clock ticks since boot); waits (bounded) for its members to go.
+fn end_group(pgid: i32, start: u64) -> usize {
+    // While any member lives the kernel keeps the group's id from being
+    // reused, so members of `pgid` are the script's, unless the leader's id
+    // itself was reused by a process that started later (after the whole
+    // group had gone).
+    if proc_stat(pgid).is_some_and(|s| s.start != start && !s.zombie) {
+        return 0;
+    }
+    let members = group_members(pgid);
+    if members.is_empty() {
+        return 0;
+    }
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !group_members(pgid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    members.len()
+}
+
+/// What `/proc/PID/stat` says that matters here.
+struct ProcStat {
+    pgrp: i32,
+    /// Start time, clock ticks after boot.
+    start: u64,
+    zombie: bool,
+}
+
+fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything: fields
+    // start after the last ')', with the state (field 3) first.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        zombie: *f.first()? == "Z",
+        pgrp: f.get(2)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Live (not zombie) processes in group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| proc_stat(pid).is_some_and(|s| s.pgrp == pgid && !s.zombie))
+        .collect()
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string())
 }
 
 /// Where to cut `buf` for a batch of at most [`BATCH_BYTES`]: after the
@@ -530,5 +664,69 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A process group as a killed agent leaves it: `sh` with a background
+    /// `sleep`, both in a group of their own. Returns the leader and the
+    /// group's id once both members run.
+    fn orphan_group() -> (std::process::Child, i32) {
+        let child = Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & sleep 30; exit 0"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        let t0 = Instant::now();
+        while group_members(pgid).len() < 3 && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(group_members(pgid).len(), 3, "sh and two sleeps");
+        (child, pgid)
+    }
+
+    #[test]
+    fn a_group_left_by_a_killed_agent_is_ended_by_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, pgid) = orphan_group();
+        // The agent died holding the mark.
+        std::mem::forget(GroupMark::create(dir.path(), pgid));
+        assert!(dir.path().join(GROUP_MARKS).join(pgid.to_string()).exists());
+        assert_eq!(reap_orphans(dir.path()), 3);
+        assert!(group_members(pgid).is_empty(), "the group lives on");
+        let _ = child.wait();
+        assert!(!dir.path().join(GROUP_MARKS).join(pgid.to_string()).exists());
+        assert_eq!(reap_orphans(dir.path()), 0, "once only");
+    }
+
+    #[test]
+    fn a_mark_whose_leader_id_was_reused_or_from_another_boot_kills_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, pgid) = orphan_group();
+        let marks = dir.path().join(GROUP_MARKS);
+        std::fs::create_dir_all(&marks).unwrap();
+        let start = proc_stat(pgid).unwrap().start;
+        let boot = boot_id().unwrap();
+        for text in [
+            format!("{boot} {}\n", start + 1),
+            format!("another-boot {start}\n"),
+            "garbage\n".to_string(),
+        ] {
+            std::fs::write(marks.join(pgid.to_string()), text).unwrap();
+            assert_eq!(reap_orphans(dir.path()), 0);
+            assert_eq!(group_members(pgid).len(), 3, "an innocent group was hit");
+            assert!(!marks.join(pgid.to_string()).exists(), "mark kept");
+        }
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_script_that_ends_leaves_no_mark() {
+        let (s, _d) = spec("sleep 0.2 & echo done", None);
+        let (end, _) = run(&s);
+        assert_eq!(end, ScriptEnd::Exited(0));
+        let marks = s.dir.join(GROUP_MARKS);
+        let left = std::fs::read_dir(&marks).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "marks left in {}", marks.display());
     }
 }

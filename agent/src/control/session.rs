@@ -72,6 +72,12 @@ impl Session {
     }
 
     pub(super) fn run(mut self) -> Result<Outcome> {
+        let killed = super::script::reap_orphans(&self.cfg.work_dir);
+        if killed > 0 {
+            self.say(format_args!(
+                "ended {killed} process(es) of a script an earlier agent run left running"
+            ));
+        }
         match self.main() {
             Ok(o) => Ok(o),
             Err(Exit::GaveUp { after, last_error }) => {

@@ -1,7 +1,8 @@
 //! The deployment server with real agents on loopback: Distribute Disk
 //! Image to several targets over multicast, Run Script, Create Disk Image,
-//! a kill -9 of the server mid-job, an agent killed mid-distribution, an
-//! environment switch, and bad input refused with nothing changed.
+//! a kill -9 of the server mid-job, an agent killed mid-distribution or
+//! mid-script, an environment switch, and bad input refused with nothing
+//! changed.
 
 mod rig;
 
@@ -275,6 +276,77 @@ fn agent_killed_mid_distribution_restarts_and_resumes_from_its_disk() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(resumed > 0, "nothing resumed from the disk: {log:?}");
+}
+
+/// A process is alive (a zombie is not: nobody may reap it here).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| {
+            t.rsplit(')')
+                .next()
+                .map(|r| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn agent_killed_mid_script_ends_what_the_script_left_running_when_it_restarts() {
+    let mut s = Server::start("100M");
+    let m = mac(1);
+    let d = s.dir.path().join("t.disk");
+    let a = s.agent(&m, &d, "linux-x64");
+    s.wait_registered(std::slice::from_ref(&m), Duration::from_secs(30));
+    let marks = s.dir.path().join("script-marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    // The first run starts a long background job and waits on it; a second
+    // run (after the agent came back) just finishes.
+    let script = format!(
+        "D={}\nif [ -f $D/ran ]; then echo second run; exit 0; fi\ntouch $D/ran\n\
+         sleep 300 &\necho $! > $D/bg.tmp && mv $D/bg.tmp $D/bg.pid\nwait\n",
+        marks.display()
+    );
+    // The server fails a script whose agent restarted under it (a script
+    // need not be safe to run twice); one retry runs it again.
+    let id = submit(
+        &s,
+        json!({"targets": [m], "task": [{"kind": "script", "script": script, "retries": 1}]}),
+    );
+    let pid_file = marks.join("bg.pid");
+    let t0 = std::time::Instant::now();
+    while !pid_file.exists() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bg: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the script started its background job")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(bg));
+    s.agent_mut(a).kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        alive(bg),
+        "kill -9 of the agent leaves the script's group running"
+    );
+    s.agent_mut(a).restart();
+    let t0 = std::time::Instant::now();
+    while alive(bg) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(bg), "the restarted agent left the orphan running");
+    let j = s.wait_job(id, Duration::from_secs(90));
+    assert_eq!(j.status, "done", "{:#?}\n{}", j.targets, s.agents_log());
+    assert!(
+        j.targets[0].log.contains("second run"),
+        "{:?}",
+        j.targets[0].log
+    );
+    assert!(
+        s.agents_log().contains("an earlier agent run left running"),
+        "{}",
+        s.agents_log()
+    );
 }
 
 #[test]
