@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use rackcast_engine::cast::net::ReceiveLimits;
 use rackcast_engine::cast::CastError;
 use rackcast_engine::cast::SessionKey;
-use rackcast_engine::image::{create_image, from_hex, hex, CreateOptions};
+use rackcast_engine::image::{create_image, from_hex, hex, CreateOptions, ImageError};
 use rackcast_engine::sched::api::{CastJoin, Progress, TaskRef, TaskReport, VerifyMode, Work};
 
 use super::backoff::Backoff;
@@ -368,13 +368,21 @@ fn create_task(
     ));
     let total = disk_file(&disk).map_or(0, |d| d.size);
     let mut pacer = Pacer::new();
-    let summary = create_image(&disk, &file, &CreateOptions::default(), &mut |done| {
+    // A stop (cancel, or a newer directive) ends the capture within a chunk.
+    let opts = CreateOptions {
+        cancel: Some(out.stop.clone()),
+        ..CreateOptions::default()
+    };
+    let mut done = 0u64;
+    let summary = create_image(&disk, &file, &opts, &mut |n| {
+        done += n;
         if let Some(p) = pacer.due(done, total, "capturing") {
             out.progress(p);
         }
     });
     let summary = match summary {
         Ok(s) => s,
+        Err(ImageError::Cancelled { .. }) => return None,
         Err(e) => return Some(failed(format!("capturing {}: {e}", disk.display()))),
     };
     if out.stopped() {
@@ -688,6 +696,63 @@ mod tests {
         let start = Instant::now();
         h.stop_and_join();
         assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_stopped_create_task_ends_mid_capture_and_leaves_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let work_dir = d.path().join("work");
+        let disk = d.path().join("disk");
+        // 4 GiB of holes: long enough to capture that the first progress
+        // report (after a second) comes well before the end.
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(4 << 30)
+            .unwrap();
+        let mut c = ctx(&work_dir);
+        c.default_disk = Some(disk);
+        let work = Work::Create {
+            image: "x".into(),
+            disk: None,
+        };
+        let h = TaskHandle::spawn(c, T, work, 0);
+        // The first progress report: the capture is under way.
+        let t0 = Instant::now();
+        loop {
+            match h.reports().recv_timeout(Duration::from_secs(20)) {
+                Ok(TaskReport::Progress(p)) => {
+                    // Bytes so far, not the last chunk's.
+                    assert_eq!(p.total, 4 << 30);
+                    assert!(
+                        p.done > 8 * u64::from(rackcast_engine::image::DEFAULT_CHUNK_SIZE),
+                        "{p:?}"
+                    );
+                    break;
+                }
+                Ok(TaskReport::Finished { .. }) => panic!("finished before it could be stopped"),
+                Ok(_) => {}
+                Err(e) => panic!("no progress after {:?}: {e}", t0.elapsed()),
+            }
+        }
+        let start = Instant::now();
+        let reports = h.reports().clone();
+        h.stop_and_join();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            !reports
+                .try_iter()
+                .any(|r| matches!(r, TaskReport::Finished { .. })),
+            "a stopped task reports no end"
+        );
+        let left: Vec<_> = std::fs::read_dir(&work_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left in the work dir: {left:?}");
     }
 
     #[test]

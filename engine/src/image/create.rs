@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ pub struct CreateOptions {
     pub signer: Option<ImageSigner>,
     /// Free-form labels recorded in the metadata.
     pub labels: BTreeMap<String, String>,
+    /// Set to stop the capture: it ends within a chunk or so with
+    /// [`ImageError::Cancelled`], and the partial output is removed.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for CreateOptions {
@@ -49,6 +53,7 @@ impl Default for CreateOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             signer: None,
             labels: BTreeMap::new(),
+            cancel: None,
         }
     }
 }
@@ -153,7 +158,21 @@ pub fn create_image(
 
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
         let mut next = 0u64;
+        let mut done_bytes = 0u64;
         while next < count {
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                // Returning closes the channels: the reader and encoders stop
+                // at their next send or receive, and the guard removes the
+                // partial file.
+                return Err(ImageError::Cancelled {
+                    done: done_bytes,
+                    total: info.size,
+                });
+            }
             let d = match done_rx.recv() {
                 Ok(d) => d?,
                 Err(_) => {
@@ -169,6 +188,7 @@ pub fn create_image(
                 entries.push(entry);
                 // The reader may have finished: a closed pool is fine.
                 let _ = free_tx.send(d.buf);
+                done_bytes += len as u64;
                 progress(len as u64);
                 next += 1;
             }

@@ -113,6 +113,14 @@ pub enum ImageError {
         /// The image's minimum target size.
         min: u64,
     },
+    /// The caller cancelled the work (nothing half-written is left).
+    #[error("cancelled after {done} of {total} bytes")]
+    Cancelled {
+        /// Bytes done when it stopped.
+        done: u64,
+        /// Bytes it had to do.
+        total: u64,
+    },
 }
 
 impl ImageError {

@@ -110,3 +110,42 @@ proptest! {
         round_trip(&data, if big { 128 * 1024 } else { 65536 });
     }
 }
+
+#[test]
+fn a_cancelled_capture_stops_early_and_leaves_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.src");
+    let chunk = 64 * 1024;
+    std::fs::write(&src, mixed(256, 0)).unwrap();
+    let out = dir.path().join("big.rcimg");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = rackcast_engine::image::CreateOptions {
+        cancel: Some(cancel.clone()),
+        ..opts(chunk as u32)
+    };
+    let mut seen = 0u64;
+    let r = rackcast_engine::image::create_image(&src, &out, &o, &mut |n| {
+        seen += n;
+        // Cancel once the first chunks are in, as a Ctrl-C or a job cancel.
+        if seen >= 4 * chunk as u64 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    });
+    match r {
+        Err(rackcast_engine::image::ImageError::Cancelled { done, total }) => {
+            assert_eq!(total, 256 * chunk as u64);
+            assert!(
+                done >= 4 * chunk as u64 && done < total / 2,
+                "stopped late: {done}"
+            );
+        }
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["big.src"], "a partial image was left");
+}

@@ -230,14 +230,30 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         threads: threads(a.threads),
         signer,
         labels,
+        cancel: Some(cancel_on_ctrl_c()),
     };
     let total = std::fs::File::open(&a.src)
         .map_err(anyhow::Error::from)
         .and_then(|f| Ok(image::probe_source(&f, &a.src)?.size))
         .with_context(|| format!("opening {}", a.src.display()))?;
     let pb = progress_bar(total, "capturing");
-    let s = create_image(&a.src, &a.out, &opts, &mut |n| pb.inc(n))
-        .with_context(|| format!("capturing {} into {}", a.src.display(), a.out.display()))?;
+    let s = match create_image(&a.src, &a.out, &opts, &mut |n| pb.inc(n)) {
+        Ok(s) => s,
+        Err(image::ImageError::Cancelled { done, total }) => {
+            pb.abandon();
+            eprintln!(
+                "cancelled after {} of {}; {} was not written",
+                human_bytes(done),
+                human_bytes(total),
+                a.out.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::from(e))
+                .with_context(|| format!("capturing {} into {}", a.src.display(), a.out.display()))
+        }
+    };
     pb.finish_and_clear();
     let m = &s.index.meta;
     let stored = s.index.stored_bytes();
@@ -264,6 +280,32 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         rate(m.source_size, s.elapsed)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A flag set by the first Ctrl-C (SIGINT), so that a long capture stops
+/// cleanly and leaves no partial file; a second Ctrl-C is the default again
+/// (the process ends at once).
+fn cancel_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = flag.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Ok(rt) = rt {
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    set.store(true, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("\nstopping at the next chunk (Ctrl-C again to quit at once)");
+                }
+                // A second one ends the process at once.
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            });
+        });
+    }
+    flag
 }
 
 fn histogram_line(index: &image::ChunkIndex) -> String {

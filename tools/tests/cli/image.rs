@@ -186,3 +186,41 @@ fn demo_runs_and_checks_every_target() {
         "{out}"
     );
 }
+
+#[test]
+fn ctrl_c_stops_a_capture_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.raw");
+    let img = d.path().join("big.rcimg");
+    // 16 GiB of holes: seconds to capture, so the signal lands mid-way.
+    std::fs::File::create(&src)
+        .unwrap()
+        .set_len(16 << 30)
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rackcast"))
+        .args(["image", "create"])
+        .arg(&src)
+        .arg(&img)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the partial output exists: the capture is under way.
+    let partial = d.path().join("big.rcimg.partial");
+    let t0 = std::time::Instant::now();
+    while !partial.exists() && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(partial.exists(), "no capture under way");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("cancelled after"), "{err}");
+    assert!(!img.exists() && !partial.exists(), "output left behind");
+}
