@@ -257,39 +257,24 @@ fn send_mmsg(
         .map(|m| Some(SockaddrStorage::from(m.to)))
         .collect();
     let fd = sock.as_raw_fd();
-    let sent = match segment {
-        Some(seg) => {
-            let seg =
-                u16::try_from(seg).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(
-                msgs.len(),
-                Some(nix::cmsg_space!(u16)),
-            );
-            let cmsgs = [ControlMessage::UdpGsoSegments(&seg)];
-            sendmmsg(
-                fd,
-                &mut hdrs,
-                &slices,
-                &addrs,
-                cmsgs,
-                MsgFlags::MSG_DONTWAIT,
-            )?
-            .count()
-        }
-        None => {
-            let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(msgs.len(), None);
-            let cmsgs: [ControlMessage<'_>; 0] = [];
-            sendmmsg(
-                fd,
-                &mut hdrs,
-                &slices,
-                &addrs,
-                cmsgs,
-                MsgFlags::MSG_DONTWAIT,
-            )?
-            .count()
-        }
-    };
+    let seg = segment
+        .map(u16::try_from)
+        .transpose()
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let cmsgs: Vec<ControlMessage<'_>> = seg.iter().map(ControlMessage::UdpGsoSegments).collect();
+    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(
+        msgs.len(),
+        seg.map(|_| nix::cmsg_space!(u16)),
+    );
+    let sent = sendmmsg(
+        fd,
+        &mut hdrs,
+        &slices,
+        &addrs,
+        &cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+    )?
+    .count();
     Ok(sent)
 }
 

@@ -129,17 +129,21 @@ fn recv_data(sock: &UdpSocket) -> (u16, Vec<u8>, SocketAddr) {
     }
 }
 
-/// Lockstep from block `from` to the end of a file of `n` bytes (512-byte
-/// blocks); the bytes received.
-fn lockstep_to_end(sock: &UdpSocket, first: u16, n: usize) -> Vec<u8> {
+/// Blocks `blocks` in lockstep, each acknowledged; their bytes.
+fn lockstep(sock: &UdpSocket, blocks: std::ops::RangeInclusive<u16>) -> Vec<u8> {
     let mut data = Vec::new();
-    for want in first..=(n / 512 + 1) as u16 {
+    for want in blocks {
         let (block, chunk, tid) = recv_data(sock);
         assert_eq!(block, want);
         data.extend_from_slice(&chunk);
         sock.send_to(&Packet::Ack(block).to_vec(), tid).unwrap();
     }
     data
+}
+
+/// The last block of a file of `n` bytes in 512-byte blocks.
+fn last_block(n: usize) -> u16 {
+    (n / 512 + 1) as u16
 }
 
 #[test]
@@ -151,7 +155,7 @@ fn late_repeat_of_the_request_leaves_a_healthy_transfer_alone() {
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let name = format!("f{n}");
     sock.send_to(&rrq(&name, &[]), srv.addr).unwrap();
-    let mut data = lockstep_to_end_partial(&sock, 2);
+    let mut data = lockstep(&sock, 1..=2);
     // The request again, as if a retransmission of it had been delayed in
     // the network past the first blocks: the transfer goes on at block 3.
     sock.send_to(&rrq(&name, &[]), srv.addr).unwrap();
@@ -163,24 +167,12 @@ fn late_repeat_of_the_request_leaves_a_healthy_transfer_alone() {
     {
         std::thread::sleep(Duration::from_millis(5));
     }
-    data.extend(lockstep_to_end(&sock, 3, n));
+    data.extend(lockstep(&sock, 3..=last_block(n)));
     assert!(data == content(n), "{} bytes", data.len());
     assert!(srv.wait_idle(Duration::from_secs(10)));
     assert_eq!(srv.stats.duplicates.load(Ordering::Relaxed), 1);
     assert_eq!(srv.stats.completed.load(Ordering::Relaxed), 1);
     assert_eq!(srv.stats.aborted.load(Ordering::Relaxed), 0);
-}
-
-/// Blocks 1..=`last` in lockstep; their bytes.
-fn lockstep_to_end_partial(sock: &UdpSocket, last: u16) -> Vec<u8> {
-    let mut data = Vec::new();
-    for want in 1..=last {
-        let (block, chunk, tid) = recv_data(sock);
-        assert_eq!(block, want);
-        data.extend_from_slice(&chunk);
-        sock.send_to(&Packet::Ack(block).to_vec(), tid).unwrap();
-    }
-    data
 }
 
 #[test]
@@ -195,12 +187,12 @@ fn new_request_after_the_client_went_quiet_replaces_the_transfer() {
     // until the server sends it again, then ask afresh from the same port,
     // as a client that restarted.
     sock.send_to(&rrq(&name, &[]), srv.addr).unwrap();
-    lockstep_to_end_partial(&sock, 2);
+    lockstep(&sock, 1..=2);
     assert_eq!(recv_data(&sock).0, 3);
     assert_eq!(recv_data(&sock).0, 3, "the retransmission");
     sock.send_to(&rrq(&name, &[]), srv.addr).unwrap();
     // The file again from block 1, to the end.
-    let data = lockstep_to_end(&sock, 1, n);
+    let data = lockstep(&sock, 1..=last_block(n));
     assert!(data == content(n), "{} bytes", data.len());
     assert!(srv.wait_idle(Duration::from_secs(10)));
     assert_eq!(srv.stats.completed.load(Ordering::Relaxed), 1);
