@@ -141,6 +141,34 @@ fn lockstep(sock: &UdpSocket, blocks: std::ops::RangeInclusive<u16>) -> Vec<u8> 
     data
 }
 
+/// A lockstep transfer (no options) of a 6-block file just requested.
+struct Lockstep {
+    n: usize,
+    srv: TftpFixture,
+    sock: UdpSocket,
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Lockstep {
+    fn start() -> Lockstep {
+        let n = 512 * 5 + 100;
+        let dir = make_root(&[n]);
+        let srv = TftpFixture::start(dir.path(), limits());
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let name = format!("f{n}");
+        sock.send_to(&rrq(&name, &[]), srv.addr).unwrap();
+        Lockstep {
+            n,
+            srv,
+            sock,
+            name,
+            _dir: dir,
+        }
+    }
+}
+
 /// The last block of a file of `n` bytes in 512-byte blocks.
 fn last_block(n: usize) -> u16 {
     (n / 512 + 1) as u16
@@ -148,13 +176,13 @@ fn last_block(n: usize) -> u16 {
 
 #[test]
 fn late_repeat_of_the_request_leaves_a_healthy_transfer_alone() {
-    let n = 512 * 5 + 100;
-    let dir = make_root(&[n]);
-    let srv = TftpFixture::start(dir.path(), limits());
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let name = format!("f{n}");
-    sock.send_to(&rrq(&name, &[]), srv.addr).unwrap();
+    let Lockstep {
+        n,
+        srv,
+        sock,
+        name,
+        _dir,
+    } = Lockstep::start();
     let mut data = lockstep(&sock, 1..=2);
     // The request again, as if a retransmission of it had been delayed in
     // the network past the first blocks: the transfer goes on at block 3.
@@ -177,16 +205,16 @@ fn late_repeat_of_the_request_leaves_a_healthy_transfer_alone() {
 
 #[test]
 fn new_request_after_the_client_went_quiet_replaces_the_transfer() {
-    let n = 512 * 5 + 100;
-    let dir = make_root(&[n]);
-    let srv = TftpFixture::start(dir.path(), limits());
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let name = format!("f{n}");
-    // Lockstep (no options): take blocks 1 and 2, leave block 3 unanswered
-    // until the server sends it again, then ask afresh from the same port,
-    // as a client that restarted.
-    sock.send_to(&rrq(&name, &[]), srv.addr).unwrap();
+    // Take blocks 1 and 2, leave block 3 unanswered until the server sends
+    // it again, then ask afresh from the same port, as a client that
+    // restarted.
+    let Lockstep {
+        n,
+        srv,
+        sock,
+        name,
+        _dir,
+    } = Lockstep::start();
     lockstep(&sock, 1..=2);
     assert_eq!(recv_data(&sock).0, 3);
     assert_eq!(recv_data(&sock).0, 3, "the retransmission");
