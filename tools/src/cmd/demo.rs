@@ -417,26 +417,34 @@ fn watch(client: &Client, id: u64, size: u64, limit: Duration) -> anyhow::Result
 
 type EventLog = std::sync::Arc<std::sync::Mutex<Vec<EventRecord>>>;
 
-/// Follows the job's event stream in the background.
+/// Follows the job's event stream in the background. When the server ends
+/// the stream (it does so for a subscriber that fell behind), it reconnects
+/// from the last stored event it has, a bounded number of times.
 fn collect_events(client: &Client, id: u64) -> EventLog {
+    const RECONNECTS: usize = 20;
     let log = EventLog::default();
     let (c, l) = (client.clone(), log.clone());
     std::thread::spawn(move || {
-        let Ok(mut body) = c.events(id, 0) else {
-            return;
-        };
-        let mut p = SseParser::new();
-        let mut buf = [0u8; 16 << 10];
-        let mut out = Vec::new();
-        while let Ok(n @ 1..) = body.read(&mut buf) {
-            if p.feed(&buf[..n], &mut out).is_err() {
+        let mut since = 0;
+        for _ in 0..=RECONNECTS {
+            let Ok(mut body) = c.events(id, since) else {
                 return;
-            }
-            for e in out.drain(..) {
-                if let Ok(r) = serde_json::from_str::<EventRecord>(&e.data) {
-                    l.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            };
+            let mut p = SseParser::new();
+            let mut buf = [0u8; 16 << 10];
+            let mut out = Vec::new();
+            while let Ok(n @ 1..) = body.read(&mut buf) {
+                if p.feed(&buf[..n], &mut out).is_err() {
+                    return;
+                }
+                for e in out.drain(..) {
+                    if let Ok(r) = serde_json::from_str::<EventRecord>(&e.data) {
+                        since = since.max(r.seq);
+                        l.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                    }
                 }
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
     });
     log
