@@ -237,3 +237,128 @@ fn new_request_after_the_client_went_quiet_replaces_the_transfer() {
         "{failed:?}"
     );
 }
+
+#[test]
+fn a_thousand_concurrent_transfers_on_a_few_sockets() {
+    const CLIENTS: usize = 1000;
+    // One socket per client here; the server itself needs only a few.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 4 * CLIENTS as u64 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(8 * CLIENTS as u64), hard).unwrap();
+    }
+    let n = 512 * 40 + 7;
+    let dir = make_root(&[n]);
+    let srv = TftpFixture::start(dir.path(), limits());
+    let want = content(n);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stats, peak2) = (srv.stats.clone(), peak.clone());
+    let watcher = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(120) {
+            let a = stats.active.load(Ordering::Relaxed);
+            peak2.fetch_max(a, Ordering::Relaxed);
+            if stats.completed.load(Ordering::Relaxed) >= CLIENTS as u64 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let (addr, name) = (srv.addr, format!("f{n}"));
+    let results: Vec<Result<(Vec<u8>, SocketAddr), String>> = rt.block_on(async {
+        // Every client holds its ACK of block 1 until all have block 1: a
+        // thousand transfers running at once, by construction.
+        let barrier = Arc::new(tokio::sync::Barrier::new(CLIENTS));
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (name, barrier) = (name.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    lockstep_async(&sock, addr, &name, &barrier).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    watcher.join().unwrap();
+    let mut ports = BTreeSet::new();
+    for (i, r) in results.into_iter().enumerate() {
+        let (data, tid) = r.unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(data == want, "client {i}: {} bytes", data.len());
+        ports.insert(tid);
+    }
+    assert!(
+        ports.iter().all(|p| srv.transfer_addrs.contains(p)),
+        "{ports:?} vs {:?}",
+        srv.transfer_addrs
+    );
+    assert!(srv.wait_idle(Duration::from_secs(10)));
+    assert_eq!(srv.stats.completed.load(Ordering::Relaxed), CLIENTS as u64);
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak >= CLIENTS as u64 / 2,
+        "at most {peak} transfers ran at once"
+    );
+}
+
+/// A lockstep fetch (no options) with retransmission of the RRQ or the last
+/// ACK on silence, waiting at `barrier` before acknowledging block 1; the
+/// bytes and the server's transfer ID.
+async fn lockstep_async(
+    sock: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    barrier: &tokio::sync::Barrier,
+) -> Result<(Vec<u8>, SocketAddr), String> {
+    let req = rrq(name, &[]);
+    sock.send_to(&req, server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut data, mut next, mut tid) = (Vec::new(), 1u16, None::<SocketAddr>);
+    let mut buf = [0u8; 1024];
+    for _ in 0..10_000 {
+        let got = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await;
+        let (len, from) = match got {
+            Ok(r) => r.map_err(|e| e.to_string())?,
+            Err(_) => {
+                // Silence: ask again, or acknowledge the last block again.
+                match tid {
+                    None => sock.send_to(&req, server).await,
+                    Some(t) => sock.send_to(&Packet::Ack(next - 1).to_vec(), t).await,
+                }
+                .map_err(|e| e.to_string())?;
+                continue;
+            }
+        };
+        match Packet::parse(&buf[..len]) {
+            Ok(Packet::Data { block, data: d })
+                if block == next && tid.is_none_or(|t| t == from) =>
+            {
+                tid = Some(from);
+                data.extend_from_slice(d);
+                if block == 1 {
+                    barrier.wait().await;
+                }
+                sock.send_to(&Packet::Ack(block).to_vec(), from)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if d.len() < 512 {
+                    return Ok((data, from));
+                }
+                next += 1;
+            }
+            Ok(Packet::Error { code, message }) => return Err(format!("error {code} {message:?}")),
+            _ => {}
+        }
+    }
+    Err("too many datagrams".into())
+}
