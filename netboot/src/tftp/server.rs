@@ -269,8 +269,8 @@ impl Job {
                 }
             }
             Err(reason) => {
-                self.stats.active.fetch_sub(1, Ordering::Relaxed);
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.stats.active.fetch_sub(1, Ordering::Release);
                 self.events.emit(BootEvent {
                     mac: None,
                     peer: self.peer,

@@ -345,7 +345,6 @@ impl Running {
 
     /// Counts and reports a transfer that ended (or was replaced).
     fn end(&mut self, peer: SocketAddr, slot: Slot, superseded: Option<&str>) {
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
         let len = slot.t.len();
         let result = match (superseded, slot.t.outcome()) {
             (Some(why), _) => Err(why.to_string()),
@@ -353,6 +352,9 @@ impl Running {
             (None, None) => Ok(Outcome::TimedOut),
         };
         finish_event(&self.stats, &self.events, peer, &slot.filename, len, result);
+        // Counted as ended before it stops counting as active, so that
+        // whoever sees `active` fall sees the outcome too.
+        self.stats.active.fetch_sub(1, Ordering::Release);
     }
 }
 

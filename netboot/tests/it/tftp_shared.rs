@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rackcast_netboot::tftp::{Packet, Request};
+use rackcast_netboot::tftp::{Packet, Request, TransferLimits};
 use rackcast_netboot::Step;
 
 use crate::tftp_interop::{content, limits, make_root};
@@ -151,10 +151,10 @@ struct Lockstep {
 }
 
 impl Lockstep {
-    fn start() -> Lockstep {
+    fn start(limits: TransferLimits) -> Lockstep {
         let n = 512 * 5 + 100;
         let dir = make_root(&[n]);
-        let srv = TftpFixture::start(dir.path(), limits());
+        let srv = TftpFixture::start(dir.path(), limits);
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let name = format!("f{n}");
@@ -176,22 +176,27 @@ fn last_block(n: usize) -> u16 {
 
 #[test]
 fn late_repeat_of_the_request_leaves_a_healthy_transfer_alone() {
+    // A retransmit timer slow enough that block 3 can wait for the repeat to
+    // be seen on a busy machine without being sent again.
     let Lockstep {
         n,
         srv,
         sock,
         name,
         _dir,
-    } = Lockstep::start();
+    } = Lockstep::start(TransferLimits {
+        initial_timeout: Duration::from_secs(5),
+        max_timeout: Duration::from_secs(5),
+        ..limits()
+    });
     let mut data = lockstep(&sock, 1..=2);
     // The request again, as if a retransmission of it had been delayed in
     // the network past the first blocks: the transfer goes on at block 3.
     sock.send_to(&rrq(&name, &[]), srv.addr).unwrap();
-    // Block 3 waits unanswered (well inside the 1 s timeout) until the shard
-    // has seen the repeat.
+    // Block 3 waits unanswered (inside the 5 s timeout) until the shard has
+    // seen the repeat.
     let t0 = std::time::Instant::now();
-    while srv.stats.duplicates.load(Ordering::Relaxed) == 0
-        && t0.elapsed() < Duration::from_millis(800)
+    while srv.stats.duplicates.load(Ordering::Relaxed) == 0 && t0.elapsed() < Duration::from_secs(4)
     {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -214,7 +219,7 @@ fn new_request_after_the_client_went_quiet_replaces_the_transfer() {
         sock,
         name,
         _dir,
-    } = Lockstep::start();
+    } = Lockstep::start(limits());
     lockstep(&sock, 1..=2);
     assert_eq!(recv_data(&sock).0, 3);
     assert_eq!(recv_data(&sock).0, 3, "the retransmission");

@@ -152,7 +152,7 @@ impl TftpFixture {
     pub fn wait_idle(&self, limit: Duration) -> bool {
         let start = std::time::Instant::now();
         while start.elapsed() < limit {
-            if self.stats.active.load(Ordering::Relaxed) == 0 {
+            if self.stats.active.load(Ordering::Acquire) == 0 {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
