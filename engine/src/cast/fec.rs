@@ -14,8 +14,11 @@ use super::CastError;
 pub trait ErasureCode: Send + Sync + std::fmt::Debug {
     /// Short name for reports.
     fn name(&self) -> &'static str;
-    /// Number of repair symbols available for an object of `k` source symbols.
-    fn repair_count(&self, k: u32) -> u32;
+    /// Number of repair symbols available for an object of `k` source
+    /// symbols: as many as source symbols (both codes here allow that).
+    fn repair_count(&self, k: u32) -> u32 {
+        k.clamp(1, MAX_SOURCE_SYMBOLS)
+    }
     /// All repair symbols of an object, in id order (`k`, `k+1`, ...).
     fn encode(&self, source: &[&[u8]]) -> Result<Vec<Vec<u8>>, CastError>;
     /// Rebuilds the `k` source symbols from at least `k` distinct symbols
@@ -48,10 +51,6 @@ pub const MAX_SOURCE_SYMBOLS: u32 = 32_768;
 impl ErasureCode for ReedSolomon {
     fn name(&self) -> &'static str {
         "reed-solomon-simd"
-    }
-
-    fn repair_count(&self, k: u32) -> u32 {
-        k.clamp(1, MAX_SOURCE_SYMBOLS)
     }
 
     fn encode(&self, source: &[&[u8]]) -> Result<Vec<Vec<u8>>, CastError> {
@@ -136,10 +135,6 @@ impl RaptorQ {
 impl ErasureCode for RaptorQ {
     fn name(&self) -> &'static str {
         "raptorq"
-    }
-
-    fn repair_count(&self, k: u32) -> u32 {
-        k.clamp(1, MAX_SOURCE_SYMBOLS)
     }
 
     fn encode(&self, source: &[&[u8]]) -> Result<Vec<Vec<u8>>, CastError> {

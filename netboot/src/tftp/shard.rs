@@ -170,7 +170,8 @@ impl Shard {
             }
             // Alone, a transfer polls for its ACK for a moment first.
             if r.slots.len() == 1 && r.stats.active.load(Ordering::Relaxed) <= 1 {
-                spin_recv(&sock, &mut bufs, &mut got);
+                // A lone transfer has an ACK or two to read, not a batch.
+                spin_recv(&sock, &mut bufs[..4], &mut got);
             }
             if got.is_empty() {
                 let wake = tokio::select! {
