@@ -170,36 +170,7 @@ impl fmt::Display for ClientKind {
     }
 }
 
-/// A 48-bit Ethernet address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// Parses `aa:bb:cc:dd:ee:ff` (also accepts `-` separators, any case).
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for b in &mut out {
-            let p = parts.next()?;
-            if p.len() != 2 {
-                return None;
-            }
-            *b = u8::from_str_radix(p, 16).ok()?;
-        }
-        parts.next().is_none().then_some(MacAddr(out))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
+pub use rackcast_types::MacAddr;
 
 #[cfg(test)]
 mod tests {
@@ -216,14 +187,5 @@ mod tests {
         for raw in 0..64 {
             assert_eq!(ClientArch::from_raw(raw).raw(), raw);
         }
-    }
-
-    #[test]
-    fn mac_round_trip() {
-        let m = MacAddr::parse("52:54:00:AB:cd:01").unwrap();
-        assert_eq!(m.to_string(), "52:54:00:ab:cd:01");
-        assert!(MacAddr::parse("52:54:00:ab:cd").is_none());
-        assert!(MacAddr::parse("52:54:00:ab:cd:01:02").is_none());
-        assert!(MacAddr::parse("5:54:00:ab:cd:01").is_none());
     }
 }

@@ -190,7 +190,7 @@ async fn serve(
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     if let Some(rest) = path.strip_prefix("/ipxe/") {
         let mac_s = percent_decode(rest.trim_end_matches(".ipxe"));
-        let Some(mac) = MacAddr::parse(&mac_s) else {
+        let Ok(mac) = MacAddr::parse(&mac_s) else {
             return respond(stream, 404, "text/plain", b"not found", head, close).await;
         };
         // The DHCP core puts the client's raw option 93 in the URL.

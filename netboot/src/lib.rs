@@ -14,6 +14,7 @@ pub mod events;
 pub mod files;
 pub mod http;
 pub mod policy;
+mod settings;
 pub mod tftp;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,6 +25,7 @@ pub use arch::{ClientArch, ClientKind, MacAddr};
 pub use error::{Error, Result};
 pub use events::{BootEvent, Events, Step};
 pub use policy::{BootAction, BootPolicy, BootQuery, BootStage, StaticPolicy};
+pub use settings::{NetbootMode, NetbootSettings, StyleSetting};
 
 use dhcp::shell::DhcpService;
 use dhcp::{DhcpConfig, DhcpServer, FullConfig, LeaseTable, ReplyStyle};
@@ -196,37 +198,4 @@ impl Netboot {
             r = self.http.run() => r,
         }
     }
-}
-
-/// The IPv4 address of `iface`, for `--iface` without an explicit server address.
-pub fn iface_ipv4(iface: &str) -> Result<Ipv4Addr> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::Socket {
-        what: format!("list addresses of {iface}"),
-        source: e.into(),
-    })?;
-    for a in addrs {
-        if a.interface_name != iface {
-            continue;
-        }
-        if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-            return Ok(sin.ip());
-        }
-    }
-    Err(Error::Config(format!(
-        "interface {iface} has no IPv4 address"
-    )))
-}
-
-/// The MTU of `iface` (Linux sysfs), to clamp TFTP blksize to the path MTU.
-pub fn iface_mtu(iface: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Largest TFTP blksize for an MTU: minus IPv4 (20), UDP (8) and TFTP (4) headers.
-pub fn blksize_for_mtu(mtu: u32) -> u16 {
-    mtu.saturating_sub(32).clamp(512, 65464) as u16
 }

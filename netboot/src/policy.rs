@@ -203,8 +203,7 @@ impl StaticPolicy {
             policy.default = rule_from(&d, "default")?;
         }
         for h in cfg.host {
-            let mac = MacAddr::parse(&h.mac)
-                .ok_or_else(|| Error::Config(format!("bad MAC {:?}", h.mac)))?;
+            let mac = MacAddr::parse(&h.mac).map_err(|e| Error::Config(e.to_string()))?;
             policy.hosts.insert(mac, rule_from(&h.rule, &h.mac)?);
         }
         Ok(policy)

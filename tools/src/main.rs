@@ -1,8 +1,7 @@
 //! `rackcast`: the command-line front end of the rackcast imaging engine.
 
-mod cmd;
-
 use clap::{Parser, Subcommand};
+use rackcast_tools::cmd;
 
 /// rackcast images whole racks of servers at once: capture a disk image once,
 /// multicast it to every target, verify every byte.
@@ -17,7 +16,8 @@ struct Cli {
 enum Command {
     /// Run the target agent: register with a deployment server, follow its
     /// directives (scripts, captures, multicast restores, reboots), report.
-    Agent(cmd::agent::AgentArgs),
+    /// The same as the `rackcast-agent` binary that environments carry.
+    Agent(rackcast_agent::cli::AgentArgs),
     /// Run the demo: capture a sample disk, verify it, restore it to local
     /// targets and check every byte.
     Demo(cmd::demo::DemoArgs),
@@ -48,7 +48,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Agent(a) => cmd::agent::run(a),
+        Command::Agent(a) => rackcast_agent::cli::run(a),
         Command::Cast(c) => cmd::cast::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Env(c) => cmd::env::run(c),

@@ -25,6 +25,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rackcast_types::MacAddr;
+
 use crate::error::{AgentError, Result};
 
 pub use boot::KernelArgs;
@@ -76,8 +78,8 @@ pub struct AgentConfig {
     pub server: String,
     /// The enrollment token for `register`.
     pub enroll_token: String,
-    /// The target's identity, `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
+    /// The target's identity.
+    pub mac: MacAddr,
     /// The environment this agent runs in (`linux-x64`, ...).
     pub env: String,
     /// The disk a task that names none works on (a file or a device).
@@ -105,11 +107,11 @@ impl AgentConfig {
     /// A configuration with the defaults: environment `linux-x64`, work
     /// directory `/var/tmp/rackcast`, reboot mode `exit`, give up after an
     /// hour, rejoin a cast after 15 s of silence.
-    pub fn new(server: &str, enroll_token: &str, mac: &str) -> AgentConfig {
+    pub fn new(server: &str, enroll_token: &str, mac: MacAddr) -> AgentConfig {
         AgentConfig {
             server: server.trim_end_matches('/').to_string(),
             enroll_token: enroll_token.to_string(),
-            mac: mac.to_ascii_lowercase(),
+            mac,
             env: "linux-x64".into(),
             disk: None,
             work_dir: PathBuf::from("/var/tmp/rackcast"),
@@ -126,9 +128,9 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(AgentError::Config(s));
         inventory::server_host_port(&self.server)?;
-        if !inventory::is_real_mac(&self.mac) {
+        if !self.mac.is_real() {
             return bad(format!(
-                "MAC {:?} is not six hex octets (aa:bb:cc:dd:ee:ff), or is all zeros",
+                "MAC {} cannot name a target (all zeros or broadcast)",
                 self.mac
             ));
         }
@@ -160,13 +162,14 @@ mod tests {
 
     #[test]
     fn config_defaults_and_validation() {
-        let c = AgentConfig::new("http://127.0.0.1:7070/", "tok", "02:00:00:00:00:0A");
+        let mac = MacAddr::parse("02:00:00:00:00:0A").unwrap();
+        let c = AgentConfig::new("http://127.0.0.1:7070/", "tok", mac);
         assert_eq!(c.server, "http://127.0.0.1:7070");
-        assert_eq!(c.mac, "02:00:00:00:00:0a");
+        assert_eq!(c.mac.to_string(), "02:00:00:00:00:0a");
         assert_eq!(c.on_reboot, RebootMode::Exit, "never reboot by default");
         assert!(c.validate().is_ok());
         let mut bad = c.clone();
-        bad.mac = "00:00:00:00:00:00".into();
+        bad.mac = MacAddr([0; 6]);
         assert!(bad.validate().is_err());
         let mut bad = c.clone();
         bad.server = "https://x".into();
@@ -179,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_refused_connection_for_longer_than_give_up_is_an_outcome() {
-        let mut c = AgentConfig::new("http://127.0.0.1:9", "tok", "02:00:00:00:00:01");
+        let mut c = AgentConfig::new("http://127.0.0.1:9", "tok", MacAddr([2, 0, 0, 0, 0, 1]));
         c.give_up = Duration::from_millis(700);
         let start = std::time::Instant::now();
         match run(c).unwrap() {

@@ -224,7 +224,7 @@ impl Session {
     fn register(&mut self, running: Option<TaskRef>) -> Step<()> {
         self.client.forget_token();
         let req = RegisterRequest {
-            mac: self.cfg.mac.clone(),
+            mac: self.cfg.mac.to_string(),
             env: self.cfg.env.clone(),
             inventory: self.inventory.clone(),
             running,
@@ -276,7 +276,7 @@ impl Session {
         };
         loop {
             let req = PollRequest {
-                mac: self.cfg.mac.clone(),
+                mac: self.cfg.mac.to_string(),
                 running,
                 wait: Some(wait),
             };
@@ -313,7 +313,7 @@ impl Session {
     /// refused the report for good (it no longer knows the run).
     fn report(&mut self, task: TaskRef, report: TaskReport) -> Step<Option<ReportAck>> {
         let req = ReportRequest {
-            mac: self.cfg.mac.clone(),
+            mac: self.cfg.mac.to_string(),
             task,
             report,
         };
@@ -473,7 +473,7 @@ impl Session {
             }
             RebootMode::System => {
                 if !local && boot::is_uefi() {
-                    match boot::set_network_boot_next(Some(&self.cfg.mac)) {
+                    match boot::set_network_boot_next(Some(&self.cfg.mac.to_string())) {
                         Ok(e) => self.say(format_args!(
                             "one-time network boot set: Boot{:04X} {}",
                             e.num, e.label

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use rackcast_engine::cast::net::ReceiveLimits;
+use rackcast_cast_net::ReceiveLimits;
 use rackcast_engine::cast::CastError;
 use rackcast_engine::cast::SessionKey;
 use rackcast_engine::image::{create_image, from_hex, hex, CreateOptions, ImageError};
@@ -26,8 +26,8 @@ use super::client::{classify, Client, Failure};
 use super::inventory::{disk_file, route_to};
 use super::script::{run_script, Flow, ScriptEnd, ScriptSpec};
 use crate::error::AgentError;
-use crate::receive::{read_back_for, receive, CastReceive};
-use crate::writer::WriterConfig;
+use rackcast_writer::receive::{read_back_for, receive, CastReceive};
+use rackcast_writer::WriterConfig;
 
 /// Progress is reported this often.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);

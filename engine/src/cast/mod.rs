@@ -1,11 +1,10 @@
 //! Reliable multicast of an image: wire format, FEC, sender and receiver
 //! state machines (sans-IO), pacing and rate control.
 //!
-//! The protocol is described in `README.md` beside this file and in
-//! [`wire`]. The shells that own sockets live with the binaries.
+//! The protocol is described in `docs/cast-protocol.md` and in [`wire`].
+//! The shell that owns the sockets is the `rackcast-cast-net` crate.
 
 pub mod fec;
-pub mod net;
 pub mod rate;
 pub mod receiver;
 pub mod sender;

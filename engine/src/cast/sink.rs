@@ -1,6 +1,14 @@
-//! What a receiver's target reports and how much of it is read back. The
-//! target itself is the agent's `DiskSink` (the io_uring disk writer behind
-//! [`super::net::ChunkSink`]), used by `rackcast cast recv` and the agent.
+//! Where a receiver puts what it gets: the [`ChunkSink`] interface, what a
+//! sink reports and how much of it is read back. The target itself is
+//! `rackcast_writer::DiskSink` (the io_uring disk writer), used by
+//! `rackcast cast recv` and the agent.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::CastError;
+use crate::image::ChunkIndex;
 
 /// What the sink did.
 #[derive(Debug, Clone, Default)]
@@ -22,4 +30,17 @@ pub enum ReadBack {
     Sample,
     /// Every chunk.
     Full,
+}
+
+/// Where a receiver puts what it gets.
+pub trait ChunkSink {
+    /// The index is known: prepare the target; return chunks already correct
+    /// on it (resume).
+    fn prepare(&mut self, index: &Arc<ChunkIndex>) -> Result<Vec<u32>, CastError>;
+    /// A verified frame for `chunk`: decode and write it (and its duplicates).
+    fn write(&mut self, chunk: u32, frame: Bytes) -> Result<(), CastError>;
+    /// Bytes accepted but not yet durable.
+    fn backlog(&self) -> u64;
+    /// Everything is in: write what is left, flush, verify. Called once.
+    fn finish(&mut self) -> Result<(), CastError>;
 }

@@ -34,6 +34,7 @@
 //!
 //! Errors are JSON `ApiError` with a 4xx/5xx status.
 
+use rackcast_types::MacAddr;
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch: the scheduler's clock (an input).
@@ -313,7 +314,7 @@ pub struct Progress {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TargetView {
     /// MAC.
-    pub mac: String,
+    pub mac: MacAddr,
     /// Name (host name or operator's).
     pub name: String,
     /// State.
@@ -335,7 +336,7 @@ pub struct TargetView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TargetRun {
     /// MAC.
-    pub mac: String,
+    pub mac: MacAddr,
     /// `queued`, `running`, `done`, `failed` or `cancelled`.
     pub status: String,
     /// Current task index (= tasks count when done).
@@ -417,7 +418,7 @@ pub struct EventRecord {
     /// What, e.g. `target.state`, `task.started`, `task.finished`, `job.submitted`.
     pub kind: String,
     /// Target MAC, where it concerns one.
-    pub target: Option<String>,
+    pub target: Option<MacAddr>,
     /// Job, where it concerns one.
     pub job: Option<JobId>,
     /// Task index, where it concerns one.

@@ -12,24 +12,26 @@
 //! A task is done only when its agent reports it finished (the commit
 //! point), never on a DHCP packet or a timer.
 
+pub use rackcast_types::{MacAddr, MacParseError};
+
 pub mod api;
+pub mod event;
 pub mod model;
 pub mod scheduler;
 
+pub use event::{Actor, Event, EventKind, Subject};
 pub use model::{CastSession, Job, Run, RunStatus, SessionPhase, State, Target};
-pub use scheduler::{
-    normalize_mac, receiver_id, valid_name, Action, BootChoice, Change, SchedConfig, Scheduler,
-};
+pub use scheduler::{receiver_id, valid_name, Action, BootChoice, Change, SchedConfig, Scheduler};
 
 /// Errors of the scheduler: what an operator or agent asked for is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedError {
     /// Not a MAC address.
-    #[error("{0:?} is not a MAC address (want aa:bb:cc:dd:ee:ff)")]
-    BadMac(String),
+    #[error(transparent)]
+    BadMac(#[from] MacParseError),
     /// A MAC rackcast does not know.
     #[error("unknown target {0}: enroll it (rackcast target add) or let its agent register")]
-    UnknownTarget(String),
+    UnknownTarget(MacAddr),
     /// An image not in the library.
     #[error("unknown image {0:?}: upload it first (rackcast image upload)")]
     UnknownImage(String),

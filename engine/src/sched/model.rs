@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use rackcast_types::MacAddr;
 use serde::{Deserialize, Serialize};
 
 use super::api::{
@@ -12,8 +13,8 @@ use super::api::{
 /// A machine rackcast knows, keyed by MAC.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Target {
-    /// Identity (lower-case `aa:bb:..`).
-    pub mac: String,
+    /// Identity.
+    pub mac: MacAddr,
     /// Name for people.
     pub name: String,
     /// Environment its agent last registered from (`local` when none).
@@ -36,9 +37,9 @@ pub struct Target {
 
 impl Target {
     /// A target known by MAC only.
-    pub fn new(mac: &str) -> Target {
+    pub fn new(mac: MacAddr) -> Target {
         Target {
-            mac: mac.to_string(),
+            mac,
             name: String::new(),
             env: super::api::LOCAL_ENV.to_string(),
             inventory: Inventory::default(),
@@ -53,7 +54,7 @@ impl Target {
     /// The operator's view.
     pub fn view(&self) -> TargetView {
         TargetView {
-            mac: self.mac.clone(),
+            mac: self.mac,
             name: self.name.clone(),
             state: self.state.clone(),
             environment: self.env.clone(),
@@ -106,7 +107,7 @@ impl RunStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Run {
     /// Target MAC.
-    pub mac: String,
+    pub mac: MacAddr,
     /// Status.
     pub status: RunStatus,
     /// Current task index (= number of tasks when done).
@@ -169,12 +170,12 @@ impl Job {
     }
 
     /// The run of `mac`.
-    pub fn run(&self, mac: &str) -> Option<&Run> {
+    pub fn run(&self, mac: MacAddr) -> Option<&Run> {
         self.runs.iter().find(|r| r.mac == mac)
     }
 
     /// The run of `mac`, mutable.
-    pub fn run_mut(&mut self, mac: &str) -> Option<&mut Run> {
+    pub fn run_mut(&mut self, mac: MacAddr) -> Option<&mut Run> {
         self.runs.iter_mut().find(|r| r.mac == mac)
     }
 
@@ -189,7 +190,7 @@ impl Job {
                 .runs
                 .iter()
                 .map(|r| TargetRun {
-                    mac: r.mac.clone(),
+                    mac: r.mac,
                     status: r.status.word().to_string(),
                     task: r.task,
                     attempt: r.attempt,
@@ -243,9 +244,9 @@ pub struct CastSession {
     /// The job that opened it.
     pub job: JobId,
     /// Targets that joined.
-    pub members: BTreeSet<String>,
+    pub members: BTreeSet<MacAddr>,
     /// Targets that finished in it.
-    pub done: BTreeSet<String>,
+    pub done: BTreeSet<MacAddr>,
 }
 
 /// What the scheduler keeps; loaded from the store at start.

@@ -6,6 +6,8 @@ mod random;
 
 use std::collections::BTreeMap;
 
+use rackcast_engine::sched::MacAddr;
+
 use rackcast_engine::sched::api::{
     CastPolicy, Directive, Environment, EventRecord, Inventory, JobSpec, TargetState, TaskKind,
     TaskRef, TaskReport, TaskSpec, VerifyMode, Work,
@@ -19,7 +21,7 @@ const ENV: &str = "linux-x64";
 /// What the store would hold: the latest row of each entity and every event.
 #[derive(Default)]
 struct Db {
-    targets: BTreeMap<String, rackcast_engine::sched::Target>,
+    targets: BTreeMap<MacAddr, rackcast_engine::sched::Target>,
     jobs: BTreeMap<u64, rackcast_engine::sched::Job>,
     sessions: BTreeMap<u64, rackcast_engine::sched::CastSession>,
     envs: BTreeMap<String, Environment>,
@@ -31,7 +33,7 @@ impl Db {
         for c in s.drain_changes() {
             match c {
                 Change::Target(t) => {
-                    self.targets.insert(t.mac.clone(), t);
+                    self.targets.insert(t.mac, t);
                 }
                 Change::Job(j) => {
                     self.jobs.insert(j.id, j);
@@ -42,7 +44,7 @@ impl Db {
                 Change::Environment(e) => {
                     self.envs.insert(e.name.clone(), e);
                 }
-                Change::Event(e) if e.seq > 0 => self.events.push(e),
+                Change::Event(e) if e.seq > 0 => self.events.push(e.record()),
                 Change::Event(_) => {}
             }
         }
@@ -58,16 +60,16 @@ impl Db {
         }
     }
 
-    fn count(&self, kind: &str, mac: &str) -> usize {
+    fn count(&self, kind: &str, mac: MacAddr) -> usize {
         self.events
             .iter()
-            .filter(|e| e.kind == kind && e.target.as_deref() == Some(mac))
+            .filter(|e| e.kind == kind && e.target == Some(mac))
             .count()
     }
 }
 
-fn mac(i: usize) -> String {
-    format!("52:54:00:00:00:{i:02x}")
+fn mac(i: usize) -> MacAddr {
+    MacAddr([0x52, 0x54, 0, 0, 0, i as u8])
 }
 
 fn sched() -> Scheduler {
@@ -76,14 +78,14 @@ fn sched() -> Scheduler {
     s
 }
 
-fn register(s: &mut Scheduler, now: u64, m: &str, env: &str) {
+fn register(s: &mut Scheduler, now: u64, m: MacAddr, env: &str) {
     s.register(now, m, env, Inventory::default(), None).unwrap();
 }
 
-fn distribute(targets: &[String], cast: CastPolicy) -> JobSpec {
+fn distribute(targets: &[MacAddr], cast: CastPolicy) -> JobSpec {
     JobSpec {
         name: "image".into(),
-        targets: targets.to_vec(),
+        targets: targets.iter().map(MacAddr::to_string).collect(),
         cast,
         tasks: vec![TaskSpec {
             kind: TaskKind::Distribute {
@@ -98,10 +100,10 @@ fn distribute(targets: &[String], cast: CastPolicy) -> JobSpec {
     }
 }
 
-fn script(targets: &[String], retries: u32, timeout: u64) -> JobSpec {
+fn script(targets: &[MacAddr], retries: u32, timeout: u64) -> JobSpec {
     JobSpec {
         name: "script".into(),
-        targets: targets.to_vec(),
+        targets: targets.iter().map(MacAddr::to_string).collect(),
         cast: CastPolicy::default(),
         tasks: vec![TaskSpec {
             kind: TaskKind::Script {
@@ -114,6 +116,13 @@ fn script(targets: &[String], retries: u32, timeout: u64) -> JobSpec {
             retries,
         }],
     }
+}
+
+/// `spec` with its targets written as an operator might (the scheduler
+/// parses them).
+fn named(mut spec: JobSpec, targets: &[&str]) -> JobSpec {
+    spec.targets = targets.iter().map(|t| t.to_string()).collect();
+    spec
 }
 
 fn run_ref(d: &Directive) -> TaskRef {
@@ -144,26 +153,26 @@ fn finished(ok: bool) -> TaskReport {
 #[test]
 fn distribute_to_three_targets_in_one_session_then_boot_local() {
     let mut s = sched();
-    let macs: Vec<String> = (1..=3).map(mac).collect();
-    for m in &macs {
+    let macs: Vec<MacAddr> = (1..=3).map(mac).collect();
+    for &m in &macs {
         register(&mut s, 0, m, ENV);
     }
     let id = s
         .submit(10, distribute(&macs, CastPolicy::default()))
         .unwrap();
     // The first two wait for the session to fill.
-    assert_eq!(s.poll(20, &macs[0], None), Directive::Wait);
-    assert_eq!(s.poll(20, &macs[1], None), Directive::Wait);
+    assert_eq!(s.poll(20, macs[0], None), Directive::Wait);
+    assert_eq!(s.poll(20, macs[1], None), Directive::Wait);
     assert!(
         s.poll_action().is_none(),
         "started before every target joined"
     );
     assert!(matches!(
-        s.target(&macs[0]).unwrap().state,
+        s.target(macs[0]).unwrap().state,
         TargetState::Running { .. }
     ));
     // The third fills it: the sender starts for three.
-    let d3 = s.poll(30, &macs[2], None);
+    let d3 = s.poll(30, macs[2], None);
     assert_eq!(
         s.poll_action(),
         Some(Action::StartSender {
@@ -172,18 +181,18 @@ fn distribute_to_three_targets_in_one_session_then_boot_local() {
             rate: None
         })
     );
-    let d1 = s.poll(31, &macs[0], None);
-    let d2 = s.poll(31, &macs[1], None);
+    let d1 = s.poll(31, macs[0], None);
+    let d2 = s.poll(31, macs[1], None);
     assert_eq!(cast_of(&d1), cast_of(&d2));
     assert_eq!(cast_of(&d1), cast_of(&d3));
     // An agent on its task is left alone.
-    assert_eq!(s.poll(32, &macs[0], Some(run_ref(&d1))), Directive::Wait);
-    for (m, d) in macs.iter().zip([&d1, &d2, &d3]) {
+    assert_eq!(s.poll(32, macs[0], Some(run_ref(&d1))), Directive::Wait);
+    for (&m, d) in macs.iter().zip([&d1, &d2, &d3]) {
         assert!(s.report(40, m, run_ref(d), TaskReport::Started).unwrap());
         assert!(s.report(50, m, run_ref(d), finished(true)).unwrap());
     }
     assert_eq!(s.job(id).unwrap().status(), "done");
-    for m in &macs {
+    for &m in &macs {
         assert_eq!(s.boot_choice(m), BootChoice::Local);
         assert_eq!(s.poll(60, m, None), Directive::BootLocal);
         assert_eq!(s.target(m).unwrap().state, TargetState::Local);
@@ -194,15 +203,14 @@ fn distribute_to_three_targets_in_one_session_then_boot_local() {
 fn pending_work_boots_the_environment_no_work_boots_local() {
     let mut s = sched();
     let m = mac(1);
-    assert_eq!(s.boot_choice(&m), BootChoice::Local, "unknown MAC");
-    s.add_target(0, &m, "rack1-u1").unwrap();
-    assert_eq!(s.boot_choice(&m), BootChoice::Local, "no work");
-    s.submit(1, script(std::slice::from_ref(&m), 0, 60))
-        .unwrap();
-    assert_eq!(s.boot_choice(&m), BootChoice::Env(ENV.into()));
-    assert_eq!(s.target(&m).unwrap().state, TargetState::Unknown);
+    assert_eq!(s.boot_choice(m), BootChoice::Local, "unknown MAC");
+    s.add_target(0, m, "rack1-u1").unwrap();
+    assert_eq!(s.boot_choice(m), BootChoice::Local, "no work");
+    s.submit(1, script(&[m], 0, 60)).unwrap();
+    assert_eq!(s.boot_choice(m), BootChoice::Env(ENV.into()));
+    assert_eq!(s.target(m).unwrap().state, TargetState::Unknown);
     // Not registered yet: the agent must register first.
-    assert_eq!(s.poll(2, &m, None), Directive::Register);
+    assert_eq!(s.poll(2, m, None), Directive::Register);
 }
 
 #[test]
@@ -220,26 +228,26 @@ fn a_target_in_the_wrong_environment_is_rebooted_into_the_right_one() {
     )
     .unwrap();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    let mut spec = script(std::slice::from_ref(&m), 0, 60);
+    register(&mut s, 0, m, ENV);
+    let mut spec = script(&[m], 0, 60);
     spec.tasks[0].env = Some("winpe".into());
     s.submit(1, spec).unwrap();
     assert_eq!(
-        s.poll(2, &m, None),
+        s.poll(2, m, None),
         Directive::Reboot {
             env: "winpe".into(),
             task: None
         }
     );
     assert!(matches!(
-        &s.target(&m).unwrap().state,
+        &s.target(m).unwrap().state,
         TargetState::RebootingTo { env, .. } if env == "winpe"
     ));
-    assert_eq!(s.boot_choice(&m), BootChoice::Env("winpe".into()));
+    assert_eq!(s.boot_choice(m), BootChoice::Env("winpe".into()));
     // Still in the old environment: told again.
-    assert!(matches!(s.poll(3, &m, None), Directive::Reboot { .. }));
-    register(&mut s, 10, &m, "winpe");
-    let d = s.poll(11, &m, None);
+    assert!(matches!(s.poll(3, m, None), Directive::Reboot { .. }));
+    register(&mut s, 10, m, "winpe");
+    let d = s.poll(11, m, None);
     assert!(matches!(
         d,
         Directive::Run {
@@ -247,8 +255,8 @@ fn a_target_in_the_wrong_environment_is_rebooted_into_the_right_one() {
             ..
         }
     ));
-    s.report(12, &m, run_ref(&d), finished(true)).unwrap();
-    assert_eq!(s.poll(13, &m, None), Directive::BootLocal);
+    s.report(12, m, run_ref(&d), finished(true)).unwrap();
+    assert_eq!(s.poll(13, m, None), Directive::BootLocal);
 }
 
 #[test]
@@ -267,42 +275,42 @@ fn a_reboot_that_never_comes_back_fails_at_its_deadline_and_holds_the_target() {
     )
     .unwrap();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    let mut spec = script(std::slice::from_ref(&m), 1, 60);
+    register(&mut s, 0, m, ENV);
+    let mut spec = script(&[m], 1, 60);
     spec.tasks[0].env = Some("other".into());
     let id = s.submit(1, spec).unwrap();
-    assert!(matches!(s.poll(2, &m, None), Directive::Reboot { .. }));
+    assert!(matches!(s.poll(2, m, None), Directive::Reboot { .. }));
     let deadline = s.poll_timeout().unwrap();
     assert_eq!(deadline, 2 + SchedConfig::default().boot_timeout);
     s.handle_timeout(deadline - 1);
     assert!(matches!(
-        s.target(&m).unwrap().state,
+        s.target(m).unwrap().state,
         TargetState::RebootingTo { .. }
     ));
     s.handle_timeout(deadline);
     // One retry: sent to reboot again.
-    assert_eq!(s.job(id).unwrap().run(&m).unwrap().attempt, 2);
+    assert_eq!(s.job(id).unwrap().run(m).unwrap().attempt, 2);
     assert!(matches!(
-        s.poll(deadline + 1, &m, None),
+        s.poll(deadline + 1, m, None),
         Directive::Reboot { .. }
     ));
     s.handle_timeout(deadline + 1 + SchedConfig::default().boot_timeout);
-    let st = &s.target(&m).unwrap().state;
+    let st = &s.target(m).unwrap().state;
     assert!(
         matches!(st, TargetState::Failed { error, .. } if error.contains("did not come back")),
         "{st:?}"
     );
     assert_eq!(s.job(id).unwrap().status(), "failed");
     // Held: no directive, and its next boot is its disk.
-    assert_eq!(s.poll(deadline * 3, &m, None), Directive::Wait);
-    assert_eq!(s.boot_choice(&m), BootChoice::Local);
+    assert_eq!(s.poll(deadline * 3, m, None), Directive::Wait);
+    assert_eq!(s.boot_choice(m), BootChoice::Local);
     db.take(&mut s);
-    assert_eq!(db.count("task.retry", &m), 1);
-    assert_eq!(db.count("task.failed", &m), 1);
+    assert_eq!(db.count("task.retry", m), 1);
+    assert_eq!(db.count("task.failed", m), 1);
     // The operator retries: it runs again from the failed task.
     s.retry(deadline * 3, id).unwrap();
     assert!(matches!(
-        s.poll(deadline * 3 + 1, &m, None),
+        s.poll(deadline * 3 + 1, m, None),
         Directive::Reboot { .. }
     ));
 }
@@ -311,21 +319,21 @@ fn a_reboot_that_never_comes_back_fails_at_its_deadline_and_holds_the_target() {
 fn a_task_that_times_out_is_retried_and_the_old_attempt_is_told_to_stop() {
     let mut s = sched();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    let id = s.submit(0, script(std::slice::from_ref(&m), 1, 5)).unwrap();
-    let d1 = s.poll(1000, &m, None);
+    register(&mut s, 0, m, ENV);
+    let id = s.submit(0, script(&[m], 1, 5)).unwrap();
+    let d1 = s.poll(1000, m, None);
     let r1 = run_ref(&d1);
     assert_eq!(r1.attempt, 1);
-    assert!(s.report(1100, &m, r1, TaskReport::Started).unwrap());
+    assert!(s.report(1100, m, r1, TaskReport::Started).unwrap());
     assert_eq!(s.poll_timeout(), Some(6000));
     s.handle_timeout(6000);
-    let d2 = s.poll(6001, &m, Some(r1));
+    let d2 = s.poll(6001, m, Some(r1));
     let r2 = run_ref(&d2);
     assert_eq!(r2.attempt, 2);
     // The first attempt's late report is refused; the job goes on.
-    assert!(!s.report(6002, &m, r1, finished(true)).unwrap());
+    assert!(!s.report(6002, m, r1, finished(true)).unwrap());
     assert_eq!(s.job(id).unwrap().status(), "running");
-    assert!(s.report(6003, &m, r2, finished(true)).unwrap());
+    assert!(s.report(6003, m, r2, finished(true)).unwrap());
     assert_eq!(s.job(id).unwrap().status(), "done");
 }
 
@@ -333,22 +341,18 @@ fn a_task_that_times_out_is_retried_and_the_old_attempt_is_told_to_stop() {
 fn a_failed_script_without_retries_holds_the_target_until_released() {
     let mut s = sched();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    let a = s
-        .submit(0, script(std::slice::from_ref(&m), 0, 60))
-        .unwrap();
-    let b = s
-        .submit(0, script(std::slice::from_ref(&m), 0, 60))
-        .unwrap();
-    let d = s.poll(1, &m, None);
+    register(&mut s, 0, m, ENV);
+    let a = s.submit(0, script(&[m], 0, 60)).unwrap();
+    let b = s.submit(0, script(&[m], 0, 60)).unwrap();
+    let d = s.poll(1, m, None);
     assert_eq!(run_ref(&d).job, a);
-    s.report(2, &m, run_ref(&d), finished(false)).unwrap();
+    s.report(2, m, run_ref(&d), finished(false)).unwrap();
     assert!(
-        matches!(&s.target(&m).unwrap().state, TargetState::Failed { error, .. } if error == "boom")
+        matches!(&s.target(m).unwrap().state, TargetState::Failed { error, .. } if error == "boom")
     );
-    assert_eq!(s.poll(3, &m, None), Directive::Wait, "held");
-    s.release(4, &m).unwrap();
-    let d = s.poll(5, &m, None);
+    assert_eq!(s.poll(3, m, None), Directive::Wait, "held");
+    s.release(4, m).unwrap();
+    let d = s.poll(5, m, None);
     assert_eq!(run_ref(&d).job, b, "the next job runs after release");
 }
 
@@ -357,28 +361,27 @@ fn an_agent_restarted_mid_script_fails_that_attempt_instead_of_running_it_twice(
     let mut db = Db::default();
     let mut s = sched();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    s.submit(0, script(std::slice::from_ref(&m), 1, 60))
-        .unwrap();
-    let r1 = run_ref(&s.poll(1, &m, None));
-    s.report(2, &m, r1, TaskReport::Started).unwrap();
+    register(&mut s, 0, m, ENV);
+    s.submit(0, script(&[m], 1, 60)).unwrap();
+    let r1 = run_ref(&s.poll(1, m, None));
+    s.report(2, m, r1, TaskReport::Started).unwrap();
     // The agent comes back without the task.
-    register(&mut s, 3, &m, ENV);
-    let r2 = run_ref(&s.poll(4, &m, None));
+    register(&mut s, 3, m, ENV);
+    let r2 = run_ref(&s.poll(4, m, None));
     assert_eq!(r2.attempt, 2);
     // ... but one that never received the directive just gets it again.
-    register(&mut s, 5, &m, ENV);
-    let r3 = run_ref(&s.poll(6, &m, None));
+    register(&mut s, 5, m, ENV);
+    let r3 = run_ref(&s.poll(6, m, None));
     assert_eq!(r3, r2);
     db.take(&mut s);
-    assert_eq!(db.count("task.started", &m), 1);
+    assert_eq!(db.count("task.started", m), 1);
 }
 
 #[test]
 fn min_targets_starts_early_and_a_late_joiner_joins_the_running_carousel() {
     let mut s = sched();
-    let macs: Vec<String> = (1..=3).map(mac).collect();
-    for m in &macs {
+    let macs: Vec<MacAddr> = (1..=3).map(mac).collect();
+    for &m in &macs {
         register(&mut s, 0, m, ENV);
     }
     let cast = CastPolicy {
@@ -388,8 +391,8 @@ fn min_targets_starts_early_and_a_late_joiner_joins_the_running_carousel() {
         rate: Some(50_000_000),
     };
     s.submit(0, distribute(&macs, cast)).unwrap();
-    assert_eq!(s.poll(1, &macs[0], None), Directive::Wait);
-    let d2 = s.poll(2, &macs[1], None);
+    assert_eq!(s.poll(1, macs[0], None), Directive::Wait);
+    let d2 = s.poll(2, macs[1], None);
     assert_eq!(
         s.poll_action(),
         Some(Action::StartSender {
@@ -398,7 +401,7 @@ fn min_targets_starts_early_and_a_late_joiner_joins_the_running_carousel() {
             rate: Some(50_000_000)
         })
     );
-    let late = s.poll(100, &macs[2], None);
+    let late = s.poll(100, macs[2], None);
     assert_eq!(
         cast_of(&late),
         cast_of(&d2),
@@ -411,8 +414,8 @@ fn min_targets_starts_early_and_a_late_joiner_joins_the_running_carousel() {
 #[test]
 fn max_wait_starts_a_session_after_the_first_joined() {
     let mut s = sched();
-    let macs: Vec<String> = (1..=4).map(mac).collect();
-    for m in &macs {
+    let macs: Vec<MacAddr> = (1..=4).map(mac).collect();
+    for &m in &macs {
         register(&mut s, 0, m, ENV);
     }
     let cast = CastPolicy {
@@ -422,7 +425,7 @@ fn max_wait_starts_a_session_after_the_first_joined() {
         rate: None,
     };
     s.submit(0, distribute(&macs, cast)).unwrap();
-    assert_eq!(s.poll(1_000, &macs[0], None), Directive::Wait);
+    assert_eq!(s.poll(1_000, macs[0], None), Directive::Wait);
     assert_eq!(s.poll_timeout(), Some(31_000));
     s.handle_timeout(30_999);
     assert!(s.poll_action().is_none());
@@ -440,8 +443,8 @@ fn max_wait_starts_a_session_after_the_first_joined() {
 #[test]
 fn start_at_starts_a_session_at_the_set_time() {
     let mut s = sched();
-    let macs: Vec<String> = (1..=2).map(mac).collect();
-    for m in &macs {
+    let macs: Vec<MacAddr> = (1..=2).map(mac).collect();
+    for &m in &macs {
         register(&mut s, 0, m, ENV);
     }
     let cast = CastPolicy {
@@ -451,7 +454,7 @@ fn start_at_starts_a_session_at_the_set_time() {
         rate: None,
     };
     s.submit(0, distribute(&macs, cast)).unwrap();
-    assert_eq!(s.poll(1_000, &macs[0], None), Directive::Wait);
+    assert_eq!(s.poll(1_000, macs[0], None), Directive::Wait);
     s.handle_timeout(499_999);
     assert!(s.poll_action().is_none());
     s.handle_timeout(500_000);
@@ -465,20 +468,20 @@ fn start_at_starts_a_session_at_the_set_time() {
 fn a_restarted_scheduler_ends_dead_sessions_and_resumes_without_running_a_task_twice() {
     let mut db = Db::default();
     let mut s = sched();
-    let macs: Vec<String> = (1..=2).map(mac).collect();
-    for m in &macs {
+    let macs: Vec<MacAddr> = (1..=2).map(mac).collect();
+    for &m in &macs {
         register(&mut s, 0, m, ENV);
     }
     let id = s
         .submit(0, distribute(&macs, CastPolicy::default()))
         .unwrap();
-    s.poll(1, &macs[0], None);
-    let d = s.poll(2, &macs[1], None);
+    s.poll(1, macs[0], None);
+    let d = s.poll(2, macs[1], None);
     let (_, wire1) = cast_of(&d);
     assert!(s.poll_action().is_some());
     let r = run_ref(&d);
-    s.report(3, &macs[0], r, TaskReport::Started).unwrap();
-    s.report(3, &macs[1], r, TaskReport::Started).unwrap();
+    s.report(3, macs[0], r, TaskReport::Started).unwrap();
+    s.report(3, macs[1], r, TaskReport::Started).unwrap();
     db.take(&mut s);
     drop(s);
 
@@ -490,24 +493,24 @@ fn a_restarted_scheduler_ends_dead_sessions_and_resumes_without_running_a_task_t
     // Agents stalled on the dead session rejoin: a new session for both.
     s.report(
         5_000,
-        &macs[0],
+        macs[0],
         r,
         TaskReport::Rejoin {
             reason: "stalled".into(),
         },
     )
     .unwrap();
-    assert_eq!(s.poll(5_001, &macs[0], None), Directive::Wait);
+    assert_eq!(s.poll(5_001, macs[0], None), Directive::Wait);
     s.report(
         5_002,
-        &macs[1],
+        macs[1],
         r,
         TaskReport::Rejoin {
             reason: "stalled".into(),
         },
     )
     .unwrap();
-    let d = s.poll(5_003, &macs[1], None);
+    let d = s.poll(5_003, macs[1], None);
     let (_, wire2) = cast_of(&d);
     assert_ne!(wire1, wire2, "a new wire session");
     assert_eq!(run_ref(&d), r, "the same attempt, resumed");
@@ -519,7 +522,7 @@ fn a_restarted_scheduler_ends_dead_sessions_and_resumes_without_running_a_task_t
             ..
         })
     ));
-    for m in &macs {
+    for &m in &macs {
         let d = s.poll(5_004, m, None);
         s.report(6_000, m, run_ref(&d), TaskReport::Started)
             .unwrap();
@@ -527,7 +530,7 @@ fn a_restarted_scheduler_ends_dead_sessions_and_resumes_without_running_a_task_t
     }
     assert_eq!(s.job(id).unwrap().status(), "done");
     db.take(&mut s);
-    for m in &macs {
+    for &m in &macs {
         assert_eq!(db.count("task.started", m), 1, "{m} started twice");
         assert_eq!(db.count("task.finished", m), 1);
     }
@@ -542,38 +545,43 @@ fn deadlines_get_a_grace_period_after_a_restart() {
     let mut db = Db::default();
     let mut s = sched();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    s.submit(0, script(std::slice::from_ref(&m), 0, 10))
-        .unwrap();
-    let r = run_ref(&s.poll(0, &m, None));
+    register(&mut s, 0, m, ENV);
+    s.submit(0, script(&[m], 0, 10)).unwrap();
+    let r = run_ref(&s.poll(0, m, None));
     db.take(&mut s);
     // Down for a minute: past the 10 s deadline.
     let mut s = Scheduler::new(SchedConfig::default(), db.state(), 60_000);
     s.handle_timeout(60_001);
     assert!(matches!(
-        s.target(&m).unwrap().state,
+        s.target(m).unwrap().state,
         TargetState::Running { .. }
     ));
-    assert!(s.report(60_002, &m, r, finished(true)).unwrap());
+    assert!(s.report(60_002, m, r, finished(true)).unwrap());
 }
 
 #[test]
 fn bad_jobs_are_refused_and_change_nothing() {
     let mut s = sched();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
+    register(&mut s, 0, m, ENV);
     let _ = s.drain_changes();
     let cases: Vec<(JobSpec, &str)> = vec![
         (
-            script(&["52:54:00:00:00:99".into()], 0, 1),
+            named(script(&[], 0, 1), &["52:54:00:00:00:99"]),
             "unknown target",
         ),
-        (script(&["not-a-mac".into()], 0, 1), "not a MAC"),
+        (named(script(&[], 0, 1), &["not-a-mac"]), "not a MAC"),
         (script(&[], 0, 1), "no targets"),
-        (script(&[m.clone(), m.to_uppercase()], 0, 1), "twice"),
+        (
+            named(
+                script(&[], 0, 1),
+                &[&m.to_string(), &m.to_string().to_uppercase()],
+            ),
+            "twice",
+        ),
         (
             {
-                let mut j = distribute(std::slice::from_ref(&m), CastPolicy::default());
+                let mut j = distribute(&[m], CastPolicy::default());
                 j.tasks[0].kind = TaskKind::Distribute {
                     image: "nope".into(),
                     disk: None,
@@ -585,7 +593,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
         ),
         (
             {
-                let mut j = script(std::slice::from_ref(&m), 0, 1);
+                let mut j = script(&[m], 0, 1);
                 j.tasks[0].env = Some("nowhere".into());
                 j
             },
@@ -593,7 +601,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
         ),
         (
             {
-                let mut j = script(std::slice::from_ref(&m), 0, 1);
+                let mut j = script(&[m], 0, 1);
                 j.tasks.clear();
                 j
             },
@@ -612,7 +620,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
     assert!(matches!(
         s.report(
             1,
-            &mac(7),
+            mac(7),
             TaskRef {
                 job: 1,
                 task: 0,
@@ -628,26 +636,24 @@ fn bad_jobs_are_refused_and_change_nothing() {
 fn cancel_stops_the_run_and_releases_the_target() {
     let mut s = sched();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    let id = s
-        .submit(0, script(std::slice::from_ref(&m), 0, 60))
-        .unwrap();
-    let r = run_ref(&s.poll(1, &m, None));
+    register(&mut s, 0, m, ENV);
+    let id = s.submit(0, script(&[m], 0, 60)).unwrap();
+    let r = run_ref(&s.poll(1, m, None));
     s.cancel(2, id).unwrap();
     assert_eq!(s.job(id).unwrap().status(), "cancelled");
     assert!(
-        !s.report(3, &m, r, TaskReport::Started).unwrap(),
+        !s.report(3, m, r, TaskReport::Started).unwrap(),
         "told to stop"
     );
-    assert_eq!(s.poll(4, &m, None), Directive::BootLocal);
+    assert_eq!(s.poll(4, m, None), Directive::BootLocal);
 }
 
 #[test]
 fn a_reboot_task_to_local_is_done_when_the_agent_acknowledges_it() {
     let mut s = sched();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    let mut spec = script(std::slice::from_ref(&m), 0, 60);
+    register(&mut s, 0, m, ENV);
+    let mut spec = script(&[m], 0, 60);
     spec.tasks.push(TaskSpec {
         kind: TaskKind::Reboot { to: "local".into() },
         env: None,
@@ -655,9 +661,9 @@ fn a_reboot_task_to_local_is_done_when_the_agent_acknowledges_it() {
         retries: 0,
     });
     let id = s.submit(0, spec).unwrap();
-    let r = run_ref(&s.poll(1, &m, None));
-    s.report(2, &m, r, finished(true)).unwrap();
-    let d = s.poll(3, &m, None);
+    let r = run_ref(&s.poll(1, m, None));
+    s.report(2, m, r, finished(true)).unwrap();
+    let d = s.poll(3, m, None);
     let Directive::Reboot {
         env,
         task: Some(rt),
@@ -667,25 +673,24 @@ fn a_reboot_task_to_local_is_done_when_the_agent_acknowledges_it() {
     };
     assert_eq!(env, "local");
     assert_eq!(rt.task, 1);
-    s.report(4, &m, rt, finished(true)).unwrap();
+    s.report(4, m, rt, finished(true)).unwrap();
     assert_eq!(s.job(id).unwrap().status(), "done");
-    assert_eq!(s.target(&m).unwrap().state, TargetState::Local);
-    assert_eq!(s.boot_choice(&m), BootChoice::Local);
+    assert_eq!(s.target(m).unwrap().state, TargetState::Local);
+    assert_eq!(s.boot_choice(m), BootChoice::Local);
 }
 
 #[test]
 fn progress_is_broadcast_but_not_persisted() {
     let mut s = sched();
     let m = mac(1);
-    register(&mut s, 0, &m, ENV);
-    s.submit(0, script(std::slice::from_ref(&m), 0, 60))
-        .unwrap();
-    let r = run_ref(&s.poll(1, &m, None));
-    s.report(2, &m, r, TaskReport::Started).unwrap();
+    register(&mut s, 0, m, ENV);
+    s.submit(0, script(&[m], 0, 60)).unwrap();
+    let r = run_ref(&s.poll(1, m, None));
+    s.report(2, m, r, TaskReport::Started).unwrap();
     let _ = s.drain_changes();
     s.report(
         3,
-        &m,
+        m,
         r,
         TaskReport::Progress(rackcast_engine::sched::api::Progress {
             done: 5,
@@ -697,6 +702,6 @@ fn progress_is_broadcast_but_not_persisted() {
     .unwrap();
     let ch = s.drain_changes();
     assert_eq!(ch.len(), 1, "{ch:?}");
-    assert!(matches!(&ch[0], Change::Event(e) if e.seq == 0 && e.kind == "task.progress"));
-    assert_eq!(s.target(&m).unwrap().progress.as_ref().unwrap().done, 5);
+    assert!(matches!(&ch[0], Change::Event(e) if e.seq == 0 && e.what.word() == "task.progress"));
+    assert_eq!(s.target(m).unwrap().progress.as_ref().unwrap().done, 5);
 }

@@ -7,7 +7,7 @@ use rackcast_engine::sched::api::{
     CastPolicy, Directive, Inventory, JobSpec, TargetState, TaskKind, TaskRef, TaskReport,
     TaskSpec, VerifyMode,
 };
-use rackcast_engine::sched::{Change, RunStatus, SchedConfig, Scheduler, State};
+use rackcast_engine::sched::{Change, MacAddr, RunStatus, SchedConfig, Scheduler, State};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -36,8 +36,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn mac(i: usize) -> String {
-    format!("52:54:00:00:20:{i:02x}")
+fn mac(i: usize) -> MacAddr {
+    MacAddr([0x52, 0x54, 0, 0, 0x20, i as u8])
 }
 
 fn task(kind: u8) -> TaskSpec {
@@ -74,7 +74,7 @@ proptest! {
         let mut s = Scheduler::new(SchedConfig::default(), State::default(), 0);
         s.set_image("golden", Some("ab".repeat(32)));
         for i in 0..4 {
-            s.add_target(0, &mac(i), "").unwrap();
+            s.add_target(0, mac(i), "").unwrap();
         }
         let mut now = 0u64;
         let mut refs: Vec<Option<TaskRef>> = vec![None; 4];
@@ -84,10 +84,10 @@ proptest! {
             match o {
                 Op::Register(t, other_env) => {
                     let env = if other_env { "elsewhere" } else { "linux-x64" };
-                    s.register(now, &mac(t), env, Inventory::default(), refs[t]).unwrap();
+                    s.register(now, mac(t), env, Inventory::default(), refs[t]).unwrap();
                 }
                 Op::Poll(t, running) => {
-                    let d = s.poll(now, &mac(t), if running { refs[t] } else { None });
+                    let d = s.poll(now, mac(t), if running { refs[t] } else { None });
                     match d {
                         Directive::Run { task, .. } => refs[t] = Some(task),
                         Directive::Reboot { task: Some(task), .. } => refs[t] = Some(task),
@@ -103,7 +103,7 @@ proptest! {
                             3 => TaskReport::Finished { ok: false, error: None, summary: String::new() },
                             _ => TaskReport::Finished { ok: true, error: None, summary: String::new() },
                         };
-                        let _ = s.report(now, &mac(t), r, rep);
+                        let _ = s.report(now, mac(t), r, rep);
                     }
                 }
                 Op::Tick(d) => {
@@ -111,7 +111,8 @@ proptest! {
                     s.handle_timeout(now);
                 }
                 Op::Submit(m, k) => {
-                    let targets: Vec<String> = (0..4).filter(|i| m & (1 << i) != 0).map(mac).collect();
+                    let targets: Vec<String> =
+                        (0..4).filter(|i| m & (1 << i) != 0).map(|i| mac(i).to_string()).collect();
                     let spec = JobSpec {
                         name: String::new(),
                         targets,
@@ -122,20 +123,20 @@ proptest! {
                 }
                 Op::Cancel(j) => { let _ = s.cancel(now, j); }
                 Op::Retry(j) => { let _ = s.retry(now, j); }
-                Op::Release(t) => { s.release(now, &mac(t)).unwrap(); }
+                Op::Release(t) => { s.release(now, mac(t)).unwrap(); }
                 Op::SenderDone(id) => s.sender_finished(now, id, &[], serde_json::json!({})),
             }
             while s.poll_action().is_some() {}
             for c in s.drain_changes() {
                 if let Change::Event(e) = c {
                     if e.seq > 0 {
-                        events.push(e);
+                        events.push(e.record());
                     }
                 }
             }
             for t in s.targets() {
                 if let TargetState::Running { job, .. } = t.state {
-                    let run = s.job(job).and_then(|j| j.run(&t.mac));
+                    let run = s.job(job).and_then(|j| j.run(t.mac));
                     prop_assert!(run.is_some_and(|r| r.status == RunStatus::Running || r.status == RunStatus::Queued),
                         "{} running job {job} whose run is {:?}", t.mac, run.map(|r| r.status));
                 }
@@ -146,8 +147,8 @@ proptest! {
         }
         let mut seen = std::collections::BTreeSet::new();
         for e in events.iter().filter(|e| e.kind == "task.finished") {
-            let key = (e.job, e.target.clone(), e.task, e.detail["attempt"].as_u64());
-            prop_assert!(seen.insert(key.clone()), "finished twice: {:?}", key);
+            let key = (e.job, e.target, e.task, e.detail["attempt"].as_u64());
+            prop_assert!(seen.insert(key), "finished twice: {:?}", key);
         }
     }
 }

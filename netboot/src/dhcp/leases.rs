@@ -191,7 +191,7 @@ impl LeaseTable {
             return Err(bad(format!("unknown version {}", stored.version)));
         }
         for l in stored.leases {
-            let mac = MacAddr::parse(&l.mac).ok_or_else(|| bad(format!("bad MAC {:?}", l.mac)))?;
+            let mac = MacAddr::parse(&l.mac).map_err(|e| bad(e.to_string()))?;
             self.put(Lease {
                 mac,
                 ip: l.ip,

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use rackcast_agent::CastReceive;
-use rackcast_engine::cast::net::{self, NetConfig, ReceiveLimits};
+use rackcast_cast_net::{self as net, NetConfig, ReceiveLimits};
 use rackcast_engine::cast::sink::ReadBack;
 use rackcast_engine::cast::wire::symbol_size_for_mtu;
 use rackcast_engine::cast::{
     ImageFrames, ReedSolomon, Sender, SenderConfig, SenderEvent, SessionKey, Verdict,
 };
 use rackcast_engine::image::{hex, ImageReader};
+use rackcast_types::Interface;
+use rackcast_writer::CastReceive;
 
 use super::util::{human_bytes, parse_size};
 
@@ -144,7 +145,8 @@ fn random_u64() -> u64 {
 fn send(a: &SendArgs) -> anyhow::Result<ExitCode> {
     let reader =
         ImageReader::open(&a.img).with_context(|| format!("opening {}", a.img.display()))?;
-    let (iface_addr, iface_mtu) = net::interface(&a.group.iface)?;
+    let iface = Interface::lookup(&a.group.iface)?;
+    let (iface_addr, iface_mtu) = (iface.ipv4, iface.mtu as usize);
     // Receivers read into 64 KiB slots: `lo`'s 65536-byte MTU would make
     // every packet too big for them.
     let mtu = a.mtu.unwrap_or(iface_mtu).min(9000);
@@ -251,7 +253,7 @@ fn send(a: &SendArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
-    let (iface_addr, _) = net::interface(&a.group.iface)?;
+    let iface_addr = Interface::lookup(&a.group.iface)?.ipv4;
     let key = session_key(&a.group)?;
     // The same target on the same machine is the same receiver, across
     // restarts: the sender keeps counting it instead of waiting for a ghost.
@@ -290,7 +292,7 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
         resume: !a.no_resume,
         read_back,
         limits: ReceiveLimits::timeout(Duration::from_secs(a.timeout)),
-        writer: rackcast_agent::WriterConfig::default(),
+        writer: rackcast_writer::WriterConfig::default(),
     };
     eprintln!(
         "receiver {id:016x} joined {} on {} ({iface_addr}), writing {}",
@@ -300,7 +302,7 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
     );
     let start = Instant::now();
     let mut last = start;
-    let result = rackcast_agent::receive(&spec, &mut |r| {
+    let result = rackcast_writer::receive(&spec, &mut |r| {
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             let s = r.stats();

@@ -353,28 +353,6 @@ pub fn path_segment(s: &str) -> String {
     out
 }
 
-/// `AA-BB-CC-DD-EE-FF`, `aabb.ccdd.eeff` or `aa:bb:cc:dd:ee:ff` ->
-/// `aa:bb:cc:dd:ee:ff`; anything else is refused.
-pub fn parse_mac(s: &str) -> Result<String, String> {
-    let hex: String = s
-        .trim()
-        .chars()
-        .filter(|c| !matches!(c, ':' | '-' | '.'))
-        .collect();
-    let seps_ok = s
-        .trim()
-        .chars()
-        .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '-' | '.'));
-    if hex.len() != 12 || !seps_ok || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"
-        ));
-    }
-    let hex = hex.to_ascii_lowercase();
-    let parts: Vec<&str> = (0..6).map(|i| &hex[i * 2..i * 2 + 2]).collect();
-    Ok(parts.join(":"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,15 +426,6 @@ mod tests {
                 .starts_with("cannot reach the rackcast server at http://127.0.0.1:9: "),
             "{e}"
         );
-    }
-
-    #[test]
-    fn macs() {
-        assert_eq!(parse_mac("AA-BB-CC-DD-EE-0F").unwrap(), "aa:bb:cc:dd:ee:0f");
-        assert_eq!(parse_mac("aabb.ccdd.ee0f").unwrap(), "aa:bb:cc:dd:ee:0f");
-        assert!(parse_mac("aa:bb:cc:dd:ee").is_err());
-        assert!(parse_mac("aa:bb:cc:dd:ee:gg").is_err());
-        assert!(parse_mac("node1").is_err());
     }
 
     #[test]

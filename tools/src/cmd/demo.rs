@@ -194,7 +194,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             .and_then(|s| s.split([',', ' ', '\n']).next())
             .unwrap_or("?")
             .to_string();
-        rows.push((t.mac.clone(), d.clone(), root));
+        rows.push((t.mac, d.clone(), root));
     }
     // Let the event feed catch up with the end of the session.
     let ended = wait_for_event(&events, "cast.ended", Duration::from_secs(10));
@@ -334,7 +334,7 @@ fn wait_registered(client: &Client, macs: &[String], limit: Duration) -> anyhow:
             .iter()
             .filter(|m| {
                 ts.iter()
-                    .any(|t| &t.mac == *m && t.state.word() != "unknown")
+                    .any(|t| t.mac.to_string() == **m && t.state.word() != "unknown")
             })
             .count();
         if up == macs.len() {
@@ -370,7 +370,7 @@ fn watch(client: &Client, id: u64, size: u64, limit: Duration) -> anyhow::Result
             for t in &j.targets {
                 let b = multi.add(ProgressBar::new(size));
                 b.set_style(style.clone());
-                b.set_prefix(t.mac.clone());
+                b.set_prefix(t.mac.to_string());
                 bars.push(b);
             }
         }

@@ -476,7 +476,7 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
-    use rackcast_agent::{EngineChoice, RestoreConfig, VerifyMode, WriterConfig};
+    use rackcast_writer::{EngineChoice, RestoreConfig, VerifyMode, WriterConfig};
     let r = ImageReader::open(&a.img).with_context(|| format!("opening {}", a.img.display()))?;
     if let Some(k) = &a.key {
         r.check_signature(&TrustedKey::load(k)?)
@@ -508,7 +508,7 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         },
         verify_retries: a.verify_retries,
     };
-    let s = rackcast_agent::restore(&r, &a.dest, &cfg, &mut |n| pb.inc(n))
+    let s = rackcast_writer::restore(&r, &a.dest, &cfg, &mut |n| pb.inc(n))
         .with_context(|| format!("restoring {} to {}", a.img.display(), a.dest.display()))?;
     pb.finish_and_clear();
     let w = &s.write;

@@ -17,9 +17,10 @@ use rackcast_engine::sched::api::{
 };
 
 use super::client::show::{format_age, now_ms, progress_cell, Table};
-use super::client::{parse_mac, Client, ClientArgs};
+use super::client::{Client, ClientArgs};
 use super::image::VerifyArg;
 use super::util::parse_size;
+use rackcast_engine::sched::MacAddr;
 use spec::{check_spec, load_job_file, parse_secs, parse_start_at};
 
 /// `rackcast job ...`
@@ -126,8 +127,13 @@ pub struct DistributeArgs {
     #[arg(long, value_name = "NAME")]
     pub image: String,
     /// Target MACs, comma-separated.
-    #[arg(long, value_name = "MAC,MAC,...", required = true, value_delimiter = ',', value_parser = parse_mac)]
-    pub targets: Vec<String>,
+    #[arg(
+        long,
+        value_name = "MAC,MAC,...",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub targets: Vec<MacAddr>,
     /// Start the session once this many targets joined (default: all).
     #[arg(long, value_name = "N")]
     pub min_targets: Option<usize>,
@@ -159,8 +165,13 @@ pub struct DistributeArgs {
 #[command(group(ArgGroup::new("what").required(true).args(["script", "command"])))]
 pub struct ScriptArgs {
     /// Target MACs, comma-separated.
-    #[arg(long, value_name = "MAC,MAC,...", required = true, value_delimiter = ',', value_parser = parse_mac)]
-    pub targets: Vec<String>,
+    #[arg(
+        long,
+        value_name = "MAC,MAC,...",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub targets: Vec<MacAddr>,
     /// The script to run (its text is sent; `-` for stdin).
     #[arg(long, value_name = "FILE")]
     pub script: Option<String>,
@@ -190,8 +201,8 @@ pub struct ScriptArgs {
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
     /// The target whose disk is captured.
-    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
-    pub target: String,
+    #[arg(long, value_name = "MAC")]
+    pub target: MacAddr,
     /// Name of the new image in the library.
     #[arg(long, value_name = "NAME")]
     pub image: String,
@@ -317,7 +328,13 @@ impl DistributeArgs {
             verify: verify_mode(self.verify),
         };
         let name = format!("distribute {}", self.image);
-        one_task(&self.task, name, self.targets.clone(), cast, kind)
+        one_task(
+            &self.task,
+            name,
+            self.targets.iter().map(MacAddr::to_string).collect(),
+            cast,
+            kind,
+        )
     }
 }
 
@@ -337,7 +354,7 @@ impl ScriptArgs {
         one_task(
             &self.task,
             name,
-            self.targets.clone(),
+            self.targets.iter().map(MacAddr::to_string).collect(),
             CastPolicy::default(),
             kind,
         )
@@ -355,7 +372,7 @@ impl CaptureArgs {
         one_task(
             &self.task,
             name,
-            vec![self.target.clone()],
+            vec![self.target.to_string()],
             CastPolicy::default(),
             kind,
         )
@@ -590,7 +607,7 @@ pub fn render_job(j: &JobView, now: u64) -> String {
             _ => "-".to_string(),
         };
         t.row(vec![
-            r.mac.clone(),
+            r.mac.to_string(),
             r.status.clone(),
             task_label(&j.spec, r.task),
             r.attempt.to_string(),
@@ -855,7 +872,7 @@ mod tests {
 
     fn run(mac: &str, status: &str, task: u32, error: Option<&str>) -> TargetRun {
         TargetRun {
-            mac: mac.into(),
+            mac: mac.parse().unwrap(),
             status: status.into(),
             task,
             attempt: 1,

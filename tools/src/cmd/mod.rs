@@ -1,6 +1,5 @@
 //! One module per `rackcast` subcommand.
 
-pub mod agent;
 pub mod cast;
 pub mod client;
 pub mod demo;

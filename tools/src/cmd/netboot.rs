@@ -1,17 +1,15 @@
 //! `rackcast netboot`: the netboot front end on its own, for sites that only
 //! want a fast PXE server. The deployment server embeds the same components.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use rackcast_netboot::dhcp::ReplyStyle;
-use rackcast_netboot::tftp::TransferLimits;
 use rackcast_netboot::{
-    BootAction, BootPolicy, MacAddr, Mode, Netboot, NetbootConfig, StaticPolicy,
+    BootAction, BootPolicy, MacAddr, Netboot, NetbootMode, NetbootSettings, StaticPolicy,
+    StyleSetting,
 };
 
 /// Options of `rackcast netboot`.
@@ -82,71 +80,17 @@ pub fn run(args: NetbootArgs) -> anyhow::Result<ExitCode> {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
-    let server_ip = match args.server_ip {
-        Some(ip) => ip,
-        None => rackcast_netboot::iface_ipv4(&args.iface)?,
-    };
     let policy: Arc<dyn BootPolicy> = match &args.policy {
         Some(p) => Arc::new(StaticPolicy::load(p)?),
         None => Arc::new(StaticPolicy::with_default(BootAction::LocalDisk)),
     };
-    let mode = match args.mode.as_str() {
-        "full" => {
-            let pool = args
-                .pool
-                .as_deref()
-                .context("--mode full needs --pool A-B")?;
-            let (a, b) = pool.split_once('-').context("--pool must be A-B")?;
-            let mut reservations = HashMap::new();
-            for r in &args.reserve {
-                let (m, ip) = r.split_once('=').context("--reserve must be MAC=IP")?;
-                let mac = MacAddr::parse(m).with_context(|| format!("bad MAC {m:?}"))?;
-                reservations.insert(mac, ip.parse().with_context(|| format!("bad IP {ip:?}"))?);
-            }
-            std::fs::create_dir_all(&args.state_dir)
-                .with_context(|| format!("creating {}", args.state_dir.display()))?;
-            Mode::Full {
-                pool_start: a.trim().parse().context("pool start")?,
-                pool_end: b.trim().parse().context("pool end")?,
-                netmask: args.netmask,
-                router: args.router,
-                lease_secs: args.lease_secs,
-                reservations,
-                lease_file: args.state_dir.join("leases.json"),
-            }
-        }
-        _ => {
-            if args.pool.is_some() {
-                bail!("--pool is only for --mode full: proxy mode never hands out addresses");
-            }
-            Mode::Proxy
-        }
-    };
-    let max_blksize = rackcast_netboot::iface_mtu(&args.iface)
-        .map(rackcast_netboot::blksize_for_mtu)
-        .unwrap_or(1468);
-    let cfg = NetbootConfig {
-        iface: Some(args.iface.clone()),
-        server_ip,
-        root: args.root.clone(),
-        mode,
-        style: if args.style == "bypass" {
-            ReplyStyle::Bypass
-        } else {
-            ReplyStyle::BootServer
-        },
-        allow_vendor: args.allow_vendor.clone(),
-        dhcp_ports: args.dhcp_ports.clone(),
-        tftp: args.tftp,
-        http: args.http,
-        tftp_limits: TransferLimits {
-            max_blksize,
-            max_windowsize: args.tftp_max_windowsize,
-            max_total_bytes_in_flight: usize::try_from(args.tftp_max_bytes_in_flight)
-                .context("--tftp-max-bytes-in-flight is too large")?,
-            ..TransferLimits::default()
-        },
-    };
+    let settings = settings(&args)?;
+    if settings.mode == NetbootMode::Full {
+        std::fs::create_dir_all(&args.state_dir)
+            .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    }
+    let cfg = settings.resolve(&args.root, &args.state_dir)?;
+    let server_ip = cfg.server_ip;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,4 +110,53 @@ pub fn run(args: NetbootArgs) -> anyhow::Result<ExitCode> {
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The flags as the settings type the server's `[netboot]` table also uses,
+/// so both front ends resolve them the same way.
+fn settings(args: &NetbootArgs) -> anyhow::Result<NetbootSettings> {
+    let mut nb = NetbootSettings::new(args.iface.clone());
+    nb.mode = if args.mode == "full" {
+        NetbootMode::Full
+    } else {
+        NetbootMode::Proxy
+    };
+    nb.server_ip = args.server_ip;
+    nb.root = Some(args.root.clone());
+    nb.tftp = args.tftp;
+    nb.http = args.http;
+    nb.dhcp_ports = args.dhcp_ports.clone();
+    nb.style = if args.style == "bypass" {
+        StyleSetting::Bypass
+    } else {
+        StyleSetting::BootServer
+    };
+    nb.allow_vendor = args.allow_vendor.clone();
+    if let Some(pool) = &args.pool {
+        let (a, b) = pool.split_once('-').context("--pool must be A-B")?;
+        nb.pool = Some((
+            a.trim().parse().context("pool start")?,
+            b.trim().parse().context("pool end")?,
+        ));
+    } else if nb.mode == NetbootMode::Full {
+        bail!("--mode full needs --pool A-B");
+    }
+    if nb.mode == NetbootMode::Proxy && nb.pool.is_some() {
+        bail!("--pool is only for --mode full: proxy mode never hands out addresses");
+    }
+    nb.netmask = args.netmask;
+    nb.router = args.router;
+    nb.lease_secs = args.lease_secs;
+    for r in &args.reserve {
+        let (m, ip) = r.split_once('=').context("--reserve must be MAC=IP")?;
+        let mac = MacAddr::parse(m)?;
+        nb.reservations
+            .insert(mac, ip.parse().with_context(|| format!("bad IP {ip:?}"))?);
+    }
+    nb.tftp_max_bytes_in_flight = Some(
+        usize::try_from(args.tftp_max_bytes_in_flight)
+            .context("--tftp-max-bytes-in-flight is too large")?,
+    );
+    nb.tftp_max_windowsize = Some(args.tftp_max_windowsize);
+    Ok(nb)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use rackcast_engine::server::{Server, ServerConfig};
+use rackcast_server::{Server, ServerConfig};
 
 /// Options of `rackcast server`.
 #[derive(Debug, clap::Args)]

@@ -8,8 +8,9 @@ use clap::{Args, Subcommand};
 use rackcast_engine::sched::api::{Millis, TargetState, TargetView};
 
 use super::client::show::{format_age, format_duration, now_ms, progress_cell, Table};
-use super::client::{parse_mac, path_segment, Client, ClientArgs};
+use super::client::{path_segment, Client, ClientArgs};
 use super::util::human_bytes;
+use rackcast_engine::sched::MacAddr;
 
 /// `rackcast target ...`
 #[derive(Debug, Subcommand)]
@@ -44,8 +45,7 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     /// The target's MAC (aa:bb:cc:dd:ee:ff).
-    #[arg(value_parser = parse_mac)]
-    pub mac: String,
+    pub mac: MacAddr,
     /// Print the server's JSON.
     #[arg(long)]
     pub json: bool,
@@ -57,8 +57,7 @@ pub struct ShowArgs {
 #[derive(Debug, Args)]
 pub struct AddArgs {
     /// The target's MAC (aa:bb:cc:dd:ee:ff).
-    #[arg(value_parser = parse_mac)]
-    pub mac: String,
+    pub mac: MacAddr,
     /// A name for people (default: the host name its agent reports).
     #[arg(long, default_value = "")]
     pub name: String,
@@ -69,7 +68,7 @@ pub struct AddArgs {
 /// The body of `POST /api/v1/targets`.
 #[derive(Debug, serde::Serialize)]
 struct NewTarget<'a> {
-    mac: &'a str,
+    mac: MacAddr,
     name: &'a str,
 }
 
@@ -77,8 +76,7 @@ struct NewTarget<'a> {
 #[derive(Debug, Args)]
 pub struct MacArgs {
     /// The target's MAC (aa:bb:cc:dd:ee:ff).
-    #[arg(value_parser = parse_mac)]
-    pub mac: String,
+    pub mac: MacAddr,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -94,7 +92,7 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let mut targets = client.get::<Vec<TargetView>>("/api/v1/targets")?;
-            targets.sort_by(|a, b| a.mac.cmp(&b.mac));
+            targets.sort_by_key(|t| t.mac);
             if targets.is_empty() {
                 eprintln!(
                     "no targets yet: they appear when their agent registers or a job names them"
@@ -105,7 +103,7 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
         }
         TargetCommand::Show(a) => {
             let client = Client::new(&a.client)?;
-            let path = format!("/api/v1/targets/{}", path_segment(&a.mac));
+            let path = format!("/api/v1/targets/{}", path_segment(&a.mac.to_string()));
             if a.json {
                 let v: serde_json::Value = client.get(&path)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -117,7 +115,7 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
         TargetCommand::Add(a) => {
             let client = Client::new(&a.client)?;
             let body = NewTarget {
-                mac: &a.mac,
+                mac: a.mac,
                 name: &a.name,
             };
             let t: TargetView = client.post("/api/v1/targets", &body)?;
@@ -125,7 +123,10 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
         }
         TargetCommand::Release(a) => {
             let client = Client::new(&a.client)?;
-            let path = format!("/api/v1/targets/{}/release", path_segment(&a.mac));
+            let path = format!(
+                "/api/v1/targets/{}/release",
+                path_segment(&a.mac.to_string())
+            );
             let t: TargetView = client.post_empty(&path)?;
             println!("{}: {}", t.mac, state_cell(&t.state, now_ms()));
         }
@@ -138,7 +139,7 @@ pub fn targets_table(targets: &[TargetView], now: Millis) -> Table {
     let mut t = Table::new(&["MAC", "NAME", "STATE", "ENV", "LAST SEEN", "PROGRESS"]);
     for v in targets {
         t.row(vec![
-            v.mac.clone(),
+            v.mac.to_string(),
             if v.name.is_empty() {
                 "-".into()
             } else {
@@ -197,7 +198,7 @@ pub fn render_target(t: &TargetView, now: Millis) -> String {
     let mut field = |k: &str, v: String| {
         let _ = writeln!(out, "{k:<10} {v}");
     };
-    field("mac", t.mac.clone());
+    field("mac", t.mac.to_string());
     field("name", t.name.clone());
     field("state", state_cell(&t.state, now));
     match &t.state {
@@ -259,7 +260,7 @@ mod tests {
 
     fn target(state: TargetState) -> TargetView {
         TargetView {
-            mac: "aa:bb:cc:dd:ee:01".into(),
+            mac: "aa:bb:cc:dd:ee:01".parse().unwrap(),
             name: "node1".into(),
             state,
             environment: "linux-x64".into(),

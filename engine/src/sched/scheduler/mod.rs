@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::api::{
-    CastJoin, CastPolicy, Directive, Environment, EventRecord, Inventory, JobId, JobSpec, Millis,
-    TargetState, TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
+    CastJoin, CastPolicy, Directive, Environment, Inventory, JobId, JobSpec, Millis, TargetState,
+    TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
 };
+use super::event::{Actor, Event, EventKind, Subject};
 use super::model::{CastSession, Job, Run, RunStatus, SessionPhase, State, Target};
 use super::SchedError;
+use rackcast_types::MacAddr;
 
 mod operator;
 mod sessions;
@@ -81,7 +83,7 @@ pub enum Change {
     /// Upsert an environment.
     Environment(Environment),
     /// Append an event (seq > 0) or broadcast a transient one (seq 0: progress).
-    Event(EventRecord),
+    Event(Event),
 }
 
 /// What a MAC should boot, for the netboot policy.
@@ -97,7 +99,7 @@ pub enum BootChoice {
 #[derive(Debug)]
 pub struct Scheduler {
     cfg: SchedConfig,
-    targets: BTreeMap<String, Target>,
+    targets: BTreeMap<MacAddr, Target>,
     jobs: BTreeMap<JobId, Job>,
     sessions: BTreeMap<u64, CastSession>,
     environments: BTreeMap<String, Environment>,
@@ -105,45 +107,12 @@ pub struct Scheduler {
     next_job: JobId,
     next_session: u64,
     last_seq: u64,
-    dirty_targets: BTreeSet<String>,
+    dirty_targets: BTreeSet<MacAddr>,
     dirty_jobs: BTreeSet<JobId>,
     dirty_sessions: BTreeSet<u64>,
     dirty_envs: BTreeSet<String>,
-    events: Vec<EventRecord>,
+    events: Vec<Event>,
     actions: VecDeque<Action>,
-}
-
-/// Who caused a change, for the event log.
-#[derive(Debug, Clone, Copy)]
-enum Actor {
-    Operator,
-    Agent,
-    Scheduler,
-    Server,
-}
-
-impl Actor {
-    fn word(self) -> &'static str {
-        match self {
-            Actor::Operator => "operator",
-            Actor::Agent => "agent",
-            Actor::Scheduler => "scheduler",
-            Actor::Server => "server",
-        }
-    }
-}
-
-/// Lower-case `aa:bb:cc:dd:ee:ff`, or None.
-pub fn normalize_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
-    if parts.len() != 6
-        || !parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return None;
-    }
-    Some(parts.join(":").to_ascii_lowercase())
 }
 
 /// A name usable for images and environments: `[A-Za-z0-9._-]`, 1..=64, not
@@ -157,8 +126,8 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 /// The receiver id a target uses in every cast session.
-pub fn receiver_id(mac: &str) -> u64 {
-    let h = blake3::hash(mac.as_bytes());
+pub fn receiver_id(mac: MacAddr) -> u64 {
+    let h = blake3::hash(mac.to_string().as_bytes());
     u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
@@ -171,11 +140,7 @@ impl Scheduler {
             next_job: state.jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1,
             next_session: state.sessions.iter().map(|j| j.id).max().unwrap_or(0) + 1,
             last_seq: state.last_seq,
-            targets: state
-                .targets
-                .into_iter()
-                .map(|t| (t.mac.clone(), t))
-                .collect(),
+            targets: state.targets.into_iter().map(|t| (t.mac, t)).collect(),
             jobs: state.jobs.into_iter().map(|j| (j.id, j)).collect(),
             sessions: state.sessions.into_iter().map(|x| (x.id, x)).collect(),
             environments: state
@@ -215,7 +180,7 @@ impl Scheduler {
                     if *deadline < grace =>
                 {
                     *deadline = grace;
-                    s.dirty_targets.insert(t.mac.clone());
+                    s.dirty_targets.insert(t.mac);
                 }
                 _ => {}
             }
@@ -231,8 +196,8 @@ impl Scheduler {
     }
 
     /// One target.
-    pub fn target(&self, mac: &str) -> Option<&Target> {
-        self.targets.get(mac)
+    pub fn target(&self, mac: MacAddr) -> Option<&Target> {
+        self.targets.get(&mac)
     }
 
     /// Every job.
@@ -261,8 +226,8 @@ impl Scheduler {
     }
 
     /// What `mac` should boot now: its pending work's environment, or its disk.
-    pub fn boot_choice(&self, mac: &str) -> BootChoice {
-        let Some(t) = self.targets.get(mac) else {
+    pub fn boot_choice(&self, mac: MacAddr) -> BootChoice {
+        let Some(t) = self.targets.get(&mac) else {
             return BootChoice::Local;
         };
         match &t.state {
@@ -291,16 +256,12 @@ impl Scheduler {
     pub fn register(
         &mut self,
         now: Millis,
-        mac: &str,
+        mac: MacAddr,
         env: &str,
         inventory: Inventory,
         running: Option<TaskRef>,
     ) -> Result<(), SchedError> {
-        let mac = normalize_mac(mac).ok_or_else(|| SchedError::BadMac(mac.to_string()))?;
-        let t = self
-            .targets
-            .entry(mac.clone())
-            .or_insert_with(|| Target::new(&mac));
+        let t = self.targets.entry(mac).or_insert_with(|| Target::new(mac));
         if t.name.is_empty() && !inventory.hostname.is_empty() {
             t.name = inventory.hostname.clone();
         }
@@ -309,31 +270,31 @@ impl Scheduler {
         t.registered = true;
         let old_env = std::mem::replace(&mut t.env, env.to_string());
         let state = t.state.clone();
-        self.dirty_targets.insert(mac.clone());
+        self.dirty_targets.insert(mac);
         self.event(
             now,
             Actor::Agent,
-            "agent.registered",
-            Some(&mac),
-            None,
-            None,
-            serde_json::json!({"env": env, "was": old_env}),
+            Subject::target(mac),
+            EventKind::AgentRegistered {
+                env: env.to_string(),
+                was: old_env,
+            },
         );
         match state {
             TargetState::RebootingTo { env: want, .. } => {
                 if want == env {
-                    self.arrived(now, &mac);
+                    self.arrived(now, mac);
                 } else {
                     // Booted into the wrong environment: the next poll sends it
                     // where it must go again; the deadline still runs.
                     self.event(
                         now,
                         Actor::Agent,
-                        "target.wrong-env",
-                        Some(&mac),
-                        None,
-                        None,
-                        serde_json::json!({"want": want, "got": env}),
+                        Subject::target(mac),
+                        EventKind::WrongEnv {
+                            want,
+                            got: env.to_string(),
+                        },
                     );
                 }
             }
@@ -345,19 +306,19 @@ impl Scheduler {
                     let started = self
                         .jobs
                         .get(&job)
-                        .and_then(|j| j.run(&mac))
+                        .and_then(|j| j.run(mac))
                         .is_some_and(|r| r.started);
                     if started {
-                        self.fail_attempt(now, &mac, "the agent restarted while running the task");
+                        self.fail_attempt(now, mac, "the agent restarted while running the task");
                     } else {
                         let st = idle_state_env(env);
-                        self.set_state(now, &mac, st, Actor::Agent);
+                        self.set_state(now, mac, st, Actor::Agent);
                     }
                 }
             }
             TargetState::Unknown | TargetState::Local | TargetState::Waiting { .. } => {
                 let st = idle_state_env(env);
-                self.set_state(now, &mac, st, Actor::Agent);
+                self.set_state(now, mac, st, Actor::Agent);
             }
             TargetState::Failed { .. } => {}
         }
@@ -366,10 +327,7 @@ impl Scheduler {
     }
 
     /// The agent asks what to do; `running` is the task it is on.
-    pub fn poll(&mut self, now: Millis, mac: &str, running: Option<TaskRef>) -> Directive {
-        let Some(mac) = normalize_mac(mac) else {
-            return Directive::Register;
-        };
+    pub fn poll(&mut self, now: Millis, mac: MacAddr, running: Option<TaskRef>) -> Directive {
         let Some(t) = self.targets.get_mut(&mac) else {
             return Directive::Register;
         };
@@ -381,10 +339,10 @@ impl Scheduler {
             TargetState::Unknown => Directive::Register,
             TargetState::Failed { .. } => Directive::Wait,
             TargetState::Local => {
-                if self.current(&mac).is_some() {
+                if self.current(mac).is_some() {
                     let st = idle_state(self.targets.get(&mac).expect("target exists"));
-                    self.set_state(now, &mac, st, Actor::Scheduler);
-                    self.next_work(now, &mac)
+                    self.set_state(now, mac, st, Actor::Scheduler);
+                    self.next_work(now, mac)
                 } else {
                     Directive::BootLocal
                 }
@@ -397,10 +355,10 @@ impl Scheduler {
                 if running == Some(r) {
                     Directive::Wait
                 } else {
-                    self.dispatch(now, &mac, r)
+                    self.dispatch(now, mac, r)
                 }
             }
-            TargetState::Waiting { .. } => self.next_work(now, &mac),
+            TargetState::Waiting { .. } => self.next_work(now, mac),
         };
         self.plan(now);
         d
@@ -410,15 +368,14 @@ impl Scheduler {
     pub fn report(
         &mut self,
         now: Millis,
-        mac: &str,
+        mac: MacAddr,
         r: TaskRef,
         report: TaskReport,
     ) -> Result<bool, SchedError> {
-        let mac = normalize_mac(mac).ok_or_else(|| SchedError::BadMac(mac.to_string()))?;
         let t = self
             .targets
             .get_mut(&mac)
-            .ok_or_else(|| SchedError::UnknownTarget(mac.clone()))?;
+            .ok_or(SchedError::UnknownTarget(mac))?;
         t.last_seen = now;
         let current = match t.state {
             TargetState::Running {
@@ -432,11 +389,11 @@ impl Scheduler {
                 self.event(
                     now,
                     Actor::Agent,
-                    "task.stale-report",
-                    Some(&mac),
-                    Some(r.job),
-                    Some(r.task),
-                    serde_json::json!({"attempt": r.attempt, "ok": ok}),
+                    Subject::task(mac, r.job, r.task),
+                    EventKind::StaleReport {
+                        attempt: r.attempt,
+                        ok: *ok,
+                    },
                 );
             }
             return Ok(false);
@@ -447,77 +404,63 @@ impl Scheduler {
                     .jobs
                     .get_mut(&r.job)
                     .ok_or(SchedError::UnknownJob(r.job))?;
-                let run = job
-                    .run_mut(&mac)
-                    .ok_or_else(|| SchedError::UnknownTarget(mac.clone()))?;
-                let kind = if run.started {
-                    "task.resumed"
-                } else {
-                    "task.started"
-                };
+                let run = job.run_mut(mac).ok_or(SchedError::UnknownTarget(mac))?;
+                let resumed = run.started;
                 run.started = true;
                 run.status = RunStatus::Running;
                 self.dirty_jobs.insert(r.job);
-                let word = job.spec.tasks[r.task as usize].kind.word();
+                let kind = job.spec.tasks[r.task as usize].kind.word();
                 self.event(
                     now,
                     Actor::Agent,
-                    kind,
-                    Some(&mac),
-                    Some(r.job),
-                    Some(r.task),
-                    serde_json::json!({"attempt": r.attempt, "kind": word}),
+                    Subject::task(mac, r.job, r.task),
+                    EventKind::TaskStarted {
+                        attempt: r.attempt,
+                        kind,
+                        resumed,
+                    },
                 );
             }
             TaskReport::Progress(p) => {
-                self.mark_started(now, &mac, r);
-                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(&mac)) {
+                self.mark_started(now, mac, r);
+                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(mac)) {
                     run.progress = Some(p.clone());
                 }
                 if let Some(t) = self.targets.get_mut(&mac) {
                     t.progress = Some(p.clone());
                 }
-                self.transient(
-                    now,
-                    "task.progress",
-                    &mac,
-                    r,
-                    serde_json::to_value(&p).unwrap_or_default(),
-                );
+                self.transient(now, mac, r, EventKind::TaskProgress(p));
             }
             TaskReport::Log { text } => {
-                self.mark_started(now, &mac, r);
-                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(&mac)) {
+                self.mark_started(now, mac, r);
+                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(mac)) {
                     run.append_log(&text);
                     self.dirty_jobs.insert(r.job);
                 }
-                self.transient(now, "task.log", &mac, r, serde_json::json!({"text": text}));
+                self.transient(now, mac, r, EventKind::TaskLog { text });
             }
             TaskReport::Rejoin { reason } => {
-                self.mark_started(now, &mac, r);
-                self.leave_sessions(&mac);
+                self.mark_started(now, mac, r);
+                self.leave_sessions(mac);
                 self.event(
                     now,
                     Actor::Agent,
-                    "task.rejoin",
-                    Some(&mac),
-                    Some(r.job),
-                    Some(r.task),
-                    serde_json::json!({"reason": reason}),
+                    Subject::task(mac, r.job, r.task),
+                    EventKind::TaskRejoin { reason },
                 );
             }
             TaskReport::Finished { ok, error, summary } => {
-                self.mark_started(now, &mac, r);
+                self.mark_started(now, mac, r);
                 if ok {
-                    self.task_done(now, &mac, r, &summary);
+                    self.task_done(now, mac, r, &summary);
                 } else {
                     let e = error.unwrap_or_else(|| "the task failed".into());
-                    if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(&mac)) {
+                    if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(mac)) {
                         if !summary.is_empty() {
                             run.append_log(&format!("{summary}\n"));
                         }
                     }
-                    self.fail_attempt(now, &mac, &e);
+                    self.fail_attempt(now, mac, &e);
                 }
             }
         }
@@ -535,9 +478,9 @@ impl Scheduler {
         stats: serde_json::Value,
     ) {
         if let Some(s) = self.sessions.get_mut(&session) {
-            let members: Vec<String> = s.members.iter().cloned().collect();
+            let members: Vec<MacAddr> = s.members.iter().copied().collect();
             for m in members {
-                if done.contains(&receiver_id(&m)) {
+                if done.contains(&receiver_id(m)) {
                     s.done.insert(m);
                 }
             }
@@ -549,25 +492,25 @@ impl Scheduler {
     /// Deadlines: reboots that never came back, attempts that ran too long,
     /// cast sessions whose start time came.
     pub fn handle_timeout(&mut self, now: Millis) {
-        let expired: Vec<(String, String)> = self
+        let expired: Vec<(MacAddr, String)> = self
             .targets
             .values()
             .filter_map(|t| match &t.state {
                 TargetState::RebootingTo { env, deadline } if *deadline <= now => Some((
-                    t.mac.clone(),
+                    t.mac,
                     format!(
                         "did not come back in environment {env} within {} s of the reboot",
                         self.cfg.boot_timeout / 1000
                     ),
                 )),
                 TargetState::Running { deadline, .. } if *deadline <= now => {
-                    Some((t.mac.clone(), "timed out".to_string()))
+                    Some((t.mac, "timed out".to_string()))
                 }
                 _ => None,
             })
             .collect();
         for (mac, why) in expired {
-            self.fail_attempt(now, &mac, &why);
+            self.fail_attempt(now, mac, &why);
         }
         self.plan(now);
     }
@@ -644,8 +587,8 @@ impl Scheduler {
     }
 
     /// The first job in `mac`'s queue that still has work for it.
-    fn current(&self, mac: &str) -> Option<(&Job, &Run)> {
-        let t = self.targets.get(mac)?;
+    fn current(&self, mac: MacAddr) -> Option<(&Job, &Run)> {
+        let t = self.targets.get(&mac)?;
         t.queue.iter().find_map(|id| {
             let j = self.jobs.get(id)?;
             let r = j.run(mac)?;
@@ -670,9 +613,9 @@ impl Scheduler {
     }
 
     /// A waiting target: start its next task, or send it where it must be.
-    fn next_work(&mut self, now: Millis, mac: &str) -> Directive {
+    fn next_work(&mut self, now: Millis, mac: MacAddr) -> Directive {
         let Some((job, run)) = self.current(mac) else {
-            let t = self.targets.get(mac).expect("target exists");
+            let t = self.targets.get(&mac).expect("target exists");
             // A target that ran work and has none left boots its disk; one
             // that never had any just waits for some.
             if t.queue.is_empty() && !self.jobs.values().any(|j| j.run(mac).is_some()) {
@@ -690,7 +633,7 @@ impl Scheduler {
         };
         let here = self
             .targets
-            .get(mac)
+            .get(&mac)
             .map(|t| t.env.clone())
             .unwrap_or_default();
         if let TaskKind::Reboot { to } = &spec.kind {
@@ -722,7 +665,7 @@ impl Scheduler {
     }
 
     /// `mac` is now running `r` until `deadline`.
-    fn start_run(&mut self, now: Millis, mac: &str, r: TaskRef, deadline: Millis) {
+    fn start_run(&mut self, now: Millis, mac: MacAddr, r: TaskRef, deadline: Millis) {
         let st = TargetState::Running {
             job: r.job,
             task: r.task,
@@ -734,7 +677,7 @@ impl Scheduler {
     }
 
     /// The directive for a running task (first dispatch or again).
-    fn dispatch(&mut self, now: Millis, mac: &str, r: TaskRef) -> Directive {
+    fn dispatch(&mut self, now: Millis, mac: MacAddr, r: TaskRef) -> Directive {
         let Some(job) = self.jobs.get(&r.job) else {
             return Directive::Wait;
         };
@@ -793,7 +736,7 @@ impl Scheduler {
         }
     }
 
-    fn mark_started(&mut self, now: Millis, mac: &str, r: TaskRef) {
+    fn mark_started(&mut self, now: Millis, mac: MacAddr, r: TaskRef) {
         let started = self
             .jobs
             .get(&r.job)
@@ -804,7 +747,7 @@ impl Scheduler {
         }
     }
 
-    fn set_run(&mut self, job: JobId, mac: &str, st: RunStatus) {
+    fn set_run(&mut self, job: JobId, mac: MacAddr, st: RunStatus) {
         if let Some(run) = self.jobs.get_mut(&job).and_then(|j| j.run_mut(mac)) {
             if run.status != st {
                 run.status = st;
@@ -813,7 +756,7 @@ impl Scheduler {
         }
     }
 
-    fn task_done(&mut self, now: Millis, mac: &str, r: TaskRef, summary: &str) {
+    fn task_done(&mut self, now: Millis, mac: MacAddr, r: TaskRef, summary: &str) {
         let Some(job) = self.jobs.get_mut(&r.job) else {
             return;
         };
@@ -838,16 +781,17 @@ impl Scheduler {
         self.event(
             now,
             Actor::Agent,
-            "task.finished",
-            Some(mac),
-            Some(r.job),
-            Some(r.task),
-            serde_json::json!({"attempt": r.attempt, "ok": true, "summary": summary}),
+            Subject::task(mac, r.job, r.task),
+            EventKind::TaskFinished {
+                attempt: r.attempt,
+                ok: true,
+                summary: summary.to_string(),
+            },
         );
         if let TaskKind::Distribute { .. } = kind {
             for s in self.sessions.values_mut() {
-                if s.members.contains(mac) && s.phase != SessionPhase::Ended {
-                    s.done.insert(mac.to_string());
+                if s.members.contains(&mac) && s.phase != SessionPhase::Ended {
+                    s.done.insert(mac);
                     self.dirty_sessions.insert(s.id);
                 }
             }
@@ -856,13 +800,10 @@ impl Scheduler {
             self.event(
                 now,
                 Actor::Scheduler,
-                "run.done",
-                Some(mac),
-                Some(r.job),
-                None,
-                serde_json::json!({}),
+                Subject::run(mac, r.job),
+                EventKind::RunDone {},
             );
-            if let Some(t) = self.targets.get_mut(mac) {
+            if let Some(t) = self.targets.get_mut(&mac) {
                 t.queue.retain(|j| *j != r.job);
                 t.progress = None;
             }
@@ -870,11 +811,8 @@ impl Scheduler {
                 self.event(
                     now,
                     Actor::Scheduler,
-                    "job.finished",
-                    None,
-                    Some(r.job),
-                    None,
-                    serde_json::json!({"status": status}),
+                    Subject::job(r.job),
+                    EventKind::JobFinished { status },
                 );
             }
         }
@@ -884,15 +822,15 @@ impl Scheduler {
                 env: to,
                 deadline: now + self.cfg.boot_timeout,
             },
-            _ => idle_state(self.targets.get(mac).expect("target exists")),
+            _ => idle_state(self.targets.get(&mac).expect("target exists")),
         };
         self.set_state(now, mac, next, Actor::Agent);
     }
 
-    fn fail_attempt(&mut self, now: Millis, mac: &str, error: &str) {
+    fn fail_attempt(&mut self, now: Millis, mac: MacAddr, error: &str) {
         self.leave_sessions(mac);
         let Some((job, run)) = self.current(mac) else {
-            let st = idle_state(self.targets.get(mac).expect("target exists"));
+            let st = idle_state(self.targets.get(&mac).expect("target exists"));
             self.set_state(now, mac, st, Actor::Scheduler);
             return;
         };
@@ -913,35 +851,33 @@ impl Scheduler {
             self.event(
                 now,
                 Actor::Scheduler,
-                "task.retry",
-                Some(mac),
-                Some(id),
-                Some(task),
-                serde_json::json!({"attempt": attempt, "error": error, "next": attempt + 1}),
+                Subject::task(mac, id, task),
+                EventKind::TaskRetry {
+                    attempt,
+                    error: error.to_string(),
+                    next: attempt + 1,
+                },
             );
-            let st = idle_state(self.targets.get(mac).expect("target exists"));
+            let st = idle_state(self.targets.get(&mac).expect("target exists"));
             self.set_state(now, mac, st, Actor::Scheduler);
         } else {
             run.status = RunStatus::Failed;
             self.event(
                 now,
                 Actor::Scheduler,
-                "task.failed",
-                Some(mac),
-                Some(id),
-                Some(task),
-                serde_json::json!({"attempt": attempt, "error": error}),
+                Subject::task(mac, id, task),
+                EventKind::TaskFailed {
+                    attempt,
+                    error: error.to_string(),
+                },
             );
             let status = self.jobs[&id].status();
             if status != "running" {
                 self.event(
                     now,
                     Actor::Scheduler,
-                    "job.finished",
-                    None,
-                    Some(id),
-                    None,
-                    serde_json::json!({"status": status}),
+                    Subject::job(id),
+                    EventKind::JobFinished { status },
                 );
             }
             self.set_state(
@@ -955,13 +891,13 @@ impl Scheduler {
                 Actor::Scheduler,
             );
         }
-        if let Some(t) = self.targets.get_mut(mac) {
+        if let Some(t) = self.targets.get_mut(&mac) {
             t.progress = None;
         }
     }
 
-    fn set_state(&mut self, now: Millis, mac: &str, st: TargetState, actor: Actor) {
-        let Some(t) = self.targets.get_mut(mac) else {
+    fn set_state(&mut self, now: Millis, mac: MacAddr, st: TargetState, actor: Actor) {
+        let Some(t) = self.targets.get_mut(&mac) else {
             return;
         };
         if t.state == st {
@@ -969,7 +905,7 @@ impl Scheduler {
         }
         let from = t.state.word();
         t.state = st.clone();
-        self.dirty_targets.insert(mac.to_string());
+        self.dirty_targets.insert(mac);
         let (job, task) = match &st {
             TargetState::Running { job, task, .. } | TargetState::Failed { job, task, .. } => {
                 (Some(*job), Some(*task))
@@ -979,62 +915,48 @@ impl Scheduler {
                 .current(mac)
                 .map_or((None, None), |(j, r)| (Some(j.id), Some(r.task))),
         };
-        let mut detail = serde_json::to_value(&st).unwrap_or_default();
-        if let Some(o) = detail.as_object_mut() {
-            o.insert("from".into(), from.into());
-        }
-        self.event(now, actor, "target.state", Some(mac), job, task, detail);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn event(
-        &mut self,
-        now: Millis,
-        actor: Actor,
-        kind: &str,
-        target: Option<&str>,
-        job: Option<JobId>,
-        task: Option<u32>,
-        detail: serde_json::Value,
-    ) {
-        self.last_seq += 1;
-        self.events.push(EventRecord {
-            seq: self.last_seq,
-            at: now,
-            actor: actor.word().into(),
-            kind: kind.into(),
-            target: target.map(str::to_string),
+        let about = Subject {
+            target: Some(mac),
             job,
             task,
-            detail,
+        };
+        self.event(
+            now,
+            actor,
+            about,
+            EventKind::TargetState { from, state: st },
+        );
+    }
+
+    /// Appends an event to the log (the next sequence number).
+    fn event(&mut self, now: Millis, actor: Actor, about: Subject, what: EventKind) {
+        self.last_seq += 1;
+        self.events.push(Event {
+            seq: self.last_seq,
+            at: now,
+            actor,
+            about,
+            what,
         });
     }
 
-    fn transient(
-        &mut self,
-        now: Millis,
-        kind: &str,
-        mac: &str,
-        r: TaskRef,
-        detail: serde_json::Value,
-    ) {
-        self.events.push(EventRecord {
+    /// A transient event of `mac`'s run `r` (progress, output): broadcast
+    /// to watchers, never stored.
+    fn transient(&mut self, now: Millis, mac: MacAddr, r: TaskRef, what: EventKind) {
+        self.events.push(Event {
             seq: 0,
             at: now,
-            actor: Actor::Agent.word().into(),
-            kind: kind.into(),
-            target: Some(mac.to_string()),
-            job: Some(r.job),
-            task: Some(r.task),
-            detail,
+            actor: Actor::Agent,
+            about: Subject::task(mac, r.job, r.task),
+            what,
         });
     }
 
     /// The agent is where it was sent: the job goes on.
-    fn arrived(&mut self, now: Millis, mac: &str) {
+    fn arrived(&mut self, now: Millis, mac: MacAddr) {
         let env = self
             .targets
-            .get(mac)
+            .get(&mac)
             .map(|t| t.env.clone())
             .unwrap_or_default();
         self.set_state(now, mac, idle_state_env(&env), Actor::Agent);

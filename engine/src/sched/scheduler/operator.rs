@@ -8,29 +8,30 @@ impl Scheduler {
     pub fn add_target(
         &mut self,
         now: Millis,
-        mac: &str,
+        mac: MacAddr,
         name: &str,
     ) -> Result<&Target, SchedError> {
-        let mac = normalize_mac(mac).ok_or_else(|| SchedError::BadMac(mac.to_string()))?;
-        if !self.targets.contains_key(&mac) {
-            let mut t = Target::new(&mac);
-            t.name = name.to_string();
-            self.targets.insert(mac.clone(), t);
-            self.event(
-                now,
-                Actor::Operator,
-                "target.added",
-                Some(&mac),
-                None,
-                None,
-                serde_json::json!({"name": name}),
-            );
-        } else if !name.is_empty() {
-            if let Some(t) = self.targets.get_mut(&mac) {
+        match self.targets.entry(mac) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let mut t = Target::new(mac);
                 t.name = name.to_string();
+                v.insert(t);
+                self.event(
+                    now,
+                    Actor::Operator,
+                    Subject::target(mac),
+                    EventKind::TargetAdded {
+                        name: name.to_string(),
+                    },
+                );
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if !name.is_empty() {
+                    o.get_mut().name = name.to_string();
+                }
             }
         }
-        self.dirty_targets.insert(mac.clone());
+        self.dirty_targets.insert(mac);
         self.targets.get(&mac).ok_or(SchedError::UnknownTarget(mac))
     }
 
@@ -51,11 +52,10 @@ impl Scheduler {
         self.event(
             now,
             Actor::Operator,
-            "environment.put",
-            None,
-            None,
-            None,
-            serde_json::json!({"name": env.name}),
+            Subject::default(),
+            EventKind::EnvironmentPut {
+                name: env.name.clone(),
+            },
         );
         self.dirty_envs.insert(env.name.clone());
         self.environments.insert(env.name.clone(), env);
@@ -81,11 +81,11 @@ impl Scheduler {
         self.event(
             now,
             actor,
-            "image.added",
-            None,
-            None,
-            None,
-            serde_json::json!({"name": name, "root": root}),
+            Subject::default(),
+            EventKind::ImageAdded {
+                name: name.to_string(),
+                root: root.to_string(),
+            },
         );
     }
 
@@ -99,7 +99,7 @@ impl Scheduler {
         }
         let mut macs = Vec::new();
         for m in &spec.targets {
-            let mac = normalize_mac(m).ok_or_else(|| SchedError::BadMac(m.clone()))?;
+            let mac = MacAddr::parse(m)?;
             if !self.targets.contains_key(&mac) {
                 return Err(SchedError::UnknownTarget(mac));
             }
@@ -108,7 +108,7 @@ impl Scheduler {
             }
             macs.push(mac);
         }
-        spec.targets = macs.clone();
+        spec.targets = macs.iter().map(MacAddr::to_string).collect();
         for (i, t) in spec.tasks.iter().enumerate() {
             let n = i + 1;
             if let Some(env) = &t.env {
@@ -153,7 +153,7 @@ impl Scheduler {
         let runs = macs
             .iter()
             .map(|m| Run {
-                mac: m.clone(),
+                mac: *m,
                 status: RunStatus::Queued,
                 task: 0,
                 attempt: 1,
@@ -172,18 +172,19 @@ impl Scheduler {
         self.event(
             now,
             Actor::Operator,
-            "job.submitted",
-            None,
-            Some(id),
-            None,
-            serde_json::json!({"name": job.spec.name, "targets": macs.len(), "tasks": job.spec.tasks.len()}),
+            Subject::job(id),
+            EventKind::JobSubmitted {
+                name: job.spec.name.clone(),
+                targets: macs.len(),
+                tasks: job.spec.tasks.len(),
+            },
         );
         self.jobs.insert(id, job);
         self.dirty_jobs.insert(id);
         for m in &macs {
             if let Some(t) = self.targets.get_mut(m) {
                 t.queue.push(id);
-                self.dirty_targets.insert(m.clone());
+                self.dirty_targets.insert(*m);
             }
         }
         Ok(id)
@@ -197,27 +198,24 @@ impl Scheduler {
             if r.status != RunStatus::Done && r.status != RunStatus::Cancelled {
                 r.status = RunStatus::Cancelled;
                 r.progress = None;
-                touched.push(r.mac.clone());
+                touched.push(r.mac);
             }
         }
         self.dirty_jobs.insert(id);
         self.event(
             now,
             Actor::Operator,
-            "job.cancelled",
-            None,
-            Some(id),
-            None,
-            serde_json::json!({}),
+            Subject::job(id),
+            EventKind::JobCancelled {},
         );
         for mac in touched {
-            self.leave_sessions(&mac);
+            self.leave_sessions(mac);
             if let Some(t) = self.targets.get_mut(&mac) {
                 t.queue.retain(|j| *j != id);
                 if matches!(&t.state, TargetState::Running { job, .. } | TargetState::Failed { job, .. } if *job == id)
                 {
                     let st = idle_state(t);
-                    self.set_state(now, &mac, st, Actor::Operator);
+                    self.set_state(now, mac, st, Actor::Operator);
                 }
                 self.dirty_targets.insert(mac);
             }
@@ -235,25 +233,24 @@ impl Scheduler {
                 r.attempt = 1;
                 r.started = false;
                 r.error = None;
-                again.push(r.mac.clone());
+                again.push(r.mac);
             }
         }
         self.dirty_jobs.insert(id);
         self.event(
             now,
             Actor::Operator,
-            "job.retried",
-            None,
-            Some(id),
-            None,
-            serde_json::json!({"targets": again.len()}),
+            Subject::job(id),
+            EventKind::JobRetried {
+                targets: again.len(),
+            },
         );
-        for mac in &again {
-            if let Some(t) = self.targets.get_mut(mac) {
+        for &mac in &again {
+            if let Some(t) = self.targets.get_mut(&mac) {
                 if !t.queue.contains(&id) {
                     t.queue.insert(0, id);
                 }
-                self.dirty_targets.insert(mac.clone());
+                self.dirty_targets.insert(mac);
                 if matches!(&t.state, TargetState::Failed { job, .. } if *job == id) {
                     let st = idle_state(t);
                     self.set_state(now, mac, st, Actor::Operator);
@@ -265,16 +262,15 @@ impl Scheduler {
 
     /// Releases a failed target's hold: its failed job stays failed, the next
     /// queued job (if any) may run.
-    pub fn release(&mut self, now: Millis, mac: &str) -> Result<(), SchedError> {
-        let mac = normalize_mac(mac).ok_or_else(|| SchedError::BadMac(mac.to_string()))?;
+    pub fn release(&mut self, now: Millis, mac: MacAddr) -> Result<(), SchedError> {
         let t = self
             .targets
             .get_mut(&mac)
-            .ok_or_else(|| SchedError::UnknownTarget(mac.clone()))?;
+            .ok_or(SchedError::UnknownTarget(mac))?;
         if let TargetState::Failed { job, .. } = t.state {
             t.queue.retain(|j| *j != job);
             let st = idle_state(t);
-            self.set_state(now, &mac, st, Actor::Operator);
+            self.set_state(now, mac, st, Actor::Operator);
         }
         self.dirty_targets.insert(mac);
         Ok(())

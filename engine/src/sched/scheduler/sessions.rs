@@ -10,7 +10,7 @@ impl Scheduler {
     pub(super) fn join_session(
         &mut self,
         now: Millis,
-        mac: &str,
+        mac: MacAddr,
         image: &str,
         job: JobId,
         policy: &CastPolicy,
@@ -18,9 +18,9 @@ impl Scheduler {
         if let Some(s) = self
             .sessions
             .values_mut()
-            .find(|s| s.image == image && s.phase != SessionPhase::Ended && !s.done.contains(mac))
+            .find(|s| s.image == image && s.phase != SessionPhase::Ended && !s.done.contains(&mac))
         {
-            if s.members.insert(mac.to_string()) {
+            if s.members.insert(mac) {
                 self.dirty_sessions.insert(s.id);
             }
             return Some(s.id);
@@ -44,17 +44,18 @@ impl Scheduler {
             phase: SessionPhase::Forming { first_join: now },
             policy: policy.clone(),
             job,
-            members: [mac.to_string()].into_iter().collect(),
+            members: [mac].into_iter().collect(),
             done: BTreeSet::new(),
         };
         self.event(
             now,
             Actor::Scheduler,
-            "cast.forming",
-            Some(mac),
-            Some(job),
-            None,
-            serde_json::json!({"session": id, "image": image, "group": s.group}),
+            Subject::run(mac, job),
+            EventKind::CastForming {
+                session: id,
+                image: image.to_string(),
+                group: s.group.clone(),
+            },
         );
         self.sessions.insert(id, s);
         self.dirty_sessions.insert(id);
@@ -105,11 +106,12 @@ impl Scheduler {
             self.event(
                 now,
                 Actor::Scheduler,
-                "cast.started",
-                None,
-                Some(job),
-                None,
-                serde_json::json!({"session": id, "receivers": receivers, "why": reason}),
+                Subject::job(job),
+                EventKind::CastStarted {
+                    session: id,
+                    receivers,
+                    why: reason,
+                },
             );
             self.actions.push_back(Action::StartSender {
                 session: id,
@@ -125,7 +127,7 @@ impl Scheduler {
             .values()
             .filter(|t| !matches!(t.state, TargetState::Failed { .. }))
             .filter(|t| {
-                self.current(&t.mac).is_some_and(|(j, r)| {
+                self.current(t.mac).is_some_and(|(j, r)| {
                     matches!(&j.spec.tasks[r.task as usize].kind, TaskKind::Distribute { image: i, .. } if i == image)
                 })
             })
@@ -138,7 +140,7 @@ impl Scheduler {
         id: u64,
         actor: Actor,
         why: &str,
-        mut detail: serde_json::Value,
+        stats: serde_json::Value,
     ) {
         if let Some(s) = self.sessions.get_mut(&id) {
             if s.phase == SessionPhase::Ended {
@@ -147,19 +149,32 @@ impl Scheduler {
             s.phase = SessionPhase::Ended;
             let (job, done, members) = (s.job, s.done.len(), s.members.len());
             self.dirty_sessions.insert(id);
-            if let Some(o) = detail.as_object_mut() {
-                o.insert("session".into(), id.into());
-                o.insert("why".into(), why.into());
-                o.insert("done".into(), done.into());
-                o.insert("members".into(), members.into());
+            let mut stats = match stats {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            // The session's own figures win over a sender's of the same name.
+            for k in ["session", "why", "done", "members"] {
+                stats.remove(k);
             }
-            self.event(now, actor, "cast.ended", None, Some(job), None, detail);
+            self.event(
+                now,
+                actor,
+                Subject::job(job),
+                EventKind::CastEnded {
+                    session: id,
+                    why: why.to_string(),
+                    done,
+                    members,
+                    stats,
+                },
+            );
         }
     }
 
-    pub(super) fn leave_sessions(&mut self, mac: &str) {
+    pub(super) fn leave_sessions(&mut self, mac: MacAddr) {
         for s in self.sessions.values_mut() {
-            if s.phase != SessionPhase::Ended && s.members.remove(mac) {
+            if s.phase != SessionPhase::Ended && s.members.remove(&mac) {
                 self.dirty_sessions.insert(s.id);
             }
         }

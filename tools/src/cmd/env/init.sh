@@ -144,8 +144,8 @@ for n in $(nics); do
 done
 [ -n "$leased" ] || say "no DHCP lease on any interface; the agent starts anyway and retries"
 
-set -- agent --on-reboot system
-shown="rackcast agent --on-reboot system"
+set -- --on-reboot system
+shown="rackcast-agent --on-reboot system"
 if [ -n "$server" ]; then
     set -- "$@" --server "$server"
     shown="$shown --server $server"
@@ -158,12 +158,12 @@ fi
 [ -n "$env" ] && set -- "$@" --env "$env" && shown="$shown --env $env"
 
 export LD_LIBRARY_PATH="$RACKCAST_LIBPATH"
-say "agent binary: $(rackcast --version 2>&1)"
+say "agent binary: $(rackcast-agent --version 2>&1)"
 say "up, agent starting: $shown"
 if [ -n "$agent_timeout" ]; then
-    timeout "$agent_timeout" rackcast "$@"
+    timeout "$agent_timeout" rackcast-agent "$@"
 else
-    rackcast "$@"
+    rackcast-agent "$@"
 fi
 rc=$?
 unset LD_LIBRARY_PATH

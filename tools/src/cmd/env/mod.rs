@@ -125,7 +125,8 @@ pub struct BuildArgs {
     /// Environment name (env.toml, `rackcast.env=`).
     #[arg(long, default_value = "linux-x64")]
     name: String,
-    /// The rackcast binary to carry as the agent [default: this one].
+    /// The agent binary to carry [default: the rackcast-agent beside this
+    /// rackcast, as `cargo build` and the packages leave it].
     #[arg(long, value_name = "PATH")]
     agent: Option<PathBuf>,
     /// busybox, preferably static [default: the first static one of
@@ -244,7 +245,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
     // The agent, without its debug information.
     let agent_src = match &a.agent {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("finding this executable")?,
+        None => default_agent()?,
     };
     let agent_data =
         std::fs::read(&agent_src).with_context(|| format!("--agent {}", agent_src.display()))?;
@@ -317,7 +318,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
     for l in &libs {
         files.push(carried(&l.at.display().to_string(), &l.source, 0o755)?);
     }
-    files.push(carried("bin/rackcast", &agent_file, 0o755)?);
+    files.push(carried("bin/rackcast-agent", &agent_file, 0o755)?);
     if let Some(e) = &efibootmgr {
         files.push(carried("bin/efibootmgr", e, 0o755)?);
     }
@@ -491,7 +492,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
     );
     let agent_carried = files
         .iter()
-        .find(|f| f.at == "bin/rackcast")
+        .find(|f| f.at == "bin/rackcast-agent")
         .map_or(0, |f| f.len);
     println!(
         "  agent       {:>10}  {}{}",
@@ -565,6 +566,21 @@ fn build_conf(vars: &[(&str, &str)]) -> Result<String> {
 }
 
 /// `name` on PATH (or in the sbin directories a root PATH would have).
+/// `rackcast-agent` beside this executable (cargo puts both binaries of a
+/// build in one directory; the packages install them side by side).
+fn default_agent() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let agent = exe.with_file_name("rackcast-agent");
+    if !agent.is_file() {
+        bail!(
+            "no rackcast-agent beside {}: build it (cargo build --release -p rackcast-agent) \
+             or name one with --agent PATH",
+            exe.display()
+        );
+    }
+    Ok(agent)
+}
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path

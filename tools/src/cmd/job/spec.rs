@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rackcast_engine::sched::api::{JobSpec, TaskKind};
 
-use crate::cmd::client::parse_mac;
+use rackcast_engine::sched::MacAddr;
 
 /// How a job file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +143,9 @@ pub fn check_spec(spec: &mut JobSpec) -> Result<(), String> {
     }
     let mut seen: Vec<String> = Vec::with_capacity(spec.targets.len());
     for (i, t) in spec.targets.iter_mut().enumerate() {
-        let mac = parse_mac(t).map_err(|e| format!("targets[{i}]: {e}"))?;
+        let mac = MacAddr::parse(t)
+            .map_err(|e| format!("targets[{i}]: {e}"))?
+            .to_string();
         if seen.contains(&mac) {
             return Err(format!("targets[{i}]: {mac} is listed twice"));
         }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rackcast_engine::sched::api::{EventRecord, JobId, JobView, Progress, TargetRun};
+use rackcast_engine::sched::MacAddr;
 
 use super::follow::{Backoff, EventFate, Follow, Outcome, Retry, Step, REFRESH_TRIES};
 use super::{log_tail, targets_cell, task_label};
@@ -264,7 +265,7 @@ impl Screen {
             }
             "task.log" => {
                 let text = ev.detail.get("text").and_then(|t| t.as_str()).unwrap_or("");
-                let mac = ev.target.as_deref().unwrap_or("-");
+                let mac = ev.target.map_or_else(|| "-".to_string(), |m| m.to_string());
                 for line in text.lines() {
                     self.println(&format!("{mac} | {line}"));
                 }
@@ -290,7 +291,7 @@ impl Screen {
                     let key = LineKey::of(r);
                     if l.last.get(&r.mac) != Some(&key) {
                         let line = format!("{}  {}", r.mac, target_message(view, r));
-                        l.last.insert(r.mac.clone(), key);
+                        l.last.insert(r.mac, key);
                         l.print(&line);
                     }
                 }
@@ -346,9 +347,9 @@ impl Screen {
 struct Bars {
     sink: Sink,
     multi: MultiProgress,
-    bars: HashMap<String, ProgressBar>,
+    bars: HashMap<MacAddr, ProgressBar>,
     /// Whether each bar shows bytes now (a task with a known size).
-    bytes: HashMap<String, bool>,
+    bytes: HashMap<MacAddr, bool>,
 }
 
 impl Bars {
@@ -362,8 +363,8 @@ impl Bars {
         for r in &view.targets {
             let pb = multi.add(ProgressBar::new(0));
             pb.set_style(plain_style());
-            pb.set_prefix(r.mac.clone());
-            bars.insert(r.mac.clone(), pb);
+            pb.set_prefix(r.mac.to_string());
+            bars.insert(r.mac, pb);
         }
         Bars {
             sink,
@@ -375,10 +376,10 @@ impl Bars {
 
     fn update(&mut self, view: &JobView) {
         for r in &view.targets {
-            let pb = self.bars.entry(r.mac.clone()).or_insert_with(|| {
+            let pb = self.bars.entry(r.mac).or_insert_with(|| {
                 let pb = self.multi.add(ProgressBar::new(0));
                 pb.set_style(plain_style());
-                pb.set_prefix(r.mac.clone());
+                pb.set_prefix(r.mac.to_string());
                 pb
             });
             let sized = r.progress.as_ref().filter(|p| p.total > 0);
@@ -389,7 +390,7 @@ impl Bars {
                 } else {
                     plain_style()
                 });
-                self.bytes.insert(r.mac.clone(), sized.is_some());
+                self.bytes.insert(r.mac, sized.is_some());
             }
             if let Some(p) = sized {
                 pb.set_length(p.total);
@@ -413,7 +414,7 @@ fn plain_style() -> ProgressStyle {
 #[derive(Debug)]
 struct Lines {
     sink: Sink,
-    last: HashMap<String, LineKey>,
+    last: HashMap<MacAddr, LineKey>,
 }
 
 impl Lines {
@@ -459,7 +460,7 @@ pub fn event_line(ev: &EventRecord, tasks: usize) -> String {
     let mut s = format!("{} #{} {}", utc_clock(ev.at), ev.seq, ev.kind);
     if let Some(t) = &ev.target {
         s.push(' ');
-        s.push_str(t);
+        s.push_str(&t.to_string());
     }
     if let Some(t) = ev.task {
         s.push_str(&format!(" task {}/{tasks}", t + 1));
@@ -620,7 +621,7 @@ mod tests {
 
     fn run(status: &str, task: u32, progress: Option<Progress>) -> TargetRun {
         TargetRun {
-            mac: "aa:bb:cc:dd:ee:01".into(),
+            mac: "aa:bb:cc:dd:ee:01".parse().unwrap(),
             status: status.into(),
             task,
             attempt: 1,
@@ -637,7 +638,7 @@ mod tests {
             at: 1_700_000_000_000,
             actor: "agent".into(),
             kind: "task.started".into(),
-            target: Some("aa:bb:cc:dd:ee:01".into()),
+            target: Some("aa:bb:cc:dd:ee:01".parse().unwrap()),
             job: Some(3),
             task: Some(0),
             detail: serde_json::json!({"attempt": 1}),
@@ -714,7 +715,7 @@ mod tests {
     #[test]
     fn summary_names_each_failed_target() {
         let mut bad = run("failed", 0, None);
-        bad.mac = "aa:bb:cc:dd:ee:02".into();
+        bad.mac = "aa:bb:cc:dd:ee:02".parse().unwrap();
         bad.attempt = 2;
         bad.error = Some("image root mismatch".into());
         bad.log = "wrote 12 chunks\nverify failed at chunk 3\n".into();

@@ -1,0 +1,122 @@
+//! Cast senders: one thread per running session, driving the sans-IO
+//! sender over a real multicast socket, reporting back to the scheduler
+//! when the session ends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Shared;
+use rackcast_cast_net::{self as net, NetConfig};
+use rackcast_engine::cast::wire::symbol_size_for_mtu;
+use rackcast_engine::cast::{
+    ImageFrames, ReedSolomon, Sender, SenderConfig, SenderEvent, SessionKey, Verdict,
+};
+use rackcast_engine::image::{from_hex, ImageReader};
+use rackcast_engine::sched::CastSession;
+
+/// Starts `session`'s sender on its own thread.
+pub(crate) fn spawn_sender(
+    shared: Arc<Shared>,
+    session: CastSession,
+    image: PathBuf,
+    receivers: usize,
+    rate: Option<u64>,
+) {
+    let handle = tokio::runtime::Handle::current();
+    let id = session.id;
+    let spawned = std::thread::Builder::new()
+        .name(format!("cast-{id}"))
+        .spawn(move || {
+            let (done, detail) = match send(&shared, &session, &image, receivers, rate) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("cast session {id}: {e}");
+                    (Vec::new(), serde_json::json!({"error": e}))
+                }
+            };
+            let r =
+                handle.block_on(shared.mutate(|s, now| s.sender_finished(now, id, &done, detail)));
+            if let Err(e) = r {
+                tracing::error!("cast session {id}: recording its end: {}", e.1);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cast session {id}: cannot start its thread: {e}");
+    }
+}
+
+fn send(
+    shared: &Shared,
+    s: &CastSession,
+    image: &std::path::Path,
+    receivers: usize,
+    rate: Option<u64>,
+) -> Result<(Vec<u64>, serde_json::Value), String> {
+    let reader =
+        ImageReader::open(image).map_err(|e| format!("opening {}: {e}", image.display()))?;
+    let key = from_hex(&s.key).ok_or("bad session key")?;
+    let group = s
+        .group
+        .parse()
+        .map_err(|e| format!("group {}: {e}", s.group))?;
+    let mtu = shared.cfg.cast_mtu.unwrap_or(1500).clamp(576, 9000);
+    let symbol = symbol_size_for_mtu(mtu);
+    let mut cfg = SenderConfig::new(s.wire_session, SessionKey::from_secret(&key), symbol);
+    cfg.max_rate = rate.unwrap_or(shared.cfg.cast_rate);
+    cfg.min_rate = (cfg.max_rate / 100).clamp(1, 1_000_000);
+    cfg.min_receivers = receivers.max(1);
+    // Every member was told already; they need only fetch the directive and bind.
+    cfg.max_wait = Duration::from_secs(20);
+    cfg.deadline = Duration::from_secs(4 * 3600);
+    let netcfg = NetConfig {
+        group,
+        iface_addr: shared.cfg.cast_addr,
+        ttl: 1,
+        buffer: 8 << 20,
+    };
+    let sock = net::sender_socket(&netcfg).map_err(|e| e.to_string())?;
+    let index = reader.index().clone();
+    let image_size = index.meta.source_size;
+    let mut sender = Sender::new(
+        cfg,
+        Arc::new(ReedSolomon),
+        index,
+        ImageFrames(reader),
+        Instant::now(),
+    );
+    tracing::info!(
+        "cast session {} ({}) to {} for {receivers} target(s)",
+        s.id,
+        s.image,
+        s.group
+    );
+    let start = Instant::now();
+    let mut verdicts = Vec::new();
+    net::run_sender(&mut sender, &sock, &netcfg, &mut |_, ev| {
+        if let Some(SenderEvent::Finished { verdicts: v }) = ev {
+            verdicts = v.clone();
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let st = sender.stats();
+    let done: Vec<u64> = verdicts
+        .iter()
+        .filter(|(_, v)| *v == Verdict::Done)
+        .map(|(id, _)| *id)
+        .collect();
+    let secs = start.elapsed().as_secs_f64();
+    Ok((
+        done,
+        serde_json::json!({
+            "image_bytes": image_size,
+            "wire_bytes": st.bytes,
+            "packets": st.packets,
+            "source_symbols": st.source_symbols,
+            "repair_symbols": st.repair_symbols,
+            "repair_overhead": st.repair_symbols as f64 / st.source_symbols.max(1) as f64,
+            "seconds": secs,
+            "receivers": verdicts.len(),
+        }),
+    ))
+}

@@ -1,0 +1,470 @@
+//! The deployment server: one process holding the scheduler, its SQLite
+//! store, the operator REST API with live events, the agent API, the image
+//! library, the cast senders and (when configured) netboot.
+//!
+//! Every request that changes anything runs [`Shared::mutate`]: under one
+//! lock the scheduler takes the input, its changes are committed to the
+//! store, and only then is anyone answered, so a kill -9 at any instant
+//! loses nothing that was acknowledged.
+
+mod agent_api;
+mod auth;
+mod cast;
+mod library;
+mod operator;
+mod policy;
+pub mod store;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::{broadcast, Mutex, Notify};
+
+use crate::store::{Store, StoreError};
+use rackcast_engine::sched::api::{ApiError, EventRecord, Millis};
+use rackcast_engine::sched::{Action, Change, SchedConfig, Scheduler};
+
+pub use policy::SchedPolicy;
+
+/// Errors that stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    Data {
+        /// The directory or file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listening socket could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configuration is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Netboot failed.
+    #[error("netboot: {0}")]
+    Netboot(#[from] rackcast_netboot::Error),
+}
+
+/// Server configuration: `rackcast server --config FILE` (TOML), flags override.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Data directory: database, tokens, image library.
+    pub data: PathBuf,
+    /// Address of the operator and agent APIs.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// URL agents use to reach us (default: `http://LISTEN`).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Interface address cast sessions are sent from.
+    #[serde(default = "default_cast_addr")]
+    pub cast_addr: Ipv4Addr,
+    /// Multicast group of cast sessions.
+    #[serde(default = "default_group")]
+    pub cast_group: Ipv4Addr,
+    /// First port of cast sessions.
+    #[serde(default = "default_port")]
+    pub cast_port: u16,
+    /// Rate ceiling of a cast session, bytes/s.
+    #[serde(default = "default_rate")]
+    pub cast_rate: u64,
+    /// MTU that sizes cast packets (clamped to the interface's and to 9000).
+    #[serde(default)]
+    pub cast_mtu: Option<usize>,
+    /// Environment of tasks that name none.
+    #[serde(default = "default_env")]
+    pub default_env: String,
+    /// Seconds a target may take to come back from a reboot.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout: u64,
+    /// Longest a poll is held open, seconds.
+    #[serde(default = "default_poll_wait")]
+    pub poll_wait: u64,
+    /// Netboot, when the server answers PXE itself.
+    #[serde(default)]
+    pub netboot: Option<rackcast_netboot::NetbootSettings>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7300))
+}
+fn default_cast_addr() -> Ipv4Addr {
+    Ipv4Addr::LOCALHOST
+}
+fn default_group() -> Ipv4Addr {
+    Ipv4Addr::new(239, 255, 42, 1)
+}
+fn default_port() -> u16 {
+    7400
+}
+fn default_rate() -> u64 {
+    1_000_000_000
+}
+fn default_env() -> String {
+    "linux-x64".into()
+}
+fn default_boot_timeout() -> u64 {
+    900
+}
+fn default_poll_wait() -> u64 {
+    20
+}
+
+impl ServerConfig {
+    /// Defaults with `data` as the data directory.
+    pub fn new(data: PathBuf) -> ServerConfig {
+        ServerConfig {
+            data,
+            listen: default_listen(),
+            public_url: None,
+            cast_addr: default_cast_addr(),
+            cast_group: default_group(),
+            cast_port: default_port(),
+            cast_rate: default_rate(),
+            cast_mtu: None,
+            default_env: default_env(),
+            boot_timeout: default_boot_timeout(),
+            poll_wait: default_poll_wait(),
+            netboot: None,
+        }
+    }
+}
+
+/// Unix ms now: the only place the server reads the wall clock for the scheduler.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub struct Shared {
+    inner: Mutex<Inner>,
+    /// Woken on every change (long polls wait on it).
+    changed: Notify,
+    /// Every event, persisted or transient, for SSE subscribers.
+    events: broadcast::Sender<EventRecord>,
+    store: Store,
+    cfg: ServerConfig,
+    admin_token: String,
+    enroll_token: String,
+    policy: Arc<SchedPolicy>,
+    url: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    sched: Scheduler,
+    /// BLAKE3 (hex) of each target's boot token.
+    agent_tokens: std::collections::HashMap<rackcast_engine::sched::MacAddr, String>,
+    /// Image library: name -> view.
+    images: std::collections::BTreeMap<String, rackcast_engine::sched::api::ImageView>,
+}
+
+/// An error answer: a status and a message for people.
+#[derive(Debug)]
+pub(crate) struct ApiErr(pub StatusCode, pub String);
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<rackcast_engine::sched::SchedError> for ApiErr {
+    fn from(e: rackcast_engine::sched::SchedError) -> Self {
+        use rackcast_engine::sched::SchedError as E;
+        let code = match e {
+            E::UnknownTarget(_) | E::UnknownImage(_) | E::UnknownJob(_) => StatusCode::NOT_FOUND,
+            E::BadMac(_) | E::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiErr(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiErr {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("{e}");
+        ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl Shared {
+    /// Runs `f` on the scheduler at `now`, commits what it changed, wakes
+    /// pollers, publishes events and starts what it asked for. The answer
+    /// goes out only after the commit.
+    pub(crate) async fn mutate<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Scheduler, Millis) -> T,
+    ) -> Result<T, ApiErr> {
+        let mut inner = self.inner.lock().await;
+        let now = now_ms();
+        let out = f(&mut inner.sched, now);
+        let changes = inner.sched.drain_changes();
+        let mut actions = Vec::new();
+        while let Some(a) = inner.sched.poll_action() {
+            actions.push(a);
+        }
+        if !changes.is_empty() {
+            self.store.apply(&changes, now).await?;
+            self.policy.update(&inner.sched, &changes);
+        }
+        drop(inner);
+        self.publish(changes);
+        for a in actions {
+            self.act(a).await;
+        }
+        Ok(out)
+    }
+
+    /// Reads the scheduler without changing it.
+    pub(crate) async fn read<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
+        f(&*self.inner.lock().await)
+    }
+
+    /// Puts a verified image into the library index and tells the scheduler.
+    pub(crate) async fn install_image(
+        self: &Arc<Self>,
+        v: rackcast_engine::sched::api::ImageView,
+        who: &str,
+    ) -> Result<(), ApiErr> {
+        self.store.put_image(&v, now_ms()).await?;
+        self.inner
+            .lock()
+            .await
+            .images
+            .insert(v.name.clone(), v.clone());
+        let who = who.to_string();
+        self.mutate(move |s, now| s.image_added(now, &v.name, &v.root, &who))
+            .await
+    }
+
+    fn publish(&self, changes: Vec<Change>) {
+        // Progress and log lines (transient events) change no directive:
+        // they must not wake every long-polling agent.
+        let mut any = false;
+        for c in changes {
+            match c {
+                Change::Event(e) => {
+                    any |= e.seq > 0;
+                    let _ = self.events.send(e.record());
+                }
+                _ => any = true,
+            }
+        }
+        if any {
+            self.changed.notify_waiters();
+        }
+    }
+
+    async fn act(self: &Arc<Self>, a: Action) {
+        match a {
+            Action::StartSender {
+                session,
+                receivers,
+                rate,
+            } => {
+                let s = self.read(|i| i.sched.session(session).cloned()).await;
+                let path = s
+                    .as_ref()
+                    .map(|s| library::image_path(&self.cfg.data, &s.image));
+                match (s, path) {
+                    (Some(s), Some(path)) => {
+                        cast::spawn_sender(self.clone(), s, path, receivers, rate)
+                    }
+                    _ => tracing::error!("cast session {session} vanished before its start"),
+                }
+            }
+        }
+    }
+}
+
+/// A server bound to its sockets, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    netboot: Option<rackcast_netboot::Netboot>,
+}
+
+impl Server {
+    /// Opens the data directory (creating tokens on first start), loads the
+    /// state, binds the API (and netboot) sockets.
+    pub async fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let data_err = |p: &Path| {
+            let path = p.display().to_string();
+            move |source| ServerError::Data { path, source }
+        };
+        std::fs::create_dir_all(cfg.data.join("images")).map_err(data_err(&cfg.data))?;
+        let admin_token = auth::load_or_create_token(&cfg.data.join("admin.token"))
+            .map_err(data_err(&cfg.data.join("admin.token")))?;
+        let enroll_token = auth::load_or_create_token(&cfg.data.join("agent.token"))
+            .map_err(data_err(&cfg.data.join("agent.token")))?;
+        let store = Store::open(&cfg.data).await?;
+        let (state, images) = store.load().await?;
+        let now = now_ms();
+        let mut key_secret = [0u8; 32];
+        getrandom::getrandom(&mut key_secret)
+            .map_err(|e| ServerError::Config(format!("no OS randomness: {e}")))?;
+        let sched_cfg = SchedConfig {
+            default_env: cfg.default_env.clone(),
+            boot_timeout: cfg.boot_timeout * 1000,
+            cast_group: cfg.cast_group,
+            cast_port: cfg.cast_port,
+            key_secret,
+            ..SchedConfig::default()
+        };
+        let mut sched = Scheduler::new(sched_cfg, state, now);
+        let boot_root = cfg
+            .netboot
+            .as_ref()
+            .and_then(|n| n.root.clone())
+            .unwrap_or_else(|| cfg.data.join("boot"));
+        for env in policy::environments_in(&boot_root) {
+            let name = env.name.clone();
+            match sched.put_environment(now, env) {
+                Ok(()) => tracing::info!("environment {name} from {}", boot_root.display()),
+                Err(e) => tracing::warn!("{}: {e}", boot_root.display()),
+            }
+        }
+        let mut image_map = std::collections::BTreeMap::new();
+        for img in images {
+            if library::image_path(&cfg.data, &img.name).exists() {
+                sched.set_image(&img.name, Some(img.root.clone()));
+                image_map.insert(img.name.clone(), img);
+            } else {
+                tracing::warn!("image {} is in the database but its file is gone", img.name);
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: cfg.listen.to_string(),
+                source,
+            })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: cfg.listen.to_string(),
+                source,
+            })?;
+        let url = cfg
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let policy = Arc::new(SchedPolicy::new(url.clone(), enroll_token.clone()));
+        let agent_tokens = store.agent_tokens().await?.into_iter().collect();
+        let (events, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                sched,
+                agent_tokens,
+                images: image_map,
+            }),
+            changed: Notify::new(),
+            events,
+            store,
+            cfg: cfg.clone(),
+            admin_token,
+            enroll_token,
+            policy: policy.clone(),
+            url,
+        });
+        // Persist what the restart itself changed (ended sessions, deadlines).
+        shared
+            .mutate(|s, _| {
+                policy.refresh_all(s);
+            })
+            .await
+            .map_err(|e| ServerError::Config(e.1))?;
+        let netboot = match &cfg.netboot {
+            Some(nb) => Some(policy::bind_netboot(&cfg, nb, policy.clone()).await?),
+            None => None,
+        };
+        Ok(Server {
+            shared,
+            listener,
+            netboot,
+        })
+    }
+
+    /// The API's bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.shared.cfg.listen)
+    }
+
+    /// The URL agents and the CLI use.
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    /// Where the operator token is.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.shared.cfg.data.join("admin.token")
+    }
+
+    /// The operator token.
+    pub fn admin_token(&self) -> &str {
+        &self.shared.admin_token
+    }
+
+    /// The agents' enrollment token.
+    pub fn enroll_token(&self) -> &str {
+        &self.shared.enroll_token
+    }
+
+    /// Serves until a listener fails.
+    pub async fn run(self) -> Result<(), ServerError> {
+        let app = axum::Router::new()
+            .merge(operator::routes())
+            .merge(agent_api::routes())
+            .with_state(self.shared.clone());
+        let timers = tokio::spawn(timer_loop(self.shared.clone()));
+        let addr = self.local_addr().to_string();
+        let api = async move {
+            axum::serve(self.listener, app)
+                .await
+                .map_err(|source| ServerError::Listen { addr, source })
+        };
+        let r = match self.netboot {
+            Some(nb) => tokio::select! {
+                r = api => r,
+                r = nb.run() => r.map_err(ServerError::from),
+            },
+            None => api.await,
+        };
+        timers.abort();
+        r
+    }
+}
+
+/// Calls the scheduler's timers when they are due (at least once a second).
+async fn timer_loop(shared: Arc<Shared>) {
+    loop {
+        let next = shared.read(|i| i.sched.poll_timeout()).await;
+        let now = now_ms();
+        let wait = next.map_or(1000, |t| t.saturating_sub(now).min(1000));
+        tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+        if let Err(e) = shared.mutate(|s, now| s.handle_timeout(now)).await {
+            tracing::error!("timer: {}", e.1);
+        }
+    }
+}

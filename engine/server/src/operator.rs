@@ -1,0 +1,401 @@
+//! The operator API: REST/JSON under `/api/v1` and server-sent events.
+//! Every call needs the operator token.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+
+use super::{auth, library, ApiErr, Shared};
+use rackcast_engine::sched::api::{
+    Environment, EventRecord, ImageView, JobId, JobSpec, JobView, TargetView,
+};
+use rackcast_engine::sched::{MacAddr, SchedError};
+
+type S = State<Arc<Shared>>;
+
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/targets", get(list_targets).post(add_target))
+        .route("/api/v1/targets/{mac}", get(show_target))
+        .route("/api/v1/targets/{mac}/release", post(release_target))
+        .route("/api/v1/images", get(list_images))
+        .route("/api/v1/images/{name}", get(show_image).put(put_image))
+        .route("/api/v1/environments", get(list_envs))
+        .route("/api/v1/environments/{name}", get(show_env).put(put_env))
+        .route("/api/v1/jobs", get(list_jobs).post(submit_job))
+        .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/retry", post(retry_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/events", get(events))
+}
+
+fn operator(sh: &Shared, h: &HeaderMap) -> Result<(), ApiErr> {
+    auth::require(h, &sh.admin_token, "operator")
+}
+
+fn not_found(what: String) -> ApiErr {
+    ApiErr(StatusCode::NOT_FOUND, what)
+}
+
+async fn list_targets(State(sh): S, h: HeaderMap) -> Result<Json<Vec<TargetView>>, ApiErr> {
+    operator(&sh, &h)?;
+    Ok(Json(
+        sh.read(|i| i.sched.targets().map(|t| t.view()).collect())
+            .await,
+    ))
+}
+
+/// `POST /api/v1/targets {mac, name}`: enroll a target before it first boots.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTarget {
+    mac: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn add_target(
+    State(sh): S,
+    h: HeaderMap,
+    Json(t): Json<NewTarget>,
+) -> Result<Json<TargetView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = sh
+        .mutate(|s, now| {
+            let mac = MacAddr::parse(&t.mac)?;
+            s.add_target(now, mac, &t.name).map(|t| t.view())
+        })
+        .await??;
+    Ok(Json(v))
+}
+
+async fn show_target(
+    State(sh): S,
+    h: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Json<TargetView>, ApiErr> {
+    operator(&sh, &h)?;
+    let m = MacAddr::parse(&mac).map_err(SchedError::from)?;
+    sh.read(|i| i.sched.target(m).map(|t| t.view()))
+        .await
+        .map(Json)
+        .ok_or_else(|| SchedError::UnknownTarget(m).into())
+}
+
+async fn release_target(
+    State(sh): S,
+    h: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Json<TargetView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = sh
+        .mutate(|s, now| {
+            let m = MacAddr::parse(&mac)?;
+            s.release(now, m)?;
+            Ok::<_, SchedError>(s.target(m).map(|t| t.view()))
+        })
+        .await??;
+    v.map(Json)
+        .ok_or_else(|| not_found(format!("unknown target {mac}")))
+}
+
+async fn list_images(State(sh): S, h: HeaderMap) -> Result<Json<Vec<ImageView>>, ApiErr> {
+    operator(&sh, &h)?;
+    Ok(Json(
+        sh.read(|i| i.images.values().cloned().collect()).await,
+    ))
+}
+
+async fn show_image(
+    State(sh): S,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<ImageView>, ApiErr> {
+    operator(&sh, &h)?;
+    sh.read(|i| i.images.get(&name).cloned())
+        .await
+        .map(Json)
+        .ok_or_else(|| SchedError::UnknownImage(name).into())
+}
+
+async fn put_image(
+    State(sh): S,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<ImageView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = library::receive(&sh.cfg.data, &name, body).await?;
+    sh.install_image(v.clone(), "operator").await?;
+    Ok(Json(v))
+}
+
+async fn list_envs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<Environment>>, ApiErr> {
+    operator(&sh, &h)?;
+    Ok(Json(
+        sh.read(|i| i.sched.environments().cloned().collect()).await,
+    ))
+}
+
+async fn show_env(
+    State(sh): S,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Environment>, ApiErr> {
+    operator(&sh, &h)?;
+    sh.read(|i| i.sched.environment(&name).cloned())
+        .await
+        .map(Json)
+        .ok_or_else(|| not_found(format!("unknown environment {name:?}")))
+}
+
+async fn put_env(
+    State(sh): S,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    Json(mut env): Json<Environment>,
+) -> Result<Json<Environment>, ApiErr> {
+    operator(&sh, &h)?;
+    env.name = name;
+    let e = env.clone();
+    sh.mutate(|s, now| s.put_environment(now, e)).await??;
+    Ok(Json(env))
+}
+
+async fn list_jobs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<JobView>>, ApiErr> {
+    operator(&sh, &h)?;
+    Ok(Json(
+        sh.read(|i| i.sched.jobs().map(|j| j.view()).collect())
+            .await,
+    ))
+}
+
+async fn submit_job(
+    State(sh): S,
+    h: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<JobView>), ApiErr> {
+    operator(&sh, &h)?;
+    let spec: JobSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiErr(StatusCode::UNPROCESSABLE_ENTITY, format!("job spec: {e}")))?;
+    let v = sh
+        .mutate(|s, now| {
+            let id = s.submit(now, spec)?;
+            Ok::<_, SchedError>(s.job(id).map(|j| j.view()))
+        })
+        .await??;
+    v.map(|v| (StatusCode::CREATED, Json(v)))
+        .ok_or_else(|| not_found("the job vanished".into()))
+}
+
+async fn show_job(
+    State(sh): S,
+    h: HeaderMap,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiErr> {
+    operator(&sh, &h)?;
+    sh.read(|i| i.sched.job(id).map(|j| j.view()))
+        .await
+        .map(Json)
+        .ok_or_else(|| SchedError::UnknownJob(id).into())
+}
+
+async fn retry_job(
+    State(sh): S,
+    h: HeaderMap,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiErr> {
+    job_action(&sh, &h, id, |s, now| s.retry(now, id).map(drop)).await
+}
+
+async fn cancel_job(
+    State(sh): S,
+    h: HeaderMap,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiErr> {
+    job_action(&sh, &h, id, |s, now| s.cancel(now, id)).await
+}
+
+/// Runs an operator action on job `id` and answers the job as it is after it.
+async fn job_action(
+    sh: &Arc<Shared>,
+    h: &HeaderMap,
+    id: JobId,
+    f: impl FnOnce(&mut rackcast_engine::sched::Scheduler, u64) -> Result<(), SchedError>,
+) -> Result<Json<JobView>, ApiErr> {
+    operator(sh, h)?;
+    let v = sh
+        .mutate(|s, now| {
+            f(s, now)?;
+            Ok::<_, SchedError>(s.job(id).map(|j| j.view()))
+        })
+        .await??;
+    v.map(Json)
+        .ok_or_else(|| not_found(format!("unknown job {id}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    job: Option<JobId>,
+    #[serde(default)]
+    since: u64,
+}
+
+/// Replays the stored events after `since` (of one job, or all), then
+/// streams new ones live; progress events are live only. `since` is the
+/// `since=` query or the `Last-Event-ID` header an EventSource reconnects
+/// with, whichever is later. A subscriber too slow for the live feed gets a
+/// `lagged` event and the end of the stream: reconnecting from the last id it
+/// saw replays what it missed from the store.
+async fn events(
+    State(sh): S,
+    h: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiErr> {
+    operator(&sh, &h)?;
+    // Subscribe first, so nothing falls between the replay and the live feed.
+    let rx = sh.events.subscribe();
+    let mut replay = Vec::new();
+    let mut since = q.since.max(last_event_id(&h).unwrap_or(0));
+    loop {
+        let batch = sh.store.events(q.job, since, 1000).await?;
+        let n = batch.len();
+        if let Some(last) = batch.last() {
+            since = last.seq;
+        }
+        replay.extend(batch);
+        if n < 1000 {
+            break;
+        }
+    }
+    let stream = stream::iter(replay.into_iter().map(Live::Event))
+        .chain(live_events(rx, since, q.job))
+        .map(|item| {
+            Ok(match item {
+                Live::Event(e) => {
+                    let mut ev = Event::default().event(e.kind.clone());
+                    if e.seq > 0 {
+                        ev = ev.id(e.seq.to_string());
+                    }
+                    ev.data(serde_json::to_string(&e).unwrap_or_default())
+                }
+                Live::Lagged(missed) => Event::default().event("lagged").data(format!(
+                    "{{\"missed\":{missed},\"hint\":\"reconnect with since= (or Last-Event-ID) \
+                     set to the last id received\"}}"
+                )),
+            })
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One item of the event stream.
+#[derive(Debug)]
+enum Live {
+    Event(EventRecord),
+    /// The subscriber fell this many events behind; the stream ends here.
+    Lagged(u64),
+}
+
+/// `Last-Event-ID`, when it is a sequence number.
+fn last_event_id(h: &HeaderMap) -> Option<u64> {
+    h.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The live feed after `since` (of one job, or all): progress events (seq
+/// 0) always, stored ones only past what the replay sent. Ends after a
+/// [`Live::Lagged`] when the subscriber fell behind the broadcast buffer.
+fn live_events(
+    rx: tokio::sync::broadcast::Receiver<EventRecord>,
+    since: u64,
+    job: Option<JobId>,
+) -> impl Stream<Item = Live> {
+    use tokio::sync::broadcast::error::RecvError;
+    let wanted =
+        move |e: &EventRecord| (e.seq == 0 || e.seq > since) && (job.is_none() || e.job == job);
+    stream::unfold(Some(rx), move |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(e) if wanted(&e) => return Some((Live::Event(e), Some(rx))),
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => return Some((Live::Lagged(n), None)),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, job: Option<JobId>) -> EventRecord {
+        EventRecord {
+            seq,
+            at: 0,
+            actor: "scheduler".into(),
+            kind: "task.progress".into(),
+            target: None,
+            job,
+            task: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    #[tokio::test]
+    async fn live_feed_skips_replayed_and_other_jobs_events() {
+        let (tx, rx) = tokio::sync::broadcast::channel(16);
+        let job = Some(7);
+        let feed = live_events(rx, 5, job);
+        for (seq, j) in [(4, job), (6, Some(8)), (0, job), (7, job)] {
+            tx.send(record(seq, j)).unwrap();
+        }
+        drop(tx);
+        let got: Vec<u64> = feed
+            .map(|i| match i {
+                Live::Event(e) => e.seq,
+                Live::Lagged(_) => panic!("not lagging"),
+            })
+            .collect()
+            .await;
+        assert_eq!(got, [0, 7], "progress (seq 0) and seq 7 of job 7 only");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_told_and_its_stream_ends() {
+        let (tx, rx) = tokio::sync::broadcast::channel(8);
+        let feed = live_events(rx, 0, None);
+        // Twenty events while nobody reads: the oldest twelve are gone.
+        for seq in 1..=20 {
+            tx.send(record(seq, None)).unwrap();
+        }
+        let items: Vec<Live> = feed.take(3).collect().await;
+        assert!(
+            matches!(items.as_slice(), [Live::Lagged(12)]),
+            "the lag, then the end, not events past a gap: {items:?}"
+        );
+        assert!(
+            tx.send(record(21, None)).is_err(),
+            "the receiver was dropped"
+        );
+    }
+
+    #[test]
+    fn last_event_id_header_is_read_as_a_sequence_number() {
+        let mut h = HeaderMap::new();
+        assert_eq!(last_event_id(&h), None);
+        h.insert("last-event-id", " 42 ".parse().unwrap());
+        assert_eq!(last_event_id(&h), Some(42));
+        h.insert("last-event-id", "abc".parse().unwrap());
+        assert_eq!(last_event_id(&h), None);
+    }
+}

@@ -1,0 +1,344 @@
+//! Persistence: the scheduler's rows and the event log in SQLite (WAL) on
+//! disk, through `sqlx` with portable SQL (the same statements run on
+//! PostgreSQL). Every batch of changes is one transaction, committed before
+//! the server answers the request that caused it.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use rackcast_engine::sched::api::{EventRecord, ImageView, JobId};
+use rackcast_engine::sched::{Change, MacAddr, MacParseError, State};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, migrated, read or written.
+    #[error("database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: String,
+        /// The cause.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migrating {path}: {source}")]
+    Migrate {
+        /// The database file.
+        path: String,
+        /// The cause.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A stored row does not decode (a newer server wrote it, or it was edited).
+    #[error("database {path}: {what} does not decode: {source}")]
+    Decode {
+        /// The database file.
+        path: String,
+        /// Which row.
+        what: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// A stored MAC does not parse.
+    #[error("database {path}: {what}: {source}")]
+    BadMac {
+        /// The database file.
+        path: String,
+        /// Which row.
+        what: String,
+        /// The cause.
+        source: MacParseError,
+    },
+}
+
+/// The server's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: String,
+}
+
+impl Store {
+    /// Opens (creating and migrating) `dir/rackcast.db`.
+    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+        let file = dir.join("rackcast.db");
+        let path = file.display().to_string();
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(|source| StoreError::Db {
+                path: path.clone(),
+                source,
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed transaction survives power loss, not only kill -9.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Db {
+                path: path.clone(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store { pool, path })
+    }
+
+    fn db(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        move |source| StoreError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn decode_mac(&self, seq: i64, s: &str) -> Result<MacAddr, StoreError> {
+        MacAddr::parse(s).map_err(|source| StoreError::BadMac {
+            path: self.path.clone(),
+            what: format!("event {seq}"),
+            source,
+        })
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, what: &str, s: &str) -> Result<T, StoreError> {
+        serde_json::from_str(s).map_err(|source| StoreError::Decode {
+            path: self.path.clone(),
+            what: what.to_string(),
+            source,
+        })
+    }
+
+    /// Everything the scheduler needs to start, and the image library.
+    pub async fn load(&self) -> Result<(State, Vec<ImageView>), StoreError> {
+        let mut st = State::default();
+        for r in sqlx::query("SELECT mac, data FROM targets ORDER BY mac")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?
+        {
+            let mac: String = r.get(0);
+            st.targets
+                .push(self.decode(&format!("target {mac}"), r.get(1))?);
+        }
+        for r in sqlx::query("SELECT id, data FROM jobs ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?
+        {
+            let id: i64 = r.get(0);
+            st.jobs.push(self.decode(&format!("job {id}"), r.get(1))?);
+        }
+        for r in sqlx::query("SELECT id, data FROM cast_sessions ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?
+        {
+            let id: i64 = r.get(0);
+            st.sessions
+                .push(self.decode(&format!("cast session {id}"), r.get(1))?);
+        }
+        for r in sqlx::query("SELECT name, data FROM environments ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?
+        {
+            let name: String = r.get(0);
+            st.environments
+                .push(self.decode(&format!("environment {name}"), r.get(1))?);
+        }
+        let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.db())?
+            .get(0);
+        st.last_seq = last.unwrap_or(0) as u64;
+        let mut images = Vec::new();
+        for r in sqlx::query("SELECT name, data FROM images ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?
+        {
+            let name: String = r.get(0);
+            images.push(self.decode(&format!("image {name}"), r.get(1))?);
+        }
+        Ok((st, images))
+    }
+
+    /// Writes a batch of changes in one transaction. Transient events
+    /// (seq 0) are not stored.
+    pub async fn apply(&self, changes: &[Change], now: u64) -> Result<(), StoreError> {
+        if changes
+            .iter()
+            .all(|c| matches!(c, Change::Event(e) if e.seq == 0))
+        {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        for c in changes {
+            let q = match c {
+                Change::Target(t) => sqlx::query(
+                    "INSERT INTO targets (mac, state, data, updated) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (mac) DO UPDATE SET state = excluded.state, data = excluded.data, updated = excluded.updated",
+                )
+                .bind(t.mac.to_string())
+                .bind(t.state.word())
+                .bind(json(t))
+                .bind(now as i64),
+                Change::Job(j) => sqlx::query(
+                    "INSERT INTO jobs (id, status, data, created) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
+                )
+                .bind(j.id as i64)
+                .bind(j.status())
+                .bind(json(j))
+                .bind(j.created as i64),
+                Change::Session(s) => sqlx::query(
+                    "INSERT INTO cast_sessions (id, image, data) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                )
+                .bind(s.id as i64)
+                .bind(&s.image)
+                .bind(json(s)),
+                Change::Environment(e) => sqlx::query(
+                    "INSERT INTO environments (name, data) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                )
+                .bind(&e.name)
+                .bind(json(e)),
+                Change::Event(e) if e.seq == 0 => continue,
+                Change::Event(e) => {
+                    // The typed event becomes its wire form here, where it is stored.
+                    let r = e.record();
+                    sqlx::query(
+                        "INSERT INTO events (seq, at, actor, kind, target, job, task, detail) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(r.seq as i64)
+                    .bind(r.at as i64)
+                    .bind(r.actor)
+                    .bind(r.kind)
+                    .bind(r.target.map(|m| m.to_string()))
+                    .bind(r.job.map(|j| j as i64))
+                    .bind(r.task.map(i64::from))
+                    .bind(r.detail.to_string())
+                }
+            };
+            q.execute(&mut *tx).await.map_err(self.db())?;
+        }
+        tx.commit().await.map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Events after `since`, optionally of one job, oldest first.
+    pub async fn events(
+        &self,
+        job: Option<JobId>,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = match job {
+            Some(j) => sqlx::query(
+                "SELECT seq, at, actor, kind, target, job, task, detail FROM events \
+                 WHERE job = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(j as i64)
+            .bind(since as i64)
+            .bind(i64::from(limit)),
+            None => sqlx::query(
+                "SELECT seq, at, actor, kind, target, job, task, detail FROM events \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(since as i64)
+            .bind(i64::from(limit)),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                Ok(EventRecord {
+                    seq: seq as u64,
+                    at: r.get::<i64, _>(1) as u64,
+                    actor: r.get(2),
+                    kind: r.get(3),
+                    target: r
+                        .get::<Option<String>, _>(4)
+                        .map(|m| self.decode_mac(seq, &m))
+                        .transpose()?,
+                    job: r.get::<Option<i64>, _>(5).map(|j| j as u64),
+                    task: r.get::<Option<i64>, _>(6).map(|t| t as u32),
+                    detail: self.decode(&format!("event {seq}"), r.get(7))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds or replaces an image in the library index.
+    pub async fn put_image(&self, img: &ImageView, now: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO images (name, root, data, added) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET root = excluded.root, data = excluded.data, added = excluded.added",
+        )
+        .bind(&img.name)
+        .bind(&img.root)
+        .bind(json(img))
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Records `mac`'s boot token (its BLAKE3, never the token).
+    pub async fn set_agent_token(
+        &self,
+        mac: MacAddr,
+        token_hash: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agent_tokens (mac, token, issued) VALUES ($1, $2, $3) \
+             ON CONFLICT (mac) DO UPDATE SET token = excluded.token, issued = excluded.issued",
+        )
+        .bind(mac.to_string())
+        .bind(token_hash)
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Every `(mac, token hash)`.
+    pub async fn agent_tokens(&self) -> Result<Vec<(MacAddr, String)>, StoreError> {
+        sqlx::query("SELECT mac, token FROM agent_tokens")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?
+            .iter()
+            .map(|r| {
+                let mac: String = r.get(0);
+                let mac = MacAddr::parse(&mac).map_err(|source| StoreError::BadMac {
+                    path: self.path.clone(),
+                    what: "agent token".into(),
+                    source,
+                })?;
+                Ok((mac, r.get(1)))
+            })
+            .collect()
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    // Our own types always serialize.
+    serde_json::to_string(v).unwrap_or_default()
+}
