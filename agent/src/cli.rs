@@ -117,9 +117,18 @@ pub fn main(a: AgentArgs) -> ExitCode {
 
 /// Runs the agent with `a`.
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    // The agent's lines go to stderr as they are: the environment's console
+    // and the server's tests read them.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_ansi(false)
+        .try_init();
     let kernel = KernelArgs::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let cfg = config(a, &kernel)?;
-    eprintln!(
+    tracing::info!(
         "agent {}: server {}, environment {}, disk {}, on reboot: {:?}",
         cfg.mac,
         cfg.server,

@@ -30,33 +30,11 @@ pub enum AgentError {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The server could not be reached, or the exchange broke off
-    /// (connection refused, reset, timed out): worth retrying.
-    #[error("{url}: {detail}")]
-    Unreachable {
-        /// The URL called.
-        url: String,
-        /// What the transport said.
-        detail: String,
-    },
-    /// The server answered with an error status.
-    #[error("{url}: HTTP {status}: {message}")]
-    Status {
-        /// The URL called.
-        url: String,
-        /// The HTTP status.
-        status: u16,
-        /// The server's `ApiError` text (or the body, for a non-JSON answer).
-        message: String,
-    },
-    /// The server's answer did not parse as what the API promises.
-    #[error("{url}: unexpected answer: {detail}")]
-    BadAnswer {
-        /// The URL called.
-        url: String,
-        /// What was wrong.
-        detail: String,
-    },
+    /// A call to the server failed (unreachable, an error answer, an
+    /// answer that does not parse); [`crate::control::client::classify`]
+    /// says whether retrying helps.
+    #[error(transparent)]
+    Api(#[from] rackcast_client::CallError),
     /// The enrollment token was refused: retrying cannot help.
     #[error("the server at {server} refused the enrollment token (HTTP {status}): {message}")]
     Enrollment {

@@ -180,11 +180,6 @@ impl Netboot {
         self.http.local_addr()
     }
 
-    /// The DHCP core, shared with the running service.
-    pub fn dhcp_core(&self) -> Arc<std::sync::Mutex<DhcpServer>> {
-        self.dhcp.core()
-    }
-
     /// The TFTP counters.
     pub fn tftp_stats(&self) -> Arc<tftp::TftpStats> {
         self.tftp.stats()

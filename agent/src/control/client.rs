@@ -1,16 +1,16 @@
-//! The agent API over plain HTTP (ureq): one call per route, each answering
-//! a typed value or an [`AgentError`] that says whether retrying can help.
+//! The agent API, one call per route, on the HTTP client the CLI uses too
+//! (`rackcast-client`): each answers a typed value or an [`AgentError`]
+//! that [`classify`] says whether retrying can help.
 
 use std::io::Read;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use rackcast_client::{path_segment, Body, CallError, Http, Timeouts};
 use rackcast_engine::sched::api::{
-    ApiError, Directive, ImageView, PollRequest, RegisterRequest, Registered, ReportAck,
-    ReportRequest, TaskRef,
+    Directive, ImageView, PollRequest, RegisterRequest, Registered, ReportAck, ReportRequest,
+    TaskRef,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::error::{AgentError, Result};
 
@@ -19,6 +19,8 @@ use crate::error::{AgentError, Result};
 const POLL_SLACK: Duration = Duration::from_secs(15);
 /// Time allowed for a register or report call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for each read of the server's answer to an upload.
+const UPLOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How a failed call should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +36,13 @@ pub enum Failure {
 /// Classifies an error from a server call.
 pub fn classify(e: &AgentError) -> Failure {
     match e {
-        AgentError::Status { status: 401, .. } => Failure::Reregister,
-        AgentError::Status { status, .. } if (400..500).contains(status) && *status != 408 => {
+        AgentError::Api(CallError::Status { status: 401, .. }) => Failure::Reregister,
+        AgentError::Api(CallError::Status { status, .. })
+            if (400..500).contains(status) && *status != 408 =>
+        {
             Failure::Refused
         }
-        AgentError::Status { .. } | AgentError::Unreachable { .. } => Failure::Retry,
-        AgentError::BadAnswer { .. } => Failure::Retry,
+        AgentError::Api(_) => Failure::Retry,
         _ => Failure::Refused,
     }
 }
@@ -48,30 +51,29 @@ pub fn classify(e: &AgentError) -> Failure {
 /// task's upload picks up a token renewed by re-registration.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
-    http: ureq::Agent,
+    http: Http,
     token: Arc<RwLock<Option<String>>>,
 }
 
 impl Client {
     /// A client for `server` (`http://host:port`, with or without a path).
     pub fn new(server: &str) -> Client {
-        let http = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            // Bounds every read and write of a body, including an upload.
-            .timeout_read(Duration::from_secs(120))
-            .timeout_write(Duration::from_secs(120))
-            .build();
         Client {
-            base: server.trim_end_matches('/').to_string(),
-            http,
+            http: Http::new(
+                server,
+                Timeouts {
+                    connect: Duration::from_secs(5),
+                    // Bounds every read and write of a body, an upload's too.
+                    io: Duration::from_secs(120),
+                },
+            ),
             token: Arc::default(),
         }
     }
 
     /// The server URL.
     pub fn server(&self) -> &str {
-        &self.base
+        self.http.base()
     }
 
     /// Drops the boot token (the server no longer knows it).
@@ -79,46 +81,46 @@ impl Client {
         *self.token.write().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    fn bearer(&self) -> String {
+    fn token(&self) -> String {
         let t = self.token.read().unwrap_or_else(PoisonError::into_inner);
-        format!("Bearer {}", t.as_deref().unwrap_or(""))
+        t.clone().unwrap_or_default()
     }
 
     /// `POST /agent/v1/register` with the enrollment token; keeps the boot
     /// token it answers.
     pub fn register(&self, enroll_token: &str, req: &RegisterRequest) -> Result<Registered> {
-        let url = format!("{}/agent/v1/register", self.base);
-        let r = self
-            .http
-            .post(&url)
-            .timeout(CALL_TIMEOUT)
-            .set("Authorization", &format!("Bearer {enroll_token}"));
-        let reg: Registered = call_json(&url, r, req)?;
+        let reg: Registered = self.http.call(
+            "POST",
+            "/agent/v1/register",
+            enroll_token,
+            Body::Json(req),
+            Some(CALL_TIMEOUT),
+        )?;
         *self.token.write().unwrap_or_else(PoisonError::into_inner) = Some(reg.token.clone());
         Ok(reg)
     }
 
     /// `POST /agent/v1/poll`: waits up to `req.wait` seconds for a directive.
     pub fn poll(&self, req: &PollRequest) -> Result<Directive> {
-        let url = format!("{}/agent/v1/poll", self.base);
         let hold = Duration::from_secs(req.wait.unwrap_or(30));
-        let r = self
-            .http
-            .post(&url)
-            .timeout(hold + POLL_SLACK)
-            .set("Authorization", &self.bearer());
-        call_json(&url, r, req)
+        Ok(self.http.call(
+            "POST",
+            "/agent/v1/poll",
+            &self.token(),
+            Body::Json(req),
+            Some(hold + POLL_SLACK),
+        )?)
     }
 
     /// `POST /agent/v1/report`.
     pub fn report(&self, req: &ReportRequest) -> Result<ReportAck> {
-        let url = format!("{}/agent/v1/report", self.base);
-        let r = self
-            .http
-            .post(&url)
-            .timeout(CALL_TIMEOUT)
-            .set("Authorization", &self.bearer());
-        call_json(&url, r, req)
+        Ok(self.http.call(
+            "POST",
+            "/agent/v1/report",
+            &self.token(),
+            Body::Json(req),
+            Some(CALL_TIMEOUT),
+        )?)
     }
 
     /// `PUT /agent/v1/images/{name}?job=J&task=T&attempt=A`, streaming `body`
@@ -130,77 +132,17 @@ impl Client {
         len: u64,
         body: impl Read,
     ) -> Result<ImageView> {
-        let url = format!(
-            "{}/agent/v1/images/{}?job={}&task={}&attempt={}",
-            self.base,
+        let path = format!(
+            "/agent/v1/images/{}?job={}&task={}&attempt={}",
             path_segment(name),
             task.job,
             task.task,
             task.attempt
         );
-        let r = self
+        Ok(self
             .http
-            .put(&url)
-            .set("Authorization", &self.bearer())
-            .set("Content-Type", "application/octet-stream")
-            .set("Content-Length", &len.to_string());
-        answer(&url, r.send(body))
+            .put_stream(&path, &self.token(), body, len, UPLOAD_ANSWER_TIMEOUT)?)
     }
-}
-
-fn call_json<T: DeserializeOwned>(
-    url: &str,
-    req: ureq::Request,
-    body: &impl Serialize,
-) -> Result<T> {
-    answer(url, req.send_json(body))
-}
-
-fn answer<T: DeserializeOwned>(url: &str, res: Result<ureq::Response, ureq::Error>) -> Result<T> {
-    match res {
-        Ok(resp) => resp.into_json::<T>().map_err(|e| AgentError::BadAnswer {
-            url: url.to_string(),
-            detail: e.to_string(),
-        }),
-        Err(ureq::Error::Status(status, resp)) => {
-            let body = resp.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<ApiError>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| body.trim().chars().take(200).collect());
-            Err(AgentError::Status {
-                url: url.to_string(),
-                status,
-                message,
-            })
-        }
-        Err(ureq::Error::Transport(t)) => {
-            // Not `t.to_string()`: that repeats the URL.
-            let mut detail = t.kind().to_string();
-            if let Some(m) = t.message() {
-                detail = format!("{detail}: {m}");
-            }
-            if let Some(src) = std::error::Error::source(&t) {
-                detail = format!("{detail}: {src}");
-            }
-            Err(AgentError::Unreachable {
-                url: url.to_string(),
-                detail,
-            })
-        }
-    }
-}
-
-/// Percent-encodes a path segment (image names are plain words in practice).
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -208,11 +150,11 @@ mod tests {
     use super::*;
 
     fn status(code: u16) -> AgentError {
-        AgentError::Status {
+        AgentError::Api(CallError::Status {
             url: "u".into(),
             status: code,
             message: String::new(),
-        }
+        })
     }
 
     #[test]
@@ -223,17 +165,11 @@ mod tests {
         assert_eq!(classify(&status(408)), Failure::Retry);
         assert_eq!(classify(&status(500)), Failure::Retry);
         assert_eq!(classify(&status(503)), Failure::Retry);
-        let lost = AgentError::Unreachable {
+        let lost = AgentError::Api(CallError::Unreachable {
             url: "u".into(),
             detail: "connection refused".into(),
-        };
+        });
         assert_eq!(classify(&lost), Failure::Retry);
-    }
-
-    #[test]
-    fn image_names_are_escaped_in_the_path() {
-        assert_eq!(path_segment("debian-12.img"), "debian-12.img");
-        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
     }
 
     #[test]

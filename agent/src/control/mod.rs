@@ -12,13 +12,20 @@
 //! ([`backoff`]) for up to [`AgentConfig::give_up`]; a `Finished` (or
 //! `Rejoin`) report is held until the server acknowledges it, and a
 //! re-registration names the task still in hand (`running`).
+//!
+//! The loop is the sans-IO [`machine::Machine`] (time is an input, every
+//! decision a value) driven by a thin shell that makes its HTTP calls, runs
+//! task workers ([`tasks`]) and reboots ([`boot`]).
 
 pub mod backoff;
 pub mod boot;
 pub mod client;
 pub mod inventory;
+pub mod machine;
+#[cfg(test)]
+mod machine_tests;
 pub mod script;
-mod session;
+mod shell;
 pub mod tasks;
 
 use std::net::Ipv4Addr;
@@ -153,7 +160,7 @@ impl AgentConfig {
 /// reboot command that failed).
 pub fn run(cfg: AgentConfig) -> Result<Outcome> {
     cfg.validate()?;
-    session::Session::new(cfg).run()
+    shell::drive(cfg)
 }
 
 #[cfg(test)]

@@ -50,7 +50,6 @@ pub struct DiskSink {
     /// First error of a decoder thread (the writer's comes from its join).
     decode_error: Arc<Mutex<Option<CastError>>>,
     stats: SinkStats,
-    write: Option<WriteSummary>,
 }
 
 struct Finished {
@@ -80,18 +79,12 @@ impl DiskSink {
             backlog: Arc::default(),
             decode_error: Arc::default(),
             stats: SinkStats::default(),
-            write: None,
         }
     }
 
     /// Counters: chunks resumed, bytes written, chunks read back.
     pub fn stats(&self) -> &SinkStats {
         &self.stats
-    }
-
-    /// The writer's own counters, once finished.
-    pub fn write_summary(&self) -> Option<&WriteSummary> {
-        self.write.as_ref()
     }
 
     /// Why the pipeline stopped: a decoder's error, else the writer's.
@@ -102,13 +95,15 @@ impl DiskSink {
         }
         match self.writer.take().map(JoinHandle::join) {
             Some(Ok(Err(e))) => e,
-            _ => CastError::Target(format!("the writer of {} stopped", self.dest.display())),
+            _ => CastError::Target(format!("the writer of {} stopped", self.dest.display()).into()),
         }
     }
 }
 
+/// The writer's error, kept whole: a caller can still tell a mounted target
+/// from a failed write (`CastError::target_error`).
 fn target_err(e: WriterError) -> CastError {
-    CastError::Target(e.to_string())
+    CastError::Target(Box::new(e))
 }
 
 impl ChunkSink for DiskSink {
@@ -147,7 +142,13 @@ impl ChunkSink for DiskSink {
                 }
                 drain(w, &idx, root, &payload_rx, &finishing, &backlog, verify)
             })
-            .map_err(|e| CastError::Target(format!("starting the writer: {e}")))?;
+            .map_err(|e| {
+                target_err(WriterError::io(
+                    "starting the writer thread for",
+                    &self.dest,
+                    e,
+                ))
+            })?;
         let (done, pool, resumed) = match ready_rx.recv() {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
@@ -188,7 +189,13 @@ impl ChunkSink for DiskSink {
                         }
                     }
                 })
-                .map_err(|e| CastError::Target(format!("starting a decoder: {e}")))?;
+                .map_err(|e| {
+                    target_err(WriterError::io(
+                        "starting a decoder thread for",
+                        &self.dest,
+                        e,
+                    ))
+                })?;
             self.threads.push(h);
         }
         self.frames = Some(frames_tx);
@@ -233,7 +240,6 @@ impl ChunkSink for DiskSink {
             .map_err(|_| CastError::Target("the writer thread panicked".into()))??;
         self.stats.bytes_written = f.summary.bytes_written;
         self.stats.verified_chunks = f.verified;
-        self.write = Some(f.summary);
         Ok(())
     }
 }
@@ -328,15 +334,15 @@ fn decode_frames(
                 if f.hash == e.hash && f.len as usize == len && frame.len() == len =>
             {
                 if *blake3::hash(&frame).as_bytes() != e.hash {
-                    return Err(CastError::Target(format!(
-                        "chunk {c0}: frame does not match its BLAKE3 hash"
-                    )));
+                    return Err(CastError::Target(
+                        format!("chunk {c0}: frame does not match its BLAKE3 hash").into(),
+                    ));
                 }
                 &frame
             }
             _ => {
                 dec.decode(index, c0, &frame, &mut plain)
-                    .map_err(|err| CastError::Target(format!("chunk {c0}: {err}")))?;
+                    .map_err(|err| target_err(WriterError::Image(err)))?;
                 &plain
             }
         };
@@ -407,9 +413,9 @@ fn drain(
         let missing = w.pending().len();
         w.abandon();
         if finishing.load(Ordering::Relaxed) {
-            return Err(CastError::Target(format!(
-                "the receive ended with {missing} chunks not written"
-            )));
+            return Err(CastError::Target(
+                format!("the receive ended with {missing} chunks not written").into(),
+            ));
         }
         return Err(CastError::Abandoned);
     }
@@ -438,11 +444,14 @@ fn drain(
                 w.mark_unwritten(b);
             }
             w.abandon();
-            return Err(CastError::Target(format!(
-                "{} chunks do not verify after writing; the first is chunk {i} at disk offset {}",
-                bad.len(),
-                index.disk_offset(i)
-            )));
+            return Err(CastError::Target(
+                format!(
+                    "{} chunks do not verify after writing; the first is chunk {i} at disk offset {}",
+                    bad.len(),
+                    index.disk_offset(i)
+                )
+                .into(),
+            ));
         }
         check.len() as u64
     };

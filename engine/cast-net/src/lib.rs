@@ -39,7 +39,7 @@ pub struct NetConfig {
 }
 
 fn net_err(what: &str) -> impl Fn(std::io::Error) -> CastError + '_ {
-    move |e| CastError::Net(format!("{what}: {e}"))
+    move |e| CastError::net(what, e)
 }
 
 fn force_buffers(sock: &Socket, size: usize) {
@@ -98,7 +98,7 @@ fn wait_readable(sock: &UdpSocket, until: Option<Instant>) -> Result<(), CastErr
     let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, PollTimeout::from(ms)) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-        Err(e) => Err(CastError::Net(format!("poll: {e}"))),
+        Err(e) => Err(CastError::net("poll", e.into())),
     }
 }
 
@@ -136,7 +136,7 @@ pub fn run_sender<S: FrameSource>(
                     let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLOUT)];
                     let _ = poll(&mut fds, PollTimeout::from(10u16));
                 }
-                Err(e) => return Err(CastError::Net(format!("send: {e}"))),
+                Err(e) => return Err(CastError::net("send", e)),
             }
         }
         batch.clear();
@@ -151,7 +151,7 @@ pub fn run_sender<S: FrameSource>(
                 Ok((n, from)) => sender.handle_datagram(now, from, &rbuf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(CastError::Net(format!("receiving statuses: {e}"))),
+                Err(e) => return Err(CastError::net("receiving statuses", e)),
             }
         }
         // Everything the pacer allows now, in GSO batches of same-size packets.
@@ -220,20 +220,6 @@ impl ReceiveLimits {
     }
 }
 
-/// Receives until the target is complete and verified, or `timeout`.
-pub fn run_receiver(
-    rx: &mut Receiver,
-    sock: &UdpSocket,
-    sink: &mut dyn ChunkSink,
-    timeout: Duration,
-    observe: &mut dyn FnMut(&Receiver),
-) -> Result<ReceiveOutcome, CastError> {
-    run_receiver_with(rx, sock, sink, ReceiveLimits::timeout(timeout), &mut |r| {
-        observe(r);
-        ControlFlow::Continue(())
-    })
-}
-
 /// Receives until the target is complete and verified, or a limit is hit.
 /// `observe` is called at least every 100 ms; when it breaks, the receive
 /// ends with [`CastError::Abandoned`] (what was written stays).
@@ -263,12 +249,11 @@ pub fn run_receiver_with(
     loop {
         let now = Instant::now();
         if now > start + timeout {
-            return Err(CastError::Net(format!(
-                "timed out after {}s with {} of {} chunks",
-                timeout.as_secs(),
-                rx.chunks_done(),
-                rx.chunks_needed_total()
-            )));
+            return Err(CastError::TimedOut {
+                secs: timeout.as_secs(),
+                done: rx.chunks_done(),
+                total: rx.chunks_needed_total(),
+            });
         }
         let n = {
             let mut bufs: Vec<IoSliceMut<'_>> =
@@ -276,7 +261,7 @@ pub fn run_receiver_with(
             match state.recv(UdpSockRef::from(sock), &mut bufs, &mut metas) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(CastError::Net(format!("receive: {e}"))),
+                Err(e) => return Err(CastError::net("receive", e)),
             }
         };
         for (i, m) in metas.iter().take(n).enumerate() {

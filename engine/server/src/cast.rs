@@ -14,6 +14,7 @@ use rackcast_engine::cast::{
 };
 use rackcast_engine::image::{from_hex, ImageReader};
 use rackcast_engine::sched::CastSession;
+use rackcast_engine::sched::ErrorChain;
 
 /// Starts `session`'s sender on its own thread.
 pub(crate) fn spawn_sender(
@@ -31,6 +32,7 @@ pub(crate) fn spawn_sender(
             let (done, detail) = match send(&shared, &session, &image, receivers, rate) {
                 Ok(r) => r,
                 Err(e) => {
+                    let e = ErrorChain(&e).to_string();
                     tracing::error!("cast session {id}: {e}");
                     (Vec::new(), serde_json::json!({"error": e}))
                 }
@@ -46,20 +48,47 @@ pub(crate) fn spawn_sender(
     }
 }
 
+/// Why a session's sender could not run.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// The image would not open.
+    #[error("opening {}", path.display())]
+    Image {
+        path: std::path::PathBuf,
+        #[source]
+        source: rackcast_engine::image::ImageError,
+    },
+    /// The session's key is not hex (a corrupt store row).
+    #[error("the session key is not hex")]
+    Key,
+    /// The session's group does not parse (a corrupt store row).
+    #[error("group {group}")]
+    Group {
+        group: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// The sender's socket or protocol failed.
+    #[error(transparent)]
+    Cast(#[from] rackcast_engine::cast::CastError),
+}
+
 fn send(
     shared: &Shared,
     s: &CastSession,
     image: &std::path::Path,
     receivers: usize,
     rate: Option<u64>,
-) -> Result<(Vec<u64>, serde_json::Value), String> {
-    let reader =
-        ImageReader::open(image).map_err(|e| format!("opening {}: {e}", image.display()))?;
-    let key = from_hex(&s.key).ok_or("bad session key")?;
-    let group = s
-        .group
-        .parse()
-        .map_err(|e| format!("group {}: {e}", s.group))?;
+) -> Result<(Vec<u64>, serde_json::Value), SendError> {
+    let reader = ImageReader::open(image).map_err(|source| SendError::Image {
+        path: image.to_path_buf(),
+        source,
+    })?;
+    let key = from_hex(&s.key).ok_or(SendError::Key)?;
+    let group = s.group.parse().map_err(|source| SendError::Group {
+        group: s.group.clone(),
+        source,
+    })?;
     let mtu = shared.cfg.cast_mtu.unwrap_or(1500).clamp(576, 9000);
     let symbol = symbol_size_for_mtu(mtu);
     let mut cfg = SenderConfig::new(s.wire_session, SessionKey::from_secret(&key), symbol);
@@ -75,7 +104,7 @@ fn send(
         ttl: 1,
         buffer: 8 << 20,
     };
-    let sock = net::sender_socket(&netcfg).map_err(|e| e.to_string())?;
+    let sock = net::sender_socket(&netcfg)?;
     let index = reader.index().clone();
     let image_size = index.meta.source_size;
     let mut sender = Sender::new(
@@ -97,8 +126,7 @@ fn send(
         if let Some(SenderEvent::Finished { verdicts: v }) = ev {
             verdicts = v.clone();
         }
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let st = sender.stats();
     let done: Vec<u64> = verdicts
         .iter()

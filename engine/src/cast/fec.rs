@@ -55,8 +55,12 @@ impl ErasureCode for ReedSolomon {
 
     fn encode(&self, source: &[&[u8]]) -> Result<Vec<Vec<u8>>, CastError> {
         let k = source.len() as u32;
-        reed_solomon_simd::encode(k as usize, self.repair_count(k) as usize, source)
-            .map_err(|e| CastError::Fec(e.to_string()))
+        reed_solomon_simd::encode(k as usize, self.repair_count(k) as usize, source).map_err(|e| {
+            CastError::Codec {
+                code: self.name(),
+                source: Box::new(e),
+            }
+        })
     }
 
     fn decode(
@@ -88,7 +92,10 @@ impl ErasureCode for ReedSolomon {
                 originals,
                 recovery,
             )
-            .map_err(|e| CastError::Fec(e.to_string()))?;
+            .map_err(|e| CastError::Codec {
+                code: self.name(),
+                source: Box::new(e),
+            })?;
             for (i, s) in restored {
                 out[i] = Some(s);
             }

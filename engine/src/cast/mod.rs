@@ -18,7 +18,13 @@ pub use sender::{FrameSource, Sender, SenderConfig, SenderEvent, SenderStats, Tr
 pub use source::ImageFrames;
 pub use wire::SessionKey;
 
-/// Errors of the cast protocol.
+/// A cause of any type, kept whole so a caller can still tell what it was
+/// (downcast it) and print its chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of the cast protocol. A variant that wraps another error keeps it
+/// as its `source()`; its own text says only what failed, so a chain prints
+/// each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum CastError {
     /// A packet that does not parse.
@@ -27,24 +33,51 @@ pub enum CastError {
     /// A packet whose MAC does not verify (wrong key, forged or damaged).
     #[error("packet failed authentication")]
     BadMac,
-    /// The erasure code could not encode or decode.
+    /// The erasure code could not encode or decode (its own words).
     #[error("FEC: {0}")]
     Fec(String),
+    /// The erasure code's library failed.
+    #[error("FEC: {code}")]
+    Codec {
+        /// The code's name.
+        code: &'static str,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
     /// The sender could not read a frame from its image.
-    #[error("reading the image: {0}")]
-    Source(String),
+    #[error("reading the image")]
+    Source(#[source] BoxError),
     /// A socket operation failed.
-    #[error("network: {0}")]
-    Net(String),
-    /// The receiver could not write or verify its target.
-    #[error("target: {0}")]
-    Target(String),
+    #[error("network: {what}")]
+    Net {
+        /// What was being done (`send`, `poll`, `joining 239.255.42.1`).
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The receiver could not write or verify its target: the sink's error,
+    /// whole (for the disk writer, a `rackcast_writer::WriterError`; see
+    /// [`CastError::target_error`]).
+    #[error("target")]
+    Target(#[source] BoxError),
     /// No authenticated packet of the session arrived for the receive's idle
     /// limit: the sender is gone or unreachable. What was written stays.
     #[error("no packet of the session for {idle_secs} s, with {done} of {total} chunks received")]
     Stalled {
         /// The idle limit, in seconds.
         idle_secs: u64,
+        /// Chunks received (or already on the target).
+        done: u32,
+        /// Chunks that travel.
+        total: u32,
+    },
+    /// The receive ran out of its time limit.
+    #[error("timed out after {secs}s with {done} of {total} chunks")]
+    TimedOut {
+        /// The limit, in seconds.
+        secs: u64,
         /// Chunks received (or already on the target).
         done: u32,
         /// Chunks that travel.
@@ -61,4 +94,22 @@ pub enum CastError {
     /// The receive was abandoned by its caller (the observer asked to stop).
     #[error("the receive was abandoned")]
     Abandoned,
+}
+
+impl CastError {
+    /// A socket error with what was being done.
+    pub fn net(what: impl Into<String>, source: std::io::Error) -> CastError {
+        CastError::Net {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The sink's own error behind a [`CastError::Target`].
+    pub fn target_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            CastError::Target(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
 }

@@ -15,7 +15,7 @@ impl FrameSource for ImageFrames {
         let mut buf = Vec::new();
         self.0
             .read_frame(u64::from(chunk), &mut buf)
-            .map_err(|e| CastError::Source(e.to_string()))?;
+            .map_err(|e| CastError::Source(Box::new(e)))?;
         Ok(buf.into())
     }
 }

@@ -12,7 +12,7 @@
 //! A task is done only when its agent reports it finished (the commit
 //! point), never on a DHCP packet or a timer.
 
-pub use rackcast_types::{MacAddr, MacParseError};
+pub use rackcast_types::{ErrorChain, MacAddr, MacParseError};
 
 pub mod api;
 pub mod event;

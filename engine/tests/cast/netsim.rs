@@ -128,7 +128,7 @@ impl FrameSource for MemSource {
     fn frame(&mut self, chunk: u32) -> Result<Bytes, CastError> {
         self.frames[chunk as usize]
             .clone()
-            .ok_or_else(|| CastError::Source(format!("no frame for chunk {chunk}")))
+            .ok_or_else(|| CastError::Source(format!("no frame for chunk {chunk}").into()))
     }
 }
 

@@ -62,11 +62,6 @@ impl DhcpService {
         })
     }
 
-    /// The shared core (tests read its counters and leases).
-    pub fn core(&self) -> Arc<Mutex<DhcpServer>> {
-        self.core.clone()
-    }
-
     /// Serves until dropped.
     pub async fn run(self) -> Result<()> {
         let mut tasks = tokio::task::JoinSet::new();

@@ -6,10 +6,12 @@ mod outbox;
 pub mod packet;
 pub mod server;
 mod shard;
+mod stats;
 pub mod transfer;
 
 pub use budget::{FlightBudget, Reservation};
 pub use mtu::path_mtu;
 pub use packet::{ErrorCode, Packet, Request};
-pub use server::{TftpServer, TftpStats};
+pub use server::TftpServer;
+pub use stats::TftpStats;
 pub use transfer::{blksize_for_mtu, Negotiated, Outcome, Transfer, TransferLimits, Transmit};

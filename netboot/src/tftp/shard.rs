@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use super::outbox::Outbox;
 use super::packet::{error_packet, ErrorCode, Packet};
-use super::server::{finish_event, TftpStats};
+use super::stats::{finish_event, TftpStats};
 use super::transfer::{Outcome, Transfer};
 use crate::events::Events;
 

@@ -102,12 +102,6 @@ pub enum Transmit {
 }
 
 impl Transmit {
-    /// Writes the datagram into `out` (cleared first).
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        out.clear();
-        self.append_to(out);
-    }
-
     /// Appends the datagram to `out`.
     pub fn append_to(&self, out: &mut Vec<u8>) {
         match self {
@@ -309,11 +303,6 @@ impl Transfer {
     /// Number of DATA packets the transfer takes (always at least one).
     pub fn total_blocks(&self) -> u64 {
         self.total_blocks
-    }
-
-    /// Blocks the client has acknowledged so far.
-    pub fn acked_blocks(&self) -> u64 {
-        self.acked
     }
 
     /// True when the retransmit timer has fired since the client's last

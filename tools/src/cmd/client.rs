@@ -15,7 +15,8 @@ use clap::Args;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use rackcast_engine::sched::api::ApiError;
+pub use rackcast_client::path_segment;
+use rackcast_client::{Body, CallError, Http, Timeouts};
 
 /// Where the operator token is kept by a server started with the default `--data`.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/rackcast/admin.token";
@@ -75,8 +76,8 @@ pub enum ClientError {
     BadAnswer {
         /// Method and path.
         call: String,
-        /// What did not parse.
-        detail: String,
+        /// What did not parse (shown in this error's text).
+        source: std::io::Error,
     },
 }
 
@@ -98,8 +99,8 @@ impl fmt::Display for ClientError {
                 "the server refused the token (HTTP {status}): check --token or RACKCAST_TOKEN"
             ),
             ClientError::Api { status, error } => write!(f, "{error} (HTTP {status})"),
-            ClientError::BadAnswer { call, detail } => {
-                write!(f, "unexpected answer to {call}: {detail}")
+            ClientError::BadAnswer { call, source } => {
+                write!(f, "unexpected answer to {call}: {source}")
             }
         }
     }
@@ -110,9 +111,8 @@ impl std::error::Error for ClientError {}
 /// A connection to the operator API.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    http: Http,
     token: String,
-    agent: ureq::Agent,
 }
 
 impl Client {
@@ -131,20 +131,19 @@ impl Client {
     }
 
     fn with_token(base: String, token: String) -> Client {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(CALL_TIMEOUT)
-            .timeout_write(CALL_TIMEOUT)
-            .user_agent(concat!("rackcast/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Client { base, token, agent }
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(10),
+            io: CALL_TIMEOUT,
+        };
+        Client {
+            http: Http::new(&base, timeouts),
+            token,
+        }
     }
 
     /// `GET path` -> `T`.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let call = format!("GET {path}");
-        let req = self.request(&self.agent, "GET", path);
-        self.answer(&call, req.call())
+        self.call("GET", path, Body::<()>::Empty)
     }
 
     /// `POST path` with a JSON body -> `T`.
@@ -153,16 +152,12 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let call = format!("POST {path}");
-        let req = self.request(&self.agent, "POST", path);
-        self.answer(&call, req.send_json(body))
+        self.call("POST", path, Body::Json(body))
     }
 
     /// `POST path` without a body -> `T`.
     pub fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let call = format!("POST {path}");
-        let req = self.request(&self.agent, "POST", path);
-        self.answer(&call, req.send_bytes(&[]))
+        self.call("POST", path, Body::<()>::Empty)
     }
 
     /// `PUT path` streaming `len` bytes from `body` -> `T`.
@@ -172,110 +167,61 @@ impl Client {
         body: impl Read,
         len: u64,
     ) -> Result<T, ClientError> {
-        let call = format!("PUT {path}");
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_write(CALL_TIMEOUT)
-            .timeout_read(UPLOAD_ANSWER_TIMEOUT)
-            .build();
-        let req = self
-            .request(&agent, "PUT", path)
-            .set("Content-Type", "application/octet-stream")
-            .set("Content-Length", &len.to_string());
-        self.answer(&call, req.send(body))
+        self.http
+            .put_stream(path, &self.token, body, len, UPLOAD_ANSWER_TIMEOUT)
+            .map_err(|e| self.error(&format!("PUT {path}"), e))
     }
 
     /// `GET /api/v1/events?job=ID&since=SEQ`: the open stream's body.
     pub fn events(&self, job: u64, since: u64) -> Result<Box<dyn Read + Send>, ClientError> {
         let path = format!("/api/v1/events?job={job}&since={since}");
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(STREAM_IDLE_TIMEOUT)
-            .build();
-        let req = self
-            .request(&agent, "GET", &path)
-            .set("Accept", "text/event-stream");
-        match req.call() {
-            Ok(resp) => {
-                let ct = resp.content_type().to_string();
-                if ct != "text/event-stream" {
-                    return Err(ClientError::BadAnswer {
-                        call: format!("GET {path}"),
-                        detail: format!("content type {ct:?}, not text/event-stream"),
-                    });
-                }
-                Ok(resp.into_reader())
-            }
-            Err(e) => Err(self.error(e)),
+        let call = format!("GET {path}");
+        let (ct, body) = self
+            .http
+            .stream(&path, &self.token, STREAM_IDLE_TIMEOUT)
+            .map_err(|e| self.error(&call, e))?;
+        if ct != "text/event-stream" {
+            return Err(ClientError::BadAnswer {
+                call,
+                source: std::io::Error::other(format!(
+                    "content type {ct:?}, not text/event-stream"
+                )),
+            });
         }
+        Ok(body)
     }
 
-    fn request(&self, agent: &ureq::Agent, method: &str, path: &str) -> ureq::Request {
-        agent
-            .request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .set("Accept", "application/json")
-    }
-
-    fn answer<T: DeserializeOwned>(
+    fn call<B: Serialize, T: DeserializeOwned>(
         &self,
-        call: &str,
-        res: Result<ureq::Response, ureq::Error>,
+        method: &str,
+        path: &str,
+        body: Body<'_, B>,
     ) -> Result<T, ClientError> {
-        let resp = res.map_err(|e| self.error(e))?;
-        let body = resp.into_string().map_err(|e| self.unreachable(&e))?;
-        serde_json::from_str(&body).map_err(|e| ClientError::BadAnswer {
-            call: call.to_string(),
-            detail: e.to_string(),
-        })
+        self.http
+            .call(method, path, &self.token, body, None)
+            .map_err(|e| self.error(&format!("{method} {path}"), e))
     }
 
-    fn error(&self, e: ureq::Error) -> ClientError {
+    /// What a failed call means to an operator.
+    fn error(&self, call: &str, e: CallError) -> ClientError {
         match e {
-            ureq::Error::Status(status @ 401, _) => ClientError::Refused { status },
-            ureq::Error::Status(status, resp) => {
-                let text = resp.status_text().to_string();
-                let body = resp.into_string().unwrap_or_default();
-                ClientError::Api {
-                    status,
-                    error: api_error_text(&body, &text),
-                }
-            }
-            ureq::Error::Transport(t) => {
-                let mut detail = t.kind().to_string();
-                if let Some(m) = t.message() {
-                    detail = format!("{detail}: {m}");
-                }
-                if let Some(s) = std::error::Error::source(&t) {
-                    detail = format!("{detail}: {s}");
-                }
-                ClientError::Unreachable {
-                    server: self.base.clone(),
-                    detail,
-                }
-            }
+            CallError::Status { status: 401, .. } => ClientError::Refused { status: 401 },
+            CallError::Status {
+                status, message, ..
+            } => ClientError::Api {
+                status,
+                error: message,
+            },
+            CallError::Unreachable { detail, .. } => ClientError::Unreachable {
+                server: self.http.base().to_string(),
+                detail,
+            },
+            CallError::BadAnswer { source, .. } => ClientError::BadAnswer {
+                call: call.to_string(),
+                source,
+            },
         }
     }
-
-    fn unreachable(&self, e: &std::io::Error) -> ClientError {
-        ClientError::Unreachable {
-            server: self.base.clone(),
-            detail: format!("the answer broke off: {e}"),
-        }
-    }
-}
-
-/// The text to show for an error answer: the `ApiError` when the body is one.
-fn api_error_text(body: &str, status_text: &str) -> String {
-    if let Ok(e) = serde_json::from_str::<ApiError>(body) {
-        return e.error;
-    }
-    let body = body.trim();
-    if body.is_empty() {
-        return status_text.to_string();
-    }
-    let short: String = body.chars().take(200).collect();
-    format!("{status_text}: {short}")
 }
 
 /// `host:port` or `http://host:port/` -> `http://host:port`.
@@ -340,19 +286,6 @@ fn non_empty(t: &str, what: &str) -> anyhow::Result<String> {
     Ok(t.to_string())
 }
 
-/// Percent-encodes one path segment (an image name, a MAC).
-pub fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,14 +334,9 @@ mod tests {
     fn error_texts() {
         let e = ClientError::Api {
             status: 404,
-            error: api_error_text(r#"{"error":"no image named debian"}"#, "Not Found"),
+            error: "no image named debian".into(),
         };
         assert_eq!(e.to_string(), "no image named debian (HTTP 404)");
-        assert_eq!(api_error_text("", "Bad Gateway"), "Bad Gateway");
-        assert_eq!(
-            api_error_text("<html>oops</html>", "Bad Gateway"),
-            "Bad Gateway: <html>oops</html>"
-        );
         assert_eq!(
             ClientError::Refused { status: 401 }.to_string(),
             "the server refused the token (HTTP 401): check --token or RACKCAST_TOKEN"

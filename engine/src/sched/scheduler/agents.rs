@@ -1,0 +1,243 @@
+//! What agents and the cast senders tell the scheduler: registrations,
+//! polls for directives, task reports, a sender's verdicts.
+
+use super::*;
+
+impl Scheduler {
+    /// An agent started in `env` (or came back after losing the server).
+    pub fn register(
+        &mut self,
+        now: Millis,
+        mac: MacAddr,
+        env: &str,
+        inventory: Inventory,
+        running: Option<TaskRef>,
+    ) -> Result<(), SchedError> {
+        let t = self.targets.entry(mac).or_insert_with(|| Target::new(mac));
+        if t.name.is_empty() && !inventory.hostname.is_empty() {
+            t.name = inventory.hostname.clone();
+        }
+        t.inventory = inventory;
+        t.last_seen = now;
+        t.registered = true;
+        let old_env = std::mem::replace(&mut t.env, env.to_string());
+        let state = t.state.clone();
+        self.dirty_targets.insert(mac);
+        self.event(
+            now,
+            Actor::Agent,
+            Subject::target(mac),
+            EventKind::AgentRegistered {
+                env: env.to_string(),
+                was: old_env,
+            },
+        );
+        match state {
+            TargetState::RebootingTo { env: want, .. } => {
+                if want == env {
+                    self.arrived(now, mac);
+                } else {
+                    // Booted into the wrong environment: the next poll sends it
+                    // where it must go again; the deadline still runs.
+                    self.event(
+                        now,
+                        Actor::Agent,
+                        Subject::target(mac),
+                        EventKind::WrongEnv {
+                            want,
+                            got: env.to_string(),
+                        },
+                    );
+                }
+            }
+            TargetState::Running {
+                job, task, attempt, ..
+            } => {
+                let still = running == Some(TaskRef { job, task, attempt });
+                if !still && !self.resumable(job, task) {
+                    let started = self
+                        .jobs
+                        .get(&job)
+                        .and_then(|j| j.run(mac))
+                        .is_some_and(|r| r.started);
+                    if started {
+                        self.fail_attempt(now, mac, "the agent restarted while running the task");
+                    } else {
+                        let st = idle_state_env(env);
+                        self.set_state(now, mac, st, Actor::Agent);
+                    }
+                }
+            }
+            TargetState::Unknown | TargetState::Local | TargetState::Waiting { .. } => {
+                let st = idle_state_env(env);
+                self.set_state(now, mac, st, Actor::Agent);
+            }
+            TargetState::Failed { .. } => {}
+        }
+        self.plan(now);
+        Ok(())
+    }
+
+    /// The agent asks what to do; `running` is the task it is on.
+    pub fn poll(&mut self, now: Millis, mac: MacAddr, running: Option<TaskRef>) -> Directive {
+        let Some(t) = self.targets.get_mut(&mac) else {
+            return Directive::Register;
+        };
+        if !t.registered || matches!(t.state, TargetState::Unknown) {
+            return Directive::Register;
+        }
+        t.last_seen = now;
+        let d = match t.state.clone() {
+            TargetState::Unknown => Directive::Register,
+            TargetState::Failed { .. } => Directive::Wait,
+            TargetState::Local => {
+                if self.current(mac).is_some() {
+                    let st = idle_state(self.targets.get(&mac).expect("target exists"));
+                    self.set_state(now, mac, st, Actor::Scheduler);
+                    self.next_work(now, mac)
+                } else {
+                    Directive::BootLocal
+                }
+            }
+            TargetState::RebootingTo { env, .. } => Directive::Reboot { env, task: None },
+            TargetState::Running {
+                job, task, attempt, ..
+            } => {
+                let r = TaskRef { job, task, attempt };
+                if running == Some(r) {
+                    Directive::Wait
+                } else {
+                    self.dispatch(now, mac, r)
+                }
+            }
+            TargetState::Waiting { .. } => self.next_work(now, mac),
+        };
+        self.plan(now);
+        d
+    }
+
+    /// The agent reports on a task. Only `Finished` moves the job on.
+    pub fn report(
+        &mut self,
+        now: Millis,
+        mac: MacAddr,
+        r: TaskRef,
+        report: TaskReport,
+    ) -> Result<bool, SchedError> {
+        let t = self
+            .targets
+            .get_mut(&mac)
+            .ok_or(SchedError::UnknownTarget(mac))?;
+        t.last_seen = now;
+        let current = match t.state {
+            TargetState::Running {
+                job, task, attempt, ..
+            } => Some(TaskRef { job, task, attempt }),
+            _ => None,
+        };
+        if current != Some(r) {
+            // A stale run (cancelled, timed out, retried): the agent stops it.
+            if let TaskReport::Finished { ok, .. } = &report {
+                self.event(
+                    now,
+                    Actor::Agent,
+                    Subject::task(mac, r.job, r.task),
+                    EventKind::StaleReport {
+                        attempt: r.attempt,
+                        ok: *ok,
+                    },
+                );
+            }
+            return Ok(false);
+        }
+        match report {
+            TaskReport::Started => {
+                let job = self
+                    .jobs
+                    .get_mut(&r.job)
+                    .ok_or(SchedError::UnknownJob(r.job))?;
+                let run = job.run_mut(mac).ok_or(SchedError::UnknownTarget(mac))?;
+                let resumed = run.started;
+                run.started = true;
+                run.status = RunStatus::Running;
+                self.dirty_jobs.insert(r.job);
+                let kind = job.spec.tasks[r.task as usize].kind.word();
+                self.event(
+                    now,
+                    Actor::Agent,
+                    Subject::task(mac, r.job, r.task),
+                    EventKind::TaskStarted {
+                        attempt: r.attempt,
+                        kind,
+                        resumed,
+                    },
+                );
+            }
+            TaskReport::Progress(p) => {
+                self.mark_started(now, mac, r);
+                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(mac)) {
+                    run.progress = Some(p.clone());
+                }
+                if let Some(t) = self.targets.get_mut(&mac) {
+                    t.progress = Some(p.clone());
+                }
+                self.transient(now, mac, r, EventKind::TaskProgress(p));
+            }
+            TaskReport::Log { text } => {
+                self.mark_started(now, mac, r);
+                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(mac)) {
+                    run.append_log(&text);
+                    self.dirty_jobs.insert(r.job);
+                }
+                self.transient(now, mac, r, EventKind::TaskLog { text });
+            }
+            TaskReport::Rejoin { reason } => {
+                self.mark_started(now, mac, r);
+                self.leave_sessions(mac);
+                self.event(
+                    now,
+                    Actor::Agent,
+                    Subject::task(mac, r.job, r.task),
+                    EventKind::TaskRejoin { reason },
+                );
+            }
+            TaskReport::Finished { ok, error, summary } => {
+                self.mark_started(now, mac, r);
+                if ok {
+                    self.task_done(now, mac, r, &summary);
+                } else {
+                    let e = error.unwrap_or_else(|| "the task failed".into());
+                    if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(mac)) {
+                        if !summary.is_empty() {
+                            run.append_log(&format!("{summary}\n"));
+                        }
+                    }
+                    self.fail_attempt(now, mac, &e);
+                }
+            }
+        }
+        self.plan(now);
+        Ok(true)
+    }
+
+    /// The sender of `session` finished; `done` are the receiver ids that
+    /// completed in it, `stats` its figures (kept in the `cast.ended` event).
+    pub fn sender_finished(
+        &mut self,
+        now: Millis,
+        session: u64,
+        done: &[u64],
+        stats: serde_json::Value,
+    ) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            let members: Vec<MacAddr> = s.members.iter().copied().collect();
+            for m in members {
+                if done.contains(&receiver_id(m)) {
+                    s.done.insert(m);
+                }
+            }
+        }
+        self.end_session(now, session, Actor::Server, "the sender finished", stats);
+        self.plan(now);
+    }
+}
