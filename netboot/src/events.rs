@@ -1,5 +1,5 @@
-//! Boot events: one log line per boot step per MAC, and a feed tests and the
-//! deployment server can subscribe to.
+//! Boot events: one log line per boot step per MAC, and a feed tests
+//! subscribe to (the deployment server logs them).
 
 use std::collections::HashMap;
 use std::fmt;

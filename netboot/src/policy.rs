@@ -1,5 +1,6 @@
-//! The boot policy: who boots what. The netboot crate only asks; the scheduler
-//! (later) and [`StaticPolicy`] (now, from a config file) answer.
+//! The boot policy: who boots what. The netboot crate only asks; the
+//! deployment server's scheduler (`rackcast_server::SchedPolicy`) and
+//! [`StaticPolicy`] (from a config file, for `rackcast netboot`) answer.
 //!
 //! Answers must come from memory: iPXE waits only about two seconds for a
 //! proxy offer, so a policy never does I/O inside [`BootPolicy::decide`].

@@ -180,7 +180,7 @@ mod tests {
             .report(&ReportRequest {
                 mac: "02:00:00:00:00:01".into(),
                 task: TaskRef {
-                    job: 1,
+                    job: rackcast_engine::sched::api::JobId(1),
                     task: 0,
                     attempt: 1,
                 },

@@ -169,7 +169,7 @@ fn status(code: u16) -> AgentError {
 
 fn task(n: u32) -> TaskRef {
     TaskRef {
-        job: 1,
+        job: rackcast_engine::sched::api::JobId(1),
         task: n,
         attempt: 1,
     }

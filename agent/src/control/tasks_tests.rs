@@ -28,7 +28,7 @@ fn collect(h: TaskHandle) -> Vec<TaskReport> {
 }
 
 const T: TaskRef = TaskRef {
-    job: 1,
+    job: rackcast_engine::sched::api::JobId(1),
     task: 0,
     attempt: 1,
 };

@@ -80,7 +80,9 @@ pub fn receiver_socket(net: &NetConfig) -> Result<UdpSocket, CastError> {
         .map_err(net_err("binding the group port"))?;
     s.join_multicast_v4(net.group.ip(), &net.iface_addr)
         .map_err(net_err("joining the multicast group"))?;
-    // Only the group we joined, not every group another socket joined.
+    // Multicast sent from this host loops back to it (a receiver beside its
+    // sender, as in the demo and the tests). Best effort: it is the
+    // kernel's default.
     let _ = setsockopt(&s, sockopt::IpMulticastLoop, &true);
     s.set_multicast_if_v4(&net.iface_addr)
         .map_err(net_err("IP_MULTICAST_IF"))?;

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use super::{auth, library, now_ms, ApiErr, Shared};
 use rackcast_engine::sched::api::{
-    Directive, ImageView, PollRequest, RegisterRequest, Registered, ReportAck, ReportRequest,
-    TargetState, TaskKind, TaskRef,
+    Directive, ImageView, JobId, PollRequest, RegisterRequest, Registered, ReportAck,
+    ReportRequest, TargetState, TaskKind, TaskRef,
 };
 use rackcast_engine::sched::MacAddr;
 
@@ -102,7 +102,7 @@ async fn report(
 struct UploadQuery {
     #[serde(default)]
     mac: Option<String>,
-    job: u64,
+    job: JobId,
     task: u32,
     attempt: u32,
 }

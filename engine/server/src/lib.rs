@@ -85,7 +85,7 @@ pub struct ServerConfig {
     /// Rate ceiling of a cast session, bytes/s.
     #[serde(default = "default_rate")]
     pub cast_rate: u64,
-    /// MTU that sizes cast packets (clamped to the interface's and to 9000).
+    /// MTU that sizes cast packets (default 1500; clamped to 576..=9000).
     #[serde(default)]
     pub cast_mtu: Option<usize>,
     /// Environment of tasks that name none.

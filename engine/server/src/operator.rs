@@ -354,9 +354,9 @@ mod tests {
     #[tokio::test]
     async fn live_feed_skips_replayed_and_other_jobs_events() {
         let (tx, rx) = tokio::sync::broadcast::channel(16);
-        let job = Some(7);
+        let job = Some(JobId(7));
         let feed = live_events(rx, 5, job);
-        for (seq, j) in [(4, job), (6, Some(8)), (0, job), (7, job)] {
+        for (seq, j) in [(4, job), (6, Some(JobId(8))), (0, job), (7, job)] {
             tx.send(record(seq, j)).unwrap();
         }
         drop(tx);

@@ -62,9 +62,11 @@ impl Pacer {
 }
 
 /// AIMD on the loss the healthy receivers report: loss above
-/// `decrease_above` cuts the rate by a quarter; loss below `increase_below`
-/// adds a twentieth of the ceiling; in between the rate holds, so a link with
-/// steady random (non-congestion) loss is not driven to zero.
+/// `decrease_above` (or disks falling behind) cuts the rate to
+/// `1 - loss` of itself, between 5% and 75% (75% for disks); loss below
+/// `increase_below` adds an eighth of the current rate, within 1% and 5% of
+/// the ceiling; in between the rate holds, so a link with steady random
+/// (non-congestion) loss is not driven to zero.
 #[derive(Debug, Clone)]
 pub struct RateControl {
     ceiling: u64,

@@ -18,7 +18,8 @@
 //!   used-block mask, BLAKE3 of the canonical bytes, frame location and hash).
 //!   It stands alone: a multicast receiver starts from it.
 //! - [`trailer`]: where the index is, the image root (BLAKE3 over the index)
-//!   and an optional Ed25519 signature over the root.
+//!   and an optional Ed25519 signature over a context string and the root
+//!   (`docs/image-format.md`).
 //!
 //! Every byte of a finished image is covered by a check: the header and trailer
 //! by checksums, the index by the root, and the frames (which tile the space

@@ -1,8 +1,9 @@
 //! A simple, correct restore: decode and check chunks in parallel, write each
 //! at its own offset with positioned writes, flush at the end.
 //!
-//! The agent's io_uring writer is the fast path for targets; this one serves
-//! `rackcast image restore` until that lands and stays as a reference.
+//! The io_uring writer (`rackcast-writer`) is the fast path that `rackcast
+//! image restore` and the agent use; this one stays as the reference the
+//! demo and the image tests check that path against.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

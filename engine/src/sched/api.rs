@@ -10,11 +10,14 @@
 //! | method and path                        | body -> answer                          |
 //! |----------------------------------------|-----------------------------------------|
 //! | `GET  /api/v1/targets`                 | -> `[TargetView]`                       |
+//! | `POST /api/v1/targets`                 | `{mac, name}` -> `TargetView` (enroll)  |
 //! | `GET  /api/v1/targets/{mac}`           | -> `TargetView`                         |
 //! | `POST /api/v1/targets/{mac}/release`   | -> `TargetView` (clears a failure hold) |
 //! | `GET  /api/v1/images`                  | -> `[ImageView]`                        |
+//! | `GET  /api/v1/images/{name}`           | -> `ImageView`                          |
 //! | `PUT  /api/v1/images/{name}`           | image file bytes -> `ImageView`         |
 //! | `GET  /api/v1/environments`            | -> `[Environment]`                      |
+//! | `GET  /api/v1/environments/{name}`     | -> `Environment`                        |
 //! | `PUT  /api/v1/environments/{name}`     | `Environment` -> `Environment`          |
 //! | `POST /api/v1/jobs`                    | `JobSpec` -> `JobView`                  |
 //! | `GET  /api/v1/jobs`                    | -> `[JobView]`                          |
@@ -30,7 +33,7 @@
 //! | `POST /agent/v1/register` (enrollment token) | `RegisterRequest` -> `Registered`  |
 //! | `POST /agent/v1/poll` (boot token)           | `PollRequest` -> `Directive`       |
 //! | `POST /agent/v1/report` (boot token)         | `ReportRequest` -> `ReportAck`     |
-//! | `PUT  /agent/v1/images/{name}?job=J&task=T&attempt=A` | image bytes -> `ImageView` |
+//! | `PUT  /agent/v1/images/{name}?job=J&task=T&attempt=A[&mac=M]` | image bytes -> `ImageView` |
 //!
 //! Errors are JSON `ApiError` with a 4xx/5xx status.
 
@@ -40,8 +43,39 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch: the scheduler's clock (an input).
 pub type Millis = u64;
 
-/// A job's id.
-pub type JobId = u64;
+/// A job's id, from 1. On the wire and in the store it is the number.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct JobId(pub u64);
+
+/// A cast session's id (the scheduler's, from 1; not the random wire
+/// session id its packets carry).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
+
+macro_rules! number_id {
+    ($t:ident) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<$t, Self::Err> {
+                s.parse().map($t)
+            }
+        }
+    };
+}
+number_id!(JobId);
+number_id!(SessionId);
 
 /// The environment name that means "the target's own disk".
 pub const LOCAL_ENV: &str = "local";

@@ -6,7 +6,7 @@
 use rackcast_types::MacAddr;
 use serde::Serialize;
 
-use super::api::{EventRecord, JobId, Millis, Progress, TargetState};
+use super::api::{EventRecord, JobId, Millis, Progress, SessionId, TargetState};
 
 /// Who caused a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +221,7 @@ pub enum EventKind {
     /// `cast.forming`: a session opened for its first target.
     CastForming {
         /// The session.
-        session: u64,
+        session: SessionId,
         /// The image.
         image: String,
         /// Its group and port.
@@ -230,7 +230,7 @@ pub enum EventKind {
     /// `cast.started`.
     CastStarted {
         /// The session.
-        session: u64,
+        session: SessionId,
         /// Targets that had joined.
         receivers: usize,
         /// Why it started now.
@@ -239,7 +239,7 @@ pub enum EventKind {
     /// `cast.ended`.
     CastEnded {
         /// The session.
-        session: u64,
+        session: SessionId,
         /// Why it ended.
         why: String,
         /// Targets done.
@@ -309,7 +309,7 @@ mod tests {
             seq: 1,
             at: 5,
             actor: Actor::Scheduler,
-            about: Subject::job(3),
+            about: Subject::job(JobId(3)),
             what,
         };
         let r = e.record();
@@ -342,7 +342,7 @@ mod tests {
         let mut stats = serde_json::Map::new();
         stats.insert("bytes".into(), 9.into());
         let (k, d) = detail(EventKind::CastEnded {
-            session: 4,
+            session: SessionId(4),
             why: "the sender finished".into(),
             done: 2,
             members: 3,

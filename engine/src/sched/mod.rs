@@ -37,7 +37,7 @@ pub enum SchedError {
     UnknownImage(String),
     /// No such job.
     #[error("unknown job {0}")]
-    UnknownJob(u64),
+    UnknownJob(api::JobId),
     /// A request that does not make sense.
     #[error("{0}")]
     Invalid(String),

@@ -6,8 +6,8 @@ use rackcast_types::MacAddr;
 use serde::{Deserialize, Serialize};
 
 use super::api::{
-    CastPolicy, Environment, Inventory, JobId, JobSpec, JobView, Millis, Progress, TargetRun,
-    TargetState, TargetView,
+    CastPolicy, Environment, Inventory, JobId, JobSpec, JobView, Millis, Progress, SessionId,
+    TargetRun, TargetState, TargetView,
 };
 
 /// A machine rackcast knows, keyed by MAC.
@@ -226,7 +226,7 @@ pub enum SessionPhase {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CastSession {
     /// Id (also picks the port).
-    pub id: u64,
+    pub id: SessionId,
     /// Image name.
     pub image: String,
     /// Image root (hex).

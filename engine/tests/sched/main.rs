@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use rackcast_engine::sched::MacAddr;
 
 use rackcast_engine::sched::api::{
-    CastPolicy, Directive, Environment, EventRecord, Inventory, JobSpec, TargetState, TaskKind,
-    TaskRef, TaskReport, TaskSpec, VerifyMode, Work,
+    CastPolicy, Directive, Environment, EventRecord, Inventory, JobId, JobSpec, SessionId,
+    TargetState, TaskKind, TaskRef, TaskReport, TaskSpec, VerifyMode, Work,
 };
 use rackcast_engine::sched::{
     Action, BootChoice, Change, SchedConfig, SchedError, Scheduler, State,
@@ -22,8 +22,8 @@ const ENV: &str = "linux-x64";
 #[derive(Default)]
 struct Db {
     targets: BTreeMap<MacAddr, rackcast_engine::sched::Target>,
-    jobs: BTreeMap<u64, rackcast_engine::sched::Job>,
-    sessions: BTreeMap<u64, rackcast_engine::sched::CastSession>,
+    jobs: BTreeMap<JobId, rackcast_engine::sched::Job>,
+    sessions: BTreeMap<SessionId, rackcast_engine::sched::CastSession>,
     envs: BTreeMap<String, Environment>,
     events: Vec<EventRecord>,
 }
@@ -176,7 +176,7 @@ fn distribute_to_three_targets_in_one_session_then_boot_local() {
     assert_eq!(
         s.poll_action(),
         Some(Action::StartSender {
-            session: 1,
+            session: SessionId(1),
             receivers: 3,
             rate: None
         })
@@ -396,7 +396,7 @@ fn min_targets_starts_early_and_a_late_joiner_joins_the_running_carousel() {
     assert_eq!(
         s.poll_action(),
         Some(Action::StartSender {
-            session: 1,
+            session: SessionId(1),
             receivers: 2,
             rate: Some(50_000_000)
         })
@@ -408,7 +408,7 @@ fn min_targets_starts_early_and_a_late_joiner_joins_the_running_carousel() {
         "late joiner gets the running session"
     );
     assert!(s.poll_action().is_none(), "no second sender");
-    assert_eq!(s.session(1).unwrap().members.len(), 3);
+    assert_eq!(s.session(SessionId(1)).unwrap().members.len(), 3);
 }
 
 #[test]
@@ -433,7 +433,7 @@ fn max_wait_starts_a_session_after_the_first_joined() {
     assert_eq!(
         s.poll_action(),
         Some(Action::StartSender {
-            session: 1,
+            session: SessionId(1),
             receivers: 1,
             rate: None
         })
@@ -517,7 +517,7 @@ fn a_restarted_scheduler_ends_dead_sessions_and_resumes_without_running_a_task_t
     assert!(matches!(
         s.poll_action(),
         Some(Action::StartSender {
-            session: 2,
+            session: SessionId(2),
             receivers: 2,
             ..
         })
@@ -622,7 +622,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
             1,
             mac(7),
             TaskRef {
-                job: 1,
+                job: JobId(1),
                 task: 0,
                 attempt: 1
             },

@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use rackcast_engine::sched::api::{
-    CastPolicy, Directive, Inventory, JobSpec, TargetState, TaskKind, TaskRef, TaskReport,
-    TaskSpec, VerifyMode,
+    CastPolicy, Directive, Inventory, JobId, JobSpec, SessionId, TargetState, TaskKind, TaskRef,
+    TaskReport, TaskSpec, VerifyMode,
 };
 use rackcast_engine::sched::{Change, MacAddr, RunStatus, SchedConfig, Scheduler, State};
 
@@ -121,10 +121,10 @@ proptest! {
                     };
                     let _ = s.submit(now, spec);
                 }
-                Op::Cancel(j) => { let _ = s.cancel(now, j); }
-                Op::Retry(j) => { let _ = s.retry(now, j); }
+                Op::Cancel(j) => { let _ = s.cancel(now, JobId(j)); }
+                Op::Retry(j) => { let _ = s.retry(now, JobId(j)); }
                 Op::Release(t) => { s.release(now, mac(t)).unwrap(); }
-                Op::SenderDone(id) => s.sender_finished(now, id, &[], serde_json::json!({})),
+                Op::SenderDone(id) => s.sender_finished(now, SessionId(id), &[], serde_json::json!({})),
             }
             while s.poll_action().is_some() {}
             for c in s.drain_changes() {

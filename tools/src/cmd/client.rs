@@ -17,6 +17,7 @@ use serde::Serialize;
 
 pub use rackcast_client::path_segment;
 use rackcast_client::{Body, CallError, Http, Timeouts};
+use rackcast_engine::sched::api::JobId;
 
 /// Where the operator token is kept by a server started with the default `--data`.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/rackcast/admin.token";
@@ -173,7 +174,7 @@ impl Client {
     }
 
     /// `GET /api/v1/events?job=ID&since=SEQ`: the open stream's body.
-    pub fn events(&self, job: u64, since: u64) -> Result<Box<dyn Read + Send>, ClientError> {
+    pub fn events(&self, job: JobId, since: u64) -> Result<Box<dyn Read + Send>, ClientError> {
         let path = format!("/api/v1/events?job={job}&since={since}");
         let call = format!("GET {path}");
         let (ct, body) = self

@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rackcast_engine::image::{create_image, hex, CreateOptions};
-use rackcast_engine::sched::api::{EventRecord, ImageView, JobView, TargetView};
+use rackcast_engine::sched::api::{EventRecord, ImageView, JobId, JobView, TargetView};
 use serde_json::json;
 
 use super::client::sse::SseParser;
@@ -351,7 +351,7 @@ fn wait_registered(client: &Client, macs: &[String], limit: Duration) -> anyhow:
 }
 
 /// Shows one bar per target until the job ends.
-fn watch(client: &Client, id: u64, size: u64, limit: Duration) -> anyhow::Result<JobView> {
+fn watch(client: &Client, id: JobId, size: u64, limit: Duration) -> anyhow::Result<JobView> {
     let tty = std::io::stderr().is_terminal();
     let multi = MultiProgress::with_draw_target(if tty {
         ProgressDrawTarget::stderr()
@@ -420,7 +420,7 @@ type EventLog = std::sync::Arc<std::sync::Mutex<Vec<EventRecord>>>;
 /// Follows the job's event stream in the background. When the server ends
 /// the stream (it does so for a subscriber that fell behind), it reconnects
 /// from the last stored event it has, a bounded number of times.
-fn collect_events(client: &Client, id: u64) -> EventLog {
+fn collect_events(client: &Client, id: JobId) -> EventLog {
     const RECONNECTS: usize = 20;
     let log = EventLog::default();
     let (c, l) = (client.clone(), log.clone());

@@ -237,7 +237,7 @@ fn job_text() {
     let mut failed = run("aa:bb:cc:dd:ee:02", "failed", 1, Some("exit 1, expected 0"));
     failed.log = "line 1\n\nline 2\n".into();
     let j = JobView {
-        id: 7,
+        id: JobId(7),
         name: "n".into(),
         status: "failed".into(),
         spec,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use rackcast_engine::sched::api::{Millis, TargetState, TargetView};
+use rackcast_engine::sched::api::{JobId, Millis, TargetState, TargetView};
 
 use super::client::show::{format_age, format_duration, now_ms, progress_cell, Table};
 use super::client::{path_segment, Client, ClientArgs};
@@ -218,7 +218,7 @@ pub fn render_target(t: &TargetView, now: Millis) -> String {
         } else {
             t.jobs
                 .iter()
-                .map(u64::to_string)
+                .map(JobId::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
         },
@@ -288,14 +288,14 @@ mod tests {
                 rate: 2e8,
                 message: String::new(),
             }),
-            jobs: vec![3],
+            jobs: vec![JobId(3)],
         }
     }
 
     #[test]
     fn list_table() {
         let running = TargetState::Running {
-            job: 3,
+            job: JobId(3),
             task: 0,
             attempt: 2,
             deadline: 200_000,
@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(
             state_cell(
                 &TargetState::Failed {
-                    job: 3,
+                    job: JobId(3),
                     task: 1,
                     error: "x".into()
                 },
@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn show_text() {
         let t = target(TargetState::Failed {
-            job: 3,
+            job: JobId(3),
             task: 1,
             error: "exit 1, expected 0".into(),
         });

@@ -8,8 +8,8 @@
 //! blocks are never touched, and a persisted bitmap of durable chunks lets an
 //! interrupted restore resume. Success means a final flush has returned.
 //!
-//! The restore pipeline ([`crate::restore`]) feeds it from an image file;
-//! multicast receive will feed it from the network the same way: take a
+//! The restore pipeline ([`crate::restore`]) feeds it from an image file and
+//! [`crate::DiskSink`] from the network, the same way: take a
 //! buffer from [`DiskWriter::buffer_pool`], fill it with a checked chunk,
 //! [`DiskWriter::submit`] it, and [`DiskWriter::poll`] now and then.
 

@@ -196,7 +196,7 @@ impl Store {
                     "INSERT INTO jobs (id, status, data, created) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
                 )
-                .bind(j.id as i64)
+                .bind(j.id.0 as i64)
                 .bind(j.status())
                 .bind(json(j))
                 .bind(j.created as i64),
@@ -204,7 +204,7 @@ impl Store {
                     "INSERT INTO cast_sessions (id, image, data) VALUES ($1, $2, $3) \
                      ON CONFLICT (id) DO UPDATE SET data = excluded.data",
                 )
-                .bind(s.id as i64)
+                .bind(s.id.0 as i64)
                 .bind(&s.image)
                 .bind(json(s)),
                 Change::Environment(e) => sqlx::query(
@@ -226,7 +226,7 @@ impl Store {
                     .bind(r.actor)
                     .bind(r.kind)
                     .bind(r.target.map(|m| m.to_string()))
-                    .bind(r.job.map(|j| j as i64))
+                    .bind(r.job.map(|j| j.0 as i64))
                     .bind(r.task.map(i64::from))
                     .bind(r.detail.to_string())
                 }
@@ -249,7 +249,7 @@ impl Store {
                 "SELECT seq, at, actor, kind, target, job, task, detail FROM events \
                  WHERE job = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             )
-            .bind(j as i64)
+            .bind(j.0 as i64)
             .bind(since as i64)
             .bind(i64::from(limit)),
             None => sqlx::query(
@@ -274,7 +274,7 @@ impl Store {
                         .get::<Option<String>, _>(4)
                         .map(|m| self.decode_mac(seq, &m))
                         .transpose()?,
-                    job: r.get::<Option<i64>, _>(5).map(|j| j as u64),
+                    job: r.get::<Option<i64>, _>(5).map(|j| JobId(j as u64)),
                     task: r.get::<Option<i64>, _>(6).map(|t| t as u32),
                     detail: self.decode(&format!("event {seq}"), r.get(7))?,
                 })

@@ -44,7 +44,8 @@ pub struct SenderConfig {
     pub key: SessionKey,
     /// Symbol (payload) size: even, sized to the MTU.
     pub symbol_size: usize,
-    /// Rate ceiling in bytes/s on the wire.
+    /// Rate ceiling in bytes/s of symbol payload (UDP payloads of symbol
+    /// packets; headers and control packets are not counted).
     pub max_rate: u64,
     /// Rate floor in bytes/s.
     pub min_rate: u64,

@@ -225,7 +225,7 @@ impl Scheduler {
     pub fn sender_finished(
         &mut self,
         now: Millis,
-        session: u64,
+        session: SessionId,
         done: &[u64],
         stats: serde_json::Value,
     ) {

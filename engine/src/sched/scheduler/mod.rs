@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::api::{
-    CastJoin, CastPolicy, Directive, Environment, Inventory, JobId, JobSpec, Millis, TargetState,
-    TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
+    CastJoin, CastPolicy, Directive, Environment, Inventory, JobId, JobSpec, Millis, SessionId,
+    TargetState, TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
 };
 use super::event::{Actor, Event, EventKind, Subject};
 use super::model::{CastSession, Job, Run, RunStatus, SessionPhase, State, Target};
@@ -64,7 +64,7 @@ pub enum Action {
     /// Start multicasting `session`'s image.
     StartSender {
         /// The session (see [`Scheduler::session`]).
-        session: u64,
+        session: SessionId,
         /// Targets that joined before the start: the sender waits for them.
         receivers: usize,
         /// Rate ceiling, bytes/s (None: the server's).
@@ -102,15 +102,15 @@ pub struct Scheduler {
     cfg: SchedConfig,
     targets: BTreeMap<MacAddr, Target>,
     jobs: BTreeMap<JobId, Job>,
-    sessions: BTreeMap<u64, CastSession>,
+    sessions: BTreeMap<SessionId, CastSession>,
     environments: BTreeMap<String, Environment>,
     image_roots: BTreeMap<String, String>,
     next_job: JobId,
-    next_session: u64,
+    next_session: SessionId,
     last_seq: u64,
     dirty_targets: BTreeSet<MacAddr>,
     dirty_jobs: BTreeSet<JobId>,
-    dirty_sessions: BTreeSet<u64>,
+    dirty_sessions: BTreeSet<SessionId>,
     dirty_envs: BTreeSet<String>,
     events: Vec<Event>,
     actions: VecDeque<Action>,
@@ -138,8 +138,8 @@ impl Scheduler {
     /// their targets rejoin a new one. Every deadline gets the restart grace.
     pub fn new(cfg: SchedConfig, state: State, now: Millis) -> Scheduler {
         let mut s = Scheduler {
-            next_job: state.jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1,
-            next_session: state.sessions.iter().map(|j| j.id).max().unwrap_or(0) + 1,
+            next_job: JobId(state.jobs.iter().map(|j| j.id.0).max().unwrap_or(0) + 1),
+            next_session: SessionId(state.sessions.iter().map(|j| j.id.0).max().unwrap_or(0) + 1),
             last_seq: state.last_seq,
             targets: state.targets.into_iter().map(|t| (t.mac, t)).collect(),
             jobs: state.jobs.into_iter().map(|j| (j.id, j)).collect(),
@@ -158,7 +158,7 @@ impl Scheduler {
             events: Vec::new(),
             actions: VecDeque::new(),
         };
-        let live: Vec<u64> = s
+        let live: Vec<SessionId> = s
             .sessions
             .values()
             .filter(|x| x.phase != SessionPhase::Ended)
@@ -212,7 +212,7 @@ impl Scheduler {
     }
 
     /// One cast session.
-    pub fn session(&self, id: u64) -> Option<&CastSession> {
+    pub fn session(&self, id: SessionId) -> Option<&CastSession> {
         self.sessions.get(&id)
     }
 

@@ -149,7 +149,7 @@ impl Scheduler {
             ));
         }
         let id = self.next_job;
-        self.next_job += 1;
+        self.next_job = JobId(id.0 + 1);
         let runs = macs
             .iter()
             .map(|m| Run {

@@ -14,7 +14,7 @@ impl Scheduler {
         image: &str,
         job: JobId,
         policy: &CastPolicy,
-    ) -> Option<u64> {
+    ) -> Option<SessionId> {
         if let Some(s) = self
             .sessions
             .values_mut()
@@ -27,13 +27,13 @@ impl Scheduler {
         }
         let root = self.image_roots.get(image).cloned()?;
         let id = self.next_session;
-        self.next_session += 1;
+        self.next_session = SessionId(id.0 + 1);
         let derive = |what: &str| {
             blake3::keyed_hash(&self.cfg.key_secret, format!("{what} {id}").as_bytes())
         };
         let key = crate::image::hex(derive("key").as_bytes());
         let wire = u64::from_le_bytes(derive("wire").as_bytes()[..8].try_into().unwrap_or([1; 8]));
-        let port = self.cfg.cast_port + (id % 1000) as u16;
+        let port = self.cfg.cast_port + (id.0 % 1000) as u16;
         let s = CastSession {
             id,
             image: image.to_string(),
@@ -64,7 +64,7 @@ impl Scheduler {
 
     /// Starts forming sessions whose condition holds.
     pub(super) fn plan(&mut self, now: Millis) {
-        let forming: Vec<u64> = self
+        let forming: Vec<SessionId> = self
             .sessions
             .values()
             .filter(|s| matches!(s.phase, SessionPhase::Forming { .. }))
@@ -137,7 +137,7 @@ impl Scheduler {
     pub(super) fn end_session(
         &mut self,
         now: Millis,
-        id: u64,
+        id: SessionId,
         actor: Actor,
         why: &str,
         stats: serde_json::Value,

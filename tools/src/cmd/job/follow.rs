@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn opens_the_stream_then_refreshes_every_second() {
         let t0 = Instant::now();
-        let mut f = Follow::new(t0, 7, None);
+        let mut f = Follow::new(t0, JobId(7), None);
         assert_eq!(f.poll(t0, "running"), Step::OpenStream { since: 0 });
         assert_eq!(f.poll(t0, "running"), Step::Wait(t0 + REFRESH_EVERY));
         assert_eq!(f.poll(t0 + REFRESH_EVERY, "running"), Step::Refresh);
@@ -328,13 +328,17 @@ mod tests {
     #[test]
     fn events_are_shown_once_and_bring_a_refresh_forward() {
         let t0 = Instant::now();
-        let mut f = Follow::new(t0, 7, None);
+        let mut f = Follow::new(t0, JobId(7), None);
         f.poll(t0, "running");
-        assert_eq!(f.on_event(5, Some(7)), EventFate::Show);
-        assert_eq!(f.on_event(5, Some(7)), EventFate::Skip, "replayed");
-        assert_eq!(f.on_event(4, Some(7)), EventFate::Skip, "older");
-        assert_eq!(f.on_event(9, Some(8)), EventFate::Skip, "another job");
-        assert_eq!(f.on_event(0, Some(7)), EventFate::Transient);
+        assert_eq!(f.on_event(5, Some(JobId(7))), EventFate::Show);
+        assert_eq!(f.on_event(5, Some(JobId(7))), EventFate::Skip, "replayed");
+        assert_eq!(f.on_event(4, Some(JobId(7))), EventFate::Skip, "older");
+        assert_eq!(
+            f.on_event(9, Some(JobId(8))),
+            EventFate::Skip,
+            "another job"
+        );
+        assert_eq!(f.on_event(0, Some(JobId(7))), EventFate::Transient);
         assert_eq!(f.on_event(6, None), EventFate::Show);
         assert_eq!(f.last_seq, 6);
         assert_eq!(
@@ -347,10 +351,10 @@ mod tests {
     #[test]
     fn a_dropped_stream_reconnects_from_the_last_seq_with_backoff() {
         let t0 = Instant::now();
-        let mut f = Follow::new(t0, 7, None);
+        let mut f = Follow::new(t0, JobId(7), None);
         f.poll(t0, "running");
-        f.on_event(41, Some(7));
-        f.on_event(42, Some(7));
+        f.on_event(41, Some(JobId(7)));
+        f.on_event(42, Some(JobId(7)));
         let mut t = t0 + 10 * MS;
         let mut delays = Vec::new();
         for _ in 0..STREAM_TRIES {
@@ -394,7 +398,7 @@ mod tests {
     #[test]
     fn a_healthy_stream_that_drops_starts_a_new_count() {
         let t0 = Instant::now();
-        let mut f = Follow::new(t0, 7, None);
+        let mut f = Follow::new(t0, JobId(7), None);
         assert_eq!(f.poll(t0, "running"), Step::OpenStream { since: 0 });
         for _ in 0..3 {
             f.on_stream_broken(t0, "x");
@@ -409,13 +413,13 @@ mod tests {
     #[test]
     fn refresh_failures_are_bounded() {
         let t0 = Instant::now();
-        let mut f = Follow::new(t0, 7, None);
+        let mut f = Follow::new(t0, JobId(7), None);
         assert_eq!(f.on_refresh_unreachable(t0), Retry::Again { first: true });
         for _ in 1..REFRESH_TRIES {
             assert_eq!(f.on_refresh_unreachable(t0), Retry::Again { first: false });
         }
         assert_eq!(f.on_refresh_unreachable(t0), Retry::GiveUp);
-        let mut g = Follow::new(t0, 7, None);
+        let mut g = Follow::new(t0, JobId(7), None);
         g.on_refresh_unreachable(t0);
         g.on_refreshed(t0);
         assert_eq!(g.on_refresh_unreachable(t0), Retry::Again { first: true });
@@ -424,7 +428,7 @@ mod tests {
     #[test]
     fn the_timeout_stops_the_watch() {
         let t0 = Instant::now();
-        let mut f = Follow::new(t0, 7, Some(Duration::from_millis(300)));
+        let mut f = Follow::new(t0, JobId(7), Some(Duration::from_millis(300)));
         f.poll(t0, "running");
         f.on_stream_unavailable("404");
         assert_eq!(f.poll(t0, "running"), Step::Wait(t0 + 300 * MS));

@@ -610,7 +610,7 @@ mod tests {
         )
         .unwrap();
         JobView {
-            id: 3,
+            id: JobId(3),
             name: "rack".into(),
             status: status.into(),
             spec,
@@ -639,7 +639,7 @@ mod tests {
             actor: "agent".into(),
             kind: "task.started".into(),
             target: Some("aa:bb:cc:dd:ee:01".parse().unwrap()),
-            job: Some(3),
+            job: Some(JobId(3)),
             task: Some(0),
             detail: serde_json::json!({"attempt": 1}),
         };
