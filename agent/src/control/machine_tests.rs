@@ -214,6 +214,15 @@ fn ok(summary: &str) -> TaskReport {
     }
 }
 
+fn progress(done: u64) -> TaskReport {
+    TaskReport::Progress(rackcast_engine::sched::api::Progress {
+        done,
+        total: 10,
+        rate: 1.0,
+        message: String::new(),
+    })
+}
+
 /// Starts `work` as task `t`: the directive, `Started`, the worker.
 fn start(r: &mut Rig, t: TaskRef, work: Work) {
     r.directive(run(t, work));
@@ -488,14 +497,7 @@ fn output_and_progress_of_a_burst_go_as_one_report_each() {
     r.up();
     let t = task(0);
     start(&mut r, t, script());
-    let p = |done| {
-        TaskReport::Progress(rackcast_engine::sched::api::Progress {
-            done,
-            total: 10,
-            rate: 1.0,
-            message: String::new(),
-        })
-    };
+    let p = progress;
     for rep in [
         TaskReport::Log { text: "a\n".into() },
         p(1),
@@ -556,14 +558,7 @@ fn a_system_reboot_is_left_to_the_shell() {
 
 #[test]
 fn bursts_of_reports_fold_in_order() {
-    let p = |done| {
-        TaskReport::Progress(rackcast_engine::sched::api::Progress {
-            done,
-            total: 10,
-            rate: 1.0,
-            message: String::new(),
-        })
-    };
+    let p = progress;
     let fin = ok("exit 0");
     let (log, progress, end) = coalesce(vec![
         TaskReport::Log { text: "a\n".into() },
