@@ -40,6 +40,12 @@ pub enum Error {
     /// The configuration (command line or policy file) is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// The interface named to serve on cannot be used.
+    #[error(transparent)]
+    Interface(#[from] rackcast_types::InterfaceError),
+    /// A MAC in the configuration does not parse.
+    #[error(transparent)]
+    Mac(#[from] rackcast_types::MacParseError),
     /// The lease state file is unreadable or corrupt.
     #[error("lease file {path}: {reason}")]
     LeaseFile {

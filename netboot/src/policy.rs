@@ -204,7 +204,7 @@ impl StaticPolicy {
             policy.default = rule_from(&d, "default")?;
         }
         for h in cfg.host {
-            let mac = MacAddr::parse(&h.mac).map_err(|e| Error::Config(e.to_string()))?;
+            let mac = MacAddr::parse(&h.mac)?;
             policy.hosts.insert(mac, rule_from(&h.rule, &h.mac)?);
         }
         Ok(policy)

@@ -140,11 +140,7 @@ impl NetbootSettings {
     pub fn resolve(&self, default_root: &Path, state_dir: &Path) -> Result<NetbootConfig> {
         let server_ip = match self.server_ip {
             Some(ip) => ip,
-            None => {
-                Interface::lookup(&self.iface)
-                    .map_err(|e| Error::Config(e.to_string()))?
-                    .ipv4
-            }
+            None => Interface::lookup(&self.iface)?.ipv4,
         };
         let mtu = Interface::mtu(&self.iface);
         Ok(NetbootConfig {

@@ -583,3 +583,20 @@ fn progress_lines_read_well() {
     });
     assert_eq!(l, "progress  25.0% 50.0/200.0 MB at 12.5 MB/s  receiving");
 }
+
+#[test]
+fn an_agent_restarted_mid_task_claims_nothing_and_runs_what_the_server_says() {
+    // A new agent process knows nothing of the task its predecessor ran
+    // (the shell ends what that one's script left running before it
+    // starts): it registers with no task in hand, and the server decides.
+    let mut r = Rig::new(RebootMode::Exit);
+    r.expect(Seen::Register(None));
+    r.registered();
+    r.expect(Seen::Poll(None, Some(30)));
+    let retry = TaskRef {
+        attempt: 2,
+        ..task(0)
+    };
+    start(&mut r, retry, script());
+    assert!(r.said("attempt 2"), "{:#?}", r.said);
+}
