@@ -125,6 +125,8 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         .with_target(false)
         .with_level(false)
         .with_ansi(false)
+        // Script output is echoed as it is, as eprintln did.
+        .with_ansi_sanitization(false)
         .try_init();
     let kernel = KernelArgs::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let cfg = config(a, &kernel)?;

@@ -165,14 +165,9 @@ impl NetbootSettings {
 
     fn mode(&self, state_dir: &Path) -> Result<Mode> {
         match self.mode {
-            NetbootMode::Proxy => {
-                if self.pool.is_some() {
-                    return Err(Error::Config(
-                        "a pool is only for full mode: proxy mode never hands out addresses".into(),
-                    ));
-                }
-                Ok(Mode::Proxy)
-            }
+            // Proxy mode never hands out addresses: a pool is ignored, as
+            // the server always did (`rackcast netboot` refuses --pool).
+            NetbootMode::Proxy => Ok(Mode::Proxy),
             NetbootMode::Full => {
                 let (pool_start, pool_end) = self.pool.ok_or_else(|| {
                     Error::Config("full mode needs a pool (first and last address)".into())
@@ -289,17 +284,17 @@ mod tests {
     }
 
     #[test]
-    fn full_mode_needs_a_pool_and_proxy_mode_refuses_one() {
+    fn full_mode_needs_a_pool_and_proxy_mode_ignores_one() {
         let dir = Path::new("/tmp");
         let e = settings("server_ip = \"10.9.0.1\"\nmode = \"full\"\n")
             .unwrap()
             .resolve(dir, dir)
             .unwrap_err();
         assert!(e.to_string().contains("pool"), "{e}");
-        let e = settings("server_ip = \"10.9.0.1\"\npool = [\"10.9.0.100\", \"10.9.0.199\"]\n")
+        let cfg = settings("server_ip = \"10.9.0.1\"\npool = [\"10.9.0.100\", \"10.9.0.199\"]\n")
             .unwrap()
             .resolve(dir, dir)
-            .unwrap_err();
-        assert!(e.to_string().contains("proxy"), "{e}");
+            .unwrap();
+        assert!(matches!(cfg.mode, Mode::Proxy));
     }
 }

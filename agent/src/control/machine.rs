@@ -19,7 +19,7 @@ use rackcast_engine::sched::api::{
     Directive, Inventory, PollRequest, Progress, RegisterRequest, Registered, ReportAck,
     ReportRequest, TaskRef, TaskReport, Work, LOCAL_ENV,
 };
-use rackcast_types::MacAddr;
+use rackcast_types::{ErrorChain, MacAddr};
 
 use super::backoff::Backoff;
 use super::client::{classify, Failure};
@@ -249,6 +249,13 @@ impl Machine {
         }
     }
 
+    /// Whether the worker's reports should be read now. Not while a call
+    /// waits to be retried: the worker's bounded channel and its own cap on
+    /// held output then bound what piles up while the server is away.
+    pub fn accepts_reports(&self) -> bool {
+        self.retry_at.is_none()
+    }
+
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
@@ -340,7 +347,10 @@ impl Machine {
                 Failure::Refused => {
                     // Something about this boot's state is off: back off and
                     // start over from a fresh registration.
-                    self.say(format!("poll refused ({e}): registering again"));
+                    self.say(format!(
+                        "poll refused ({}): registering again",
+                        ErrorChain(&e)
+                    ));
                     self.failed(&e);
                     self.register = Some(req.running);
                 }
@@ -357,7 +367,7 @@ impl Machine {
                     self.register = Some(Some(req.task));
                 }
                 Failure::Refused => {
-                    self.say(format!("report refused, dropped: {e}"));
+                    self.say(format!("report refused, dropped: {}", ErrorChain(&e)));
                     self.delivered(None);
                 }
             },
@@ -523,8 +533,11 @@ impl Machine {
                     self.say("the server no longer wants this run: not starting it");
                 }
             }
-            // A refused report of output does not stop the task.
-            Then::Stream if ack.is_some() && !keep_going => {
+            // A refused report of output does not stop the task, and one
+            // that has ended already still delivers its result.
+            Then::Stream
+                if ack.is_some() && !keep_going && !self.task.as_ref().is_some_and(|r| r.ended) =>
+            {
                 self.say("the server no longer wants this run: stopping it");
                 self.stop_task();
             }
@@ -635,25 +648,27 @@ impl Machine {
         match &mut self.lost {
             None => {
                 self.say(format!(
-                    "lost the server: {e}; retrying with back-off for up to {} s",
+                    "lost the server: {}; retrying with back-off for up to {} s",
+                    ErrorChain(e),
                     self.cfg.give_up.as_secs()
                 ));
                 self.lost = Some(Lost {
                     since: now,
-                    last_error: e.to_string(),
+                    last_error: ErrorChain(e).to_string(),
                 });
             }
-            Some(l) => l.last_error = e.to_string(),
+            Some(l) => l.last_error = ErrorChain(e).to_string(),
         }
         let gone = now.duration_since(self.lost.as_ref().map_or(now, |l| l.since));
         if gone >= self.cfg.give_up {
+            let last_error = ErrorChain(e).to_string();
             self.say(format!(
-                "giving up: no server for {} s ({e})",
+                "giving up: no server for {} s ({last_error})",
                 gone.as_secs()
             ));
             return self.finish(Action::Finish(Outcome::GaveUp {
                 after: gone,
-                last_error: e.to_string(),
+                last_error,
             }));
         }
         let delay = self.backoff.next_delay().min(self.cfg.give_up - gone);
@@ -675,10 +690,10 @@ impl Machine {
         self.finish(Action::Fail(e));
     }
 
+    /// The last action. A worker still running is left to end with the
+    /// process (a script it started is ended by the next agent run).
     fn finish(&mut self, last: Action) {
-        if self.task.take().is_some() {
-            self.actions.push_back(Action::StopTask);
-        }
+        self.task = None;
         self.actions.push_back(last);
         self.done = true;
     }

@@ -600,3 +600,39 @@ fn an_agent_restarted_mid_task_claims_nothing_and_runs_what_the_server_says() {
     start(&mut r, retry, script());
     assert!(r.said("attempt 2"), "{:#?}", r.said);
 }
+
+#[test]
+fn a_run_that_ended_still_reports_its_result_when_its_output_is_unwanted() {
+    let mut r = Rig::new(RebootMode::Exit);
+    r.up();
+    let t = task(0);
+    start(&mut r, t, script());
+    r.m.handle_task_report(r.now, TaskReport::Log { text: "a\n".into() });
+    r.m.handle_task_report(r.now, ok("exit 0"));
+    r.tick(Duration::ZERO);
+    r.expect(Seen::Report(t, TaskReport::Log { text: "a\n".into() }));
+    r.ack(false);
+    // Not stopped: the result goes out, then the worker is joined.
+    r.expect(Seen::Report(t, ok("exit 0")));
+    r.ack(false);
+    r.expect(Seen::Join);
+}
+
+#[test]
+fn reports_wait_in_the_worker_while_a_call_waits_for_its_retry() {
+    let mut r = Rig::new(RebootMode::Exit);
+    r.up();
+    let t = task(0);
+    start(&mut r, t, script());
+    assert!(r.m.accepts_reports());
+    r.m.handle_task_report(r.now, TaskReport::Log { text: "a\n".into() });
+    r.tick(Duration::ZERO);
+    r.expect(Seen::Report(t, TaskReport::Log { text: "a\n".into() }));
+    r.answer(Err(unreachable()));
+    // The worker's bounded channel (and its own cap on held output) now
+    // holds what it says, not the machine.
+    assert!(!r.m.accepts_reports());
+    r.tick(Duration::from_secs(10));
+    assert!(r.m.accepts_reports());
+    r.expect(Seen::Report(t, TaskReport::Log { text: "a\n".into() }));
+}

@@ -108,7 +108,7 @@ pub(super) fn drive(cfg: AgentConfig) -> Result<Outcome> {
 fn wait(m: &mut Machine, worker: Option<&TaskHandle>) {
     let until = m.poll_timeout();
     let left = |now: Instant| until.map(|t| t.saturating_duration_since(now));
-    match worker {
+    match worker.filter(|_| m.accepts_reports()) {
         Some(w) => {
             // Long enough to stay responsive to reports; bounded so a lost
             // deadline still wakes the loop.

@@ -455,7 +455,11 @@ fn upload(
                             return Err(e);
                         }
                         if backoff.failures() == 0 {
-                            tracing::info!("{}: upload failed ({e}); retrying", ctx.tag);
+                            tracing::info!(
+                                "{}: upload failed ({}); retrying",
+                                ctx.tag,
+                                ErrorChain(&e)
+                            );
                         }
                         std::thread::sleep(backoff.next_delay());
                     }

@@ -21,13 +21,19 @@ pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut text = self.0.to_string();
         let mut cause = self.0.source();
         while let Some(c) = cause {
-            write!(f, ": {c}")?;
+            // Some errors print their cause in their own text too: say it
+            // once.
+            let c_text = c.to_string();
+            if !text.ends_with(&c_text) {
+                text.push_str(": ");
+                text.push_str(&c_text);
+            }
             cause = c.source();
         }
-        Ok(())
+        f.write_str(&text)
     }
 }
 
@@ -43,5 +49,12 @@ mod tests {
     fn a_chain_prints_every_cause_once() {
         let e = Outer(std::io::Error::other("disk on fire"));
         assert_eq!(ErrorChain(&e).to_string(), "outer: disk on fire");
+        let e = Inline(std::io::Error::other("disk on fire"));
+        assert_eq!(ErrorChain(&e).to_string(), "writing: disk on fire");
     }
+
+    /// An error that prints its cause itself.
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing: {0}")]
+    struct Inline(#[source] std::io::Error);
 }
