@@ -21,10 +21,15 @@ pub struct AgentArgs {
     /// Default: rackcast.server= on the kernel command line.
     #[arg(long, env = "RACKCAST_SERVER")]
     pub server: Option<String>,
-    /// The enrollment token the server gave out for agents.
-    /// Default: rackcast.token= on the kernel command line.
+    /// The token to register with: the boot token of a netbooted target
+    /// (rackcast.token= on the kernel command line, the default) or the
+    /// server's enrollment token (DATA/agent.token) for an agent started by
+    /// hand. A flag shows in `ps`: prefer --token-file or the variable.
     #[arg(long, env = "RACKCAST_AGENT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the token from this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// The target's identity. Default: the MAC of the interface that routes
     /// to the server (give one for agents on loopback).
     #[arg(long)]
@@ -159,8 +164,24 @@ fn config(a: AgentArgs, kernel: &KernelArgs) -> anyhow::Result<AgentConfig> {
     let server = a.server.or_else(|| kernel.server.clone()).context(
         "no server: pass --server URL, set RACKCAST_SERVER, or boot with rackcast.server=",
     )?;
-    let token = a.token.or_else(|| kernel.token.clone()).context(
-        "no enrollment token: pass --token, set RACKCAST_AGENT_TOKEN, or boot with rackcast.token=",
+    let from_file = match &a.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the token from {}", p.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    let token = from_file
+        .or(a.token)
+        .or_else(|| kernel.token.clone())
+        .context(
+        "no token: pass --token-file FILE, set RACKCAST_AGENT_TOKEN, or boot with rackcast.token=",
     )?;
     let mac = match a.mac {
         Some(m) => MacAddr::parse(&m)?,
@@ -275,6 +296,40 @@ mod tests {
     }
 
     #[test]
+    fn a_token_file_beats_the_kernel_and_an_empty_one_is_no_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "rcb1-secret\nignored\n").unwrap();
+        let args = |f: &std::path::Path| {
+            parse(&[
+                "--server",
+                "http://127.0.0.1:7070",
+                "--mac",
+                "02:00:00:00:00:01",
+                "--token-file",
+                f.to_str().unwrap(),
+            ])
+        };
+        let kernel = KernelArgs {
+            token: Some("from-kernel".into()),
+            ..KernelArgs::default()
+        };
+        assert_eq!(
+            config(args(&f), &kernel).unwrap().enroll_token,
+            "rcb1-secret"
+        );
+        std::fs::write(&f, "\n").unwrap();
+        assert_eq!(
+            config(args(&f), &kernel).unwrap().enroll_token,
+            "from-kernel"
+        );
+        let e = config(args(&f), &KernelArgs::default()).unwrap_err();
+        assert!(e.to_string().contains("--token-file"), "{e}");
+        let e = config(args(&dir.path().join("missing")), &kernel).unwrap_err();
+        assert!(format!("{e:#}").contains("missing"), "{e:#}");
+    }
+
+    #[test]
     fn missing_server_or_token_or_mac_on_loopback_say_what_to_pass() {
         let e = config(parse(&["--token", "t"]), &KernelArgs::default()).unwrap_err();
         assert!(e.to_string().contains("--server"), "{e}");
@@ -283,7 +338,7 @@ mod tests {
             &KernelArgs::default(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("--token"), "{e}");
+        assert!(e.to_string().contains("--token-file"), "{e}");
         let e = config(
             parse(&["--server", "http://127.0.0.1:7070", "--token", "t"]),
             &KernelArgs::default(),

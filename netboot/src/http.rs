@@ -14,7 +14,8 @@ use crate::arch::{ClientArch, ClientKind, MacAddr};
 use crate::error::{Error, Result};
 use crate::events::{BootEvent, Events, Step};
 use crate::files::FileTree;
-use crate::policy::{ipxe_script, BootQuery, BootStage};
+use crate::neighbor::{PeerCheck, ScriptPeer};
+use crate::policy::{ipxe_script, BootAction, BootQuery, BootStage};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -34,6 +35,8 @@ struct Shared {
     server: String,
     /// Our base URL (`{http}`).
     base: String,
+    /// Who may fetch a MAC's script.
+    script_peer: ScriptPeer,
 }
 
 impl HttpServer {
@@ -56,6 +59,7 @@ impl HttpServer {
                 events,
                 server,
                 base,
+                script_peer: ScriptPeer::default(),
             }),
         })
     }
@@ -68,6 +72,23 @@ impl HttpServer {
             events: s.events.clone(),
             server: s.server.clone(),
             base,
+            script_peer: s.script_peer,
+        });
+        HttpServer {
+            listener: self.listener,
+            shared,
+        }
+    }
+
+    /// Sets who may fetch a MAC's iPXE script.
+    pub fn script_peer(self, script_peer: ScriptPeer) -> Self {
+        let s = &self.shared;
+        let shared = Arc::new(Shared {
+            files: s.files.clone(),
+            events: s.events.clone(),
+            server: s.server.clone(),
+            base: s.base.clone(),
+            script_peer,
         });
         HttpServer {
             listener: self.listener,
@@ -199,6 +220,29 @@ async fn serve(
             .find_map(|kv| kv.strip_prefix("arch="))
             .and_then(|v| v.parse().ok())
             .map_or(ClientArch::X64Uefi, ClientArch::from_raw);
+        // The script carries this MAC's boot token: only its owner gets it.
+        let refused = match shared.script_peer.check_host(peer.ip(), mac) {
+            PeerCheck::Allowed => None,
+            PeerCheck::OtherMac(m) => Some(format!("refused: the peer is {m}")),
+            PeerCheck::Unknown => Some("refused: the peer is not on this segment".to_string()),
+        };
+        if let Some(detail) = refused {
+            shared.events.emit(BootEvent {
+                mac: Some(mac),
+                peer,
+                step: Step::HttpScript,
+                detail,
+            });
+            return respond(
+                stream,
+                403,
+                "text/plain",
+                b"this script is only for the machine with that MAC",
+                head,
+                close,
+            )
+            .await;
+        }
         let q = BootQuery {
             mac,
             uuid: None,
@@ -212,7 +256,11 @@ async fn serve(
             mac: Some(mac),
             peer,
             step: Step::HttpScript,
-            detail: format!("{action:?}"),
+            // Never the script itself: it carries a boot token.
+            detail: match &action {
+                BootAction::IpxeScript(_) => "script".to_string(),
+                other => format!("{other:?}"),
+            },
         });
         return match script {
             Some(s) => respond(stream, 200, "text/plain", s.as_bytes(), head, close).await,

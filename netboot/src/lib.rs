@@ -13,6 +13,7 @@ mod error;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod neighbor;
 pub mod policy;
 mod settings;
 pub mod tftp;
@@ -80,6 +81,8 @@ pub struct NetbootConfig {
     pub http: SocketAddr,
     /// TFTP negotiation limits.
     pub tftp_limits: TransferLimits,
+    /// Which peers may fetch a MAC's iPXE script.
+    pub script_peer: neighbor::ScriptPeer,
 }
 
 /// The bound netboot services, ready to run.
@@ -110,7 +113,7 @@ impl Netboot {
         } else {
             format!("http://{}:{http_port}", cfg.server_ip)
         };
-        let http = HttpServer::rebase(http, base.clone());
+        let http = HttpServer::rebase(http, base.clone()).script_peer(cfg.script_peer);
         let tftp =
             TftpServer::bind(cfg.tftp, files, cfg.tftp_limits.clone(), events.clone()).await?;
         let (full, leases, lease_file) = match &cfg.mode {

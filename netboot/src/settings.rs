@@ -70,6 +70,11 @@ pub struct NetbootSettings {
     /// Largest TFTP windowsize granted (default 64; 1 turns windows off).
     #[serde(default)]
     pub tftp_max_windowsize: Option<u16>,
+    /// Who may fetch `/ipxe/<mac>` (it carries that MAC's boot token):
+    /// `segment` (default: only the peer whose neighbour entry has that
+    /// MAC) or `any` (targets behind a DHCP relay).
+    #[serde(default)]
+    pub script_peer: crate::neighbor::ScriptPeer,
 }
 
 /// `mode`.
@@ -130,6 +135,7 @@ impl NetbootSettings {
             reservations: HashMap::new(),
             tftp_max_bytes_in_flight: None,
             tftp_max_windowsize: None,
+            script_peer: Default::default(),
         }
     }
 
@@ -160,6 +166,7 @@ impl NetbootSettings {
             tftp: self.tftp,
             http: self.http,
             tftp_limits: self.tftp_limits(mtu)?,
+            script_peer: self.script_peer,
         })
     }
 

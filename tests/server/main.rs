@@ -5,6 +5,7 @@
 //! changed.
 
 mod rig;
+mod trust;
 
 use std::time::Duration;
 

@@ -22,6 +22,8 @@ pub struct Server {
     log: PathBuf,
     cast_port: u16,
     rate: String,
+    /// A server config file (TOML) passed with `--config`.
+    config: Option<PathBuf>,
     agents: Vec<Agent>,
 }
 
@@ -35,6 +37,12 @@ pub struct Agent {
 impl Server {
     /// Starts a server; `rate` caps each cast session (e.g. "200M").
     pub fn start(rate: &str) -> Server {
+        Server::start_with(rate, "127.0.0.1:0", None)
+    }
+
+    /// Starts a server listening on `listen`, with `config` (TOML, without
+    /// `data`, which is added) when given.
+    pub fn start_with(rate: &str, listen: &str, config: Option<&str>) -> Server {
         let base = 20000
             + (std::process::id() % 200) as u16 * 100
             + NEXT_PORT.fetch_add(7, Ordering::Relaxed) % 100;
@@ -48,9 +56,20 @@ impl Server {
             child: None,
             cast_port: base,
             rate: rate.to_string(),
+            config: None,
             agents: Vec::new(),
         };
-        s.spawn("127.0.0.1:0");
+        if let Some(text) = config {
+            let path = s.dir.path().join("server.toml");
+            let data = s.dir.path().join("data");
+            std::fs::write(
+                &path,
+                format!("data = {:?}\n{text}", data.display().to_string()),
+            )
+            .unwrap();
+            s.config = Some(path);
+        }
+        s.spawn(listen);
         s
     }
 
@@ -61,8 +80,13 @@ impl Server {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut child = Command::new(rackcast_tests::rc())
-            .args(["server", "--data"])
+        let mut cmd = Command::new(rackcast_tests::rc());
+        cmd.arg("server");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
+            .arg("--data")
             .arg(&data)
             .args([
                 "--listen",
@@ -286,8 +310,13 @@ impl Server {
 
     /// Every stored event of a job, read over SSE (the replay part).
     pub fn events(&self, job: u64) -> Vec<EventRecord> {
+        self.events_where(&format!("job={job}"))
+    }
+
+    /// Every stored event the query (`job=N`, or empty for all) selects.
+    pub fn events_where(&self, query: &str) -> Vec<EventRecord> {
         let resp = self
-            .req("GET", &format!("/api/v1/events?job={job}"))
+            .req("GET", &format!("/api/v1/events?{query}"))
             .timeout(Duration::from_secs(3))
             .call()
             .unwrap();

@@ -3,6 +3,7 @@
 //! that [`classify`] says whether retrying can help.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -53,6 +54,10 @@ pub fn classify(e: &AgentError) -> Failure {
 pub struct Client {
     http: Http,
     token: Arc<RwLock<Option<String>>>,
+    /// Where the session token is saved (mode 0600), so an agent restarted
+    /// in the same boot renews its session instead of presenting a boot
+    /// token that is already spent.
+    session_file: Option<PathBuf>,
 }
 
 impl Client {
@@ -68,6 +73,51 @@ impl Client {
                 },
             ),
             token: Arc::default(),
+            session_file: None,
+        }
+    }
+
+    /// Saves session tokens in `path` (and reads one saved there).
+    pub fn with_session_file(mut self, path: PathBuf) -> Client {
+        self.session_file = Some(path);
+        self
+    }
+
+    /// The session token an earlier run of this agent saved.
+    pub fn saved_session(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.session_file.as_ref()?).ok()?;
+        Some(text.trim().to_string()).filter(|t| !t.is_empty())
+    }
+
+    /// Writes the session token where [`Client::saved_session`] finds it:
+    /// a private file, replaced whole. Failing to save costs only the
+    /// renewal after a restart, so it is logged, not fatal.
+    fn save_session(&self, token: &str) {
+        let Some(path) = &self.session_file else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            if let Some(dir) = path.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(token.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!("cannot save the session token in {}: {e}", path.display());
         }
     }
 
@@ -86,17 +136,18 @@ impl Client {
         t.clone().unwrap_or_default()
     }
 
-    /// `POST /agent/v1/register` with the enrollment token; keeps the boot
-    /// token it answers.
-    pub fn register(&self, enroll_token: &str, req: &RegisterRequest) -> Result<Registered> {
+    /// `POST /agent/v1/register` with `token` (boot, enrollment or a saved
+    /// session token); keeps and saves the session token it answers.
+    pub fn register(&self, token: &str, req: &RegisterRequest) -> Result<Registered> {
         let reg: Registered = self.http.call(
             "POST",
             "/agent/v1/register",
-            enroll_token,
+            token,
             Body::Json(req),
             Some(CALL_TIMEOUT),
         )?;
         *self.token.write().unwrap_or_else(PoisonError::into_inner) = Some(reg.token.clone());
+        self.save_session(&reg.token);
         Ok(reg)
     }
 

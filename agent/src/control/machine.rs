@@ -292,6 +292,7 @@ impl Machine {
                     ok: false,
                     error: Some("the task's thread died".into()),
                     summary: "agent error".into(),
+                    root: None,
                 });
             }
         }
@@ -498,6 +499,7 @@ impl Machine {
                             ok: true,
                             error: None,
                             summary: format!("rebooting into {env}"),
+                            root: None,
                         },
                         then: Then::Nothing,
                     });
@@ -575,7 +577,9 @@ impl Machine {
         }
         if let Some(end) = end {
             match &end {
-                TaskReport::Finished { ok, summary, error } => self.say(format!(
+                TaskReport::Finished {
+                    ok, summary, error, ..
+                } => self.say(format!(
                     "finished job {} task {}: {}{}",
                     task.job,
                     task.task,

@@ -211,6 +211,7 @@ fn ok(summary: &str) -> TaskReport {
         ok: true,
         error: None,
         summary: summary.into(),
+        root: None,
     }
 }
 

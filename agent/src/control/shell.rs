@@ -13,6 +13,8 @@ use super::machine::{Action, Answer, Call, Machine, MachineConfig};
 use super::tasks::{TaskContext, TaskHandle};
 use super::{boot, inventory, AgentConfig, Outcome};
 use crate::error::{AgentError, Result};
+use rackcast_client::CallError;
+use rackcast_engine::sched::api::{RegisterRequest, Registered};
 
 /// Runs the agent until the machine is done.
 pub(super) fn drive(cfg: AgentConfig) -> Result<Outcome> {
@@ -24,7 +26,7 @@ pub(super) fn drive(cfg: AgentConfig) -> Result<Outcome> {
             "ended {killed} process(es) of a script an earlier agent run left running"
         ));
     }
-    let client = Client::new(&cfg.server);
+    let client = Client::new(&cfg.server).with_session_file(cfg.work_dir.join("session.token"));
     let mut m = Machine::new(
         MachineConfig {
             mac: cfg.mac,
@@ -147,13 +149,27 @@ fn wait(m: &mut Machine, worker: Option<&TaskHandle>) {
     }
 }
 
+/// Registers: first with the session token this agent saved before (a
+/// restart in the same boot, whose boot token is spent), then with the
+/// configured token. The session token answered is saved again.
+fn register(client: &Client, token: &str, req: &RegisterRequest) -> Result<Registered, AgentError> {
+    client.forget_token();
+    if let Some(saved) = client.saved_session() {
+        match client.register(&saved, req) {
+            Ok(r) => return Ok(r),
+            Err(AgentError::Api(CallError::Status {
+                status: 401 | 409, ..
+            })) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    client.register(token, req)
+}
+
 /// One call to the agent API.
 fn perform(client: &Client, enroll_token: &str, call: &Call) -> Result<Answer, AgentError> {
     match call {
-        Call::Register(req) => {
-            client.forget_token();
-            client.register(enroll_token, req).map(Answer::Registered)
-        }
+        Call::Register(req) => register(client, enroll_token, req).map(Answer::Registered),
         Call::Poll(req) => client.poll(req).map(Answer::Directive),
         Call::Report(req) => client.report(req).map(Answer::Ack),
     }

@@ -187,6 +187,7 @@ fn failed(error: String) -> TaskReport {
         ok: false,
         summary: error.clone(),
         error: Some(error),
+        root: None,
     }
 }
 
@@ -339,6 +340,7 @@ fn script_task(
             ok: code == expect_exit,
             error: (code != expect_exit).then(|| format!("exit {code}, expected {expect_exit}")),
             summary: format!("exit {code}"),
+            root: None,
         }),
         Ok(end) => Some(failed(end.summary())),
         Err(e) => Some(failed(ErrorChain(&e).to_string())),
@@ -404,6 +406,7 @@ fn create_task(
                 ok: true,
                 error: None,
                 summary: format!("root {root}"),
+                root: Some(root),
             })
         }
         Ok(Some(stored)) => Some(failed(format!(
@@ -564,6 +567,7 @@ fn distribute_task(
                 r.sink.bytes_written,
                 r.sink.resumed_chunks
             ),
+            root: Some(hex(&r.root)),
         }),
         Err(CastError::Abandoned) => None,
         Err(e @ (CastError::Stalled { .. } | CastError::EndedEarly { .. })) => {

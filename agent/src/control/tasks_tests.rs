@@ -55,7 +55,8 @@ fn a_script_task_logs_and_finishes_with_its_exit_code() {
         Some(&TaskReport::Finished {
             ok: true,
             error: None,
-            summary: "exit 2".into()
+            summary: "exit 2".into(),
+            root: None
         })
     );
 }

@@ -1,16 +1,20 @@
-//! The agent API under `/agent/v1`: register with the enrollment token, then
-//! long-poll for directives and report with the per-boot token.
+//! The agent API under `/agent/v1`: register with a boot token (from the
+//! iPXE script) or the enrollment token, then long-poll for directives and
+//! report with the session token registration returned.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::boot_token::BootToken;
+use super::store::AgentSession;
 use super::{auth, library, now_ms, ApiErr, Shared};
 use rackcast_engine::sched::api::{
     Directive, ImageView, JobId, PollRequest, RegisterRequest, Registered, ReportAck,
@@ -33,7 +37,13 @@ async fn agent(sh: &Shared, h: &HeaderMap, claimed: &str) -> Result<MacAddr, Api
     let token = auth::bearer(h)?;
     let mac = MacAddr::parse(claimed).map_err(rackcast_engine::sched::SchedError::from)?;
     let hash = auth::token_hash(token);
-    let ok = sh.read(|i| i.agent_tokens.get(&mac) == Some(&hash)).await;
+    let ok = sh
+        .read(|i| {
+            i.agent_tokens
+                .get(&mac)
+                .is_some_and(|s| !s.hash.is_empty() && s.hash == hash)
+        })
+        .await;
     if ok {
         Ok(mac)
     } else {
@@ -44,18 +54,101 @@ async fn agent(sh: &Shared, h: &HeaderMap, claimed: &str) -> Result<MacAddr, Api
     }
 }
 
+/// A registration. With a boot token: it must be this MAC's, unexpired,
+/// unclaimed and for the target's pending task. With the MAC's own session
+/// token (a restarted agent): a renewal. With the enrollment token (when
+/// allowed): the MAC must have no live session. Refusals are
+/// recorded as `agent.refused` events. The check and the claim happen
+/// under one lock, so one token never claims twice.
 async fn register(
     State(sh): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
     Json(r): Json<RegisterRequest>,
 ) -> Result<Json<Registered>, ApiErr> {
-    auth::require(&h, &sh.enroll_token, "enrollment")?;
     let mac = MacAddr::parse(&r.mac).map_err(rackcast_engine::sched::SchedError::from)?;
+    let presented = auth::bearer(&h)?;
+    let boot = BootToken::looks_like(presented);
+    // An agent that restarted presents the session token it saved: it
+    // renews its own session, whatever token it first registered with.
+    let hash = auth::token_hash(presented);
+    let renewal = sh
+        .read(|i| {
+            i.agent_tokens
+                .get(&mac)
+                .is_some_and(|s| !s.hash.is_empty() && s.hash == hash)
+        })
+        .await;
+    if !boot && !renewal {
+        if !sh.cfg.enroll_token {
+            return Err(ApiErr(
+                StatusCode::UNAUTHORIZED,
+                "the enrollment token is switched off on this server (enroll_token = false): \
+                 boot the target through netboot, whose script carries a token for it"
+                    .into(),
+            ));
+        }
+        auth::require(&h, &sh.enroll_token, "enrollment")?;
+    }
     let token = auth::random_token()
         .map_err(|e| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let hash = auth::token_hash(&token);
-    sh.store.set_agent_token(mac, &hash, now_ms()).await?;
-    sh.inner.lock().await.agent_tokens.insert(mac, hash);
+    let refused = {
+        let mut inner = sh.inner.lock().await;
+        let now = now_ms();
+        let old = inner.agent_tokens.get(&mac).cloned().unwrap_or_default();
+        let verdict = if renewal {
+            if old.hash == hash {
+                Ok(old.claimed)
+            } else {
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    "the session was renewed meanwhile".to_string(),
+                ))
+            }
+        } else if boot {
+            let pending = inner.sched.pending_task(mac);
+            BootToken::verify(presented, &sh.boot_key)
+                .and_then(|t| {
+                    t.check(mac, now, old.claimed, pending, sh.cfg.boot_token_ttl * 1000)?;
+                    Ok(t.issued)
+                })
+                .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))
+        } else {
+            let seen = inner.sched.target(mac).map_or(0, |t| t.last_seen);
+            let live_ms = (2 * sh.cfg.poll_wait + 60) * 1000;
+            if !old.hash.is_empty() && now.saturating_sub(seen) < live_ms {
+                Err((
+                    StatusCode::CONFLICT,
+                    format!(
+                        "{mac} has a live agent session (last heard {} s ago): the enrollment \
+                         token cannot take it over; `rackcast target reset {mac}` drops it",
+                        now.saturating_sub(seen) / 1000
+                    ),
+                ))
+            } else {
+                Ok(old.claimed)
+            }
+        };
+        match verdict {
+            Ok(claimed) => {
+                let session = AgentSession {
+                    hash: auth::token_hash(&token),
+                    claimed,
+                };
+                sh.store.set_agent_token(mac, &session, now).await?;
+                inner.agent_tokens.insert(mac, session);
+                None
+            }
+            Err(e) => Some(e),
+        }
+    };
+    if let Some((status, reason)) = refused {
+        tracing::warn!("registration of {mac} from {peer} refused: {reason}");
+        let peer = peer.to_string();
+        sh.mutate(|s, now| s.registration_refused(now, mac, &reason, &peer))
+            .await?;
+        return Err(ApiErr(status, format!("registration refused: {reason}")));
+    }
     sh.mutate(|s, now| s.register(now, mac, &r.env, r.inventory, r.running))
         .await??;
     Ok(Json(Registered {
@@ -123,7 +216,7 @@ async fn upload(
             sh.read(|i| {
                 i.agent_tokens
                     .iter()
-                    .find(|(_, t)| **t == hash)
+                    .find(|(_, t)| !t.hash.is_empty() && t.hash == hash)
                     .map(|(m, _)| *m)
             })
             .await
@@ -164,7 +257,7 @@ async fn upload(
             format!("{mac} is not running a Create Disk Image task for {name:?} as job {} task {} attempt {}", r.job, r.task + 1, r.attempt),
         ));
     }
-    let v = library::receive(&sh.cfg.data, &name, body).await?;
+    let v = library::receive(&sh.cfg.data, &name, body, &sh.trusted).await?;
     sh.install_image(v.clone(), "agent").await?;
     Ok(Json(v))
 }

@@ -31,6 +31,19 @@ pub(crate) fn load_or_create_token(path: &Path) -> std::io::Result<String> {
     Ok(token)
 }
 
+/// The 32-byte key in `path` (hex), or a new random one written there.
+pub(crate) fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
+    let text = load_or_create_token(path)?;
+    rackcast_engine::image::from_hex(&text)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not 64 hex digits: delete it to make a new key (outstanding boot tokens stop working)",
+            )
+        })
+}
+
 /// 32 random bytes as hex.
 pub(crate) fn random_token() -> std::io::Result<String> {
     let mut b = [0u8; 32];

@@ -12,7 +12,7 @@ use rackcast_engine::cast::wire::symbol_size_for_mtu;
 use rackcast_engine::cast::{
     ImageFrames, ReedSolomon, Sender, SenderConfig, SenderEvent, SessionKey, Verdict,
 };
-use rackcast_engine::image::{from_hex, ImageReader};
+use rackcast_engine::image::{from_hex, hex, ImageReader};
 use rackcast_engine::sched::CastSession;
 use rackcast_engine::sched::ErrorChain;
 
@@ -26,10 +26,24 @@ pub(crate) fn spawn_sender(
 ) {
     let handle = tokio::runtime::Handle::current();
     let id = session.id;
+    // Each receiver the sender sees finish is recorded as it happens: an
+    // agent's report of success is taken only after that.
+    let (confirm, mut confirmed) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let recorder = shared.clone();
+    handle.spawn(async move {
+        while let Some(rid) = confirmed.recv().await {
+            let r = recorder.mutate(|s, _| s.receiver_confirmed(id, rid)).await;
+            if let Err(e) = r {
+                tracing::error!("cast session {id}: recording receiver {rid} done: {}", e.1);
+            }
+        }
+    });
     let spawned = std::thread::Builder::new()
         .name(format!("cast-{id}"))
         .spawn(move || {
-            let (done, detail) = match send(&shared, &session, &image, receivers, rate) {
+            let sent = send(&shared, &session, &image, receivers, rate, &confirm);
+            drop(confirm);
+            let (done, detail) = match sent {
                 Ok(r) => r,
                 Err(e) => {
                     let e = ErrorChain(&e).to_string();
@@ -58,6 +72,13 @@ enum SendError {
         #[source]
         source: rackcast_engine::image::ImageError,
     },
+    /// The file is not the image the session pinned.
+    #[error("{} has root {got}, but the session sends root {want}: refusing to send it", path.display())]
+    Root {
+        path: std::path::PathBuf,
+        want: String,
+        got: String,
+    },
     /// The session's key is not hex (a corrupt store row).
     #[error("the session key is not hex")]
     Key,
@@ -79,11 +100,20 @@ fn send(
     image: &std::path::Path,
     receivers: usize,
     rate: Option<u64>,
+    confirm: &tokio::sync::mpsc::UnboundedSender<u64>,
 ) -> Result<(Vec<u64>, serde_json::Value), SendError> {
     let reader = ImageReader::open(image).map_err(|source| SendError::Image {
         path: image.to_path_buf(),
         source,
     })?;
+    let got = hex(&reader.root());
+    if got != s.root {
+        return Err(SendError::Root {
+            path: image.to_path_buf(),
+            want: s.root.clone(),
+            got,
+        });
+    }
     let key = from_hex(&s.key).ok_or(SendError::Key)?;
     let group = s.group.parse().map_err(|source| SendError::Group {
         group: s.group.clone(),
@@ -122,10 +152,12 @@ fn send(
     );
     let start = Instant::now();
     let mut verdicts = Vec::new();
-    net::run_sender(&mut sender, &sock, &netcfg, &mut |_, ev| {
-        if let Some(SenderEvent::Finished { verdicts: v }) = ev {
-            verdicts = v.clone();
+    net::run_sender(&mut sender, &sock, &netcfg, &mut |_, ev| match ev {
+        Some(SenderEvent::Finished { verdicts: v }) => verdicts = v.clone(),
+        Some(SenderEvent::ReceiverDone { receiver }) => {
+            let _ = confirm.send(*receiver);
         }
+        _ => {}
     })?;
     let st = sender.stats();
     let done: Vec<u64> = verdicts

@@ -9,6 +9,7 @@
 
 mod agent_api;
 mod auth;
+mod boot_token;
 mod cast;
 mod library;
 mod operator;
@@ -97,9 +98,30 @@ pub struct ServerConfig {
     /// Longest a poll is held open, seconds.
     #[serde(default = "default_poll_wait")]
     pub poll_wait: u64,
+    /// Whether agents may register with the shared enrollment token
+    /// (`DATA/agent.token`, for agents an operator starts by hand).
+    /// Netbooted targets always use their per-boot token; `false` leaves
+    /// only those.
+    #[serde(default = "default_true")]
+    pub enroll_token: bool,
+    /// Public key files (`rackcast image keygen` writes KEY.pub): when
+    /// any is given, an upload (CLI or Create Disk Image) must be signed by
+    /// one of them or it is refused and not stored.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Seconds an unclaimed boot token stays valid.
+    #[serde(default = "default_boot_token_ttl")]
+    pub boot_token_ttl: u64,
     /// Netboot, when the server answers PXE itself.
     #[serde(default)]
     pub netboot: Option<rackcast_netboot::NetbootSettings>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_boot_token_ttl() -> u64 {
+    3600
 }
 
 fn default_listen() -> SocketAddr {
@@ -142,6 +164,9 @@ impl ServerConfig {
             default_env: default_env(),
             boot_timeout: default_boot_timeout(),
             poll_wait: default_poll_wait(),
+            enroll_token: true,
+            trusted_keys: Vec::new(),
+            boot_token_ttl: default_boot_token_ttl(),
             netboot: None,
         }
     }
@@ -166,6 +191,10 @@ pub struct Shared {
     cfg: ServerConfig,
     admin_token: String,
     enroll_token: String,
+    /// Tags boot tokens (`DATA/boot.key`).
+    boot_key: [u8; 32],
+    /// Uploads must be signed by one of these, when there are any.
+    trusted: Vec<rackcast_engine::image::TrustedKey>,
     policy: Arc<SchedPolicy>,
     url: String,
 }
@@ -173,8 +202,8 @@ pub struct Shared {
 #[derive(Debug)]
 pub(crate) struct Inner {
     sched: Scheduler,
-    /// BLAKE3 (hex) of each target's boot token.
-    agent_tokens: std::collections::HashMap<rackcast_engine::sched::MacAddr, String>,
+    /// Each target's agent session.
+    agent_tokens: std::collections::HashMap<rackcast_engine::sched::MacAddr, store::AgentSession>,
     /// Image library: name -> view.
     images: std::collections::BTreeMap<String, rackcast_engine::sched::api::ImageView>,
 }
@@ -195,6 +224,7 @@ impl From<rackcast_engine::sched::SchedError> for ApiErr {
         let code = match e {
             E::UnknownTarget(_) | E::UnknownImage(_) | E::UnknownJob(_) => StatusCode::NOT_FOUND,
             E::BadMac(_) | E::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::NotYet(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiErr(code, e.to_string())
     }
@@ -285,7 +315,7 @@ impl Shared {
                 let s = self.read(|i| i.sched.session(session).cloned()).await;
                 let path = s
                     .as_ref()
-                    .map(|s| library::image_path(&self.cfg.data, &s.image));
+                    .map(|s| library::blob_path(&self.cfg.data, &s.root));
                 match (s, path) {
                     (Some(s), Some(path)) => {
                         cast::spawn_sender(self.clone(), s, path, receivers, rate)
@@ -318,6 +348,20 @@ impl Server {
             .map_err(data_err(&cfg.data.join("admin.token")))?;
         let enroll_token = auth::load_or_create_token(&cfg.data.join("agent.token"))
             .map_err(data_err(&cfg.data.join("agent.token")))?;
+        let boot_key = auth::load_or_create_key(&cfg.data.join("boot.key"))
+            .map_err(data_err(&cfg.data.join("boot.key")))?;
+        let stale = library::remove_stale_uploads(&cfg.data);
+        if stale > 0 {
+            tracing::info!("removed {stale} unfinished upload(s) a stopped server left");
+        }
+        let trusted = cfg
+            .trusted_keys
+            .iter()
+            .map(|p| {
+                rackcast_engine::image::TrustedKey::load(p)
+                    .map_err(|e| ServerError::Config(format!("trusted_keys: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let store = Store::open(&cfg.data).await?;
         let (state, images) = store.load().await?;
         let now = now_ms();
@@ -347,7 +391,19 @@ impl Server {
         }
         let mut image_map = std::collections::BTreeMap::new();
         for img in images {
-            if library::image_path(&cfg.data, &img.name).exists() {
+            let blob = library::blob_path(&cfg.data, &img.root);
+            let legacy = library::legacy_path(&cfg.data, &img.name);
+            if !blob.exists() && legacy.exists() {
+                // A library from before content addressing: move it under its root.
+                let moved = blob
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::rename(&legacy, &blob));
+                if let Err(e) = moved {
+                    tracing::warn!("moving {} to {}: {e}", legacy.display(), blob.display());
+                }
+            }
+            if blob.exists() {
                 sched.set_image(&img.name, Some(img.root.clone()));
                 image_map.insert(img.name.clone(), img);
             } else {
@@ -370,7 +426,7 @@ impl Server {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"));
-        let policy = Arc::new(SchedPolicy::new(url.clone(), enroll_token.clone()));
+        let policy = Arc::new(SchedPolicy::new(url.clone(), boot_key));
         let agent_tokens = store.agent_tokens().await?.into_iter().collect();
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -385,6 +441,8 @@ impl Server {
             cfg: cfg.clone(),
             admin_token,
             enroll_token,
+            boot_key,
+            trusted,
             policy: policy.clone(),
             url,
         });
@@ -440,9 +498,12 @@ impl Server {
         let timers = tokio::spawn(timer_loop(self.shared.clone()));
         let addr = self.local_addr().to_string();
         let api = async move {
-            axum::serve(self.listener, app)
-                .await
-                .map_err(|source| ServerError::Listen { addr, source })
+            axum::serve(
+                self.listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .map_err(|source| ServerError::Listen { addr, source })
         };
         let r = match self.netboot {
             Some(nb) => tokio::select! {

@@ -1,7 +1,10 @@
-//! The image library: `DATA/images/NAME.rcimg`. An upload is streamed to a
-//! temporary file, verified (every chunk hash and the root) and only then
-//! renamed into place; a corrupt upload is refused with the offset the
-//! verifier names and leaves the library as it was.
+//! The image library, content-addressed: the bytes of an image live in
+//! `DATA/images/by-root/ROOT.rcimg` and a name points to a root (the
+//! `images` table). A re-upload under a name moves the name, never the
+//! bytes a running job uses (jobs pin roots when submitted). An upload is
+//! streamed to a temporary file, checked against `trusted_keys` when the
+//! server has any, verified (every chunk hash and the root) and only then
+//! renamed into place; a refused upload leaves the library as it was.
 
 use std::path::{Path, PathBuf};
 
@@ -11,16 +14,43 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::ApiErr;
-use rackcast_engine::image::{hex, ImageReader};
+use rackcast_engine::image::{hex, ImageReader, TrustedKey};
 use rackcast_engine::sched::api::ImageView;
 
-/// Where image `name` lives.
-pub(crate) fn image_path(data: &Path, name: &str) -> PathBuf {
+/// Where the image with root `root` (hex) lives.
+pub(crate) fn blob_path(data: &Path, root: &str) -> PathBuf {
+    data.join("images")
+        .join("by-root")
+        .join(format!("{root}.rcimg"))
+}
+
+/// Where image `name` lived before the library was content-addressed.
+pub(crate) fn legacy_path(data: &Path, name: &str) -> PathBuf {
     data.join("images").join(format!("{name}.rcimg"))
 }
 
-/// Streams `body` into the library as `name` after verifying it.
-pub(crate) async fn receive(data: &Path, name: &str, body: Body) -> Result<ImageView, ApiErr> {
+/// Removes the temporary files of uploads a killed server left behind.
+pub(crate) fn remove_stale_uploads(data: &Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(data.join("images")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with('.') && n.contains(".upload-")
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Streams `body` into the library as `name` after checking it.
+pub(crate) async fn receive(
+    data: &Path,
+    name: &str,
+    body: Body,
+    trusted: &[TrustedKey],
+) -> Result<ImageView, ApiErr> {
     if !rackcast_engine::sched::valid_name(name) {
         return Err(ApiErr(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -37,8 +67,8 @@ pub(crate) async fn receive(data: &Path, name: &str, body: Body) -> Result<Image
     let r = write_body(&tmp, body).await;
     let r = match r {
         Ok(()) => {
-            let (t, n) = (tmp.clone(), name.to_string());
-            tokio::task::spawn_blocking(move || check(&t, &n))
+            let (t, n, k) = (tmp.clone(), name.to_string(), trusted.to_vec());
+            tokio::task::spawn_blocking(move || check(&t, &n, &k))
                 .await
                 .map_err(|e| internal(std::io::Error::other(e)))
                 .and_then(|r| r)
@@ -47,9 +77,16 @@ pub(crate) async fn receive(data: &Path, name: &str, body: Body) -> Result<Image
     };
     match r {
         Ok(view) => {
-            tokio::fs::rename(&tmp, image_path(data, name))
-                .await
-                .map_err(internal)?;
+            let blob = blob_path(data, &view.root);
+            if tokio::fs::try_exists(&blob).await.unwrap_or(false) {
+                // The same bytes are there already (the root says so).
+                let _ = tokio::fs::remove_file(&tmp).await;
+            } else {
+                if let Some(dir) = blob.parent() {
+                    tokio::fs::create_dir_all(dir).await.map_err(internal)?;
+                }
+                tokio::fs::rename(&tmp, &blob).await.map_err(internal)?;
+            }
             Ok(view)
         }
         Err(e) => {
@@ -75,8 +112,9 @@ async fn write_body(path: &Path, body: Body) -> Result<(), ApiErr> {
     Ok(())
 }
 
-/// Opens and fully verifies an image file.
-pub(crate) fn check(path: &Path, name: &str) -> Result<ImageView, ApiErr> {
+/// Opens an image file, checks its signature against `trusted` (when
+/// there are trusted keys) and fully verifies it.
+pub(crate) fn check(path: &Path, name: &str, trusted: &[TrustedKey]) -> Result<ImageView, ApiErr> {
     let refuse = |e: rackcast_engine::image::ImageError| {
         ApiErr(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -84,6 +122,30 @@ pub(crate) fn check(path: &Path, name: &str) -> Result<ImageView, ApiErr> {
         )
     };
     let r = ImageReader::open(path).map_err(refuse)?;
+    if !trusted.is_empty() {
+        let untrusted = |why: String| {
+            ApiErr(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "image {name} refused: {why}; this server accepts only images signed by \
+                     one of its {} trusted key(s) (trusted_keys): sign it with \
+                     `rackcast image sign IMG --key KEY`",
+                    trusted.len()
+                ),
+            )
+        };
+        match r.signature() {
+            None => return Err(untrusted("it is not signed".into())),
+            Some(sig) => {
+                if !trusted.iter().any(|k| r.check_signature(k).is_ok()) {
+                    return Err(untrusted(format!(
+                        "it is signed by key {}, which is not trusted (or the signature is bad)",
+                        hex(&sig.public_key)
+                    )));
+                }
+            }
+        }
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     r.verify(threads, &|_| {}).map_err(refuse)?;
     Ok(view(name, &r))

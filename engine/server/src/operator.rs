@@ -27,6 +27,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/targets", get(list_targets).post(add_target))
         .route("/api/v1/targets/{mac}", get(show_target))
         .route("/api/v1/targets/{mac}/release", post(release_target))
+        .route("/api/v1/targets/{mac}/reset", post(reset_target))
         .route("/api/v1/images", get(list_images))
         .route("/api/v1/images/{name}", get(show_image).put(put_image))
         .route("/api/v1/environments", get(list_envs))
@@ -108,6 +109,39 @@ async fn release_target(
         .ok_or_else(|| not_found(format!("unknown target {mac}")))
 }
 
+/// `POST /api/v1/targets/{mac}/reset`: drops the target's agent session,
+/// so its running agent must register again and the enrollment token may
+/// register it (a live session refuses that).
+async fn reset_target(
+    State(sh): S,
+    h: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Json<TargetView>, ApiErr> {
+    operator(&sh, &h)?;
+    let m = MacAddr::parse(&mac).map_err(SchedError::from)?;
+    {
+        let mut inner = sh.inner.lock().await;
+        if inner.sched.target(m).is_none() {
+            return Err(not_found(format!("unknown target {m}")));
+        }
+        // Keep when the last boot token was claimed: that claim stays spent.
+        let mut session = inner.agent_tokens.get(&m).cloned().unwrap_or_default();
+        session.hash.clear();
+        sh.store
+            .set_agent_token(m, &session, super::now_ms())
+            .await?;
+        inner.agent_tokens.insert(m, session);
+    }
+    let v = sh
+        .mutate(|s, now| {
+            s.agent_reset(now, m)?;
+            Ok::<_, SchedError>(s.target(m).map(|t| t.view()))
+        })
+        .await??;
+    v.map(Json)
+        .ok_or_else(|| not_found(format!("unknown target {mac}")))
+}
+
 async fn list_images(State(sh): S, h: HeaderMap) -> Result<Json<Vec<ImageView>>, ApiErr> {
     operator(&sh, &h)?;
     Ok(Json(
@@ -134,7 +168,7 @@ async fn put_image(
     body: Body,
 ) -> Result<Json<ImageView>, ApiErr> {
     operator(&sh, &h)?;
-    let v = library::receive(&sh.cfg.data, &name, body).await?;
+    let v = library::receive(&sh.cfg.data, &name, body, &sh.trusted).await?;
     sh.install_image(v.clone(), "operator").await?;
     Ok(Json(v))
 }

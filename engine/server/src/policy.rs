@@ -8,24 +8,33 @@ use std::sync::{Arc, RwLock};
 
 use rackcast_netboot::{BootAction, BootPolicy, BootQuery, MacAddr, Netboot, NetbootSettings};
 
-use super::{ServerConfig, ServerError};
-use rackcast_engine::sched::api::Environment;
+use super::boot_token::BootToken;
+use super::{now_ms, ServerConfig, ServerError};
+use rackcast_engine::sched::api::{Environment, JobId};
 use rackcast_engine::sched::{BootChoice, Change, Scheduler};
 
 /// See the module doc.
 #[derive(Debug)]
 pub struct SchedPolicy {
-    boots: RwLock<HashMap<MacAddr, Environment>>,
+    boots: RwLock<HashMap<MacAddr, Boot>>,
     url: String,
-    token: String,
+    /// Tags the boot tokens scripts carry (`DATA/boot.key`).
+    boot_key: [u8; 32],
+}
+
+/// What a MAC boots now, and for which task.
+#[derive(Debug, Clone)]
+struct Boot {
+    env: Environment,
+    task: Option<(JobId, u32)>,
 }
 
 impl SchedPolicy {
-    pub(crate) fn new(url: String, token: String) -> SchedPolicy {
+    pub(crate) fn new(url: String, boot_key: [u8; 32]) -> SchedPolicy {
         SchedPolicy {
             boots: RwLock::new(HashMap::new()),
             url,
-            token,
+            boot_key,
         }
     }
 
@@ -56,7 +65,14 @@ impl SchedPolicy {
             match s.boot_choice(mac) {
                 BootChoice::Env(name) => match s.environment(&name) {
                     Some(env) => {
-                        boots.insert(mac, env.clone());
+                        let task = s.pending_task(mac);
+                        boots.insert(
+                            mac,
+                            Boot {
+                                env: env.clone(),
+                                task,
+                            },
+                        );
                     }
                     None => {
                         tracing::warn!("{mac} needs environment {name}, which is not defined: it boots its disk");
@@ -70,11 +86,19 @@ impl SchedPolicy {
         }
     }
 
-    /// The iPXE script that boots `env`.
-    pub fn script(&self, env: &Environment) -> String {
+    /// The iPXE script that boots `env` on `mac` for `task`. `{token}` is
+    /// a boot token minted now for this MAC and task (see
+    /// [`crate::boot_token`]), never the enrollment token.
+    pub fn script(&self, env: &Environment, mac: MacAddr, task: Option<(JobId, u32)>) -> String {
+        let token = BootToken {
+            mac,
+            issued: now_ms(),
+            task,
+        }
+        .mint(&self.boot_key);
         let fill = |s: &str| {
             s.replace("{server}", &self.url)
-                .replace("{token}", &self.token)
+                .replace("{token}", &token)
                 .replace("{env}", &env.name)
         };
         match (&env.boot_file, &env.kernel, &env.initrd) {
@@ -92,7 +116,7 @@ impl BootPolicy for SchedPolicy {
     fn decide(&self, q: &BootQuery) -> BootAction {
         let boots = self.boots.read().unwrap_or_else(|e| e.into_inner());
         match boots.get(&q.mac) {
-            Some(env) => BootAction::IpxeScript(self.script(env)),
+            Some(b) => BootAction::IpxeScript(self.script(&b.env, q.mac, b.task)),
             None => BootAction::LocalDisk,
         }
     }

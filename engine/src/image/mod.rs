@@ -44,7 +44,7 @@ pub use error::{ImageError, Result};
 pub use index::{ChunkData, ChunkEntry, ChunkIndex, ChunkKind, FrameRef, Metadata, UsedMask};
 pub use reader::{ImageReader, VerifyReport};
 pub use restore::{restore_image, RestoreOptions, RestoreSummary};
-pub use sign::{public_path, ImageSigner, TrustedKey};
+pub use sign::{public_path, sign_file, ImageSigner, TrustedKey};
 pub use source::{probe_source, SourceInfo};
 pub use trailer::{RootSignature, Trailer};
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use super::error::{ImageError, Result};
-use super::trailer::RootSignature;
+use super::trailer::{RootSignature, Trailer, TRAILER_LEN};
 use super::{from_hex, hex};
 
 const SECRET_TAG: &str = "rackcast-ed25519-secret";
@@ -105,6 +105,39 @@ impl TrustedKey {
                 ))
             })
     }
+}
+
+/// Signs the image at `path` in place: its trailer (the last
+/// [`TRAILER_LEN`] bytes, which always have room for a signature) gets
+/// `signer`'s signature over the root it records, replacing any earlier
+/// one. Nothing else in the file changes, so the root stays what it was.
+/// The caller verifies the image first; this only reads the trailer.
+pub fn sign_file(path: &Path, signer: &ImageSigner) -> Result<RootSignature> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| ImageError::io("opening", path, e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| ImageError::io("reading the size of", path, e))?
+        .len();
+    let at = len
+        .checked_sub(TRAILER_LEN as u64)
+        .ok_or_else(|| ImageError::io("signing", path, std::io::ErrorKind::UnexpectedEof.into()))?;
+    let mut buf = [0u8; TRAILER_LEN];
+    f.seek(SeekFrom::Start(at))
+        .and_then(|_| f.read_exact(&mut buf))
+        .map_err(|e| ImageError::io("reading the trailer of", path, e))?;
+    let mut trailer = Trailer::parse(&buf, at)?;
+    let sig = signer.sign_root(&trailer.root);
+    trailer.signature = Some(sig);
+    f.seek(SeekFrom::Start(at))
+        .and_then(|_| f.write_all(&trailer.emit()))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ImageError::io("writing the trailer of", path, e))?;
+    Ok(sig)
 }
 
 /// `key` -> `key.pub`.

@@ -13,6 +13,7 @@
 //! | `POST /api/v1/targets`                 | `{mac, name}` -> `TargetView` (enroll)  |
 //! | `GET  /api/v1/targets/{mac}`           | -> `TargetView`                         |
 //! | `POST /api/v1/targets/{mac}/release`   | -> `TargetView` (clears a failure hold) |
+//! | `POST /api/v1/targets/{mac}/reset`     | -> `TargetView` (drops its agent session) |
 //! | `GET  /api/v1/images`                  | -> `[ImageView]`                        |
 //! | `GET  /api/v1/images/{name}`           | -> `ImageView`                          |
 //! | `PUT  /api/v1/images/{name}`           | image file bytes -> `ImageView`         |
@@ -30,9 +31,9 @@
 //!
 //! | method and path                              | body -> answer                     |
 //! |----------------------------------------------|------------------------------------|
-//! | `POST /agent/v1/register` (enrollment token) | `RegisterRequest` -> `Registered`  |
-//! | `POST /agent/v1/poll` (boot token)           | `PollRequest` -> `Directive`       |
-//! | `POST /agent/v1/report` (boot token)         | `ReportRequest` -> `ReportAck`     |
+//! | `POST /agent/v1/register` (boot or enrollment token) | `RegisterRequest` -> `Registered` |
+//! | `POST /agent/v1/poll` (session token)        | `PollRequest` -> `Directive`       |
+//! | `POST /agent/v1/report` (session token)      | `ReportRequest` -> `ReportAck`     |
 //! | `PUT  /agent/v1/images/{name}?job=J&task=T&attempt=A[&mac=M]` | image bytes -> `ImageView` |
 //!
 //! Errors are JSON `ApiError` with a 4xx/5xx status.
@@ -630,6 +631,11 @@ pub enum TaskReport {
         /// A short result line (root, exit code, bytes...).
         #[serde(default)]
         summary: String,
+        /// The image root the task wrote (Distribute) or captured (Create),
+        /// hex: a Distribute task is done only when it is the root its job
+        /// pinned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root: Option<String>,
     },
 }
 

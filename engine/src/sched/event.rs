@@ -107,6 +107,18 @@ pub enum EventKind {
         /// Environment it was in before.
         was: String,
     },
+    /// `agent.refused`: a registration was refused (a token claimed twice,
+    /// another MAC's token, a live session taken over with the enrollment
+    /// token). Recorded so an operator sees the attempt.
+    RegistrationRefused {
+        /// Why, without the token.
+        reason: String,
+        /// Where it came from.
+        peer: String,
+    },
+    /// `agent.reset`: an operator dropped a target's agent session, so an
+    /// agent may register for it again.
+    AgentReset {},
     /// `target.wrong-env`: a target came up in another environment than
     /// its next task needs.
     WrongEnv {
@@ -257,6 +269,8 @@ impl EventKind {
     pub fn word(&self) -> &'static str {
         match self {
             EventKind::AgentRegistered { .. } => "agent.registered",
+            EventKind::RegistrationRefused { .. } => "agent.refused",
+            EventKind::AgentReset {} => "agent.reset",
             EventKind::WrongEnv { .. } => "target.wrong-env",
             EventKind::TargetState { .. } => "target.state",
             EventKind::TargetAdded { .. } => "target.added",

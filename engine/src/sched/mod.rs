@@ -41,4 +41,8 @@ pub enum SchedError {
     /// A request that does not make sense.
     #[error("{0}")]
     Invalid(String),
+    /// A report that can be taken only once something else has happened
+    /// (the cast sender has not yet recorded the receiver done): retry it.
+    #[error("{0}")]
+    NotYet(String),
 }

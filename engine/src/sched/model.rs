@@ -1,5 +1,6 @@
 //! The scheduler's entities as they are persisted: one serde value per row.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use rackcast_types::MacAddr;
@@ -153,6 +154,10 @@ pub struct Job {
     pub created: Millis,
     /// Per target, in the spec's order.
     pub runs: Vec<Run>,
+    /// The root (hex) each image it distributes had when it was submitted:
+    /// a later upload under the same name changes nothing this job sends.
+    #[serde(default)]
+    pub pinned: BTreeMap<String, String>,
 }
 
 impl Job {

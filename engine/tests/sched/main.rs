@@ -147,7 +147,111 @@ fn finished(ok: bool) -> TaskReport {
         ok,
         error: (!ok).then(|| "boom".to_string()),
         summary: String::new(),
+        root: None,
     }
+}
+
+/// The report of a Distribute run `d` that wrote its image, after the
+/// cast sender of session `sid` recorded the receiver done.
+fn written(s: &mut Scheduler, sid: SessionId, d: &Directive) -> TaskReport {
+    let Directive::Run {
+        work: Work::Distribute { root, cast, .. },
+        ..
+    } = d
+    else {
+        panic!("expected a Distribute directive, got {d:?}");
+    };
+    s.receiver_confirmed(sid, cast.receiver);
+    TaskReport::Finished {
+        ok: true,
+        error: None,
+        summary: String::new(),
+        root: Some(root.clone()),
+    }
+}
+
+fn root_of(d: &Directive) -> String {
+    match d {
+        Directive::Run {
+            work: Work::Distribute { root, .. },
+            ..
+        } => root.clone(),
+        other => panic!("expected a Distribute directive, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_distribute_success_needs_the_pinned_root_and_the_senders_record() {
+    let mut s = sched();
+    let (a, b) = (mac(1), mac(2));
+    register(&mut s, 0, a, ENV);
+    register(&mut s, 0, b, ENV);
+    let pinned = "ab".repeat(32);
+    let id = s
+        .submit(1, distribute(&[a, b], CastPolicy::default()))
+        .unwrap();
+    // A re-upload under the same name after submission: the job keeps
+    // sending the root it pinned.
+    s.set_image("golden", Some("cd".repeat(32)));
+    assert_eq!(s.poll(2, a, None), Directive::Wait);
+    let db = s.poll(3, b, None);
+    let da = s.poll(3, a, None);
+    assert_eq!(root_of(&da), pinned);
+    assert_eq!(s.session(SessionId(1)).unwrap().root, pinned);
+    // A claims success before the sender saw it finish: not yet.
+    let claim = TaskReport::Finished {
+        ok: true,
+        error: None,
+        summary: String::new(),
+        root: Some(pinned.clone()),
+    };
+    assert!(matches!(
+        s.report(4, a, run_ref(&da), claim),
+        Err(SchedError::NotYet(_))
+    ));
+    assert_eq!(s.job(id).unwrap().status(), "running");
+    // Once the sender recorded it, the same report stands.
+    let ok = written(&mut s, SessionId(1), &da);
+    assert!(s.report(5, a, run_ref(&da), ok).unwrap());
+    // B names another root: its task fails, showing both.
+    let mut wrong = written(&mut s, SessionId(1), &db);
+    if let TaskReport::Finished { root, .. } = &mut wrong {
+        *root = Some("ee".repeat(32));
+    }
+    assert!(s.report(6, b, run_ref(&db), wrong).unwrap());
+    let j = s.job(id).unwrap();
+    let run = j.run(b).unwrap();
+    let e = run.error.as_deref().unwrap_or_default();
+    assert!(e.contains(&"ee".repeat(32)) && e.contains(&pinned), "{e}");
+    assert_eq!(j.run(a).unwrap().status.word(), "done");
+}
+
+#[test]
+fn a_success_the_sender_never_recorded_fails_once_the_session_ended() {
+    let mut s = sched();
+    let m = mac(1);
+    register(&mut s, 0, m, ENV);
+    let id = s
+        .submit(1, distribute(&[m], CastPolicy::default()))
+        .unwrap();
+    let d = s.poll(2, m, None);
+    s.sender_finished(3, SessionId(1), &[], serde_json::json!({}));
+    let claim = TaskReport::Finished {
+        ok: true,
+        error: None,
+        summary: String::new(),
+        root: Some(root_of(&d)),
+    };
+    assert!(s.report(4, m, run_ref(&d), claim).unwrap());
+    let e = s
+        .job(id)
+        .unwrap()
+        .run(m)
+        .unwrap()
+        .error
+        .clone()
+        .unwrap_or_default();
+    assert!(e.contains("no cast sender recorded"), "{e}");
 }
 
 #[test]
@@ -189,7 +293,8 @@ fn distribute_to_three_targets_in_one_session_then_boot_local() {
     assert_eq!(s.poll(32, macs[0], Some(run_ref(&d1))), Directive::Wait);
     for (&m, d) in macs.iter().zip([&d1, &d2, &d3]) {
         assert!(s.report(40, m, run_ref(d), TaskReport::Started).unwrap());
-        assert!(s.report(50, m, run_ref(d), finished(true)).unwrap());
+        let done = written(&mut s, SessionId(1), d);
+        assert!(s.report(50, m, run_ref(d), done).unwrap());
     }
     assert_eq!(s.job(id).unwrap().status(), "done");
     for &m in &macs {
@@ -526,7 +631,8 @@ fn a_restarted_scheduler_ends_dead_sessions_and_resumes_without_running_a_task_t
         let d = s.poll(5_004, m, None);
         s.report(6_000, m, run_ref(&d), TaskReport::Started)
             .unwrap();
-        s.report(7_000, m, run_ref(&d), finished(true)).unwrap();
+        let done = written(&mut s, SessionId(2), &d);
+        s.report(7_000, m, run_ref(&d), done).unwrap();
     }
     assert_eq!(s.job(id).unwrap().status(), "done");
     db.take(&mut s);

@@ -1,5 +1,6 @@
 //! `rackcast target`: the machines the server knows, their state and
-//! inventory; `release` lets a failed one go.
+//! inventory; `release` lets a failed one go; `reset` drops its agent
+//! session.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -29,6 +30,11 @@ pub enum TargetCommand {
     /// Release a failed target: clear its failure hold without retrying.
     #[command(after_help = "Example:\n  rackcast target release aa:bb:cc:dd:ee:01")]
     Release(MacArgs),
+    /// Drop a target's agent session: its running agent must register
+    /// again, and an agent started by hand may then register it with the
+    /// enrollment token (refused while a session is live).
+    #[command(after_help = "Example:\n  rackcast target reset aa:bb:cc:dd:ee:01")]
+    Reset(MacArgs),
 }
 
 /// Options of `rackcast target list`.
@@ -129,6 +135,12 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
             );
             let t: TargetView = client.post_empty(&path)?;
             println!("{}: {}", t.mac, state_cell(&t.state, now_ms()));
+        }
+        TargetCommand::Reset(a) => {
+            let client = Client::new(&a.client)?;
+            let path = format!("/api/v1/targets/{}/reset", path_segment(&a.mac.to_string()));
+            let t: TargetView = client.post_empty(&path)?;
+            println!("{}: agent session dropped", t.mac);
         }
     }
     Ok(ExitCode::SUCCESS)

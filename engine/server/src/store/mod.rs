@@ -53,6 +53,16 @@ pub enum StoreError {
     },
 }
 
+/// A target's agent session as the server keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentSession {
+    /// BLAKE3 (hex) of the session token; empty once an operator reset it.
+    pub hash: String,
+    /// Issue time (unix ms) of the last boot token claimed for this
+    /// target; only a later-issued one may claim again.
+    pub claimed: u64,
+}
+
 /// The server's database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -298,29 +308,32 @@ impl Store {
         Ok(())
     }
 
-    /// Records `mac`'s boot token (its BLAKE3, never the token).
+    /// Records `mac`'s agent session: the BLAKE3 of its token (never the
+    /// token) and the issue time of the boot token it claimed with.
     pub async fn set_agent_token(
         &self,
         mac: MacAddr,
-        token_hash: &str,
+        session: &AgentSession,
         now: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO agent_tokens (mac, token, issued) VALUES ($1, $2, $3) \
-             ON CONFLICT (mac) DO UPDATE SET token = excluded.token, issued = excluded.issued",
+            "INSERT INTO agent_tokens (mac, token, issued, claimed) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (mac) DO UPDATE SET token = excluded.token, issued = excluded.issued, \
+             claimed = excluded.claimed",
         )
         .bind(mac.to_string())
-        .bind(token_hash)
+        .bind(&session.hash)
         .bind(now as i64)
+        .bind(session.claimed as i64)
         .execute(&self.pool)
         .await
         .map_err(self.db())?;
         Ok(())
     }
 
-    /// Every `(mac, token hash)`.
-    pub async fn agent_tokens(&self) -> Result<Vec<(MacAddr, String)>, StoreError> {
-        sqlx::query("SELECT mac, token FROM agent_tokens")
+    /// Every target's agent session.
+    pub async fn agent_tokens(&self) -> Result<Vec<(MacAddr, AgentSession)>, StoreError> {
+        sqlx::query("SELECT mac, token, claimed FROM agent_tokens")
             .fetch_all(&self.pool)
             .await
             .map_err(self.db())?
@@ -332,7 +345,14 @@ impl Store {
                     what: "agent token".into(),
                     source,
                 })?;
-                Ok((mac, r.get(1)))
+                let claimed: i64 = r.get(2);
+                Ok((
+                    mac,
+                    AgentSession {
+                        hash: r.get(1),
+                        claimed: claimed.max(0) as u64,
+                    },
+                ))
             })
             .collect()
     }

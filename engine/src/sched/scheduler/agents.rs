@@ -4,6 +4,34 @@
 use super::*;
 
 impl Scheduler {
+    /// Records a refused registration for `mac` (the server refused it;
+    /// nothing about the target changes).
+    pub fn registration_refused(&mut self, now: Millis, mac: MacAddr, reason: &str, peer: &str) {
+        self.event(
+            now,
+            Actor::Agent,
+            Subject::target(mac),
+            EventKind::RegistrationRefused {
+                reason: reason.to_string(),
+                peer: peer.to_string(),
+            },
+        );
+    }
+
+    /// Records that an operator dropped `mac`'s agent session.
+    pub fn agent_reset(&mut self, now: Millis, mac: MacAddr) -> Result<(), SchedError> {
+        if !self.targets.contains_key(&mac) {
+            return Err(SchedError::UnknownTarget(mac));
+        }
+        self.event(
+            now,
+            Actor::Operator,
+            Subject::target(mac),
+            EventKind::AgentReset {},
+        );
+        Ok(())
+    }
+
     /// An agent started in `env` (or came back after losing the server).
     pub fn register(
         &mut self,
@@ -201,9 +229,20 @@ impl Scheduler {
                     EventKind::TaskRejoin { reason },
                 );
             }
-            TaskReport::Finished { ok, error, summary } => {
+            TaskReport::Finished {
+                ok,
+                error,
+                summary,
+                root,
+            } => {
                 self.mark_started(now, mac, r);
-                if ok {
+                let error = match (ok, self.earned(mac, r, root.as_deref())) {
+                    (false, _) => error,
+                    (true, Earned::Yes) => None,
+                    (true, Earned::No(why)) => Some(why),
+                    (true, Earned::NotYet(why)) => return Err(SchedError::NotYet(why)),
+                };
+                if error.is_none() {
                     self.task_done(now, mac, r, &summary);
                 } else {
                     let e = error.unwrap_or_else(|| "the task failed".into());
@@ -218,6 +257,66 @@ impl Scheduler {
         }
         self.plan(now);
         Ok(true)
+    }
+
+    /// The sender of `session` saw `receiver` finish (written, flushed,
+    /// verified): what a Distribute report's success rests on.
+    pub fn receiver_confirmed(&mut self, session: SessionId, receiver: u64) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            let m = s
+                .members
+                .iter()
+                .copied()
+                .find(|m| receiver_id(*m) == receiver);
+            if let Some(m) = m {
+                if s.done.insert(m) {
+                    self.dirty_sessions.insert(session);
+                }
+            }
+        }
+    }
+
+    /// Whether a successful report of `mac`'s run `r` is borne out. A
+    /// Distribute task is done only when the agent names the root its job
+    /// pinned and that root's cast sender recorded this receiver done.
+    fn earned(&self, mac: MacAddr, r: TaskRef, root: Option<&str>) -> Earned {
+        let Some(job) = self.jobs.get(&r.job) else {
+            return Earned::Yes;
+        };
+        let Some(TaskKind::Distribute { image, .. }) =
+            job.spec.tasks.get(r.task as usize).map(|t| &t.kind)
+        else {
+            return Earned::Yes;
+        };
+        let Some(pinned) = job
+            .pinned
+            .get(image)
+            .or_else(|| self.image_roots.get(image))
+        else {
+            return Earned::No(format!("image {image} has no root to check against"));
+        };
+        if root != Some(pinned.as_str()) {
+            return Earned::No(format!(
+                "the agent reports root {}, but the job pinned root {pinned} for image {image}",
+                root.unwrap_or("(none)")
+            ));
+        }
+        let session = self
+            .sessions
+            .values()
+            .filter(|s| s.job == r.job && s.image == *image && s.root == *pinned)
+            .filter(|s| s.members.contains(&mac) || s.done.contains(&mac))
+            .max_by_key(|s| s.id);
+        match session {
+            Some(s) if s.done.contains(&mac) => Earned::Yes,
+            Some(s) if s.phase != SessionPhase::Ended => Earned::NotYet(format!(
+                "cast session {} has not yet recorded {mac} done: report again",
+                s.id
+            )),
+            _ => Earned::No(format!(
+                "the agent reports image {image} written, but no cast sender recorded {mac} done"
+            )),
+        }
     }
 
     /// The sender of `session` finished; `done` are the receiver ids that
@@ -240,4 +339,14 @@ impl Scheduler {
         self.end_session(now, session, Actor::Server, "the sender finished", stats);
         self.plan(now);
     }
+}
+
+/// What [`Scheduler::earned`] found.
+enum Earned {
+    /// The report stands.
+    Yes,
+    /// It does not: the task fails with this.
+    No(String),
+    /// Not yet known: the agent reports again.
+    NotYet(String),
 }

@@ -251,6 +251,12 @@ impl Scheduler {
         }
     }
 
+    /// The task `mac` would boot for now (job, task index): what a boot
+    /// token is bound to, so it cannot register for other work.
+    pub fn pending_task(&self, mac: MacAddr) -> Option<(JobId, u32)> {
+        self.current(mac).map(|(j, r)| (j.id, r.task))
+    }
+
     // ------------------------------------------------------------ agents
 
     /// Deadlines: reboots that never came back, attempts that ran too long,
@@ -470,7 +476,16 @@ impl Scheduler {
                 disk,
                 verify,
             } => {
-                let Some(sid) = self.join_session(now, mac, &image, r.job, &policy) else {
+                let Some(root) = self
+                    .jobs
+                    .get(&r.job)
+                    .and_then(|j| j.pinned.get(&image))
+                    .or_else(|| self.image_roots.get(&image))
+                    .cloned()
+                else {
+                    return Directive::Wait;
+                };
+                let Some(sid) = self.join_session(now, mac, &image, &root, r.job, &policy) else {
                     return Directive::Wait;
                 };
                 // This target may be the one that fills the session.

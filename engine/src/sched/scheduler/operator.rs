@@ -163,11 +163,22 @@ impl Scheduler {
                 progress: None,
             })
             .collect();
+        let pinned = spec
+            .tasks
+            .iter()
+            .filter_map(|t| match &t.kind {
+                TaskKind::Distribute { image, .. } => {
+                    Some((image.clone(), self.image_roots.get(image)?.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         let job = Job {
             id,
             spec,
             created: now,
             runs,
+            pinned,
         };
         self.event(
             now,

@@ -5,27 +5,29 @@
 use super::*;
 
 impl Scheduler {
-    /// Puts `mac` in the live session for `image` (opening one if none),
-    /// returning its id; None when the image vanished.
+    /// Puts `mac` in the live session for `image` at `root` (the root its
+    /// job pinned; opening a session if none), returning its id.
     pub(super) fn join_session(
         &mut self,
         now: Millis,
         mac: MacAddr,
         image: &str,
+        root: &str,
         job: JobId,
         policy: &CastPolicy,
     ) -> Option<SessionId> {
-        if let Some(s) = self
-            .sessions
-            .values_mut()
-            .find(|s| s.image == image && s.phase != SessionPhase::Ended && !s.done.contains(&mac))
-        {
+        if let Some(s) = self.sessions.values_mut().find(|s| {
+            s.image == image
+                && s.root == root
+                && s.phase != SessionPhase::Ended
+                && !s.done.contains(&mac)
+        }) {
             if s.members.insert(mac) {
                 self.dirty_sessions.insert(s.id);
             }
             return Some(s.id);
         }
-        let root = self.image_roots.get(image).cloned()?;
+        let root = root.to_string();
         let id = self.next_session;
         self.next_session = SessionId(id.0 + 1);
         let derive = |what: &str| {

@@ -152,7 +152,12 @@ if [ -n "$server" ]; then
 else
     say "no rackcast.server= on the kernel command line"
 fi
-[ -n "$token" ] && set -- "$@" --token "$token" && shown="$shown --token (set)"
+if [ -n "$token" ]; then
+    # In a file only root reads, so `ps` never shows it.
+    (umask 077 && printf '%s\n' "$token" >/run/rackcast/token)
+    set -- "$@" --token-file /run/rackcast/token
+    shown="$shown --token-file /run/rackcast/token"
+fi
 [ -n "$mac" ] && set -- "$@" --mac "$mac" && shown="$shown --mac $mac"
 [ -n "$disk" ] && set -- "$@" --disk "$disk" && shown="$shown --disk $disk"
 [ -n "$env" ] && set -- "$@" --env "$env" && shown="$shown --env $env"
