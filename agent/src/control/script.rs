@@ -3,10 +3,13 @@
 //! they were written in), streamed out in batches; at its timeout, or when
 //! the caller says stop, the whole group is killed (a `sleep` the script
 //! started dies with it). The group is marked on disk while it runs, so that
-//! an agent killed outright ends it when it starts again.
+//! an agent killed outright ends it when it starts again. A mark is an order
+//! to kill a process group, so marks live in a directory only the agent's
+//! user can enter (0700, each mark 0600, see [`marks_dir`]).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -303,21 +306,80 @@ impl Running {
 /// next attempt.
 const GROUP_MARKS: &str = ".script-groups";
 
+/// The marks directory under `dir`, created 0700 if missing and checked
+/// with [`check_private`].
+fn marks_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    let marks = dir.join(GROUP_MARKS);
+    match std::fs::DirBuilder::new().mode(0o700).create(&marks) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    check_private(&marks)?;
+    Ok(marks)
+}
+
+/// Makes sure `marks` is a private directory: a real directory (not a
+/// symlink), owned by this process's user, mode 0700. Whoever can write a
+/// mark can name a group for the agent (root) to kill when it next starts,
+/// and the boot and start-time checks in it are no secret (`/proc` shows
+/// them). A directory of ours that others could enter is narrowed to 0700
+/// (the marks already in it are then judged one by one by their owner);
+/// one owned by anyone else is refused, and no mark is read or written.
+fn check_private(marks: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(marks)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory (a symlink or a file)",
+            marks.display()
+        )));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}, not to this agent's uid {me}",
+                marks.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(marks, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// The mark of one running script's process group, removed when dropped
 /// (the script ended and its group was killed).
 struct GroupMark(Option<PathBuf>);
 
 impl GroupMark {
-    /// Marks group `pgid` (led by the process of that id). Best effort: a
-    /// script runs even where the mark cannot be written.
+    /// Marks group `pgid` (led by the process of that id) in a file of mode
+    /// 0600 in the private marks directory. Best effort: a script runs even
+    /// where the mark cannot be written.
     fn create(dir: &Path, pgid: i32) -> GroupMark {
-        let dir = dir.join(GROUP_MARKS);
         let (Some(boot), Some(start)) = (boot_id(), proc_stat(pgid).map(|s| s.start)) else {
             return GroupMark(None);
         };
+        let dir = match marks_dir(dir) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("script group not marked: {e}");
+                return GroupMark(None);
+            }
+        };
         let path = dir.join(pgid.to_string());
-        let ok = std::fs::create_dir_all(&dir).is_ok()
-            && std::fs::write(&path, format!("{boot} {start}\n")).is_ok();
+        // A mark of an earlier group with the same id may be left over;
+        // create_new then never follows whatever stands at the name.
+        let _ = std::fs::remove_file(&path);
+        let ok = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{boot} {start}\n").as_bytes()))
+            .is_ok();
         GroupMark(ok.then_some(path))
     }
 }
@@ -338,18 +400,34 @@ impl Drop for GroupMark {
 /// Ends the process groups of scripts an earlier agent run left behind in
 /// `dir` (marked, and still alive in this boot); returns how many processes
 /// were killed. A mark whose group is gone, whose leader's id now belongs
-/// to another process, or that comes from another boot is just removed.
+/// to another process, or that comes from another boot is just removed, and
+/// so is one that is not a regular file of this user's. Nothing is read
+/// from a marks directory that is not private ([`check_private`]).
 pub fn reap_orphans(dir: &Path) -> usize {
     let marks = dir.join(GROUP_MARKS);
+    match check_private(&marks) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => {
+            tracing::warn!("script marks not read: {e}");
+            return 0;
+        }
+    }
     let Ok(entries) = std::fs::read_dir(&marks) else {
         return 0;
     };
+    let me = nix::unistd::geteuid().as_raw();
     let boot = boot_id();
     let mut killed = 0;
     for e in entries.flatten() {
         let path = e.path();
         let pgid = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.uid() == me);
+        let text = if ours {
+            std::fs::read_to_string(&path).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let mut words = text.split_whitespace();
         let (mark_boot, mark_start) = (
             words.next(),
@@ -728,5 +806,87 @@ mod tests {
         let marks = s.dir.join(GROUP_MARKS);
         let left = std::fs::read_dir(&marks).map_or(0, |d| d.count());
         assert_eq!(left, 0, "marks left in {}", marks.display());
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn marks_live_in_a_0700_directory_in_files_of_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, pgid) = orphan_group();
+        let mark = GroupMark::create(dir.path(), pgid);
+        let marks = dir.path().join(GROUP_MARKS);
+        assert_eq!(mode(&marks), 0o700, "marks directory");
+        assert_eq!(mode(&marks.join(pgid.to_string())), 0o600, "mark");
+        drop(mark);
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_marks_directory_open_to_others_is_narrowed_and_their_marks_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let marks = dir.path().join(GROUP_MARKS);
+        std::fs::create_dir(&marks).unwrap();
+        std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (mut child, pgid) = orphan_group();
+        let start = proc_stat(pgid).unwrap().start;
+        let planted = marks.join(pgid.to_string());
+        std::fs::write(&planted, format!("{} {start}\n", boot_id().unwrap())).unwrap();
+        // Planted by another user, as a world-writable directory allows.
+        let other = nix::unistd::Uid::from_raw(65534);
+        let chowned = nix::unistd::chown(&planted, Some(other), None).is_ok();
+        if !chowned {
+            eprintln!("not root: checking only that the directory is narrowed");
+            std::fs::remove_file(&planted).unwrap();
+        }
+        assert_eq!(reap_orphans(dir.path()), 0);
+        assert_eq!(mode(&marks), 0o700, "left open to others");
+        assert_eq!(
+            group_members(pgid).len(),
+            3,
+            "a planted mark killed a group"
+        );
+        assert!(!planted.exists(), "the planted mark is kept");
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_marks_directory_of_another_user_or_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, pgid) = orphan_group();
+        let text = format!(
+            "{} {}\n",
+            boot_id().unwrap(),
+            proc_stat(pgid).unwrap().start
+        );
+        // A symlink to a directory holding a good-looking mark.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join(pgid.to_string()), &text).unwrap();
+        let marks = dir.path().join(GROUP_MARKS);
+        std::os::unix::fs::symlink(&elsewhere, &marks).unwrap();
+        assert_eq!(reap_orphans(dir.path()), 0, "marks read through a symlink");
+        assert!(marks_dir(dir.path()).is_err());
+        assert_eq!(group_members(pgid).len(), 3);
+        std::fs::remove_file(&marks).unwrap();
+        // A real directory, but another user's.
+        std::fs::create_dir(&marks).unwrap();
+        std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(marks.join(pgid.to_string()), &text).unwrap();
+        let other = nix::unistd::Uid::from_raw(65534);
+        if nix::unistd::chown(&marks, Some(other), None).is_ok() {
+            assert_eq!(reap_orphans(dir.path()), 0, "another user's marks read");
+            let err = marks_dir(dir.path()).expect_err("another user's directory used");
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+            assert!(GroupMark::create(dir.path(), pgid).0.is_none());
+            assert_eq!(group_members(pgid).len(), 3);
+        } else {
+            eprintln!("not root: cannot give the directory to another user");
+        }
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let _ = child.wait();
     }
 }

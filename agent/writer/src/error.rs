@@ -70,6 +70,30 @@ pub enum WriterError {
         /// Where it is mounted.
         mount_point: String,
     },
+    /// The target block device is held by the kernel or another program:
+    /// an exclusive open (O_EXCL) failed with EBUSY. This catches what
+    /// `/proc/self/mountinfo` cannot show (an LVM physical volume, an md
+    /// member, active swap, a mount in another namespace, another imager)
+    /// and works when that file cannot be read at all.
+    #[error("{path} is in use (mounted, an LVM physical volume, an md RAID member, active swap, or held open exclusively by another program); refusing to write it: {source}")]
+    InUse {
+        /// The target.
+        path: PathBuf,
+        /// The open's error (EBUSY).
+        source: std::io::Error,
+    },
+    /// Flushing the target (fdatasync, then BLKFLSBUF on a device) failed.
+    /// Linux reports a writeback error once and may drop the dirty pages it
+    /// could not write, so a later flush that succeeds proves nothing: the
+    /// writer marks nothing durable from then on, and it discarded the
+    /// resume bitmap so that a rerun rewrites every chunk.
+    #[error("flushing {path} failed: {source}; what was written since the last good flush may not be on disk, so the resume bitmap was discarded and a rerun rewrites every chunk")]
+    FlushFailed {
+        /// The target.
+        path: PathBuf,
+        /// The flush's error (the first one, on every later call too).
+        source: std::io::Error,
+    },
     /// The target is neither a regular file nor a block device.
     #[error("{path} is neither a regular file nor a block device")]
     NotATarget {

@@ -8,6 +8,13 @@
 //! blocks are never touched, and a persisted bitmap of durable chunks lets an
 //! interrupted restore resume. Success means a final flush has returned.
 //!
+//! A failed flush ends that: Linux reports a writeback error once and may
+//! drop the pages it could not write, so the next fdatasync can return 0
+//! with the data gone. After one failure the writer marks nothing durable
+//! again, every later flush fails with the first error, and the resume
+//! bitmap is discarded (not merely left behind) so that a rerun rewrites and
+//! re-verifies every chunk rather than trusting anything about this disk.
+//!
 //! The restore pipeline ([`crate::restore`]) feeds it from an image file and
 //! [`crate::DiskSink`] from the network, the same way: take a
 //! buffer from [`DiskWriter::buffer_pool`], fill it with a checked chunk,
@@ -62,7 +69,8 @@ pub struct WriterConfig {
     /// Register the pool's buffers with the ring (falls back when
     /// RLIMIT_MEMLOCK is too low).
     pub register_buffers: bool,
-    /// Write a mounted block device anyway.
+    /// Write a mounted or otherwise busy block device anyway: no mount
+    /// check and no exclusive (O_EXCL) open.
     pub force: bool,
     /// Keep and honour a resume bitmap.
     pub resume: bool,
@@ -162,6 +170,8 @@ pub struct DiskWriter {
     states: Vec<ChunkState>,
     resume: Option<ResumeState>,
     unsynced: Vec<u64>,
+    /// The first failed flush, kept to fail every later one with.
+    flush_failed: Option<FlushFailure>,
     last_checkpoint: Instant,
     known_zero: bool,
     file_len: u64,
@@ -251,6 +261,7 @@ impl DiskWriter {
             states,
             resume,
             unsynced: Vec::new(),
+            flush_failed: None,
             last_checkpoint: Instant::now(),
             cfg: cfg.clone(),
             started: Instant::now(),
@@ -412,7 +423,8 @@ impl DiskWriter {
     }
 
     /// Waits for every write, flushes the target (fdatasync; BLKFLSBUF on a
-    /// device) and persists the resume bitmap.
+    /// device) and persists the resume bitmap. Once a flush has failed
+    /// ([`WriterError::FlushFailed`]) every later one fails the same way.
     pub fn flush(&mut self) -> Result<()> {
         while self.engine.in_flight() > 0 {
             self.poll(true)?;
@@ -449,7 +461,7 @@ impl DiskWriter {
                     .file
                     .set_len(self.file_len)
                     .map_err(|e| WriterError::io("truncating", &self.target.path, e))?;
-                self.target.flush()?;
+                self.flush_target()?;
             }
         }
         if let Some(r) = &self.resume {
@@ -459,7 +471,8 @@ impl DiskWriter {
     }
 
     /// Stops after an error elsewhere: waits for writes in flight and
-    /// persists what is durable, so a rerun resumes from there. Best effort.
+    /// persists what is durable, so a rerun resumes from there. Best effort;
+    /// after a failed flush nothing is persisted.
     pub fn abandon(mut self) {
         let _ = self.flush();
     }
@@ -486,7 +499,7 @@ impl DiskWriter {
     }
 
     fn checkpoint(&mut self) -> Result<()> {
-        self.target.flush()?;
+        self.flush_target()?;
         self.last_checkpoint = Instant::now();
         if let Some(r) = &mut self.resume {
             for i in self.unsynced.drain(..) {
@@ -497,6 +510,40 @@ impl DiskWriter {
         }
         self.unsynced.clear();
         Ok(())
+    }
+
+    /// Flushes the target. On the first failure the chunks written since the
+    /// last good flush go back to pending and the resume bitmap is
+    /// discarded; that failure is returned again by every later call,
+    /// because a flush that returns after one that failed does not mean the
+    /// earlier writes reached the disk.
+    fn flush_target(&mut self) -> Result<()> {
+        if let Some(f) = &self.flush_failed {
+            return Err(f.error(&self.target.path));
+        }
+        let Err(e) = self.target.flush() else {
+            return Ok(());
+        };
+        self.flush_failed = Some(FlushFailure::of(&e));
+        for i in self.unsynced.drain(..) {
+            self.states[i as usize] = ChunkState::Pending;
+        }
+        if let Some(r) = &mut self.resume {
+            // Chunks an earlier flush made durable are dropped too: a disk
+            // that loses writes is not one to trust a partial restore on.
+            // The file on disk never held the unflushed chunks; if it cannot
+            // be removed, an empty bitmap over it does the same. Either
+            // failing leaves a bitmap no newer than the last good flush,
+            // and the flush error is the one to report.
+            r.clear_all();
+            if r.remove().is_err() {
+                let _ = r.save();
+            }
+        }
+        Err(WriterError::FlushFailed {
+            path: self.target.path.clone(),
+            source: e,
+        })
     }
 
     /// The used ranges of chunk `i`, as disk ranges clipped to the target.
@@ -598,6 +645,32 @@ impl DiskWriter {
             if let Some(wait) = due.checked_sub(self.started.elapsed()) {
                 std::thread::sleep(wait);
             }
+        }
+    }
+}
+
+/// The first failed flush, enough to report it again (an `io::Error` is
+/// not `Clone`).
+#[derive(Debug, Clone, Copy)]
+enum FlushFailure {
+    Os(i32),
+    Kind(std::io::ErrorKind),
+}
+
+impl FlushFailure {
+    fn of(e: &std::io::Error) -> FlushFailure {
+        e.raw_os_error()
+            .map_or(FlushFailure::Kind(e.kind()), FlushFailure::Os)
+    }
+
+    fn error(self, path: &Path) -> WriterError {
+        let source = match self {
+            FlushFailure::Os(n) => std::io::Error::from_raw_os_error(n),
+            FlushFailure::Kind(k) => std::io::Error::from(k),
+        };
+        WriterError::FlushFailed {
+            path: path.to_path_buf(),
+            source,
         }
     }
 }

@@ -7,6 +7,10 @@
 //!
 //! A bit is set only after the chunk's writes completed *and* a later
 //! fdatasync returned, so a set bit is a promise that survives power loss.
+//! A failed fdatasync breaks every promise about the disk: the writer then
+//! removes this file (or, failing that, saves it empty) and sets no bit
+//! again, because Linux may have dropped the unwritten pages and a later
+//! fdatasync succeeds without them.
 //! The file is replaced atomically (write, fsync, rename, fsync the
 //! directory). It is keyed by the image root and the target size: a state
 //! written for a different image or disk is ignored, never trusted.

@@ -1,6 +1,17 @@
 //! Opening a restore target: what it is, how big, how writes must be aligned,
-//! whether it is safe to write (not mounted, big enough), and the zeroing and
-//! read-back primitives that do not go through an engine.
+//! whether it is safe to write (not mounted or otherwise in use, big enough),
+//! and the zeroing and read-back primitives that do not go through an engine.
+//!
+//! A block device is claimed with an O_EXCL open (without O_CREAT that
+//! means an exclusive claim on the device, not file creation): the kernel
+//! answers EBUSY while a file system is mounted on it or on one of its
+//! partitions, or LVM, md, swap or another exclusive opener holds it,
+//! wherever the mount lives and whether or not `/proc/self/mountinfo` is
+//! readable. The mountinfo check stays in front of it only to name the
+//! mount point. The claim is a descriptor of its own, held as long as the
+//! target: the write descriptor is shared with an io_uring ring, which the
+//! kernel tears down asynchronously, and a claim riding on it would outlive
+//! the writer and refuse the next one.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -30,11 +41,15 @@ pub(crate) struct Target {
     pub created: bool,
     /// major:minor of a block device.
     pub dev: Option<(u32, u32)>,
+    /// The exclusive (O_EXCL) descriptor that keeps a block device ours;
+    /// never read, closed with the target.
+    _claim: Option<File>,
 }
 
 impl Target {
     /// Opens `path` (creating a missing file, growing a file to `want_len`),
-    /// checks size and mounts.
+    /// checks size and mounts, and claims a block device exclusively; `force`
+    /// skips the mount check and the exclusive claim.
     pub fn open(path: &Path, want_len: u64, min_size: u64, force: bool) -> Result<Target> {
         let existed = path.exists();
         let meta = existed
@@ -56,6 +71,9 @@ impl Target {
         if let (Some(d), false) = (dev, force) {
             check_not_mounted(path, d)?;
         }
+        // Only a device is claimed: O_EXCL on a regular file without O_CREAT
+        // means nothing, and a file target may be created below.
+        let claim = (is_block && !force).then(|| claim(path)).transpose()?;
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
             o.read(true).write(true).create(!is_block).truncate(false);
@@ -110,6 +128,7 @@ impl Target {
             direct,
             created: !existed,
             dev,
+            _claim: claim,
         })
     }
 
@@ -160,16 +179,33 @@ impl Target {
     }
 
     /// Makes everything written durable: fdatasync, and on block devices a
-    /// buffer-cache flush so later buffered readers see the new bytes.
-    pub fn flush(&self) -> Result<()> {
-        rustix::fs::fdatasync(&self.file)
-            .map_err(|e| WriterError::io("flushing", &self.path, e.into()))?;
+    /// buffer-cache flush so later buffered readers see the new bytes. An
+    /// error here may mean data is lost for good (the kernel can drop pages
+    /// it failed to write back), so the writer trusts no later flush of this
+    /// descriptor after one failed.
+    pub fn flush(&self) -> io::Result<()> {
+        rustix::fs::fdatasync(&self.file)?;
         if self.is_block {
-            sys::blk_flush_buffers(&self.file)
-                .map_err(|e| WriterError::io("flushing buffers of", &self.path, e))?;
+            sys::blk_flush_buffers(&self.file)?;
         }
         Ok(())
     }
+}
+
+/// Claims block device `path` for this process: an exclusive open, refused
+/// with EBUSY while anything else holds the device.
+fn claim(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => WriterError::InUse {
+                path: path.into(),
+                source: e,
+            },
+            _ => WriterError::io("claiming", path, e),
+        })
 }
 
 /// Reads `len` bytes at the aligned `offset` of `file` into `buf`, rounding

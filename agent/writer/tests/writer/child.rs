@@ -68,8 +68,9 @@ impl ChildRestore {
 #[derive(Debug)]
 pub struct ChildOutcome {
     pub status: ExitStatus,
-    /// The report's fields (`engine`, `engine_fallback`, `chunks_rewritten`,
-    /// `chunks_verified`) when the restore succeeded.
+    /// The report's fields (`engine`, `engine_fallback`, `chunks_written`,
+    /// `chunks_resumed`, `chunks_rewritten`, `chunks_verified`) when the
+    /// restore succeeded.
     pub report: HashMap<String, String>,
     /// The restore's error when it failed.
     pub error: Option<String>,
@@ -207,6 +208,8 @@ fn run_child() -> ! {
                 w.engine_fallback.as_deref().unwrap_or("none")
             );
             println!("{MARK}direct={}", w.direct);
+            println!("{MARK}chunks_written={}", w.chunks_written);
+            println!("{MARK}chunks_resumed={}", w.chunks_resumed);
             println!("{MARK}chunks_rewritten={}", r.chunks_rewritten);
             println!("{MARK}chunks_verified={}", r.chunks_verified);
             println!("{MARK}elapsed_ms={}", started.elapsed().as_millis());

@@ -3,7 +3,9 @@
 //! flips a byte at a chosen disk offset in the first K reads (or writes) that
 //! cover it. The restore runs in a child process (so its exit code is real)
 //! with `--verify full`; every open is answered with FOPEN_DIRECT_IO, so each
-//! read-back reaches the handler here rather than the page cache.
+//! read-back reaches the handler here rather than the page cache. The same
+//! file system can also fail fsync ([`FlakyState::fail_fsyncs`]), which the
+//! flush tests (`flush.rs`) use.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -148,7 +150,7 @@ fn present_chunks(f: &Fixture) -> usize {
 
 /// Which requests the file system corrupts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flip {
+pub(crate) enum Flip {
     /// What a read returns (the stored byte stays right).
     Reads,
     /// What a write stores.
@@ -157,7 +159,7 @@ enum Flip {
 
 /// What the file system does and has done; shared with the test.
 #[derive(Debug)]
-struct FlakyState {
+pub(crate) struct FlakyState {
     backing: File,
     owner: (u32, u32),
     flip: Flip,
@@ -167,6 +169,10 @@ struct FlakyState {
     reads_covering: AtomicU64,
     opens: AtomicU64,
     releases: AtomicU64,
+    /// The next this many fsyncs fail with EIO without syncing anything.
+    pub fail_fsyncs: AtomicU64,
+    /// Fsyncs that reached the file system (failed ones included).
+    pub fsyncs: AtomicU64,
 }
 
 impl FlakyState {
@@ -351,7 +357,16 @@ impl Filesystem for FlakyFs {
     }
 
     fn fsync(&self, _: &Request, _: INodeNo, _: FileHandle, _: bool, reply: ReplyEmpty) {
-        match self.0.backing.sync_data() {
+        let s = &self.0;
+        s.fsyncs.fetch_add(1, Ordering::SeqCst);
+        let fail = s
+            .fail_fsyncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if fail.is_ok() {
+            // A disk that lost the writes: say so once, as Linux does.
+            return reply.error(Errno::EIO);
+        }
+        match s.backing.sync_data() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
         }
@@ -360,18 +375,18 @@ impl Filesystem for FlakyFs {
 
 /// A mounted flaky disk; unmounted (and its mount point removed) on drop,
 /// panics included.
-struct FlakyDisk {
+pub(crate) struct FlakyDisk {
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
     backing: PathBuf,
-    state: Arc<FlakyState>,
+    pub state: Arc<FlakyState>,
 }
 
 impl FlakyDisk {
     /// Mounts a flaky disk in `f`'s directory flipping the byte at disk
     /// offset `at` in the first `times` reads or writes covering it; `None`
     /// (with the reason printed) where FUSE cannot be mounted.
-    fn mount(f: &Fixture, flip: Flip, at: u64, times: u64) -> Option<FlakyDisk> {
+    pub fn mount(f: &Fixture, flip: Flip, at: u64, times: u64) -> Option<FlakyDisk> {
         let backing = f.path("backing.raw");
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -397,6 +412,8 @@ impl FlakyDisk {
             reads_covering: AtomicU64::new(0),
             opens: AtomicU64::new(0),
             releases: AtomicU64::new(0),
+            fail_fsyncs: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
         });
         let mut cfg = Config::default();
         cfg.mount_options = vec![
@@ -422,12 +439,12 @@ impl FlakyDisk {
     }
 
     /// The flaky file, the restore target.
-    fn file(&self) -> PathBuf {
+    pub fn file(&self) -> PathBuf {
         self.mountpoint.join(DISK_NAME)
     }
 
     /// Unmounts and returns the backing file's path.
-    fn unmount(mut self) -> PathBuf {
+    pub fn unmount(mut self) -> PathBuf {
         self.release().expect("unmount the FUSE file system");
         self.backing.clone()
     }
