@@ -102,6 +102,7 @@ impl Server {
                     tftp: "0.0.0.0:69".parse().unwrap(),
                     http: "0.0.0.0:8080".parse().unwrap(),
                     tftp_limits: TransferLimits::default(),
+                    http_limits: rackcast_netboot::http::HttpLimits::default(),
                 };
                 let nb = Netboot::bind(cfg, Arc::new(policy)).await.unwrap();
                 let mut rx = nb.events().subscribe();
