@@ -310,6 +310,38 @@ mod tests {
     }
 
     #[test]
+    fn limit_keys_set_the_caps_and_zero_is_refused() {
+        let nb = settings(
+            "tftp_max_transfers = 100\ntftp_max_per_client = 2\nhttp_max_connections = 16\n\
+             http_head_timeout_secs = 5\nhttp_write_timeout_secs = 7\n",
+        )
+        .unwrap();
+        let t = nb.tftp_limits(None).unwrap();
+        assert_eq!((t.max_transfers, t.max_transfers_per_client), (100, 2));
+        let h = nb.http_limits().unwrap();
+        assert_eq!(h.max_connections, 16);
+        assert_eq!(h.head_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(h.write_timeout, std::time::Duration::from_secs(7));
+        let d = settings("").unwrap();
+        assert_eq!(d.http_limits().unwrap(), HttpLimits::default());
+        let t = d.tftp_limits(None).unwrap();
+        assert_eq!(t.max_transfers, TransferLimits::default().max_transfers);
+        for key in [
+            "tftp_max_transfers",
+            "tftp_max_per_client",
+            "http_max_connections",
+            "http_head_timeout_secs",
+        ] {
+            let nb = settings(&format!("{key} = 0\n")).unwrap();
+            let e = match nb.tftp_limits(None) {
+                Err(e) => e,
+                Ok(_) => nb.http_limits().unwrap_err(),
+            };
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn bad_keys_are_refused() {
         let nb = settings("tftp_max_windowsize = 0\n").unwrap();
         let e = nb.tftp_limits(None).unwrap_err().to_string();
