@@ -1,9 +1,15 @@
 //! The read-only file tree served by TFTP and HTTP: path safety and a shared
 //! cache of `Bytes`, so a thousand clients of one boot file share one buffer.
+//!
+//! A file is read once however many requests for it arrive together: reads
+//! of uncached files take turns, and each looks in the cache again first.
+//! Files too large to cache are shared too while any transfer holds them
+//! (the cache keeps a weak reference), so concurrent transfers of a large
+//! file hold one copy, not one each.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -22,12 +28,39 @@ pub struct FileTree {
     root: PathBuf,
     policy: Arc<dyn BootPolicy>,
     cache: Arc<Mutex<Cache>>,
+    /// Held while an uncached file is read, so that a burst of requests for
+    /// it reads it once.
+    loading: Arc<Mutex<()>>,
 }
 
 #[derive(Debug, Default)]
 struct Cache {
     bytes: u64,
     files: HashMap<PathBuf, (SystemTime, u64, Bytes)>,
+    /// Files over [`MAX_CACHED_FILE`] that some transfer still holds.
+    large: HashMap<PathBuf, (SystemTime, u64, Weak<Vec<u8>>)>,
+}
+
+/// A large file's content, shared by the `Bytes` of every transfer of it.
+struct SharedFile(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Cache {
+    fn get(&self, path: &Path, mtime: SystemTime, len: u64) -> Option<Bytes> {
+        if let Some((m, l, b)) = self.files.get(path) {
+            if *m == mtime && *l == len {
+                return Some(b.clone());
+            }
+        }
+        let (m, l, w) = self.large.get(path)?;
+        let arc = w.upgrade().filter(|_| *m == mtime && *l == len)?;
+        Some(Bytes::from_owner(SharedFile(arc)))
+    }
 }
 
 impl FileTree {
@@ -38,6 +71,7 @@ impl FileTree {
             root,
             policy,
             cache: Arc::default(),
+            loading: Arc::default(),
         })
     }
 
@@ -79,30 +113,42 @@ impl FileTree {
         let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let len = meta.len();
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((m, l, b)) = cache.files.get(&path) {
-                if *m == mtime && *l == len {
-                    return Ok(b.clone());
-                }
-            }
+        let cached = || self.lock_cache().get(&path, mtime, len);
+        if let Some(b) = cached() {
+            return Ok(b);
         }
-        let bytes = Bytes::from(std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+        let _turn = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        // Whoever held the turn before may have read this very file.
+        if let Some(b) = cached() {
+            return Ok(b);
+        }
+        let content = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let mut cache = self.lock_cache();
         if len <= MAX_CACHED_FILE {
-            if let Ok(mut cache) = self.cache.lock() {
-                if cache.bytes + len > MAX_CACHE_BYTES {
-                    cache.files.clear();
-                    cache.bytes = 0;
-                }
-                cache.bytes += len;
-                cache.files.insert(path, (mtime, len, bytes.clone()));
+            let bytes = Bytes::from(content);
+            if cache.bytes + len > MAX_CACHE_BYTES {
+                cache.files.clear();
+                cache.bytes = 0;
             }
+            cache.bytes += len;
+            cache.files.insert(path, (mtime, len, bytes.clone()));
+            Ok(bytes)
+        } else {
+            let arc = Arc::new(content);
+            cache.large.retain(|_, (_, _, w)| w.strong_count() > 0);
+            cache.large.insert(path, (mtime, len, Arc::downgrade(&arc)));
+            Ok(Bytes::from_owner(SharedFile(arc)))
         }
-        Ok(bytes)
     }
 
     /// The policy these files come with.
     pub fn policy(&self) -> &Arc<dyn BootPolicy> {
         &self.policy
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // A cache left half-updated by a panic is still a valid cache.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -3,12 +3,23 @@
 //!
 //! A deliberately small HTTP/1.1 server (GET/HEAD, keep-alive, one byte
 //! range): firmware HTTP clients need nothing more.
+//!
+//! Anyone on the provisioning network can connect, so what a connection may
+//! hold is bounded ([`HttpLimits`]): the number of connections (the next is
+//! accepted when one closes), the time a request head may take to arrive
+//! (whole, not per byte, so a client trickling a byte at a time is closed
+//! too), and the time one write may wait on a client that stopped reading.
+//! Accept errors (out of file descriptors) pause accepting briefly instead
+//! of spinning.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
 
 use crate::arch::{ClientArch, ClientKind, MacAddr};
 use crate::error::{Error, Result};
@@ -19,12 +30,42 @@ use crate::policy::{ipxe_script, BootAction, BootQuery, BootStage};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
+/// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS): the error would
+/// come back at once, and retrying at once spins a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// File bytes copied per write.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// What the boot HTTP server lets connections hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once; the next waits in the listen backlog.
+    pub max_connections: usize,
+    /// Time a request head may take to arrive, counted from when the server
+    /// starts waiting for it (so it bounds a keep-alive connection's idle
+    /// time as well).
+    pub head_timeout: Duration,
+    /// Time one write may wait for the client to take data.
+    pub write_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 256,
+            head_timeout: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// The boot HTTP server.
 #[derive(Debug)]
 pub struct HttpServer {
     listener: TcpListener,
     shared: Arc<Shared>,
+    limits: HttpLimits,
+    connections: Arc<Semaphore>,
 }
 
 #[derive(Debug)]
@@ -47,6 +88,7 @@ impl HttpServer {
         events: Events,
         server: String,
         base: String,
+        limits: HttpLimits,
     ) -> Result<Self> {
         let listener = TcpListener::bind(addr).await.map_err(|e| Error::Socket {
             what: format!("bind HTTP {addr}"),
@@ -61,6 +103,8 @@ impl HttpServer {
                 base,
                 script_peer: ScriptPeer::default(),
             }),
+            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            limits,
         })
     }
 
@@ -74,10 +118,7 @@ impl HttpServer {
             base,
             script_peer: s.script_peer,
         });
-        HttpServer {
-            listener: self.listener,
-            shared,
-        }
+        HttpServer { shared, ..self }
     }
 
     /// Sets who may fetch a MAC's iPXE script.
@@ -93,6 +134,8 @@ impl HttpServer {
         HttpServer {
             listener: self.listener,
             shared,
+            limits: self.limits,
+            connections: self.connections,
         }
     }
 
@@ -107,50 +150,95 @@ impl HttpServer {
     /// Serves until dropped.
     pub async fn run(self) -> Result<()> {
         loop {
-            let Ok((stream, peer)) = self.listener.accept().await else {
-                continue;
+            // A connection is accepted only once it has a place.
+            let Ok(place) = self.connections.clone().acquire_owned().await else {
+                return Ok(()); // the semaphore is never closed
             };
-            let shared = self.shared.clone();
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("HTTP accept: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let (shared, limits) = (self.shared.clone(), self.limits);
             tokio::spawn(async move {
-                let _ = connection(stream, peer, &shared).await;
+                let _ = connection(stream, peer, &shared, &limits).await;
+                drop(place);
             });
         }
     }
 }
 
+fn timed_out() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::TimedOut)
+}
+
+/// A connection whose every write gives up after `write_timeout`.
+struct Timed {
+    inner: TcpStream,
+    write_timeout: Duration,
+}
+
+impl Timed {
+    async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        timeout(self.write_timeout, self.inner.write_all(b))
+            .await
+            .map_err(|_| timed_out())?
+    }
+}
+
+/// Reads until `buf` holds a whole request head; its length, or `None` when
+/// the client closed first. A head longer than [`MAX_HEAD`] comes back as a
+/// length over it.
+async fn read_head(stream: &mut Timed, buf: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+    loop {
+        if let Some(p) = find_head_end(buf) {
+            return Ok(Some(p));
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(Some(buf.len()));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.inner.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
+    limits: &HttpLimits,
 ) -> std::io::Result<()> {
+    let mut stream = Timed {
+        inner: stream,
+        write_timeout: limits.write_timeout,
+    };
     let mut buf = Vec::with_capacity(4096);
     loop {
-        // Read one request head.
-        let head_len = loop {
-            if let Some(p) = find_head_end(&buf) {
-                break p;
-            }
-            if buf.len() > MAX_HEAD {
-                return respond(
-                    &mut stream,
-                    431,
-                    "text/plain",
-                    b"head too large",
-                    false,
-                    true,
-                )
-                .await;
-            }
-            let mut chunk = [0u8; 4096];
-            let n =
-                tokio::time::timeout(std::time::Duration::from_secs(60), stream.read(&mut chunk))
-                    .await
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        let head_len = match timeout(limits.head_timeout, read_head(&mut stream, &mut buf)).await {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(timed_out()),
         };
+        if head_len > MAX_HEAD {
+            return respond(
+                &mut stream,
+                431,
+                "text/plain",
+                b"head too large",
+                false,
+                true,
+            )
+            .await;
+        }
+
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         let parsed = req.parse(&buf[..head_len]);
@@ -200,7 +288,7 @@ async fn connection(
 }
 
 async fn serve(
-    stream: &mut TcpStream,
+    stream: &mut Timed,
     peer: SocketAddr,
     shared: &Shared,
     path: &str,
@@ -330,14 +418,24 @@ async fn serve(
     stream.write_all(h.as_bytes()).await?;
     if !head && end > start {
         file.seek(std::io::SeekFrom::Start(start)).await?;
-        let mut limited = file.take(end - start);
-        tokio::io::copy(&mut limited, stream).await?;
+        let mut left = end - start;
+        let mut chunk = vec![0u8; COPY_CHUNK];
+        while left > 0 {
+            let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut chunk[..want]).await?;
+            if n == 0 {
+                // The file shrank under us; the client sees a short body.
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            stream.write_all(&chunk[..n]).await?;
+            left -= n as u64;
+        }
     }
     Ok(())
 }
 
 async fn respond(
-    stream: &mut TcpStream,
+    stream: &mut Timed,
     status: u16,
     ctype: &str,
     body: &[u8],

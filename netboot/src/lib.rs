@@ -31,7 +31,7 @@ pub use settings::{NetbootMode, NetbootSettings, StyleSetting};
 use dhcp::shell::DhcpService;
 use dhcp::{DhcpConfig, DhcpServer, FullConfig, LeaseTable, ReplyStyle};
 use files::FileTree;
-use http::HttpServer;
+use http::{HttpLimits, HttpServer};
 use tftp::{TftpServer, TransferLimits};
 
 /// Proxy-DHCP beside the site's DHCP server, or full DHCP on an isolated network.
@@ -79,10 +79,12 @@ pub struct NetbootConfig {
     pub tftp: SocketAddr,
     /// HTTP listening address.
     pub http: SocketAddr,
-    /// TFTP negotiation limits.
+    /// TFTP negotiation limits and caps on concurrent transfers.
     pub tftp_limits: TransferLimits,
     /// Which peers may fetch a MAC's iPXE script.
     pub script_peer: neighbor::ScriptPeer,
+    /// What HTTP connections may hold.
+    pub http_limits: HttpLimits,
 }
 
 /// The bound netboot services, ready to run.
@@ -105,6 +107,7 @@ impl Netboot {
             events.clone(),
             cfg.server_ip.to_string(),
             String::new(),
+            cfg.http_limits,
         )
         .await?;
         let http_port = http.local_addr()?.port();
@@ -181,6 +184,11 @@ impl Netboot {
     /// The HTTP server's bound address.
     pub fn http_addr(&self) -> Result<SocketAddr> {
         self.http.local_addr()
+    }
+
+    /// The DHCP sockets' bound addresses.
+    pub fn dhcp_addrs(&self) -> Vec<SocketAddr> {
+        self.dhcp.local_addrs()
     }
 
     /// The TFTP counters.

@@ -2,6 +2,26 @@
 //! the `[netboot]` table of `rackcast server`'s config and the flags of
 //! `rackcast netboot`. [`NetbootSettings::resolve`] validates them once
 //! into the runtime [`NetbootConfig`].
+//!
+//! # Limits
+//!
+//! Everything a stranger on the provisioning network can make the server
+//! hold is capped; the keys and their defaults:
+//!
+//! | key | default | bounds |
+//! |---|---|---|
+//! | `tftp_max_bytes_in_flight` | 64 MiB | unacknowledged TFTP bytes, all transfers together |
+//! | `tftp_max_windowsize` | 64 | blocks per TFTP window (256 KiB per transfer at most) |
+//! | `tftp_max_transfers` | 1024 | TFTP transfers at once; more get ERROR 0 |
+//! | `tftp_max_per_client` | 8 | TFTP transfers at once per client address |
+//! | `http_max_connections` | 256 | HTTP connections at once; more wait in the backlog |
+//! | `http_head_timeout_secs` | 20 | time for a request head to arrive (and keep-alive idle) |
+//! | `http_write_timeout_secs` | 30 | time one HTTP write may wait for the client |
+//!
+//! Fixed in the code: a client's TFTP `timeout` option is honoured only up
+//! to the 8 s back-off ceiling; netascii is converted one window at a time
+//! (no `tsize` for it); at most [`crate::dhcp::leases::MAX_DECLINED`]
+//! declined addresses are held, each for ten minutes.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,6 +31,7 @@ use rackcast_types::{Interface, MacAddr};
 use serde::Deserialize;
 
 use crate::dhcp::ReplyStyle;
+use crate::http::HttpLimits;
 use crate::tftp::{blksize_for_mtu, TransferLimits};
 use crate::{Error, Mode, NetbootConfig, Result};
 
@@ -75,6 +96,21 @@ pub struct NetbootSettings {
     /// MAC) or `any` (targets behind a DHCP relay).
     #[serde(default)]
     pub script_peer: crate::neighbor::ScriptPeer,
+    /// TFTP transfers running at once (default 1024).
+    #[serde(default)]
+    pub tftp_max_transfers: Option<usize>,
+    /// TFTP transfers running at once per client address (default 8).
+    #[serde(default)]
+    pub tftp_max_per_client: Option<usize>,
+    /// HTTP connections open at once (default 256).
+    #[serde(default)]
+    pub http_max_connections: Option<usize>,
+    /// Seconds an HTTP request head may take to arrive (default 20).
+    #[serde(default)]
+    pub http_head_timeout_secs: Option<u64>,
+    /// Seconds one HTTP write may wait for the client (default 30).
+    #[serde(default)]
+    pub http_write_timeout_secs: Option<u64>,
 }
 
 /// `mode`.
@@ -136,6 +172,11 @@ impl NetbootSettings {
             tftp_max_bytes_in_flight: None,
             tftp_max_windowsize: None,
             script_peer: Default::default(),
+            tftp_max_transfers: None,
+            tftp_max_per_client: None,
+            http_max_connections: None,
+            http_head_timeout_secs: None,
+            http_write_timeout_secs: None,
         }
     }
 
@@ -167,6 +208,7 @@ impl NetbootSettings {
             http: self.http,
             tftp_limits: self.tftp_limits(mtu)?,
             script_peer: self.script_peer,
+            http_limits: self.http_limits()?,
         })
     }
 
@@ -207,14 +249,43 @@ impl NetbootSettings {
                 "tftp_max_windowsize must be at least 1".into(),
             ));
         }
+        let max_transfers = positive("tftp_max_transfers", self.tftp_max_transfers)?;
+        let max_per_client = positive("tftp_max_per_client", self.tftp_max_per_client)?;
         Ok(TransferLimits {
             max_blksize: mtu.map_or(d.max_blksize, |m| blksize_for_mtu(m, false)),
             max_windowsize,
             max_total_bytes_in_flight: self
                 .tftp_max_bytes_in_flight
                 .unwrap_or(d.max_total_bytes_in_flight),
+            max_transfers: max_transfers.unwrap_or(d.max_transfers),
+            max_transfers_per_client: max_per_client.unwrap_or(d.max_transfers_per_client),
             ..d
         })
+    }
+
+    /// The HTTP limits: these keys over the defaults.
+    pub fn http_limits(&self) -> Result<HttpLimits> {
+        let d = HttpLimits::default();
+        let secs = |key, v: Option<u64>| -> Result<Option<std::time::Duration>> {
+            Ok(positive(key, v.map(|s| s as usize))?
+                .map(|s| std::time::Duration::from_secs(s as u64)))
+        };
+        Ok(HttpLimits {
+            max_connections: positive("http_max_connections", self.http_max_connections)?
+                .unwrap_or(d.max_connections),
+            head_timeout: secs("http_head_timeout_secs", self.http_head_timeout_secs)?
+                .unwrap_or(d.head_timeout),
+            write_timeout: secs("http_write_timeout_secs", self.http_write_timeout_secs)?
+                .unwrap_or(d.write_timeout),
+        })
+    }
+}
+
+/// `value`, refused when zero: a cap of nothing would serve no one.
+fn positive(key: &str, value: Option<usize>) -> Result<Option<usize>> {
+    match value {
+        Some(0) => Err(Error::Config(format!("{key} must be at least 1"))),
+        v => Ok(v),
     }
 }
 
@@ -243,6 +314,38 @@ mod tests {
             settings("").unwrap().tftp_limits(None).unwrap().max_blksize,
             1468
         );
+    }
+
+    #[test]
+    fn limit_keys_set_the_caps_and_zero_is_refused() {
+        let nb = settings(
+            "tftp_max_transfers = 100\ntftp_max_per_client = 2\nhttp_max_connections = 16\n\
+             http_head_timeout_secs = 5\nhttp_write_timeout_secs = 7\n",
+        )
+        .unwrap();
+        let t = nb.tftp_limits(None).unwrap();
+        assert_eq!((t.max_transfers, t.max_transfers_per_client), (100, 2));
+        let h = nb.http_limits().unwrap();
+        assert_eq!(h.max_connections, 16);
+        assert_eq!(h.head_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(h.write_timeout, std::time::Duration::from_secs(7));
+        let d = settings("").unwrap();
+        assert_eq!(d.http_limits().unwrap(), HttpLimits::default());
+        let t = d.tftp_limits(None).unwrap();
+        assert_eq!(t.max_transfers, TransferLimits::default().max_transfers);
+        for key in [
+            "tftp_max_transfers",
+            "tftp_max_per_client",
+            "http_max_connections",
+            "http_head_timeout_secs",
+        ] {
+            let nb = settings(&format!("{key} = 0\n")).unwrap();
+            let e = match nb.tftp_limits(None) {
+                Err(e) => e,
+                Ok(_) => nb.http_limits().unwrap_err(),
+            };
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -1,9 +1,20 @@
 //! Full-DHCP address pool and leases, persisted as a small JSON state file so
 //! a restarted server hands every client the address it had.
+//!
+//! The state file is written whole to a temporary file, synced, renamed over
+//! the old one and the directory synced, so a crash leaves the old file or
+//! the new one. A file that does not parse is moved aside at start (with a
+//! warning) and the server starts with no leases rather than not at all.
+//!
+//! A DECLINE takes an address out of the pool for a while, so only the
+//! client the address is leased or offered to may send one (anyone else
+//! could empty the pool by declining every address), and at most
+//! [`MAX_DECLINED`] addresses are held out at once.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +25,9 @@ use crate::error::{Error, Result};
 const OFFER_HOLD_SECS: u64 = 60;
 /// How long a declined address is kept out of the pool.
 const DECLINE_HOLD_SECS: u64 = 600;
+/// Declined addresses held out of the pool at once; the one due back
+/// soonest makes room for a new one.
+pub const MAX_DECLINED: usize = 64;
 
 /// One client's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,10 +167,33 @@ impl LeaseTable {
         }
     }
 
-    /// A DECLINE: someone else uses `ip`; keep it out of the pool for a while.
-    pub fn decline(&mut self, now: u64, mac: MacAddr, ip: Ipv4Addr) {
+    /// A DECLINE from `mac`: someone else uses `ip`; keep it out of the
+    /// pool for a while. Honoured (true) only when `ip` is leased or offered
+    /// to `mac`.
+    pub fn decline(&mut self, now: u64, mac: MacAddr, ip: Ipv4Addr) -> bool {
+        if self.by_mac.get(&mac).is_none_or(|l| l.ip != ip) {
+            return false;
+        }
         self.release(mac, ip);
+        self.declined.retain(|_, until| *until > now);
+        if self.declined.len() >= MAX_DECLINED && !self.declined.contains_key(&ip) {
+            let soonest = self
+                .declined
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(ip, _)| *ip);
+            if let Some(old) = soonest {
+                self.declined.remove(&old);
+            }
+        }
         self.declined.insert(ip, now + DECLINE_HOLD_SECS);
+        true
+    }
+
+    /// Addresses held out of the pool after a DECLINE (expired ones
+    /// included until the next DECLINE prunes them).
+    pub fn declined_len(&self) -> usize {
+        self.declined.len()
     }
 
     /// True (once) after a change that must be persisted.
@@ -190,25 +227,56 @@ impl LeaseTable {
         if stored.version != 1 {
             return Err(bad(format!("unknown version {}", stored.version)));
         }
-        for l in stored.leases {
-            let mac = MacAddr::parse(&l.mac).map_err(|e| bad(e.to_string()))?;
-            self.put(Lease {
-                mac,
-                ip: l.ip,
-                expires: l.expires,
-                bound: true,
-            });
+        // Every entry checked before any is taken: a bad file changes nothing.
+        let leases = stored
+            .leases
+            .into_iter()
+            .map(|l| {
+                Ok(Lease {
+                    mac: MacAddr::parse(&l.mac).map_err(|e| bad(e.to_string()))?,
+                    ip: l.ip,
+                    expires: l.expires,
+                    bound: true,
+                })
+            })
+            .collect::<Result<Vec<Lease>>>()?;
+        for l in leases {
+            self.put(l);
         }
         Ok(())
     }
 
-    /// Loads the state file if it exists.
-    pub fn load(&mut self, path: &Path) -> Result<()> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => self.restore_json(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(path, e)),
-        }
+    /// Loads the state file if it exists. A file that does not parse is
+    /// renamed to `<name>.corrupt-<unix seconds>` with a warning and the
+    /// table stays empty; its new path is returned.
+    pub fn load(&mut self, path: &Path) -> Result<Option<PathBuf>> {
+        let text = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let reason = match std::str::from_utf8(&text) {
+            Ok(text) => match self.restore_json(text, path) {
+                Ok(()) => return Ok(None),
+                Err(e) => e,
+            },
+            Err(e) => Error::LeaseFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+        };
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".corrupt-{secs}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside).map_err(|e| Error::io(path, e))?;
+        tracing::warn!(
+            "{reason}; moved to {} and starting with no leases",
+            aside.display()
+        );
+        Ok(Some(aside))
     }
 
     /// Writes the state file atomically (temp file + rename), so a crash
@@ -268,11 +336,23 @@ impl LeaseTable {
     }
 }
 
-/// Writes `text` to `path` through a temporary file and a rename.
+/// Writes `text` to `path` through a synced temporary file and a rename,
+/// then syncs the directory so the rename itself survives a power cut.
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]
@@ -321,7 +401,7 @@ mod tests {
         let a = t.offer(0, A, None).unwrap();
         t.request(0, A, a);
         let b = t.offer(0, B, None).unwrap();
-        t.decline(0, B, b);
+        assert!(t.decline(0, B, b));
         assert!(t.offer(10, MacAddr([9; 6]), None).is_none());
         assert_eq!(
             t.offer(700, MacAddr([9; 6]), None),
@@ -352,5 +432,69 @@ mod tests {
         assert!(u
             .restore_json("{\"version\":9,\"leases\":[]}", &path)
             .is_err());
+    }
+
+    #[test]
+    fn declines_only_from_the_holder_and_bounded() {
+        let mut t = LeaseTable::new(
+            Ipv4Addr::new(10, 9, 0, 0),
+            Ipv4Addr::new(10, 9, 3, 255),
+            3600,
+            HashMap::new(),
+        )
+        .unwrap();
+        let a = t.offer(0, A, None).unwrap();
+        assert!(!t.decline(0, B, a), "B holds no lease on A's address");
+        assert!(!t.decline(0, A, Ipv4Addr::new(10, 9, 0, 77)), "not A's");
+        assert_eq!(t.declined_len(), 0);
+        assert_eq!(t.lease_of(A).unwrap().ip, a);
+        // One client declining address after address holds at most
+        // MAX_DECLINED of them out of the pool.
+        let mut declined = Vec::new();
+        for i in 0..(MAX_DECLINED as u64 * 3) {
+            let ip = t.offer(i, A, None).unwrap();
+            assert!(t.decline(i, A, ip));
+            assert!(t.declined_len() <= MAX_DECLINED);
+            declined.push(ip);
+        }
+        assert_eq!(t.declined_len(), MAX_DECLINED);
+        // The oldest declines made room (and were offered again); the
+        // newest are held.
+        let now = MAX_DECLINED as u64 * 3;
+        let newest = &declined[declined.len() - MAX_DECLINED..];
+        assert!(newest.iter().all(|ip| !t.usable(now, B, *ip)));
+        let evicted: Vec<_> = declined.iter().filter(|ip| !newest.contains(ip)).collect();
+        assert!(!evicted.is_empty());
+        assert!(evicted.iter().all(|ip| t.usable(now, B, **ip)));
+    }
+
+    #[test]
+    fn a_corrupt_lease_file_is_moved_aside_and_leases_start_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.json");
+        for bad in [
+            &b"{\"version\":1,\"leases\":[{\"mac\":\"zz\""[..],
+            b"{\"version\":1,\"leases\":[{\"mac\":\"nope\",\"ip\":\"10.9.0.10\",\"expires\":9}]}",
+            b"\xff\xfe garbage",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let mut t = table();
+            let aside = t.load(&path).unwrap().expect("moved aside");
+            assert!(!path.exists());
+            assert_eq!(std::fs::read(&aside).unwrap(), bad, "kept for the operator");
+            let name = aside.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with("leases.json.corrupt-"), "{name}");
+            assert!(t.lease_of(A).is_none() && t.lease_of(B).is_none());
+            std::fs::remove_file(&aside).unwrap();
+        }
+        // The table works and saves over the moved file's place.
+        let mut t = table();
+        let a = t.offer(0, A, None).unwrap();
+        t.request(0, A, a);
+        t.save(&path).unwrap();
+        let mut u = table();
+        assert_eq!(u.load(&path).unwrap(), None);
+        assert_eq!(u.lease_of(A).unwrap().ip, a);
+        assert!(!path.with_extension("tmp").exists());
     }
 }

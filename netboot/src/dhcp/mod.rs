@@ -128,6 +128,9 @@ pub struct DhcpStats {
     pub malformed: u64,
     /// Well-formed requests not answered.
     pub ignored: u64,
+    /// DECLINEs of an address not leased or offered to their sender;
+    /// ignored.
+    pub declines_refused: u64,
 }
 
 /// The DHCP / proxy-DHCP decision core.
@@ -346,11 +349,17 @@ impl DhcpServer {
                 return d;
             }
             MessageType::Decline => {
-                if let Some(ip) = requested {
-                    leases.decline(now, info.mac, ip);
+                let Some(ip) = requested else {
+                    return d;
+                };
+                if leases.decline(now, info.mac, ip) {
+                    d.step = Some(Step::Released);
+                    d.detail = format!("declined {ip}");
+                } else {
+                    self.stats.declines_refused += 1;
+                    d.step = Some(Step::Ignored);
+                    d.detail = format!("DECLINE of {ip}, which is not theirs, ignored");
                 }
-                d.step = Some(Step::Released);
-                d.detail = format!("declined {requested:?}");
                 return d;
             }
             MessageType::Inform => (MessageType::Ack, Ipv4Addr::UNSPECIFIED),

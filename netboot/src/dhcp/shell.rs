@@ -62,6 +62,14 @@ impl DhcpService {
         })
     }
 
+    /// The bound addresses, one per port.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|(_, s)| s.local_addr().ok())
+            .collect()
+    }
+
     /// Serves until dropped.
     pub async fn run(self) -> Result<()> {
         let mut tasks = tokio::task::JoinSet::new();

@@ -478,3 +478,42 @@ fn full_mode_reservation() {
     let m = Message::decode(&mut Decoder::new(&d.reply.unwrap().data)).unwrap();
     assert_eq!(m.yiaddr(), Ipv4Addr::new(10, 77, 0, 200));
 }
+
+#[test]
+fn decline_from_a_stranger_is_ignored_and_from_the_owner_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = full_server(dir.path());
+    let mut req = Req::discover(b"PXEClient", 7);
+    let (_, m) = ask(&mut s, &req, 67, client67());
+    let ip = m.unwrap().yiaddr();
+    req.mtype = MessageType::Request;
+    req.requested = Some(ip);
+    ask(&mut s, &req, 67, client67());
+    // Another MAC declines the address: ignored, the lease stays.
+    let mut decline = Req::discover(b"PXEClient", 7);
+    decline.mtype = MessageType::Decline;
+    decline.requested = Some(ip);
+    let mut msg = Message::decode(&mut Decoder::new(&decline.bytes())).unwrap();
+    msg.set_chaddr(&[2, 0, 0, 0, 0, 0x66]);
+    let data = msg.to_vec().unwrap();
+    let d = s.handle(
+        10,
+        Received {
+            src: client67(),
+            local_port: 67,
+            data: &data,
+        },
+    );
+    assert_eq!(d.step, Some(Step::Ignored), "{}", d.detail);
+    assert_eq!(s.stats().declines_refused, 1);
+    let leases = s.leases().unwrap();
+    assert_eq!(leases.lease_of(MacAddr(MAC)).map(|l| l.ip), Some(ip));
+    assert_eq!(leases.declined_len(), 0);
+    // The owner's DECLINE is honoured: the address leaves the pool.
+    let (d, _) = ask(&mut s, &decline, 67, client67());
+    assert_eq!(d.step, Some(Step::Released), "{}", d.detail);
+    assert_eq!(s.leases().unwrap().declined_len(), 1);
+    assert!(s.leases().unwrap().lease_of(MacAddr(MAC)).is_none());
+    let (_, m) = ask(&mut s, &Req::discover(b"PXEClient", 7), 67, client67());
+    assert_ne!(m.unwrap().yiaddr(), ip, "a declined address is not offered");
+}

@@ -7,7 +7,10 @@
 //! bytes in flight caps the windowsize) and the ready [`Transfer`] is handed
 //! to its client's shard. Thousands of transfers cost thousands of small
 //! state machines, not threads or sockets, and every transfer of one file
-//! shares one `Bytes` buffer.
+//! shares one `Bytes` buffer (a netascii transfer adds at most a window of
+//! converted blocks). How many run at once is capped in total and per
+//! client address (see `admission`): a request over a cap is answered with
+//! an ERROR from the listening port before any work is spent on it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,6 +19,7 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
+use super::admission::{Permit, Refused, TransferCaps};
 use super::budget::FlightBudget;
 use super::mtu::path_mtu;
 use super::packet::{error_packet, ErrorCode, Packet};
@@ -35,6 +39,7 @@ pub struct TftpServer {
     events: Events,
     stats: Arc<TftpStats>,
     budget: Arc<FlightBudget>,
+    caps: Arc<TransferCaps>,
     handles: Vec<ShardHandle>,
     shards: Vec<Shard>,
 }
@@ -75,6 +80,7 @@ impl TftpServer {
             shards,
             files,
             budget: FlightBudget::new(limits.max_total_bytes_in_flight),
+            caps: TransferCaps::new(limits.max_transfers, limits.max_transfers_per_client),
             limits,
             events,
             stats: Arc::default(),
@@ -97,6 +103,11 @@ impl TftpServer {
     /// The bytes in flight all transfers share, with what is reserved now.
     pub fn flight_budget(&self) -> Arc<FlightBudget> {
         self.budget.clone()
+    }
+
+    /// The caps on concurrent transfers, with what is held now.
+    pub fn transfer_caps(&self) -> Arc<TransferCaps> {
+        self.caps.clone()
     }
 
     /// The shared transfer sockets' addresses (a transfer's DATA comes
@@ -132,7 +143,15 @@ impl TftpServer {
             match pkt {
                 Packet::Rrq(req) => {
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    let permit = match self.caps.admit(peer) {
+                        Ok(p) => p,
+                        Err(why) => {
+                            self.refuse_over_cap(peer, why).await;
+                            continue;
+                        }
+                    };
                     let job = Job {
+                        permit,
                         peer,
                         filename: req.filename.to_string(),
                         datagram: buf[..n].to_vec(),
@@ -156,6 +175,24 @@ impl TftpServer {
         }
     }
 
+    /// Answers a request over a cap (a burst of repetitions from one port
+    /// gets no answer: its first request is being served).
+    async fn refuse_over_cap(&self, peer: SocketAddr, why: Refused) {
+        let counter = match why {
+            Refused::Repeated => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Refused::ServerFull => &self.stats.over_server_cap,
+            Refused::ClientFull => &self.stats.over_client_cap,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        // RFC 1350 has no "busy" code; 0 with a message is what others send.
+        let e = error_packet(ErrorCode::NotDefined, "too many transfers, try later");
+        let _ = self.socket.send_to(&e, peer).await;
+    }
+
     /// The shard serving `peer`: always the same one for one address and
     /// port, so that a repeated request meets its first.
     fn shard_for(&self, peer: SocketAddr) -> &ShardHandle {
@@ -166,6 +203,8 @@ impl TftpServer {
 }
 
 struct Job {
+    /// This request's place under the caps, handed on with its transfer.
+    permit: Permit,
     peer: SocketAddr,
     filename: String,
     datagram: Vec<u8>,
@@ -188,6 +227,7 @@ impl Job {
                     peer: self.peer,
                     filename: self.filename.clone(),
                     transfer,
+                    permit: self.permit,
                 };
                 if self.shard.tx.send(admit).is_err() {
                     // The server is shutting down.

@@ -33,6 +33,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::admission::Permit;
 use super::outbox::Outbox;
 use super::packet::{error_packet, ErrorCode, Packet};
 use super::stats::{finish_event, TftpStats};
@@ -64,6 +65,8 @@ pub(super) struct Admit {
     pub peer: SocketAddr,
     pub filename: String,
     pub transfer: Transfer,
+    /// The transfer's place under the server's caps, held while it runs.
+    pub permit: Permit,
 }
 
 /// The request handler's end of a shard.
@@ -107,6 +110,7 @@ pub(super) fn bind(ip: std::net::IpAddr) -> io::Result<(ShardHandle, Shard)> {
 struct Slot {
     t: Transfer,
     filename: String,
+    _permit: Permit,
     /// The earliest timer entry this transfer has in the heap.
     armed: Option<Instant>,
     dirty: bool,
@@ -239,6 +243,7 @@ impl Running {
             Slot {
                 t: a.transfer,
                 filename: a.filename,
+                _permit: a.permit,
                 armed: None,
                 dirty: true,
             },

@@ -17,8 +17,14 @@ pub struct TftpStats {
     pub completed: AtomicU64,
     /// Transfers ended by the client's ERROR or by its silence.
     pub aborted: AtomicU64,
-    /// Requests refused (not found, traversal, write, bad mode).
+    /// Requests refused (not found, traversal, write, bad mode, caps).
     pub refused: AtomicU64,
+    /// Requests refused because the server ran as many transfers as
+    /// `max_transfers` allows (answered with ERROR 0).
+    pub over_server_cap: AtomicU64,
+    /// Requests refused because their client address ran as many transfers
+    /// as `max_transfers_per_client` allows (answered with ERROR 0).
+    pub over_client_cap: AtomicU64,
     /// Datagrams that did not parse; dropped.
     pub malformed: AtomicU64,
     /// Transfers running now.
@@ -32,7 +38,9 @@ pub struct TftpStats {
     /// Transfers whose blksize the path MTU towards the client lowered.
     pub blksize_capped_by_mtu: AtomicU64,
     /// Requests repeated by a client before its transfer's first block got
-    /// through; the running transfer answers them.
+    /// through; the running transfer answers them. Counts too the
+    /// repetitions dropped on arrival while two of that port's requests
+    /// were in hand.
     pub duplicates: AtomicU64,
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::budget::{FlightBudget, Reservation};
+use super::netascii::NetasciiBlocks;
 use super::packet::{ErrorCode, Packet, Request};
 
 /// IPv4 (20) and UDP (8) headers, and the TFTP DATA header (4).
@@ -36,10 +37,18 @@ pub struct TransferLimits {
     pub max_total_bytes_in_flight: usize,
     /// First retransmit timeout when the client asks for none.
     pub initial_timeout: Duration,
-    /// Back-off stops doubling here.
+    /// Back-off stops doubling here. A client's `timeout` option above it
+    /// is not honoured (left out of the OACK, RFC 2349 allows no other
+    /// value): a client asking 255 s would otherwise hold its transfer,
+    /// and its share of the caps, for half an hour of silence.
     pub max_timeout: Duration,
     /// Retransmissions of one window before the client is given up on.
     pub max_retries: u32,
+    /// Transfers one server runs at once; requests beyond get ERROR 0.
+    pub max_transfers: usize,
+    /// Transfers one client address runs at once (each from its own port);
+    /// requests beyond get ERROR 0.
+    pub max_transfers_per_client: usize,
 }
 
 impl TransferLimits {
@@ -70,6 +79,8 @@ impl Default for TransferLimits {
             initial_timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),
             max_retries: 6,
+            max_transfers: 1024,
+            max_transfers_per_client: 8,
         }
     }
 }
@@ -140,13 +151,22 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// What a transfer sends: slices of the shared file, or its netascii
+/// conversion made as the transfer goes.
+#[derive(Debug)]
+enum Body {
+    Octet(Bytes),
+    Netascii(NetasciiBlocks),
+}
+
 /// One read transfer.
 #[derive(Debug)]
 pub struct Transfer {
-    data: Bytes,
+    body: Body,
+    /// The file's size (before any netascii conversion).
+    len: usize,
     blksize: usize,
     window: u64,
-    total_blocks: u64,
     /// Highest block index acknowledged (0: none yet, or the OACK).
     acked: u64,
     /// Next block index to send.
@@ -199,9 +219,9 @@ impl Transfer {
         budget: Option<&Arc<FlightBudget>>,
     ) -> Result<Transfer, Refusal> {
         let _ = now;
-        let data = match req.mode.to_ascii_lowercase().as_str() {
-            "octet" => data,
-            "netascii" => to_netascii(&data),
+        let netascii = match req.mode.to_ascii_lowercase().as_str() {
+            "octet" => false,
+            "netascii" => true,
             other => {
                 return Err(Refusal {
                     code: ErrorCode::IllegalOperation,
@@ -222,10 +242,16 @@ impl Transfer {
                 }
                 // An empty file's tsize is left out: curl rejects `tsize 0`
                 // in an OACK as invalid, and omitting an option is allowed.
-                "tsize" if neg.tsize.is_none() && !data.is_empty() => {
+                // So is a netascii transfer's: its size is known only once
+                // the conversion, made block by block, reaches the end.
+                "tsize" if neg.tsize.is_none() && !data.is_empty() && !netascii => {
                     neg.tsize = Some(data.len() as u64)
                 }
-                "timeout" if neg.timeout.is_none() && (1..=255).contains(&v) => {
+                "timeout"
+                    if neg.timeout.is_none()
+                        && v >= 1
+                        && v <= limits.max_timeout.as_secs().min(255) =>
+                {
                     neg.timeout = Some(v as u8)
                 }
                 "windowsize" if neg.windowsize.is_none() && (1..=65535).contains(&v) => {
@@ -252,9 +278,15 @@ impl Transfer {
             .timeout
             .map(|t| Duration::from_secs(u64::from(t)))
             .unwrap_or(limits.initial_timeout);
+        let len = data.len();
+        let body = if netascii {
+            Body::Netascii(NetasciiBlocks::new(data, blksize))
+        } else {
+            Body::Octet(data)
+        };
         Ok(Transfer {
-            total_blocks: data.len() as u64 / blksize as u64 + 1,
-            data,
+            body,
+            len,
             blksize,
             window: u64::from(neg.windowsize.unwrap_or(1)),
             acked: 0,
@@ -290,19 +322,24 @@ impl Transfer {
         self.reservation.as_ref().map_or(0, Reservation::bytes)
     }
 
-    /// Size of the data being served (after netascii conversion).
+    /// Size of the file being served (before any netascii conversion).
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
 
     /// True for an empty file.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.len == 0
     }
 
-    /// Number of DATA packets the transfer takes (always at least one).
-    pub fn total_blocks(&self) -> u64 {
-        self.total_blocks
+    /// Number of DATA packets the transfer takes (always at least one):
+    /// known from the start in octet mode, and in netascii mode once the
+    /// conversion has reached the end of the file.
+    pub fn total_blocks(&self) -> Option<u64> {
+        match &self.body {
+            Body::Octet(d) => Some(d.len() as u64 / self.blksize as u64 + 1),
+            Body::Netascii(n) => n.last(),
+        }
     }
 
     /// True when the retransmit timer has fired since the client's last
@@ -338,19 +375,28 @@ impl Transfer {
             self.deadline.get_or_insert(now + self.rto);
             return Some(Transmit::Control(oack.clone()));
         }
-        if self.next > self.total_blocks || self.next > self.acked + self.window {
+        if self.next > self.acked + self.window {
             return None;
         }
         let i = self.next;
+        let payload = match &mut self.body {
+            Body::Octet(data) => {
+                if i > data.len() as u64 / self.blksize as u64 + 1 {
+                    return None;
+                }
+                let start = ((i - 1) as usize)
+                    .saturating_mul(self.blksize)
+                    .min(data.len());
+                let end = start.saturating_add(self.blksize).min(data.len());
+                data.slice(start..end)
+            }
+            Body::Netascii(n) => n.block(i)?,
+        };
         self.next += 1;
-        let start = ((i - 1) as usize)
-            .saturating_mul(self.blksize)
-            .min(self.data.len());
-        let end = start.saturating_add(self.blksize).min(self.data.len());
         self.deadline.get_or_insert(now + self.rto);
         Some(Transmit::Data {
             block: i as u16,
-            payload: self.data.slice(start..end),
+            payload,
         })
     }
 
@@ -386,7 +432,10 @@ impl Transfer {
             return;
         }
         self.acked += diff;
-        if self.acked >= self.total_blocks {
+        if let Body::Netascii(n) = &mut self.body {
+            n.release_through(self.acked);
+        }
+        if self.total_blocks().is_some_and(|t| self.acked >= t) {
             self.finish(Outcome::Complete);
             return;
         }
@@ -443,19 +492,6 @@ fn oack_bytes(n: &Negotiated) -> Bytes {
     .collect();
     let pairs: Vec<(&str, &str)> = vals.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Bytes::from(Packet::Oack(pairs).to_vec())
-}
-
-/// netascii: LF becomes CR LF and a bare CR becomes CR NUL (RFC 764).
-fn to_netascii(data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
-    for &b in data {
-        match b {
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b'\r' => out.extend_from_slice(b"\r\0"),
-            b => out.push(b),
-        }
-    }
-    Bytes::from(out)
 }
 
 #[cfg(test)]

@@ -489,3 +489,81 @@ fn global_cap_counts_transfers_without_windowsize_as_one_block() {
         "completion released the windowed share"
     );
 }
+
+#[test]
+fn netascii_streams_with_retransmits_and_answers_no_tsize() {
+    let src: Vec<u8> = (0..40_000u32)
+        .map(|i| match i % 37 {
+            0 => b'\n',
+            19 => b'\r',
+            n => b'a' + n as u8,
+        })
+        .collect();
+    let whole = super::super::netascii::to_netascii(&src);
+    let req = Request {
+        filename: "f",
+        mode: "netascii",
+        options: vec![("blksize", "512"), ("windowsize", "4"), ("tsize", "0")],
+    };
+    let mut now = Instant::now();
+    let mut t = Transfer::start(
+        now,
+        Bytes::from(src.clone()),
+        &req,
+        &TransferLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        t.negotiated().tsize,
+        None,
+        "netascii size is not known up front"
+    );
+    assert_eq!(t.total_blocks(), None);
+    assert!(matches!(t.poll_transmit(now), Some(Transmit::Control(_))));
+    t.handle_packet(now, &Packet::Ack(0));
+    // Every window is sent, lost once (the timer fires and it is sent again,
+    // byte for byte the same), then acknowledged.
+    let mut got = Vec::new();
+    let mut acked: u16 = 0;
+    for _ in 0..10_000 {
+        if t.outcome().is_some() {
+            break;
+        }
+        let first: Vec<Transmit> = std::iter::from_fn(|| t.poll_transmit(now)).collect();
+        assert!(!first.is_empty() && first.len() <= 4);
+        now = t.poll_timeout().unwrap();
+        t.handle_timeout(now);
+        let again: Vec<Transmit> = std::iter::from_fn(|| t.poll_transmit(now)).collect();
+        assert_eq!(first, again, "a retransmitted window differs");
+        for tx in &first {
+            let Transmit::Data { block, payload } = tx else {
+                panic!("control after the OACK")
+            };
+            assert_eq!(*block, acked.wrapping_add(1));
+            acked = *block;
+            got.extend_from_slice(payload);
+        }
+        t.handle_packet(now, &Packet::Ack(acked));
+    }
+    assert_eq!(t.outcome(), Some(&Outcome::Complete));
+    assert!(got == whole, "{} bytes, want {}", got.len(), whole.len());
+    assert_eq!(t.total_blocks(), Some(whole.len() as u64 / 512 + 1));
+    assert_eq!(t.len(), src.len());
+}
+
+#[test]
+fn client_timeout_above_the_back_off_ceiling_is_not_honoured() {
+    let t0 = Instant::now();
+    let limits = TransferLimits::default();
+    let mut t = Transfer::start(t0, data(100), &rrq(&[("timeout", "255")]), &limits).unwrap();
+    assert_eq!(t.negotiated().timeout, None);
+    // No OACK (nothing else was asked): block 1, retransmitted on our timer.
+    assert!(matches!(t.poll_transmit(t0), Some(Transmit::Data { .. })));
+    assert_eq!(t.poll_timeout(), Some(t0 + limits.initial_timeout));
+    let t = Transfer::start(t0, data(100), &rrq(&[("timeout", "8")]), &limits).unwrap();
+    assert_eq!(
+        t.negotiated().timeout,
+        Some(8),
+        "up to max_timeout is honoured"
+    );
+}

@@ -103,6 +103,7 @@ impl Server {
                     http: "0.0.0.0:8080".parse().unwrap(),
                     tftp_limits: TransferLimits::default(),
                     script_peer: Default::default(),
+                    http_limits: rackcast_netboot::http::HttpLimits::default(),
                 };
                 let nb = Netboot::bind(cfg, Arc::new(policy)).await.unwrap();
                 let mut rx = nb.events().subscribe();

@@ -2,7 +2,9 @@
 //! namespaces. Tests needing a missing tool or root print why and return.
 
 mod dhcp_netns;
+mod http_limits;
 mod qemu;
+mod resource_bounds;
 mod tftp_interop;
 mod tftp_limits;
 mod tftp_shared;

@@ -406,6 +406,7 @@ impl Lan {
                     http: "0.0.0.0:8080".parse().unwrap(),
                     tftp_limits: TransferLimits::default(),
                     script_peer: Default::default(),
+                    http_limits: rackcast_netboot::http::HttpLimits::default(),
                 };
                 let nb = Netboot::bind(cfg, Arc::new(policy)).await.unwrap();
                 let mut events = nb.events().subscribe();
