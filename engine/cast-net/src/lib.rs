@@ -20,7 +20,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use rackcast_engine::cast::receiver::{Receiver, ReceiverEvent};
+use rackcast_engine::cast::receiver::{Receiver, ReceiverEvent, MAX_CANDIDATES};
 use rackcast_engine::cast::sender::{FrameSource, Sender, SenderEvent};
 use rackcast_engine::cast::sink::ChunkSink;
 use rackcast_engine::cast::CastError;
@@ -90,10 +90,7 @@ pub fn receiver_socket(net: &NetConfig) -> Result<UdpSocket, CastError> {
 }
 
 fn wait_readable(sock: &UdpSocket, until: Option<Instant>) -> Result<(), CastError> {
-    let now = Instant::now();
-    let ms = until.map_or(50, |t| {
-        t.saturating_duration_since(now).as_millis().min(50) as u16
-    });
+    let ms = wait_ms(Instant::now(), until);
     if ms == 0 {
         return Ok(());
     }
@@ -102,6 +99,17 @@ fn wait_readable(sock: &UdpSocket, until: Option<Instant>) -> Result<(), CastErr
         Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
         Err(e) => Err(CastError::net("poll", e.into())),
     }
+}
+
+/// Milliseconds to sleep in `poll(2)` until `until` (at most 50). Rounded
+/// up: a deadline under a millisecond away, normal when pacing at high
+/// rates, would otherwise round to 0 and the driver would spin until it
+/// passed. Only a deadline already reached gives 0.
+fn wait_ms(now: Instant, until: Option<Instant>) -> u16 {
+    until.map_or(50, |t| {
+        let left = t.saturating_duration_since(now);
+        left.as_micros().div_ceil(1000).min(50) as u16
+    })
 }
 
 /// Sends until the session is over. `observe` sees every event and is called
@@ -309,8 +317,13 @@ pub fn run_receiver_with(
             rx.set_durable(now);
             finished_at = Some(now);
         }
-        out.clear();
-        if let Some((to, len)) = rx.poll_transmit(now, &mut out) {
+        // A status, or before a session is adopted, a join to each sender
+        // heard announcing.
+        for _ in 0..=MAX_CANDIDATES {
+            out.clear();
+            let Some((to, len)) = rx.poll_transmit(now, &mut out) else {
+                break;
+            };
             let _ = sock.send_to(&out[..len], to);
         }
         if now >= last_observe + Duration::from_millis(100) {
@@ -335,5 +348,21 @@ pub fn run_receiver_with(
         if n == 0 {
             wait_readable(sock, rx.poll_timeout())?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_under_a_millisecond_away_is_slept_not_spun() {
+        let now = Instant::now();
+        assert_eq!(wait_ms(now, Some(now + Duration::from_micros(300))), 1);
+        assert_eq!(wait_ms(now, Some(now + Duration::from_micros(1001))), 2);
+        assert_eq!(wait_ms(now, Some(now)), 0);
+        assert_eq!(wait_ms(now + Duration::from_millis(1), Some(now)), 0);
+        assert_eq!(wait_ms(now, Some(now + Duration::from_secs(9))), 50);
+        assert_eq!(wait_ms(now, None), 50);
     }
 }

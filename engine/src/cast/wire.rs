@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0   2  magic "RC"
-//! 2   1  version (1)
+//! 2   1  version (2)
 //! 3   1  packet type (1 announce, 2 symbol, 3 status, 4 end, 5 acked: ids of
 //!        receivers whose "done" the sender recorded, 8 bytes each)
 //! 4   8  session id
@@ -17,15 +17,24 @@
 //!
 //! Every packet is authenticated: a receiver drops (and counts) anything whose
 //! MAC fails, whose session differs, or that does not parse, before looking at
-//! its payload. Payloads never exceed the symbol size chosen from the path MTU,
-//! so no packet is ever fragmented.
+//! its payload. Data and control packets never exceed the symbol size chosen
+//! from the path MTU, and a full status fits a 576-byte IPv4 datagram, so no
+//! packet is fragmented.
+//!
+//! Freshness is not in the MAC: a key holder's old packets verify forever.
+//! Version 2 adds what a receiver and a sender need to tell a live peer from a
+//! replay: a receiver's random nonce in its statuses, echoed by the sender's
+//! announces (an unpinned receiver adopts only a session that echoed it), and
+//! status sequence numbers the sender keeps per receiver.
+
+use subtle::ConstantTimeEq;
 
 use super::CastError;
 
 /// Magic at the start of every packet.
 pub const MAGIC: [u8; 2] = *b"RC";
-/// Wire version.
-pub const VERSION: u8 = 1;
+/// Wire version (2: status nonce and flags, announce echoes).
+pub const VERSION: u8 = 2;
 /// Header length.
 pub const HEADER_LEN: usize = 32;
 /// MAC length.
@@ -138,7 +147,9 @@ pub fn parse<'a>(key: &SessionKey, bytes: &'a [u8]) -> Result<(Header, &'a [u8])
         return Err(CastError::Malformed("length does not match"));
     }
     let (body, mac) = bytes.split_at(HEADER_LEN + len);
-    if key.mac(body) != mac {
+    // Constant time: a timing oracle on the tag would let a forger find it
+    // byte by byte.
+    if !bool::from(key.mac(body).ct_eq(mac)) {
         return Err(CastError::BadMac);
     }
     let kind = PacketType::from_u8(bytes[3]).ok_or(CastError::Malformed("unknown packet type"))?;
@@ -174,26 +185,38 @@ pub struct Announce {
     pub root: [u8; 32],
     /// Whether the sender is transmitting yet (false while waiting for receivers).
     pub running: bool,
+    /// Join nonces of receivers that asked to join and have not yet adopted
+    /// the session (see [`Status::joining`]): proof that this sender is live.
+    pub echoes: Vec<u64>,
 }
 
 impl Announce {
-    /// Encoded length.
+    /// Length of the fixed part; the echoes follow, 8 bytes each.
     pub const LEN: usize = 4 + 4 + 4 + 32 + 1;
+
+    /// Most echoes an announce carries when packets are `symbol_size` bytes
+    /// of payload: an announce is never larger than a symbol packet.
+    pub fn max_echoes(symbol_size: usize) -> usize {
+        symbol_size.saturating_sub(Self::LEN) / 8
+    }
 
     /// Encodes.
     pub fn emit(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::LEN);
+        let mut v = Vec::with_capacity(Self::LEN + 8 * self.echoes.len());
         v.extend_from_slice(&self.symbol_size.to_le_bytes());
         v.extend_from_slice(&self.chunk_count.to_le_bytes());
         v.extend_from_slice(&self.index_len.to_le_bytes());
         v.extend_from_slice(&self.root);
         v.push(self.running as u8);
+        for n in &self.echoes {
+            v.extend_from_slice(&n.to_le_bytes());
+        }
         v
     }
 
     /// Decodes.
     pub fn parse(b: &[u8]) -> Result<Announce, CastError> {
-        if b.len() != Self::LEN {
+        if b.len() < Self::LEN || (b.len() - Self::LEN) % 8 != 0 {
             return Err(CastError::Malformed("announce length"));
         }
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
@@ -207,6 +230,10 @@ impl Announce {
             index_len: u32_at(8),
             root: b[12..44].try_into().expect("32 bytes"),
             running: b[44] != 0,
+            echoes: b[Self::LEN..]
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
         })
     }
 }
@@ -231,6 +258,12 @@ pub fn parse_acked(b: &[u8]) -> Result<Vec<u64>, CastError> {
 pub struct Status {
     /// The receiver's id (random per run; stable across its restarts only if configured).
     pub receiver: u64,
+    /// Random per run of the receiver: its join nonce, and the incarnation
+    /// its status sequence numbers count within (a restart starts them again).
+    pub nonce: u64,
+    /// The receiver has not adopted a session yet and asks this sender to
+    /// echo `nonce` in its announces.
+    pub joining: bool,
     /// Whether it holds the verified index.
     pub has_index: bool,
     /// Whether it has every chunk written and verified.
@@ -254,25 +287,40 @@ pub struct Status {
 }
 
 impl Status {
-    /// Most ranges and deficits a status carries (fits any MTU >= 576).
-    pub const MAX_ENTRIES: usize = 48;
+    /// Length of the fixed part; the ranges and deficits follow, 8 bytes each.
+    pub const FIXED_LEN: usize = 43;
+    /// Most needed ranges a status carries.
+    pub const MAX_NEEDED: usize = 32;
+    /// Most deficits a status carries.
+    pub const MAX_DEFICITS: usize = 24;
+    /// The largest status payload: with the header, MAC, UDP and IPv4
+    /// headers it is 567 bytes, so a status crosses any IPv4 path (576)
+    /// unfragmented.
+    pub const MAX_LEN: usize = Self::FIXED_LEN + 8 * (Self::MAX_NEEDED + Self::MAX_DEFICITS);
 
     /// Encodes.
     pub fn emit(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(40 + 8 * (self.needed.len() + self.deficits.len()));
+        let mut v =
+            Vec::with_capacity(Self::FIXED_LEN + 8 * (self.needed.len() + self.deficits.len()));
         v.extend_from_slice(&self.receiver.to_le_bytes());
-        v.push(self.has_index as u8 | (self.done as u8) << 1 | (self.needed_truncated as u8) << 2);
+        v.extend_from_slice(&self.nonce.to_le_bytes());
+        v.push(
+            self.has_index as u8
+                | (self.done as u8) << 1
+                | (self.needed_truncated as u8) << 2
+                | (self.joining as u8) << 3,
+        );
         v.extend_from_slice(&self.chunks_done.to_le_bytes());
         v.extend_from_slice(&self.loss_ppm.to_le_bytes());
         v.extend_from_slice(&self.write_backlog.to_le_bytes());
         v.extend_from_slice(&self.highest_seq.to_le_bytes());
-        v.push(self.needed.len().min(Self::MAX_ENTRIES) as u8);
-        v.push(self.deficits.len().min(Self::MAX_ENTRIES) as u8);
-        for &(a, b) in self.needed.iter().take(Self::MAX_ENTRIES) {
+        v.push(self.needed.len().min(Self::MAX_NEEDED) as u8);
+        v.push(self.deficits.len().min(Self::MAX_DEFICITS) as u8);
+        for &(a, b) in self.needed.iter().take(Self::MAX_NEEDED) {
             v.extend_from_slice(&a.to_le_bytes());
             v.extend_from_slice(&b.to_le_bytes());
         }
-        for &(a, b) in self.deficits.iter().take(Self::MAX_ENTRIES) {
+        for &(a, b) in self.deficits.iter().take(Self::MAX_DEFICITS) {
             v.extend_from_slice(&a.to_le_bytes());
             v.extend_from_slice(&b.to_le_bytes());
         }
@@ -281,16 +329,16 @@ impl Status {
 
     /// Decodes.
     pub fn parse(b: &[u8]) -> Result<Status, CastError> {
-        if b.len() < 35 {
+        if b.len() < Self::FIXED_LEN {
             return Err(CastError::Malformed("status too short"));
         }
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let flags = b[8];
-        let (n_need, n_def) = (b[33] as usize, b[34] as usize);
-        if n_need > Self::MAX_ENTRIES
-            || n_def > Self::MAX_ENTRIES
-            || b.len() != 35 + 8 * (n_need + n_def)
+        let flags = b[16];
+        let (n_need, n_def) = (b[41] as usize, b[42] as usize);
+        if n_need > Self::MAX_NEEDED
+            || n_def > Self::MAX_DEFICITS
+            || b.len() != Self::FIXED_LEN + 8 * (n_need + n_def)
         {
             return Err(CastError::Malformed("status entry count"));
         }
@@ -301,15 +349,17 @@ impl Status {
         };
         Ok(Status {
             receiver: u64_at(0),
+            nonce: u64_at(8),
             has_index: flags & 1 != 0,
             done: flags & 2 != 0,
             needed_truncated: flags & 4 != 0,
-            chunks_done: u32_at(9),
-            loss_ppm: u32_at(13),
-            write_backlog: u64_at(17),
-            highest_seq: u64_at(25),
-            needed: pairs(35, n_need),
-            deficits: pairs(35 + 8 * n_need, n_def),
+            joining: flags & 8 != 0,
+            chunks_done: u32_at(17),
+            loss_ppm: u32_at(21),
+            write_backlog: u64_at(25),
+            highest_seq: u64_at(33),
+            needed: pairs(Self::FIXED_LEN, n_need),
+            deficits: pairs(Self::FIXED_LEN + 8 * n_need, n_def),
         })
     }
 }
@@ -350,6 +400,8 @@ mod tests {
     fn status_round_trip() {
         let s = Status {
             receiver: 5,
+            nonce: 0x0123_4567_89ab_cdef,
+            joining: true,
             has_index: true,
             done: false,
             chunks_done: 10,
@@ -382,6 +434,40 @@ mod tests {
         assert!(parse_acked(&[]).unwrap().is_empty());
         for n in [1, 7, 9, 23] {
             assert!(parse_acked(&vec![0u8; n]).is_err(), "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn a_full_status_fits_a_576_byte_datagram() {
+        let full = Status {
+            needed: vec![(1, 1); Status::MAX_NEEDED + 5],
+            deficits: vec![(2, 3); Status::MAX_DEFICITS + 5],
+            ..Status::default()
+        };
+        let payload = full.emit();
+        assert_eq!(payload.len(), Status::MAX_LEN);
+        assert!(payload.len() + OVERHEAD + IP_UDP_OVERHEAD <= 576);
+        let back = Status::parse(&payload).unwrap();
+        assert_eq!(back.needed.len(), Status::MAX_NEEDED);
+        assert_eq!(back.deficits.len(), Status::MAX_DEFICITS);
+    }
+
+    #[test]
+    fn announce_echoes_round_trip_and_fit_a_symbol_packet() {
+        let s = 1424;
+        let a = Announce {
+            symbol_size: s as u32,
+            chunk_count: 9,
+            index_len: 700,
+            root: [7; 32],
+            running: true,
+            echoes: (0..Announce::max_echoes(s) as u64).collect(),
+        };
+        let b = a.emit();
+        assert!(b.len() <= s);
+        assert_eq!(Announce::parse(&b).unwrap(), a);
+        for n in [0, Announce::LEN - 1, Announce::LEN + 1, Announce::LEN + 7] {
+            assert!(Announce::parse(&b[..n]).is_err(), "{n} bytes");
         }
     }
 

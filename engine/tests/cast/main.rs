@@ -1,5 +1,6 @@
 //! Multicast protocol tests: a deterministic, seeded simulation of a lossy
 //! network with many receivers and a virtual clock (no sockets).
 
+mod hostile;
 mod netsim;
 mod scenarios;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rackcast_engine::cast::CastError;
 use rackcast_engine::cast::{
-    FrameSource, Receiver, ReceiverConfig, ReceiverEvent, ReedSolomon, Sender, SenderConfig,
-    SenderEvent, SessionKey, Verdict,
+    FrameSource, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, ReedSolomon, Sender,
+    SenderConfig, SenderEvent, SessionKey, Verdict,
 };
 use rackcast_engine::image::{ChunkData, ChunkDecoder, ChunkIndex};
 
@@ -146,6 +146,8 @@ pub struct Outcome {
     pub finished_at: Option<f64>,
     pub straggler_events: usize,
     pub wrong_frames: usize,
+    /// Each receiver's counters at the end.
+    pub rx_stats: Vec<ReceiverStats>,
 }
 
 pub struct Image {
@@ -159,6 +161,18 @@ const SYMBOL: usize = 1024;
 const TO_SENDER: usize = 1 << 40;
 
 pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Duration) -> Outcome {
+    run_with(image, links, seed, rate, limit, &|_| {})
+}
+
+/// [`run`], with each receiver's configuration adjusted by `tune`.
+pub fn run_with(
+    image: &Image,
+    links: &[LinkSpec],
+    seed: u64,
+    rate: u64,
+    limit: Duration,
+    tune: &dyn Fn(&mut ReceiverConfig),
+) -> Outcome {
     let t0 = Instant::now();
     let key = SessionKey::from_secret(b"simulated session key");
     let fec = Arc::new(ReedSolomon);
@@ -187,6 +201,8 @@ pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Durat
         .map(|i| {
             let mut c = ReceiverConfig::new(key.clone(), 1 + i as u64);
             c.status_interval = Duration::from_millis(10);
+            c.nonce = Rng::new(seed ^ ((i as u64 + 1) * 31)).next();
+            tune(&mut c);
             Receiver::new(c, fec.clone(), t0)
         })
         .collect();
@@ -309,7 +325,7 @@ pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Durat
                 continue;
             }
             buf.clear();
-            if let Some((_, _)) = rx.poll_transmit(now, &mut buf) {
+            while let Some((_, _)) = rx.poll_transmit(now, &mut buf) {
                 up[i].carry(now, buf.len(), &mut times);
                 let id = packets.len();
                 packets.push(Some(Bytes::copy_from_slice(&buf)));
@@ -322,6 +338,7 @@ pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Durat
                 if refcount[id] == 0 {
                     packets[id] = None;
                 }
+                buf.clear();
             }
         }
         while let Some(ev) = sender.poll_event() {
@@ -385,6 +402,7 @@ pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Durat
         finished_at,
         straggler_events,
         wrong_frames,
+        rx_stats: rxs.iter().map(|r| r.stats().clone()).collect(),
     }
 }
 

@@ -313,7 +313,7 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
                 human_bytes(s.bytes),
                 r.loss_ppm() as f64 / 1e4,
                 s.decoded,
-                s.bad_mac + s.malformed + s.wrong_session
+                s.bad_mac + s.malformed + s.wrong_session + s.wrong_source
             );
         }
         ControlFlow::Continue(())
@@ -334,9 +334,15 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
                 s.decoded
             );
             println!(
-                "dropped     {} bad MAC, {} other session, {} malformed",
-                s.bad_mac, s.wrong_session, s.malformed
+                "dropped     {} bad MAC, {} other session, {} malformed, {} from another address, {} unechoed announces",
+                s.bad_mac, s.wrong_session, s.malformed, s.wrong_source, s.unechoed
             );
+            if s.evicted + s.over_budget > 0 {
+                println!(
+                    "memory      {} partial chunks evicted, {} symbols over the budget",
+                    s.evicted, s.over_budget
+                );
+            }
             println!(
                 "written     {} ({} chunks already on the target)",
                 human_bytes(sink.bytes_written),

@@ -3,6 +3,7 @@
 //! removed afterwards. Loss is injected with `iptables -m statistic` (this
 //! kernel has no netem). Needs root; skips with a reason otherwise.
 
+mod replay;
 mod rig;
 
 use std::process::Stdio;
@@ -246,4 +247,135 @@ fn sixteen_receivers_with_loss() {
         assert!(o.success, "receiver {r} failed:\n{}", o.text);
     }
     s.check_outputs(16);
+}
+
+#[test]
+fn a_late_joiner_under_a_replayed_earlier_session_completes_the_live_one() {
+    let Some(mut s) = session("d", 3, "16M") else {
+        return;
+    };
+    let group: std::net::SocketAddrV4 = GROUP.parse().unwrap();
+    let bin = env!("CARGO_BIN_EXE_rackcast");
+    let attacker = s.rig.receiver(0);
+    // Session 1 (image A, key K), recorded by the attacker.
+    let tape = replay::record(&attacker, group, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(200));
+    let early = s.recv(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let tx = s.send(1, "100M");
+    let out = s.rig.wait(tx, Duration::from_secs(120));
+    assert!(out.success, "session 1's sender failed:\n{}", out.text);
+    assert!(s.rig.wait(early, Duration::from_secs(30)).success);
+    let tape = tape.stop();
+    assert!(tape.len() > 100, "recorded only {} packets", tape.len());
+    // Session 2: the same key file, image B.
+    let b_src = s.dir.path().join("b.raw");
+    let b_img = s.dir.path().join("b.rcimg");
+    for args in [
+        vec![
+            "image",
+            "sample",
+            b_src.to_str().unwrap(),
+            "--size",
+            "12M",
+            "--shape",
+            "random",
+        ],
+        vec![
+            "image",
+            "create",
+            b_src.to_str().unwrap(),
+            b_img.to_str().unwrap(),
+            "--chunk-size",
+            "1M",
+        ],
+    ] {
+        let st = std::process::Command::new(bin)
+            .args(&args)
+            .stdout(Stdio::null())
+            .status();
+        assert!(st.unwrap().success(), "{args:?}");
+    }
+    let spray = replay::replay(&attacker, group, tape, 20_000, Duration::from_secs(120));
+    let out_b = |r: usize| s.dir.path().join(format!("b-out-{r}"));
+    let recv_b = |rig: &mut rig::Rig, r: usize, key: &std::path::Path, dest: std::path::PathBuf| {
+        let host = rig.receiver(r);
+        let key = key.to_path_buf();
+        rig.spawn(&host, &format!("recv-b-{r}"), move |c| {
+            c.args(["cast", "recv"]).arg(&dest).args([
+                "--group",
+                GROUP,
+                "--iface",
+                "eth0",
+                "--timeout",
+                "90",
+                "--verify",
+                "full",
+                "--key-file",
+            ]);
+            c.arg(&key);
+        })
+    };
+    let key = s.key.clone();
+    let early = recv_b(&mut s.rig, 1, &key, out_b(1));
+    std::thread::sleep(Duration::from_millis(300));
+    let host = s.rig.sender();
+    let (img, k2) = (b_img, key.clone());
+    // Slow enough that the late receiver joins a running session.
+    let tx = s.rig.spawn(&host, "send-b", move |c| {
+        c.args(["cast", "send"]).arg(&img).args([
+            "--group",
+            GROUP,
+            "--iface",
+            "eth0",
+            "--rate",
+            "3M",
+            "--min-receivers",
+            "1",
+            "--max-wait",
+            "20",
+            "--deadline",
+            "100",
+            "--key-file",
+        ]);
+        c.arg(&k2);
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let late = recv_b(&mut s.rig, 2, &key, out_b(2));
+    let o = s.rig.wait(late, Duration::from_secs(100));
+    let sent = spray.stop();
+    assert!(o.success, "the late receiver failed:\n{}", o.text);
+    assert_eq!(
+        b3(&out_b(2)),
+        b3(&b_src),
+        "the late receiver's target is not image B"
+    );
+    let dropped = field(&o.text, "dropped");
+    let other: u64 = dropped
+        .split(", ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let unechoed: u64 = dropped
+        .split(", ")
+        .nth(4)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        other > 0 && unechoed > 0,
+        "the replay never reached it ({sent} sent): {dropped}"
+    );
+    let e = s.rig.wait(early, Duration::from_secs(60));
+    assert!(e.success, "the early receiver failed:\n{}", e.text);
+    assert_eq!(b3(&out_b(1)), b3(&b_src));
+    let out = s.rig.wait(tx, Duration::from_secs(60));
+    assert!(out.success, "session 2's sender failed:\n{}", out.text);
 }

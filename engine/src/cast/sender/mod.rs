@@ -30,12 +30,24 @@ pub trait FrameSource {
     fn frame(&mut self, chunk: u32) -> Result<Bytes, CastError>;
 }
 
-/// Sender configuration.
 /// How often the group is told which receivers are done.
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a done status is acknowledged for (renewed by each new one).
 const ACK_FOR: Duration = Duration::from_millis(500);
+/// Shortest gap between announces sent early to echo joins: a crowd that
+/// joins at once is answered in a few milliseconds, not a few intervals.
+const ECHO_GAP: Duration = Duration::from_millis(2);
+/// Announces that echo one join: a lost echo costs a few milliseconds
+/// instead of an announce interval and a new join.
+const ECHO_REPEATS: u8 = 3;
+/// Earlier incarnations (nonces) remembered per receiver, whose statuses
+/// are ignored if they come again.
+const RETIRED_NONCES: usize = 4;
+/// Default of [`SenderConfig::max_receivers`]: room for the 10,000-target
+/// rack plus restarts under new ids.
+pub const DEFAULT_MAX_RECEIVERS: usize = 16_384;
 
+/// Sender configuration.
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
     /// Session id (random per session).
@@ -67,6 +79,8 @@ pub struct SenderConfig {
     /// How often to look again for statuses newer than the last visits when
     /// only stale ones are at hand.
     pub status_lag: Duration,
+    /// Most receivers tracked; statuses from further ones are dropped.
+    pub max_receivers: usize,
 }
 
 impl SenderConfig {
@@ -86,6 +100,7 @@ impl SenderConfig {
             repair_margin: 0.02,
             revisit_after: Duration::from_millis(5),
             status_lag: Duration::from_millis(5),
+            max_receivers: DEFAULT_MAX_RECEIVERS,
         }
     }
 }
@@ -165,6 +180,14 @@ pub struct SenderStats {
     pub statuses: u64,
     /// Datagrams dropped (bad MAC, other session, malformed).
     pub dropped: u64,
+    /// Statuses dropped as not newer than the last one taken from the same
+    /// receiver run, or from a run it has since replaced (reordered or
+    /// replayed).
+    pub stale: u64,
+    /// Statuses dropped from new receivers while the table was full.
+    pub table_full: u64,
+    /// Join nonces echoed in announces.
+    pub echoes: u64,
 }
 
 #[derive(Debug)]
@@ -177,6 +200,12 @@ struct Rx {
     status: Status,
     straggler: bool,
     lost: bool,
+    /// Sequence number of the last status taken from this run (`status.nonce`).
+    last_seq: u64,
+    /// Nonces of its earlier runs: their statuses are old by definition.
+    retired: VecDeque<u64>,
+    /// Its nonce waits in `echo_queue`.
+    echo_queued: bool,
 }
 
 #[derive(Debug)]
@@ -239,6 +268,10 @@ pub struct Sender<S> {
     /// the group for a while (see [`PacketType::Acked`]).
     acks: HashMap<u64, Instant>,
     next_ack: Instant,
+    /// Receivers asking to join whose nonce the next announces echo, with
+    /// how many echoes each has left.
+    echo_queue: VecDeque<(u64, u8)>,
+    last_announce: Option<Instant>,
 }
 
 impl<S: FrameSource> Sender<S> {
@@ -289,6 +322,8 @@ impl<S: FrameSource> Sender<S> {
             scratch: Vec::new(),
             acks: HashMap::new(),
             next_ack: now,
+            echo_queue: VecDeque::new(),
+            last_announce: None,
         }
     }
 
@@ -341,19 +376,39 @@ impl<S: FrameSource> Sender<S> {
             self.stats.dropped += 1;
             return;
         };
-        self.stats.statuses += 1;
-        self.idle_until = None;
         let id = st.receiver;
         let was_done = self.receivers.get(&id).is_some_and(|r| r.status.done);
         match self.receivers.get_mut(&id) {
             Some(r) => {
+                let newer = if st.nonce == r.status.nonce {
+                    h.seq > r.last_seq
+                } else {
+                    // A restarted receiver (same id, new run) starts its
+                    // numbers again; its old run's statuses stay old.
+                    !r.retired.contains(&st.nonce)
+                };
+                if !newer {
+                    self.stats.stale += 1;
+                    return;
+                }
+                if st.nonce != r.status.nonce {
+                    if r.retired.len() == RETIRED_NONCES {
+                        r.retired.pop_front();
+                    }
+                    r.retired.push_back(r.status.nonce);
+                }
                 r.addr = from;
                 r.last_seen = now;
                 r.lost = false;
+                r.last_seq = h.seq;
                 r.loss = 0.7 * r.loss + 0.3 * (st.loss_ppm as f64 / 1e6);
                 r.status = st;
             }
             None => {
+                if self.receivers.len() >= self.cfg.max_receivers {
+                    self.stats.table_full += 1;
+                    return;
+                }
                 self.events.push_back(SenderEvent::Joined {
                     receiver: id,
                     addr: from,
@@ -367,9 +422,19 @@ impl<S: FrameSource> Sender<S> {
                         status: st,
                         straggler: false,
                         lost: false,
+                        last_seq: h.seq,
+                        retired: VecDeque::new(),
+                        echo_queued: false,
                     },
                 );
             }
+        }
+        self.stats.statuses += 1;
+        self.idle_until = None;
+        let r = self.receivers.get_mut(&id).expect("just updated");
+        if r.status.joining && !r.echo_queued {
+            r.echo_queued = true;
+            self.echo_queue.push_back((id, ECHO_REPEATS));
         }
         if self.receivers[&id].status.done {
             // Every done status renews the acknowledgement, so a receiver
@@ -390,11 +455,11 @@ impl<S: FrameSource> Sender<S> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Finished => None,
-            Phase::Waiting => Some(self.next_announce.min(self.started_at + self.cfg.max_wait)),
+            Phase::Waiting => Some(self.announce_due().min(self.started_at + self.cfg.max_wait)),
             _ => {
                 let send = self.pacer.next_send(self.cfg.symbol_size + wire::OVERHEAD);
                 let send = self.idle_until.map_or(send, |t| t.max(send));
-                Some(send.min(self.next_announce))
+                Some(send.min(self.announce_due()))
             }
         }
     }
@@ -447,14 +512,17 @@ impl<S: FrameSource> Sender<S> {
                 }));
             }
         }
-        if now >= self.next_announce {
+        if now >= self.announce_due() {
             self.next_announce = now + self.cfg.announce_interval;
+            self.last_announce = Some(now);
+            let echoes = self.take_echoes();
             let a = Announce {
                 symbol_size: self.cfg.symbol_size as u32,
                 chunk_count: self.index.entries.len() as u32,
                 index_len: self.index_bytes.len() as u32,
                 root: self.root,
                 running: self.phase == Phase::Running,
+                echoes,
             };
             let start = buf.len();
             self.emit(PacketType::Announce, 0, 0, &a.emit(), buf);
@@ -480,6 +548,44 @@ impl<S: FrameSource> Sender<S> {
         }))
     }
 
+    /// When the next announce goes out: at the interval, or soon when
+    /// joins wait for their echo.
+    fn announce_due(&self) -> Instant {
+        match (self.echo_queue.is_empty(), self.last_announce) {
+            (false, Some(t)) => self.next_announce.min(t + ECHO_GAP),
+            _ => self.next_announce,
+        }
+    }
+
+    /// The nonces the next announce echoes, as many as fit a symbol packet.
+    fn take_echoes(&mut self) -> Vec<u64> {
+        let max = Announce::max_echoes(self.cfg.symbol_size);
+        let mut echoes = Vec::new();
+        let mut again = Vec::new();
+        while echoes.len() < max {
+            let Some((id, left)) = self.echo_queue.pop_front() else {
+                break;
+            };
+            let Some(r) = self.receivers.get_mut(&id) else {
+                continue;
+            };
+            // A status without `joining` since: it has adopted the session.
+            if !r.status.joining {
+                r.echo_queued = false;
+                continue;
+            }
+            echoes.push(r.status.nonce);
+            if left > 1 {
+                again.push((id, left - 1));
+            } else {
+                r.echo_queued = false;
+            }
+        }
+        self.echo_queue.extend(again);
+        self.stats.echoes += echoes.len() as u64;
+        echoes
+    }
+
     fn tick(&mut self, now: Instant) {
         for r in self.receivers.values_mut() {
             if !r.lost && now.saturating_duration_since(r.last_seen) > self.cfg.receiver_timeout {
@@ -488,7 +594,13 @@ impl<S: FrameSource> Sender<S> {
         }
         match self.phase {
             Phase::Waiting => {
-                let joined = self.receivers.values().filter(|r| !r.lost).count();
+                // A receiver still asking for its echo has not adopted the
+                // session yet: starting without it would send it nothing.
+                let joined = self
+                    .receivers
+                    .values()
+                    .filter(|r| !r.lost && !r.status.joining)
+                    .count();
                 if joined >= self.cfg.min_receivers.max(1)
                     || now >= self.started_at + self.cfg.max_wait
                 {

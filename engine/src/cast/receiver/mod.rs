@@ -5,6 +5,12 @@
 //! Nothing reaches the shell unchecked: packets are authenticated, the index
 //! must hash to the announced (or expected) root, and every rebuilt frame must
 //! match its BLAKE3 from the index before it is handed out.
+//!
+//! A MAC proves a key holder sent a packet once, not that it is live: a
+//! receiver with no pinned session adopts one only from an announce that
+//! echoes its own fresh nonce (`join.rs`), and from then on listens to that
+//! sender's address alone. Memory for partly received objects is bounded in
+//! bytes (`ReceiverConfig::max_partial_bytes`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -13,10 +19,23 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::fec::{source_symbols, ErasureCode};
+use super::fec::{source_symbols, ErasureCode, MAX_SOURCE_SYMBOLS};
 use super::wire::{self, Announce, Header, PacketType, SessionKey, Status, INDEX_OBJECT};
 use super::CastError;
 use crate::image::{ChunkData, ChunkIndex};
+
+mod join;
+
+use join::Candidate;
+pub use join::MAX_CANDIDATES;
+
+/// Default of [`ReceiverConfig::max_partial_bytes`]: the automation
+/// environment runs from RAM, beside the disk writer's own buffers.
+pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 128 << 20;
+
+/// Decode attempts per object before its symbols are thrown away: a code
+/// that is not MDS may need a symbol or two beyond `k`.
+const MAX_DECODE_ATTEMPTS: u8 = 4;
 
 /// Receiver configuration.
 #[derive(Debug, Clone)]
@@ -25,15 +44,23 @@ pub struct ReceiverConfig {
     pub key: SessionKey,
     /// This receiver's id.
     pub id: u64,
-    /// Only accept this session (otherwise: the first one announced).
+    /// Only accept this session. Otherwise the receiver joins: it sends its
+    /// nonce to each sender it hears and adopts the first session whose
+    /// announce echoes it.
     pub session: Option<u64>,
     /// Only accept an image with this root.
     pub expected_root: Option<[u8; 32]>,
     /// Time between status packets.
     pub status_interval: Duration,
-    /// Most chunks held partly received at once (bounds memory: a straggler
-    /// collects the lowest-numbered chunks it needs first).
+    /// Most chunks held partly received at once (a straggler collects the
+    /// lowest-numbered chunks it needs first).
     pub max_partial: usize,
+    /// Most bytes of symbols held in partly received objects, index
+    /// included; an index larger than this is refused.
+    pub max_partial_bytes: usize,
+    /// Random per run: the join nonce, and the incarnation the sender counts
+    /// this receiver's status sequence numbers within.
+    pub nonce: u64,
 }
 
 impl ReceiverConfig {
@@ -46,8 +73,19 @@ impl ReceiverConfig {
             expected_root: None,
             status_interval: Duration::from_millis(100),
             max_partial: 256,
+            max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
+            nonce: random_nonce(),
         }
     }
+}
+
+/// A fresh nonce from the OS (tests set [`ReceiverConfig::nonce`] from their seed).
+fn random_nonce() -> u64 {
+    let mut b = [0u8; 8];
+    // Without OS randomness a predictable nonce still joins the live
+    // sender; it only weakens replay protection, so it is no reason to fail.
+    let _ = getrandom::getrandom(&mut b);
+    u64::from_le_bytes(b)
 }
 
 /// Something for the shell to act on.
@@ -79,8 +117,19 @@ pub struct ReceiverStats {
     pub bad_mac: u64,
     /// Dropped: did not parse.
     pub malformed: u64,
-    /// Dropped: another session.
+    /// Dropped: another session, or not an announce before one is adopted.
     pub wrong_session: u64,
+    /// Dropped: from an address other than the adopted sender's.
+    pub wrong_source: u64,
+    /// Announces heard before joining that did not echo this receiver's
+    /// nonce (a replay, or a sender that has not yet heard the join).
+    pub unechoed: u64,
+    /// Partly received chunks thrown away to stay within the memory bound.
+    pub evicted: u64,
+    /// Symbols dropped because the memory bound was reached.
+    pub over_budget: u64,
+    /// Most bytes ever held in partly received objects.
+    pub peak_partial_bytes: u64,
     /// Symbols for objects already complete or not needed.
     pub redundant: u64,
     /// Packets missing from the sender's sequence.
@@ -96,6 +145,8 @@ struct Assembly {
     k: u32,
     len: usize,
     symbols: BTreeMap<u32, Vec<u8>>,
+    /// Decodes tried and failed.
+    attempts: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,14 +162,20 @@ enum ChunkState {
 pub struct Receiver {
     cfg: ReceiverConfig,
     fec: Arc<dyn ErasureCode>,
+    /// The adopted session, and the sender's address, pinned by the
+    /// announce that adopted it.
     session: Option<u64>,
     sender: Option<SocketAddr>,
+    /// Senders heard announcing before a session was adopted.
+    candidates: Vec<Candidate>,
     announce: Option<Announce>,
     index: Option<Arc<ChunkIndex>>,
     states: Vec<ChunkState>,
     needed_left: u32,
     done_count: u32,
     assemblies: BTreeMap<u32, Assembly>,
+    /// Symbol bytes held in `assemblies`.
+    partial_bytes: usize,
     durable: bool,
     ended: bool,
     acked: bool,
@@ -145,17 +202,21 @@ impl Receiver {
         // one burst.
         let phase = Duration::from_micros(cfg.id % cfg.status_interval.as_micros().max(1) as u64);
         Receiver {
-            session: cfg.session,
+            // A pinned session is only adopted, with its sender's address, by
+            // its first announce.
+            session: None,
             next_status: now + phase,
             cfg,
             fec,
             sender: None,
+            candidates: Vec::new(),
             announce: None,
             index: None,
             states: Vec::new(),
             needed_left: 0,
             done_count: 0,
             assemblies: BTreeMap::new(),
+            partial_bytes: 0,
             durable: false,
             ended: false,
             acked: false,
@@ -183,9 +244,19 @@ impl Receiver {
         self.index.as_ref()
     }
 
-    /// The session this receiver follows.
+    /// The session this receiver follows, once adopted.
     pub fn session(&self) -> Option<u64> {
         self.session
+    }
+
+    /// The sender's address, pinned when the session was adopted.
+    pub fn sender(&self) -> Option<SocketAddr> {
+        self.sender
+    }
+
+    /// Bytes of symbols held in partly received objects now.
+    pub fn partial_bytes(&self) -> usize {
+        self.partial_bytes
     }
 
     /// Whether every chunk that travels has been received.
@@ -248,7 +319,7 @@ impl Receiver {
                 *s = ChunkState::Done;
                 self.needed_left -= 1;
                 self.done_count += 1;
-                self.assemblies.remove(&chunk);
+                self.drop_assembly(chunk);
             }
         }
     }
@@ -271,26 +342,38 @@ impl Receiver {
         self.events.pop_front()
     }
 
-    /// When the receiver next wants to run (its next status).
+    /// When the receiver next wants to run (its next status or join).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sender.map(|_| self.next_status)
+        match self.sender {
+            Some(_) => Some(self.next_status),
+            None => self.next_join(),
+        }
     }
 
-    /// Writes a status packet for the sender if one is due: returns where to
-    /// send it and its length (appended to `buf`).
+    /// Writes a status packet (or, before a session is adopted, a join) if
+    /// one is due: returns where to send it and its length (appended to
+    /// `buf`). Call it until it returns `None`.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
         buf: &mut Vec<u8>,
     ) -> Option<(SocketAddr, usize)> {
-        let to = self.sender?;
-        let session = self.session?;
+        let (Some(to), Some(session)) = (self.sender, self.session) else {
+            return self.poll_join(now, buf);
+        };
         if now < self.next_status {
             return None;
         }
         self.next_status = now + self.cfg.status_interval;
         self.last_status = Some(now);
         let st = self.status();
+        Some((to, self.emit_status(session, &st, buf)))
+    }
+
+    /// Appends a status packet; returns its length. Every status, joins
+    /// included, takes the next sequence number: the sender ignores any
+    /// that is not newer than the last it took from this run.
+    fn emit_status(&mut self, session: u64, st: &Status, buf: &mut Vec<u8>) -> usize {
         let h = Header {
             kind: PacketType::Status,
             session,
@@ -301,7 +384,7 @@ impl Receiver {
         self.status_seq += 1;
         let start = buf.len();
         wire::emit(&self.cfg.key, &h, &st.emit(), buf);
-        Some((to, buf.len() - start))
+        buf.len() - start
     }
 
     fn status(&mut self) -> Status {
@@ -320,7 +403,7 @@ impl Receiver {
                 run = match run {
                     Some((a, n)) if a + n == i as u32 => Some((a, n + 1)),
                     Some(r) => {
-                        if needed.len() == Status::MAX_ENTRIES {
+                        if needed.len() == Status::MAX_NEEDED {
                             truncated = true;
                             break;
                         }
@@ -333,7 +416,7 @@ impl Receiver {
         }
         if let Some(r) = run {
             if !truncated {
-                if needed.len() == Status::MAX_ENTRIES {
+                if needed.len() == Status::MAX_NEEDED {
                     truncated = true;
                 } else {
                     needed.push(r);
@@ -344,11 +427,13 @@ impl Receiver {
             .assemblies
             .iter()
             .filter(|(&c, _)| c != INDEX_OBJECT)
-            .take(Status::MAX_ENTRIES)
+            .take(Status::MAX_DEFICITS)
             .map(|(&c, a)| (c, a.k.saturating_sub(a.symbols.len() as u32)))
             .collect();
         Status {
             receiver: self.cfg.id,
+            nonce: self.cfg.nonce,
+            joining: false,
             has_index: self.index.is_some(),
             done: self.durable,
             chunks_done: self.done_count,
@@ -380,19 +465,25 @@ impl Receiver {
             self.stats.malformed += 1;
             return;
         }
-        match self.session {
-            Some(s) if s != h.session => {
+        let Some(session) = self.session else {
+            // Nothing but an announce is looked at before a session is
+            // adopted, and only an announce can adopt one.
+            if h.kind == PacketType::Announce {
+                self.before_adoption(now, from, &h, payload);
+            } else {
                 self.stats.wrong_session += 1;
-                return;
             }
-            Some(_) => {}
-            None if h.kind == PacketType::Announce => self.session = Some(h.session),
-            None => {
-                self.stats.wrong_session += 1;
-                return;
-            }
+            return;
+        };
+        if session != h.session {
+            self.stats.wrong_session += 1;
+            return;
         }
-        self.sender = Some(from);
+        if self.sender != Some(from) {
+            // The session's packets replayed (or relayed) from elsewhere.
+            self.stats.wrong_source += 1;
+            return;
+        }
         self.stats.packets += 1;
         self.stats.bytes += payload.len() as u64;
         self.count_seq(h.seq);
@@ -445,24 +536,41 @@ impl Receiver {
     }
 
     fn on_announce(&mut self, now: Instant, payload: &[u8]) {
-        let Ok(a) = Announce::parse(payload) else {
-            self.stats.malformed += 1;
+        let Some(a) = self.check_announce(payload) else {
             return;
         };
-        if self.cfg.expected_root.is_some_and(|r| r != a.root) {
-            self.stats.wrong_session += 1;
-            return;
-        }
         if self.announce.is_none() {
             // First contact: tell the sender we are here right away.
             self.next_status = now;
         }
         match &self.announce {
-            Some(old) if *old != a && old.root != a.root => {
+            Some(old)
+                if (old.root, old.symbol_size, old.index_len)
+                    != (a.root, a.symbol_size, a.index_len) =>
+            {
                 self.stats.malformed += 1;
             }
             _ => self.announce = Some(a),
         }
+    }
+
+    /// An announce this receiver could follow, or `None` (counted).
+    fn check_announce(&mut self, payload: &[u8]) -> Option<Announce> {
+        let Ok(a) = Announce::parse(payload) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        if self.cfg.expected_root.is_some_and(|r| r != a.root) {
+            self.stats.wrong_session += 1;
+            return None;
+        }
+        let index_k = source_symbols(a.index_len as usize, a.symbol_size as usize);
+        if index_k > MAX_SOURCE_SYMBOLS || a.index_len as usize > self.cfg.max_partial_bytes {
+            // Beyond what the code can rebuild, or than this receiver may hold.
+            self.stats.malformed += 1;
+            return None;
+        }
+        Some(a)
     }
 
     fn on_symbol(&mut self, now: Instant, h: &Header, payload: &[u8]) {
@@ -513,50 +621,92 @@ impl Receiver {
             };
             (len, source_symbols(len, s))
         };
+        if k > MAX_SOURCE_SYMBOLS {
+            // No code here rebuilds such an object; the sender cannot send it.
+            self.stats.malformed += 1;
+            return;
+        }
         if h.symbol >= k + self.fec.repair_count(k) {
             self.stats.malformed += 1;
             return;
         }
-        if !self.assemblies.contains_key(&h.object) {
+        if self
+            .assemblies
+            .get(&h.object)
+            .is_some_and(|a| a.symbols.contains_key(&h.symbol))
+        {
+            self.stats.redundant += 1;
+            return;
+        }
+        if !self.make_room(h.object, s) {
+            return;
+        }
+        let asm = self.assemblies.entry(h.object).or_insert(Assembly {
+            k,
+            len,
+            symbols: BTreeMap::new(),
+            attempts: 0,
+        });
+        asm.symbols.insert(h.symbol, payload.to_vec());
+        self.partial_bytes += s;
+        self.stats.peak_partial_bytes =
+            self.stats.peak_partial_bytes.max(self.partial_bytes as u64);
+        if asm.symbols.len() as u32 >= asm.k {
+            self.complete(now, h.object, s);
+        }
+    }
+
+    /// Makes room for one more symbol of `object` within both bounds, by
+    /// evicting the highest-numbered partial chunks above it. False (the
+    /// symbol is dropped, counted) when there is nothing to evict.
+    ///
+    /// Keeping the lowest-numbered chunks rather than the newest matches the
+    /// sender, which repairs the lowest deficits first; evicting the oldest
+    /// instead would, for a receiver further behind than its budget, throw
+    /// every chunk away before the carousel came round to it again.
+    fn make_room(&mut self, object: u32, s: usize) -> bool {
+        let new = !self.assemblies.contains_key(&object);
+        loop {
             let chunks_held = self
                 .assemblies
                 .keys()
                 .filter(|&&o| o != INDEX_OBJECT)
                 .count();
-            if h.object != INDEX_OBJECT && chunks_held >= self.cfg.max_partial {
-                let highest = *self
-                    .assemblies
-                    .keys()
-                    .rfind(|&&o| o != INDEX_OBJECT)
-                    .expect("at least one");
-                if h.object > highest {
-                    self.stats.redundant += 1;
-                    return;
-                }
-                self.assemblies.remove(&highest);
+            let over_count = new && object != INDEX_OBJECT && chunks_held >= self.cfg.max_partial;
+            let over_bytes = self.partial_bytes + s > self.cfg.max_partial_bytes;
+            if !over_count && !over_bytes {
+                return true;
             }
-            self.assemblies.insert(
-                h.object,
-                Assembly {
-                    k,
-                    len,
-                    symbols: BTreeMap::new(),
-                },
-            );
-        }
-        let asm = self.assemblies.get_mut(&h.object).expect("just ensured");
-        if asm.symbols.contains_key(&h.symbol) {
-            self.stats.redundant += 1;
-            return;
-        }
-        asm.symbols.insert(h.symbol, payload.to_vec());
-        if asm.symbols.len() as u32 >= asm.k {
-            let asm = self.assemblies.remove(&h.object).expect("present");
-            self.complete(now, h.object, asm, s);
+            let victim = self
+                .assemblies
+                .keys()
+                .rfind(|&&o| o != INDEX_OBJECT && o != object)
+                .copied()
+                .filter(|&v| v > object || object == INDEX_OBJECT);
+            let Some(v) = victim else {
+                if over_bytes {
+                    self.stats.over_budget += 1;
+                } else {
+                    self.stats.redundant += 1;
+                }
+                return false;
+            };
+            self.drop_assembly(v);
+            self.stats.evicted += 1;
         }
     }
 
-    fn complete(&mut self, now: Instant, object: u32, asm: Assembly, s: usize) {
+    fn drop_assembly(&mut self, object: u32) -> Option<Assembly> {
+        let asm = self.assemblies.remove(&object)?;
+        let held: usize = asm.symbols.values().map(Vec::len).sum();
+        self.partial_bytes -= held;
+        Some(asm)
+    }
+
+    /// An object has `k` symbols (or more, after a failed decode): rebuild,
+    /// check and hand it out.
+    fn complete(&mut self, now: Instant, object: u32, s: usize) {
+        let asm = &self.assemblies[&object];
         let systematic = (0..asm.k).all(|i| asm.symbols.contains_key(&i));
         let data: Vec<u8> = if systematic {
             let mut d = Vec::with_capacity(asm.k as usize * s);
@@ -565,20 +715,31 @@ impl Receiver {
             }
             d
         } else {
-            self.stats.decoded += 1;
             let have: Vec<(u32, &[u8])> = asm
                 .symbols
                 .iter()
                 .map(|(&i, b)| (i, b.as_slice()))
                 .collect();
             match self.fec.decode(asm.k, s, &have) {
-                Ok(v) => v.concat(),
+                Ok(v) => {
+                    self.stats.decoded += 1;
+                    v.concat()
+                }
                 Err(_) => {
+                    // Keep the symbols: a code that is not MDS may succeed
+                    // with one more. Bounded, so a bad object cannot make
+                    // every later symbol cost a decode.
                     self.stats.bad_frames += 1;
+                    let asm = self.assemblies.get_mut(&object).expect("present");
+                    asm.attempts += 1;
+                    if asm.attempts >= MAX_DECODE_ATTEMPTS {
+                        self.drop_assembly(object);
+                    }
                     return;
                 }
             }
         };
+        let asm = self.drop_assembly(object).expect("present");
         let mut data = data;
         data.truncate(asm.len);
         if object == INDEX_OBJECT {
