@@ -13,11 +13,14 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rackcast_types::{Interface, MacAddr};
 
+/// Where `rackcast env build --server-ca` puts the server's CA.
+pub const BAKED_CA: &str = "/etc/rackcast/ca.pem";
+
 /// Options of `rackcast agent`.
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub struct AgentArgs {
-    /// The deployment server, e.g. http://10.0.0.1:7300 (plain HTTP).
+    /// The deployment server, e.g. https://10.0.0.1:7300.
     /// Default: rackcast.server= on the kernel command line.
     #[arg(long, env = "RACKCAST_SERVER")]
     pub server: Option<String>,
@@ -30,6 +33,11 @@ pub struct AgentArgs {
     /// Read the token from this file (its first line).
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+    /// Trust this CA certificate (PEM) for the server's HTTPS: the server's
+    /// DATA/tls/ca.pem, which `rackcast env build --server-ca` puts in an
+    /// environment as /etc/rackcast/ca.pem (the default when it exists).
+    #[arg(long, env = "RACKCAST_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// The target's identity. Default: the MAC of the interface that routes
     /// to the server (give one for agents on loopback).
     #[arg(long)]
@@ -88,7 +96,7 @@ result is held until the server has it.
 Local targets for tests and demos: several agents on one machine, each with
 its own identity and disk file:
 
-  rackcast-agent --server http://127.0.0.1:7300 --token T \\
+  rackcast-agent --server https://127.0.0.1:7300 --ca DATA/tls/ca.pem --token-file T \\
       --mac 02:00:00:00:00:01 --disk /tmp/t1.img --on-reboot restart
 
 Exit status: 0 when the target boots its local disk or reboots into an
@@ -198,6 +206,10 @@ fn config(a: AgentArgs, kernel: &KernelArgs) -> anyhow::Result<AgentConfig> {
         }
     };
     let mut cfg = AgentConfig::new(&server, &token, mac);
+    cfg.ca = a.ca.or_else(|| {
+        let baked = std::path::Path::new(BAKED_CA);
+        baked.is_file().then(|| baked.to_path_buf())
+    });
     if let Some(env) = a.env.or_else(|| kernel.env.clone()) {
         cfg.env = env;
     }

@@ -35,8 +35,11 @@ pub enum AgentError {
     /// says whether retrying helps.
     #[error(transparent)]
     Api(#[from] rackcast_client::CallError),
-    /// The enrollment token was refused: retrying cannot help.
-    #[error("the server at {server} refused the enrollment token (HTTP {status}): {message}")]
+    /// The CA certificate given to trust the server's HTTPS is unusable.
+    #[error(transparent)]
+    Ca(#[from] rackcast_client::CaError),
+    /// The registration token was refused: retrying cannot help.
+    #[error("the server at {server} refused this agent's token (HTTP {status}): {message}")]
     Enrollment {
         /// The server URL.
         server: String,

@@ -57,7 +57,11 @@ impl ScriptPeer {
         if self == ScriptPeer::Any || peer.to_canonical().is_loopback() {
             return PeerCheck::Allowed;
         }
-        let table = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
+        // The calling thread's namespace: /proc/net follows the process's
+        // first thread, which may sit in another network namespace.
+        let table = std::fs::read_to_string("/proc/thread-self/net/arp")
+            .or_else(|_| std::fs::read_to_string("/proc/net/arp"))
+            .unwrap_or_default();
         self.check(peer, mac, &table)
     }
 }

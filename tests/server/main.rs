@@ -430,20 +430,20 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         "a refused job was stored"
     );
     // Wrong or missing tokens.
-    let r = ureq::get(&format!("{}/api/v1/targets", s.url))
+    let r = s.http().get(&format!("{}/api/v1/targets", s.url))
         .set("Authorization", "Bearer wrong")
         .call();
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
-    let r = ureq::get(&format!("{}/api/v1/jobs", s.url)).call();
+    let r = s.http().get(&format!("{}/api/v1/jobs", s.url)).call();
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
-    let r = ureq::post(&format!("{}/agent/v1/register", s.url))
+    let r = s.http().post(&format!("{}/agent/v1/register", s.url))
         .set("Authorization", &format!("Bearer {}", s.token))
         .send_json(json!({"mac": "52:54:00:00:00:42", "env": "x", "inventory": {}}));
     assert!(
         matches!(r, Err(ureq::Error::Status(401, _))),
         "operator token must not enroll agents"
     );
-    let r = ureq::post(&format!("{}/agent/v1/poll", s.url))
+    let r = s.http().post(&format!("{}/agent/v1/poll", s.url))
         .set("Authorization", "Bearer forged")
         .send_json(json!({"mac": m}));
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
@@ -454,7 +454,7 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     bytes[mid] ^= 0xff;
     let bad = s.dir.path().join("bad.rcimg");
     std::fs::write(&bad, &bytes).unwrap();
-    let r = ureq::put(&format!("{}/api/v1/images/bad", s.url))
+    let r = s.http().put(&format!("{}/api/v1/images/bad", s.url))
         .set("Authorization", &format!("Bearer {}", s.token))
         .send(std::fs::File::open(&bad).unwrap());
     match r {
@@ -543,12 +543,13 @@ fn demo_with_packet_loss_in_namespaces_still_verifies_every_target() {
 fn cli_uploads_enrolls_distributes_and_watches_as_the_readme_says() {
     let mut s = Server::start("400M");
     let (disk, img) = sample_image(s.dir.path(), "16M");
-    let (url, token) = (s.url.clone(), s.token.clone());
+    let (url, token, ca) = (s.url.clone(), s.token.clone(), s.ca.clone());
     let cli = |args: &[&str]| {
         std::process::Command::new(rackcast_tests::rc())
             .args(args)
             .env("RACKCAST_SERVER", &url)
             .env("RACKCAST_TOKEN", &token)
+            .env("RACKCAST_CA", &ca)
             .output()
             .unwrap()
     };
@@ -631,7 +632,8 @@ fn cli_uploads_enrolls_distributes_and_watches_as_the_readme_says() {
     assert_eq!(jobs.as_array().unwrap().len(), 2);
     // A wrong token is refused with a message that says what to check.
     let o = std::process::Command::new(rackcast_tests::rc())
-        .args(["target", "list", "--server", &s.url, "--token", "nope"])
+        .args(["target", "list", "--server", &s.url, "--token", "nope", "--ca"])
+        .arg(&s.ca)
         .output()
         .unwrap();
     assert!(!o.status.success());

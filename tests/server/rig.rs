@@ -18,6 +18,10 @@ pub struct Server {
     pub url: String,
     pub token: String,
     pub enroll: String,
+    /// The CA the server made for its HTTPS (`DATA/tls/ca.pem`).
+    pub ca: PathBuf,
+    /// An HTTP client trusting it.
+    http: ureq::Agent,
     child: Option<Child>,
     log: PathBuf,
     cast_port: u16,
@@ -53,6 +57,8 @@ impl Server {
             url: String::new(),
             token: String::new(),
             enroll: String::new(),
+            ca: PathBuf::new(),
+            http: ureq::Agent::new(),
             child: None,
             cast_port: base,
             rate: rate.to_string(),
@@ -123,6 +129,8 @@ impl Server {
             .unwrap()
             .trim()
             .to_string();
+        self.ca = data.join("tls").join("ca.pem");
+        self.http = trusting(&self.ca);
         self.child = Some(child);
     }
 
@@ -144,7 +152,7 @@ impl Server {
 
     /// Starts the server again on the same data directory and address.
     pub fn restart(&mut self) {
-        let addr = self.url.trim_start_matches("http://").to_string();
+        let addr = self.url.trim_start_matches("https://").to_string();
         // The port may linger for a moment after the kill.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -166,8 +174,10 @@ impl Server {
             "agent".to_string(),
             "--server".into(),
             self.url.clone(),
-            "--token".into(),
-            self.enroll.clone(),
+            "--token-file".into(),
+            self.data().join("agent.token").display().to_string(),
+            "--ca".into(),
+            self.ca.display().to_string(),
             "--mac".into(),
             mac.into(),
             "--disk".into(),
@@ -206,8 +216,24 @@ impl Server {
             .join("\n")
     }
 
+    /// The `rackcast` CLI with this server, its operator token and its CA
+    /// in the environment.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(rackcast_tests::rc());
+        c.env("RACKCAST_SERVER", &self.url)
+            .env("RACKCAST_TOKEN", &self.token)
+            .env("RACKCAST_CA", &self.ca);
+        c
+    }
+
+    /// An HTTP client trusting this server's CA.
+    pub fn http(&self) -> &ureq::Agent {
+        &self.http
+    }
+
     fn req(&self, method: &str, path: &str) -> ureq::Request {
-        ureq::request(method, &format!("{}{path}", self.url))
+        self.http
+            .request(method, &format!("{}{path}", self.url))
             .set("Authorization", &format!("Bearer {}", self.token))
             .timeout(Duration::from_secs(60))
     }
@@ -386,6 +412,12 @@ impl Agent {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// A ureq client trusting the CA certificate in `ca`.
+pub fn trusting(ca: &Path) -> ureq::Agent {
+    let tls = rackcast_client::tls_trusting(ca).unwrap_or_else(|e| panic!("{e}"));
+    ureq::AgentBuilder::new().tls_config(tls).build()
 }
 
 /// BLAKE3 of a file.

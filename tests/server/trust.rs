@@ -154,8 +154,11 @@ fn nix_root() -> bool {
 }
 
 /// `POST /agent/v1/register` as `mac` with `token`: (status, error text).
-fn register(url: &str, mac: &str, token: &str) -> (u16, String) {
-    let r = ureq::post(&format!("{url}/agent/v1/register"))
+fn register(s: &Server, mac: &str, token: &str) -> (u16, String) {
+    let url = &s.url;
+    let r = s
+        .http()
+        .post(&format!("{url}/agent/v1/register"))
         .set("Authorization", &format!("Bearer {token}"))
         .timeout(Duration::from_secs(10))
         .send_json(json!({"mac": mac, "env": "linux-x64", "inventory": {}}));
@@ -248,7 +251,7 @@ dhcp_ports = [{dhcp}]
     assert!(token.starts_with("rcb1-"), "{token}");
 
     // 3. A's token does not register B.
-    let (code, why) = register(&s.url, B, &token);
+    let (code, why) = register(&s, B, &token);
     assert_eq!(code, 401, "B registered with A's token: {why}");
     assert!(why.contains("issued to"), "{why}");
 
@@ -266,6 +269,8 @@ dhcp_ports = [{dhcp}]
         rackcast_tests::rc_agent(),
         "--server",
         &s.url,
+        "--ca",
+        s.ca.to_str().unwrap(),
         "--token-file",
         token_file.to_str().unwrap(),
         "--mac",
@@ -291,10 +296,10 @@ dhcp_ports = [{dhcp}]
 
     // 5. The same token cannot claim twice, and while A's session is live
     // the enrollment token cannot take it over.
-    let (code, why) = register(&s.url, A, &token);
+    let (code, why) = register(&s, A, &token);
     assert_eq!(code, 401, "A's boot token claimed twice: {why}");
     assert!(why.contains("claimed already"), "{why}");
-    let (code, why) = register(&s.url, A, &s.enroll);
+    let (code, why) = register(&s, A, &s.enroll);
     assert_eq!(
         code, 409,
         "the enrollment token took over A's live session: {why}"
@@ -337,10 +342,11 @@ dhcp_ports = [{dhcp}]
     let o = Command::new(rackcast_tests::rc())
         .args(["target", "reset", A, "--server", &s.url])
         .env("RACKCAST_TOKEN", &s.token)
+        .env("RACKCAST_CA", &s.ca)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (code, why) = register(&s.url, A, &s.enroll);
+    let (code, why) = register(&s, A, &s.enroll);
     assert_eq!(code, 200, "after a reset: {why}");
 }
 
@@ -377,9 +383,11 @@ fn under_trusted_keys_only_signed_images_are_stored_and_a_job_keeps_the_root_it_
         Some(&format!("trusted_keys = [{pubkey:?}]\n")),
     );
     let (url, token) = (s.url.clone(), s.token.clone());
+    let ca = s.ca.to_string_lossy().into_owned();
     let env = [
         ("RACKCAST_SERVER", url.as_str()),
         ("RACKCAST_TOKEN", token.as_str()),
+        ("RACKCAST_CA", ca.as_str()),
     ];
     let (golden, img) = sample_image(s.dir.path(), "8M");
     let img_s = img.to_str().unwrap();
@@ -476,4 +484,56 @@ fn under_trusted_keys_only_signed_images_are_stored_and_a_job_keeps_the_root_it_
         &want[..],
         "the next job did not send the new image"
     );
+}
+
+#[test]
+fn the_cli_and_the_agent_trust_the_servers_own_ca_and_refuse_another() {
+    let mut s = Server::start("100M");
+    let other = Server::start("100M");
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    let out = |c: &mut Command| {
+        let o = c.output().unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, text) = out(s.cli().args(["target", "list"]));
+    assert!(ok, "{text}");
+    // Another server's CA, and the public roots, do not vouch for it.
+    let (ok, text) = out(s.cli().args(["target", "list"]).env("RACKCAST_CA", &other.ca));
+    assert!(!ok, "trusted with another CA: {text}");
+    assert!(text.contains("not trusted"), "{text}");
+    let (ok, text) = out(s.cli().args(["target", "list"]).env_remove("RACKCAST_CA"));
+    assert!(!ok, "trusted without its CA: {text}");
+    // Plain HTTP to the HTTPS port gets nowhere.
+    let plain = s.url.replacen("https://", "http://", 1);
+    let (ok, text) = out(s.cli().args(["target", "list", "--server", &plain]));
+    assert!(!ok, "plain HTTP answered: {text}");
+
+    // The agent: with the wrong CA it never registers (and gives up);
+    // with the right one it does.
+    let m = "52:54:00:00:30:01";
+    let disk = s.dir.path().join("t.disk");
+    let (ok, text) = out(
+        Command::new(rackcast_tests::rc_agent())
+            .args(["--server", &s.url, "--mac", m, "--give-up", "2", "--ca"])
+            .arg(&other.ca)
+            .arg("--token-file")
+            .arg(s.data().join("agent.token"))
+            .arg("--disk")
+            .arg(&disk)
+            .arg("--work-dir")
+            .arg(s.dir.path().join("w-wrong")),
+    );
+    assert!(!ok, "the agent registered through another CA: {text}");
+    assert!(text.contains("not trusted"), "{text}");
+    let listed = s.call("GET", "/api/v1/targets", None).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    s.agent(m, &disk, "linux-x64");
+    s.wait_registered(&[m.to_string()], Duration::from_secs(30));
 }

@@ -61,20 +61,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `server` (`http://host:port`, with or without a path).
-    pub fn new(server: &str) -> Client {
-        Client {
-            http: Http::new(
-                server,
-                Timeouts {
-                    connect: Duration::from_secs(5),
-                    // Bounds every read and write of a body, an upload's too.
-                    io: Duration::from_secs(120),
-                },
-            ),
+    /// A client for `server` (`https://host:port`, with or without a
+    /// path), trusting the CA in `ca` (PEM) when given.
+    pub fn new(server: &str, ca: Option<&std::path::Path>) -> Result<Client> {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            // Bounds every read and write of a body, an upload's too.
+            io: Duration::from_secs(120),
+        };
+        let http = match ca {
+            Some(ca) => Http::with_ca(server, timeouts, ca)?,
+            None => Http::new(server, timeouts),
+        };
+        Ok(Client {
+            http,
             token: Arc::default(),
             session_file: None,
-        }
+        })
     }
 
     /// Saves session tokens in `path` (and reads one saved there).
@@ -226,7 +229,7 @@ mod tests {
     #[test]
     fn a_refused_connection_is_unreachable() {
         // Port 9 on loopback: nothing listens (discard is never enabled).
-        let c = Client::new("http://127.0.0.1:9/");
+        let c = Client::new("http://127.0.0.1:9/", None).unwrap();
         let e = c
             .report(&ReportRequest {
                 mac: "02:00:00:00:00:01".into(),

@@ -208,9 +208,11 @@ pub struct Route {
 /// Host and port of an `http://host[:port][/path]` URL (plain HTTP only).
 pub fn server_host_port(url: &str) -> Result<(String, u16)> {
     let bad = |why: &str| AgentError::Config(format!("server URL {url}: {why}"));
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("must start with http:// (the agent API is plain HTTP)"))?;
+    let (rest, default_port) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(r), _) => (r, 443),
+        (None, Some(r)) => (r, 80),
+        (None, None) => return Err(bad("must start with https:// (or http://)")),
+    };
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     if authority.is_empty() {
         return Err(bad("no host"));
@@ -227,7 +229,7 @@ pub fn server_host_port(url: &str) -> Result<(String, u16)> {
     };
     let port = match port {
         Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-        None => 80,
+        None => default_port,
     };
     Ok((host, port))
 }

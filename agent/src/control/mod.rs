@@ -81,8 +81,12 @@ pub enum Outcome {
 /// Everything the control loop needs, validated by [`run`].
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The deployment server, `http://host:port`.
+    /// The deployment server, `https://host:port` (`http://` for a server
+    /// with `tls = false`).
     pub server: String,
+    /// The CA certificate (PEM) to trust for the server's HTTPS (`None`:
+    /// the public roots).
+    pub ca: Option<PathBuf>,
     /// The enrollment token for `register`.
     pub enroll_token: String,
     /// The target's identity.
@@ -117,6 +121,7 @@ impl AgentConfig {
     pub fn new(server: &str, enroll_token: &str, mac: MacAddr) -> AgentConfig {
         AgentConfig {
             server: server.trim_end_matches('/').to_string(),
+            ca: None,
             enroll_token: enroll_token.to_string(),
             mac,
             env: "linux-x64".into(),
@@ -179,7 +184,7 @@ mod tests {
         bad.mac = MacAddr([0; 6]);
         assert!(bad.validate().is_err());
         let mut bad = c.clone();
-        bad.server = "https://x".into();
+        bad.server = "ftp://x".into();
         assert!(bad.validate().is_err());
         let mut bad = c;
         bad.on_reboot = RebootMode::System;

@@ -26,7 +26,8 @@ pub(super) fn drive(cfg: AgentConfig) -> Result<Outcome> {
             "ended {killed} process(es) of a script an earlier agent run left running"
         ));
     }
-    let client = Client::new(&cfg.server).with_session_file(cfg.work_dir.join("session.token"));
+    let client = Client::new(&cfg.server, cfg.ca.as_deref())?
+        .with_session_file(cfg.work_dir.join("session.token"));
     let mut m = Machine::new(
         MachineConfig {
             mac: cfg.mac,

@@ -4,7 +4,7 @@ use super::*;
 
 fn ctx(dir: &Path) -> TaskContext {
     TaskContext {
-        client: Client::new("http://127.0.0.1:9"),
+        client: Client::new("http://127.0.0.1:9", None).unwrap(),
         work_dir: dir.to_path_buf(),
         default_disk: None,
         iface_addr: Some(Ipv4Addr::LOCALHOST),

@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -73,6 +75,8 @@ pub struct Http {
     base: String,
     agent: ureq::Agent,
     timeouts: Timeouts,
+    /// The roots it trusts, when not the public ones.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// How a body goes out.
@@ -84,14 +88,38 @@ pub enum Body<'a, B: Serialize> {
     Json(&'a B),
 }
 
+/// A CA certificate file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("CA certificate {}: {detail}", path.display())]
+pub struct CaError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub detail: String,
+}
+
 impl Http {
-    /// A client of `base` (`http://host:port`, a trailing `/` is dropped).
+    /// A client of `base` (`https://host:port`, a trailing `/` is dropped)
+    /// trusting the usual public roots.
     pub fn new(base: &str, timeouts: Timeouts) -> Http {
         Http {
             base: base.trim_end_matches('/').to_string(),
-            agent: agent(timeouts.connect, timeouts.io, timeouts.io),
+            agent: agent(timeouts.connect, timeouts.io, timeouts.io, None),
             timeouts,
+            tls: None,
         }
+    }
+
+    /// A client that trusts the CA certificate(s) in `ca` (PEM) instead,
+    /// e.g. the server's own `DATA/tls/ca.pem`.
+    pub fn with_ca(base: &str, timeouts: Timeouts, ca: &Path) -> Result<Http, CaError> {
+        let tls = tls_trusting(ca)?;
+        Ok(Http {
+            base: base.trim_end_matches('/').to_string(),
+            agent: agent(timeouts.connect, timeouts.io, timeouts.io, Some(tls.clone())),
+            timeouts,
+            tls: Some(tls),
+        })
     }
 
     /// The server URL.
@@ -134,7 +162,7 @@ impl Http {
         answer_timeout: Duration,
     ) -> Result<T, CallError> {
         let url = format!("{}{path}", self.base);
-        let upload = agent(self.timeouts.connect, answer_timeout, self.timeouts.io);
+        let upload = agent(self.timeouts.connect, answer_timeout, self.timeouts.io, self.tls.clone());
         let req = self
             .request(&upload, "PUT", &url, token)
             .set("Content-Type", "application/octet-stream")
@@ -151,7 +179,7 @@ impl Http {
         idle: Duration,
     ) -> Result<(String, Box<dyn Read + Send>), CallError> {
         let url = format!("{}{path}", self.base);
-        let stream = agent(self.timeouts.connect, idle, self.timeouts.io);
+        let stream = agent(self.timeouts.connect, idle, self.timeouts.io, self.tls.clone());
         let req = self
             .request(&stream, "GET", &url, token)
             .set("Accept", "text/event-stream");
@@ -169,13 +197,51 @@ impl Http {
     }
 }
 
-fn agent(connect: Duration, read: Duration, write: Duration) -> ureq::Agent {
-    ureq::AgentBuilder::new()
+fn agent(
+    connect: Duration,
+    read: Duration,
+    write: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> ureq::Agent {
+    let mut b = ureq::AgentBuilder::new()
         .timeout_connect(connect)
         .timeout_read(read)
         .timeout_write(write)
-        .user_agent(concat!("rackcast/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("rackcast/", env!("CARGO_PKG_VERSION")));
+    if let Some(tls) = tls {
+        b = b.tls_config(tls);
+    }
+    b.build()
+}
+
+/// A rustls client configuration whose only roots are the certificates in
+/// `ca`. ring is the provider ureq is built with (one crypto library per
+/// binary); rustls 0.23.48 deprecates it for lacking post-quantum key
+/// exchange.
+#[allow(deprecated)]
+pub fn tls_trusting(ca: &Path) -> Result<Arc<rustls::ClientConfig>, CaError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad = |detail: String| CaError {
+        path: ca.to_path_buf(),
+        detail,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 fn json<T: DeserializeOwned>(
@@ -211,6 +277,12 @@ fn failure(url: &str, e: ureq::Error) -> CallError {
             }
             if let Some(s) = std::error::Error::source(&t) {
                 detail = format!("{detail}: {s}");
+            }
+            if detail.contains("certificate") || detail.contains("UnknownIssuer") {
+                detail.push_str(
+                    " (the server's certificate is not trusted: give its CA with --ca FILE \
+                     or RACKCAST_CA; a server that made its own keeps it in DATA/tls/ca.pem)",
+                );
             }
             CallError::Unreachable {
                 url: url.to_string(),

@@ -15,6 +15,7 @@ mod library;
 mod operator;
 mod policy;
 pub mod store;
+pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,9 @@ pub enum ServerError {
     /// The configuration is wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// HTTPS could not be set up.
+    #[error("TLS")]
+    Tls(#[from] tls::TlsError),
     /// Netboot failed.
     #[error("netboot: {0}")]
     Netboot(#[from] rackcast_netboot::Error),
@@ -71,9 +75,30 @@ pub struct ServerConfig {
     /// Address of the operator and agent APIs.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// URL agents use to reach us (default: `http://LISTEN`).
+    /// The operator API's own address (default: it shares `listen` with
+    /// the agent API). Set it to keep the operator API off the
+    /// provisioning network.
+    #[serde(default)]
+    pub operator_listen: Option<SocketAddr>,
+    /// URL agents use to reach us (default: `https://LISTEN`).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Serve the APIs over HTTPS (default). `false` serves plain HTTP:
+    /// tokens, cast keys and scripts then cross the network in clear.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// Certificate chain (PEM) to serve; with `tls_key`. Default: one the
+    /// server issues itself from its own CA (`DATA/tls/ca.pem`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Extra names (DNS names or IP addresses) the generated certificate
+    /// carries, beside loopback, the host name, the listening addresses
+    /// and the public URL's host.
+    #[serde(default)]
+    pub tls_names: Vec<String>,
     /// Interface address cast sessions are sent from.
     #[serde(default = "default_cast_addr")]
     pub cast_addr: Ipv4Addr,
@@ -155,7 +180,12 @@ impl ServerConfig {
         ServerConfig {
             data,
             listen: default_listen(),
+            operator_listen: None,
             public_url: None,
+            tls: true,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
             cast_addr: default_cast_addr(),
             cast_group: default_group(),
             cast_port: default_port(),
@@ -332,6 +362,10 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    /// The operator API's own listener, when `operator_listen` is set.
+    operator: Option<tokio::net::TcpListener>,
+    /// HTTPS, unless `tls = false`.
+    tls: Option<Arc<rustls::ServerConfig>>,
     netboot: Option<rackcast_netboot::Netboot>,
 }
 
@@ -410,22 +444,37 @@ impl Server {
                 tracing::warn!("image {} is in the database but its file is gone", img.name);
             }
         }
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: cfg.listen.to_string(),
-                source,
-            })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| ServerError::Listen {
-                addr: cfg.listen.to_string(),
-                source,
-            })?;
+        let (listener, bound) = listen(cfg.listen).await?;
+        let operator = match cfg.operator_listen {
+            Some(a) => Some(listen(a).await?),
+            None => None,
+        };
+        let scheme = if cfg.tls { "https" } else { "http" };
         let url = cfg
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{bound}"));
+            .unwrap_or_else(|| format!("{scheme}://{bound}"));
+        let tls = if cfg.tls {
+            let mut listens = vec![bound];
+            listens.extend(operator.as_ref().map(|o| o.1));
+            let names = tls::names_for(&listens, Some(&url), &cfg.tls_names);
+            let configured = match (&cfg.tls_cert, &cfg.tls_key) {
+                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                (None, None) => None,
+                _ => {
+                    return Err(ServerError::Config(
+                        "tls_cert and tls_key go together".into(),
+                    ))
+                }
+            };
+            Some(tls::server_config(&cfg.data, configured, &names)?)
+        } else {
+            tracing::warn!(
+                "tls = false: the APIs serve plain HTTP, so tokens, cast keys and scripts \
+                 cross the network in clear"
+            );
+            None
+        };
         let policy = Arc::new(SchedPolicy::new(url.clone(), boot_key));
         let agent_tokens = store.agent_tokens().await?.into_iter().collect();
         let (events, _) = broadcast::channel(4096);
@@ -460,6 +509,8 @@ impl Server {
         Ok(Server {
             shared,
             listener,
+            operator: operator.map(|o| o.0),
+            tls,
             netboot,
         })
     }
@@ -489,31 +540,88 @@ impl Server {
         &self.shared.enroll_token
     }
 
+    /// Where the CA certificate clients trust is (`None` when the server
+    /// serves a configured certificate or plain HTTP).
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        let c = &self.shared.cfg;
+        (c.tls && c.tls_cert.is_none()).then(|| tls::ca_path(&c.data))
+    }
+
+    /// The operator API's address, when it listens apart.
+    pub fn operator_addr(&self) -> Option<SocketAddr> {
+        self.operator.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until a listener fails.
     pub async fn run(self) -> Result<(), ServerError> {
-        let app = axum::Router::new()
-            .merge(operator::routes())
-            .merge(agent_api::routes())
-            .with_state(self.shared.clone());
+        let operator_api = operator::routes().with_state(self.shared.clone());
+        let agent_api = agent_api::routes().with_state(self.shared.clone());
         let timers = tokio::spawn(timer_loop(self.shared.clone()));
-        let addr = self.local_addr().to_string();
-        let api = async move {
-            axum::serve(
-                self.listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .map_err(|source| ServerError::Listen { addr, source })
+        let mut apis = tokio::task::JoinSet::new();
+        match self.operator {
+            Some(op) => {
+                apis.spawn(serve(self.listener, agent_api, self.tls.clone()));
+                apis.spawn(serve(op, operator_api, self.tls.clone()));
+            }
+            None => {
+                apis.spawn(serve(self.listener, agent_api.merge(operator_api), self.tls.clone()));
+            }
+        }
+        let first = async move {
+            match apis.join_next().await {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => Err(ServerError::Config(format!("an API task ended: {e}"))),
+                None => Ok(()),
+            }
         };
         let r = match self.netboot {
             Some(nb) => tokio::select! {
-                r = api => r,
+                r = first => r,
                 r = nb.run() => r.map_err(ServerError::from),
             },
-            None => api.await,
+            None => first.await,
         };
         timers.abort();
         r
+    }
+}
+
+/// Binds an API listener: it and its bound address.
+async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
+    let err = |source| ServerError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    let l = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let bound = l.local_addr().map_err(err)?;
+    Ok((l, bound))
+}
+
+/// Serves `app` on `listener`, over TLS when `tls` is given.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<(), ServerError> {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let err = |source| ServerError::Listen {
+        addr: addr.clone(),
+        source,
+    };
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(cfg) => {
+            let std = listener.into_std().map_err(err)?;
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
+            axum_server::from_tcp_rustls(std, config)
+                .map_err(err)?
+                .serve(app)
+                .await
+                .map_err(err)
+        }
+        None => axum::serve(listener, app).await.map_err(err),
     }
 }
 

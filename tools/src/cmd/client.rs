@@ -21,6 +21,8 @@ use rackcast_engine::sched::api::JobId;
 
 /// Where the operator token is kept by a server started with the default `--data`.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/rackcast/admin.token";
+/// The CA a default server makes for itself.
+pub const DEFAULT_CA_FILE: &str = "/var/lib/rackcast/tls/ca.pem";
 
 /// How long a plain API call may wait for the server to answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,7 +39,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         env = "RACKCAST_SERVER",
-        default_value = "http://127.0.0.1:7300",
+        default_value = "https://127.0.0.1:7300",
         value_name = "URL"
     )]
     pub server: String,
@@ -49,6 +51,11 @@ pub struct ClientArgs {
     /// in its --data directory on first start).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Trust this CA certificate (PEM) for the server's HTTPS: the server's
+    /// DATA/tls/ca.pem unless it serves a certificate of your own.
+    /// Default: /var/lib/rackcast/tls/ca.pem if it exists, else the public roots.
+    #[arg(long, env = "RACKCAST_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 /// What went wrong talking to the server.
@@ -128,18 +135,20 @@ impl Client {
             env_token.as_deref(),
             Path::new(DEFAULT_TOKEN_FILE),
         )?;
-        Ok(Client::with_token(base, token))
+        let ca = resolve_ca(args.ca.as_deref(), Path::new(DEFAULT_CA_FILE));
+        Client::with_token(base, token, ca.as_deref())
     }
 
-    fn with_token(base: String, token: String) -> Client {
+    fn with_token(base: String, token: String, ca: Option<&Path>) -> anyhow::Result<Client> {
         let timeouts = Timeouts {
             connect: Duration::from_secs(10),
             io: CALL_TIMEOUT,
         };
-        Client {
-            http: Http::new(&base, timeouts),
-            token,
-        }
+        let http = match ca {
+            Some(ca) => Http::with_ca(&base, timeouts, ca)?,
+            None => Http::new(&base, timeouts),
+        };
+        Ok(Client { http, token })
     }
 
     /// `GET path` -> `T`.
@@ -225,24 +234,29 @@ impl Client {
     }
 }
 
-/// `host:port` or `http://host:port/` -> `http://host:port`.
+/// `host:port` or `https://host:port/` -> `https://host:port` (`http://`
+/// is kept, for a server with `tls = false`).
 pub fn normalize_server(s: &str) -> anyhow::Result<String> {
     let s = s.trim().trim_end_matches('/');
     if s.is_empty() {
-        anyhow::bail!("--server is empty (e.g. --server http://10.0.0.5:7300)");
+        anyhow::bail!("--server is empty (e.g. --server https://10.0.0.5:7300)");
     }
-    if s.starts_with("https://") {
-        anyhow::bail!(
-            "--server {s}: this build of rackcast speaks plain http only; \
-             use http:// (behind a TLS proxy, point --server at the proxy's http side)"
-        );
-    }
-    if s.starts_with("http://") {
+    if s.starts_with("https://") || s.starts_with("http://") {
         Ok(s.to_string())
     } else if s.contains("://") {
-        anyhow::bail!("--server {s}: expected an http:// URL");
+        anyhow::bail!("--server {s}: expected an https:// URL");
     } else {
-        Ok(format!("http://{s}"))
+        Ok(format!("https://{s}"))
+    }
+}
+
+/// The CA file to trust: `--ca` / `RACKCAST_CA`, else the default server's
+/// own (`/var/lib/rackcast/tls/ca.pem`) when it exists; `None`: the public
+/// roots.
+pub fn resolve_ca(flag: Option<&Path>, default_file: &Path) -> Option<PathBuf> {
+    match flag {
+        Some(p) => Some(p.to_path_buf()),
+        None => default_file.is_file().then(|| default_file.to_path_buf()),
     }
 }
 
@@ -299,9 +313,9 @@ mod tests {
         );
         assert_eq!(
             normalize_server("10.0.0.5:7300").unwrap(),
-            "http://10.0.0.5:7300"
+            "https://10.0.0.5:7300"
         );
-        assert!(normalize_server("https://x").is_err());
+        assert_eq!(normalize_server("https://x/").unwrap(), "https://x");
         assert!(normalize_server("ftp://x").is_err());
         assert!(normalize_server(" ").is_err());
     }
@@ -347,7 +361,7 @@ mod tests {
     #[test]
     fn unreachable_server_is_a_clear_error() {
         // Port 9 (discard) on loopback: nothing listens there in CI.
-        let c = Client::with_token("http://127.0.0.1:9".into(), "t".into());
+        let c = Client::with_token("http://127.0.0.1:9".into(), "t".into(), None).unwrap();
         let e = c.get::<serde_json::Value>("/api/v1/targets").unwrap_err();
         assert!(e.is_unreachable(), "{e}");
         assert!(

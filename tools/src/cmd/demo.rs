@@ -104,13 +104,13 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let token = std::fs::read_to_string(dir.join("server/admin.token"))?
         .trim()
         .to_string();
-    let enroll = std::fs::read_to_string(dir.join("server/agent.token"))?
-        .trim()
-        .to_string();
+    let enroll = dir.join("server/agent.token");
+    let ca = dir.join("server/tls/ca.pem");
     let client = Client::new(&ClientArgs {
         server: server.clone(),
         token: Some(token),
         token_file: None,
+        ca: Some(ca.clone()),
     })?;
     println!("      {server}");
 
@@ -136,7 +136,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             Some(l) => l.command_in(i, &exe),
             None => Command::new(&exe),
         };
-        c.args(["agent", "--server", &server, "--token", &enroll, "--mac", m])
+        c.args(["agent", "--server", &server, "--mac", m])
+            .arg("--token-file")
+            .arg(&enroll)
+            .arg("--ca")
+            .arg(&ca)
             .arg("--disk")
             .arg(d)
             .args(["--env", "linux-x64", "--on-reboot", "exit", "--work-dir"])

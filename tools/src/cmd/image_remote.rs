@@ -213,6 +213,7 @@ mod tests {
                 server: "http://127.0.0.1:9".into(),
                 token: Some("t".into()),
                 token_file: None,
+                ca: None,
             },
         };
         let e = upload(&a).unwrap_err();

@@ -13,8 +13,12 @@ use rackcast_server::{Server, ServerConfig};
 #[command(
     after_help = "Example:\n  rackcast server --data /var/lib/rackcast --listen 0.0.0.0:7300 --cast-addr 10.0.0.1\n\n\
 On first start the server writes an operator token to DATA/admin.token (for the\n\
-CLI: RACKCAST_TOKEN or --token-file) and an agent enrollment token to\n\
-DATA/agent.token (for agents: --token, or rackcast.token= on the kernel command line)."
+CLI: RACKCAST_TOKEN or --token-file), an agent enrollment token to\n\
+DATA/agent.token (for agents started by hand: --token-file) and, unless the\n\
+config names a certificate (tls_cert, tls_key), a CA in DATA/tls/ca.pem that\n\
+its HTTPS certificate chains to (CLI: --ca or RACKCAST_CA; environments:\n\
+rackcast env build --server-ca). Netbooted targets get a one-time boot token\n\
+in their iPXE script, never the enrollment token."
 )]
 pub struct ServerArgs {
     /// Server configuration (TOML: the fields of `ServerConfig`, and a
@@ -27,9 +31,13 @@ pub struct ServerArgs {
     /// Address of the operator and agent APIs.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// URL agents should use to reach this server (default: http://LISTEN).
+    /// URL agents should use to reach this server (default: https://LISTEN).
     #[arg(long)]
     public_url: Option<String>,
+    /// Serve the operator API on this address instead, apart from the
+    /// agent API on --listen (keep it off the provisioning network).
+    #[arg(long)]
+    operator_listen: Option<SocketAddr>,
     /// Address of the interface cast sessions are multicast from.
     #[arg(long)]
     cast_addr: Option<Ipv4Addr>,
@@ -67,6 +75,9 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     if let Some(u) = a.public_url {
         cfg.public_url = Some(u);
     }
+    if let Some(o) = a.operator_listen {
+        cfg.operator_listen = Some(o);
+    }
     if let Some(c) = a.cast_addr {
         cfg.cast_addr = c;
     }
@@ -99,6 +110,16 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             "  agent enrollment token: {}",
             data.join("agent.token").display()
         );
+        if let Some(ca) = server.ca_path() {
+            eprintln!(
+                "  CA certificate:         {} (clients: --ca or RACKCAST_CA; \
+                 environments: rackcast env build --server-ca)",
+                ca.display()
+            );
+        }
+        if let Some(op) = server.operator_addr() {
+            eprintln!("  operator API:           {op} (apart from the agent API)");
+        }
         // A line scripts can wait for.
         println!("listening {}", server.url());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
