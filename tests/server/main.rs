@@ -4,6 +4,7 @@
 //! mid-script, an environment switch, and bad input refused with nothing
 //! changed.
 
+mod bounds;
 mod rig;
 mod trust;
 
@@ -180,7 +181,11 @@ fn create_disk_image_job_uploads_an_image_that_verifies_and_distributes() {
     assert_eq!(j.status, "done", "{:#?}", j.targets);
     let img = s.call("GET", "/api/v1/images/captured", None).unwrap();
     assert_eq!(img["source_size"], 24 << 20);
-    let stored = s.data().join("images/captured.rcimg");
+    // The library is content-addressed: the bytes live under their root.
+    let stored = s.data().join(format!(
+        "images/by-root/{}.rcimg",
+        img["root"].as_str().unwrap()
+    ));
     let o = std::process::Command::new(rackcast_tests::rc())
         .args(["image", "verify"])
         .arg(&stored)

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::body::{ApiJson, JSON_LIMIT, REPORT_LIMIT};
 use super::boot_token::BootToken;
 use super::store::AgentSession;
 use super::{auth, library, now_ms, ApiErr, Shared};
@@ -28,8 +29,16 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/agent/v1/register", post(register))
         .route("/agent/v1/poll", post(poll))
-        .route("/agent/v1/report", post(report))
-        .route("/agent/v1/images/{name}", put(upload))
+        .route(
+            "/agent/v1/report",
+            post(report).layer(DefaultBodyLimit::max(REPORT_LIMIT)),
+        )
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        // Streamed to a file, bounded by max_image_bytes (see library).
+        .route(
+            "/agent/v1/images/{name}",
+            put(upload).layer(DefaultBodyLimit::disable()),
+        )
 }
 
 /// The MAC a boot token belongs to, checked against the one claimed.
@@ -64,7 +73,7 @@ async fn register(
     State(sh): S,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
-    Json(r): Json<RegisterRequest>,
+    ApiJson(r): ApiJson<RegisterRequest>,
 ) -> Result<Json<Registered>, ApiErr> {
     let mac = MacAddr::parse(&r.mac).map_err(rackcast_engine::sched::SchedError::from)?;
     let presented = auth::bearer(&h)?;
@@ -161,7 +170,7 @@ async fn register(
 async fn poll(
     State(sh): S,
     h: HeaderMap,
-    Json(p): Json<PollRequest>,
+    ApiJson(p): ApiJson<PollRequest>,
 ) -> Result<Json<Directive>, ApiErr> {
     let mac = agent(&sh, &h, &p.mac).await?;
     let wait = Duration::from_secs(p.wait.unwrap_or(sh.cfg.poll_wait).min(sh.cfg.poll_wait));
@@ -182,7 +191,7 @@ async fn poll(
 async fn report(
     State(sh): S,
     h: HeaderMap,
-    Json(r): Json<ReportRequest>,
+    ApiJson(r): ApiJson<ReportRequest>,
 ) -> Result<Json<ReportAck>, ApiErr> {
     let mac = agent(&sh, &h, &r.mac).await?;
     let keep_going = sh
@@ -257,7 +266,14 @@ async fn upload(
             format!("{mac} is not running a Create Disk Image task for {name:?} as job {} task {} attempt {}", r.job, r.task + 1, r.attempt),
         ));
     }
-    let v = library::receive(&sh.cfg.data, &name, body, &sh.trusted).await?;
+    let v = library::receive(
+        &sh.cfg.data,
+        &name,
+        body,
+        &sh.trusted,
+        sh.cfg.max_image_bytes,
+    )
+    .await?;
     sh.install_image(v.clone(), "agent").await?;
     Ok(Json(v))
 }

@@ -11,8 +11,10 @@ use axum::http::{HeaderMap, StatusCode};
 use super::ApiErr;
 use rackcast_engine::image::hex;
 
-/// Reads the token in `path`, or writes a new random one there.
+/// Reads the token in `path` (narrowing a wider mode to 0600), or writes a
+/// new random one there.
 pub(crate) fn load_or_create_token(path: &Path) -> std::io::Result<String> {
+    super::datadir::restrict(path, 0o600)?;
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
         Ok(_) => {}

@@ -9,8 +9,10 @@
 
 mod agent_api;
 mod auth;
+mod body;
 mod boot_token;
 mod cast;
+mod datadir;
 mod library;
 mod operator;
 mod policy;
@@ -140,6 +142,26 @@ pub struct ServerConfig {
     /// Netboot, when the server answers PXE itself.
     #[serde(default)]
     pub netboot: Option<rackcast_netboot::NetbootSettings>,
+    /// Largest image upload accepted, bytes (default 4 TiB).
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: u64,
+    /// Task output kept per target, bytes/s (default 16 KiB/s); more is
+    /// dropped and counted in the job log.
+    #[serde(default = "default_log_rate")]
+    pub log_rate: u64,
+    /// Task output a target may send at once (default 1 MiB).
+    #[serde(default = "default_log_burst")]
+    pub log_burst: u64,
+}
+
+fn default_max_image_bytes() -> u64 {
+    body::DEFAULT_MAX_IMAGE_BYTES
+}
+fn default_log_rate() -> u64 {
+    SchedConfig::default().log_rate
+}
+fn default_log_burst() -> u64 {
+    SchedConfig::default().log_burst
 }
 
 fn default_true() -> bool {
@@ -198,6 +220,9 @@ impl ServerConfig {
             trusted_keys: Vec::new(),
             boot_token_ttl: default_boot_token_ttl(),
             netboot: None,
+            max_image_bytes: default_max_image_bytes(),
+            log_rate: default_log_rate(),
+            log_burst: default_log_burst(),
         }
     }
 }
@@ -318,7 +343,7 @@ impl Shared {
     }
 
     fn publish(&self, changes: Vec<Change>) {
-        // Progress and log lines (transient events) change no directive:
+        // Progress and log lines (transient events, job log appends) change no directive:
         // they must not wake every long-polling agent.
         let mut any = false;
         for c in changes {
@@ -327,6 +352,7 @@ impl Shared {
                     any |= e.seq > 0;
                     let _ = self.events.send(e.record());
                 }
+                Change::Log(_) => {}
                 _ => any = true,
             }
         }
@@ -377,7 +403,7 @@ impl Server {
             let path = p.display().to_string();
             move |source| ServerError::Data { path, source }
         };
-        std::fs::create_dir_all(cfg.data.join("images")).map_err(data_err(&cfg.data))?;
+        datadir::prepare(&cfg.data).map_err(data_err(&cfg.data))?;
         let admin_token = auth::load_or_create_token(&cfg.data.join("admin.token"))
             .map_err(data_err(&cfg.data.join("admin.token")))?;
         let enroll_token = auth::load_or_create_token(&cfg.data.join("agent.token"))
@@ -408,6 +434,8 @@ impl Server {
             cast_group: cfg.cast_group,
             cast_port: cfg.cast_port,
             key_secret,
+            log_rate: cfg.log_rate,
+            log_burst: cfg.log_burst,
             ..SchedConfig::default()
         };
         let mut sched = Scheduler::new(sched_cfg, state, now);

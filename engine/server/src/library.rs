@@ -44,18 +44,26 @@ pub(crate) fn remove_stale_uploads(data: &Path) -> usize {
         .count()
 }
 
-/// Streams `body` into the library as `name` after checking it.
+/// Streams `body` into the library as `name` after checking it; a body
+/// past `max` bytes is refused (413) and nothing of it kept.
 pub(crate) async fn receive(
     data: &Path,
     name: &str,
     body: Body,
     trusted: &[TrustedKey],
+    max: u64,
 ) -> Result<ImageView, ApiErr> {
     if !rackcast_engine::sched::valid_name(name) {
         return Err(ApiErr(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("image name {name:?}: use letters, digits, '.', '_' or '-'"),
         ));
+    }
+    // A declared length over the limit is refused before a byte is read.
+    if let Some(n) = axum::body::HttpBody::size_hint(&body).exact() {
+        if n > max {
+            return Err(too_large(max));
+        }
     }
     let tmp = data.join("images").join(format!(
         ".{name}.upload-{}",
@@ -64,7 +72,7 @@ pub(crate) async fn receive(
             .get(..12)
             .unwrap_or("x")
     ));
-    let r = write_body(&tmp, body).await;
+    let r = write_body(&tmp, body, max).await;
     let r = match r {
         Ok(()) => {
             let (t, n, k) = (tmp.clone(), name.to_string(), trusted.to_vec());
@@ -96,9 +104,10 @@ pub(crate) async fn receive(
     }
 }
 
-async fn write_body(path: &Path, body: Body) -> Result<(), ApiErr> {
+async fn write_body(path: &Path, body: Body, max: u64) -> Result<(), ApiErr> {
     let mut f = tokio::fs::File::create(path).await.map_err(internal)?;
     let mut s = body.into_data_stream();
+    let mut len = 0u64;
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| {
             ApiErr(
@@ -106,6 +115,10 @@ async fn write_body(path: &Path, body: Body) -> Result<(), ApiErr> {
                 format!("the upload broke off: {e}"),
             )
         })?;
+        len += chunk.len() as u64;
+        if len > max {
+            return Err(too_large(max));
+        }
         f.write_all(&chunk).await.map_err(internal)?;
     }
     f.sync_all().await.map_err(internal)?;
@@ -161,6 +174,13 @@ pub(crate) fn view(name: &str, r: &ImageReader) -> ImageView {
         chunks: r.index().entries.len() as u64,
         signed: r.signature().is_some(),
     }
+}
+
+fn too_large(max: u64) -> ApiErr {
+    ApiErr(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the image is larger than this server's max_image_bytes ({max})"),
+    )
 }
 
 fn internal(e: std::io::Error) -> ApiErr {

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 
+use super::body::{bytes_refused, ApiJson, JOB_SPEC_LIMIT, JSON_LIMIT};
 use super::{auth, library, ApiErr, Shared};
 use rackcast_engine::sched::api::{
     Environment, EventRecord, ImageView, JobId, JobSpec, JobView, TargetView,
@@ -29,14 +32,27 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/targets/{mac}/release", post(release_target))
         .route("/api/v1/targets/{mac}/reset", post(reset_target))
         .route("/api/v1/images", get(list_images))
-        .route("/api/v1/images/{name}", get(show_image).put(put_image))
         .route("/api/v1/environments", get(list_envs))
         .route("/api/v1/environments/{name}", get(show_env).put(put_env))
-        .route("/api/v1/jobs", get(list_jobs).post(submit_job))
+        .route(
+            "/api/v1/jobs",
+            get(list_jobs)
+                .post(submit_job)
+                .layer(DefaultBodyLimit::max(JOB_SPEC_LIMIT)),
+        )
         .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/log", get(job_log))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/events", get(events))
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        // Streamed to a file, bounded by max_image_bytes (see library).
+        .route(
+            "/api/v1/images/{name}",
+            get(show_image)
+                .put(put_image)
+                .layer(DefaultBodyLimit::disable()),
+        )
 }
 
 fn operator(sh: &Shared, h: &HeaderMap) -> Result<(), ApiErr> {
@@ -67,7 +83,7 @@ struct NewTarget {
 async fn add_target(
     State(sh): S,
     h: HeaderMap,
-    Json(t): Json<NewTarget>,
+    ApiJson(t): ApiJson<NewTarget>,
 ) -> Result<Json<TargetView>, ApiErr> {
     operator(&sh, &h)?;
     let v = sh
@@ -168,7 +184,14 @@ async fn put_image(
     body: Body,
 ) -> Result<Json<ImageView>, ApiErr> {
     operator(&sh, &h)?;
-    let v = library::receive(&sh.cfg.data, &name, body, &sh.trusted).await?;
+    let v = library::receive(
+        &sh.cfg.data,
+        &name,
+        body,
+        &sh.trusted,
+        sh.cfg.max_image_bytes,
+    )
+    .await?;
     sh.install_image(v.clone(), "operator").await?;
     Ok(Json(v))
 }
@@ -196,7 +219,7 @@ async fn put_env(
     State(sh): S,
     h: HeaderMap,
     Path(name): Path<String>,
-    Json(mut env): Json<Environment>,
+    ApiJson(mut env): ApiJson<Environment>,
 ) -> Result<Json<Environment>, ApiErr> {
     operator(&sh, &h)?;
     env.name = name;
@@ -216,9 +239,10 @@ async fn list_jobs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<JobView>>, Api
 async fn submit_job(
     State(sh): S,
     h: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<JobView>), ApiErr> {
     operator(&sh, &h)?;
+    let body = body.map_err(bytes_refused)?;
     let spec: JobSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiErr(StatusCode::UNPROCESSABLE_ENTITY, format!("job spec: {e}")))?;
     let v = sh
@@ -241,6 +265,53 @@ async fn show_job(
         .await
         .map(Json)
         .ok_or_else(|| SchedError::UnknownJob(id).into())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    mac: String,
+    #[serde(default)]
+    after: u64,
+}
+
+/// `GET /api/v1/jobs/{id}/log?mac=M`: the whole of `mac`'s output in the
+/// job (the view carries only its tail), as text, read from the job log a
+/// few lines at a time.
+async fn job_log(
+    State(sh): S,
+    h: HeaderMap,
+    Path(id): Path<JobId>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiErr> {
+    operator(&sh, &h)?;
+    let mac = MacAddr::parse(&q.mac).map_err(SchedError::from)?;
+    let known = sh
+        .read(|i| i.sched.job(id).map(|j| j.run(mac).is_some()))
+        .await;
+    match known {
+        None => return Err(SchedError::UnknownJob(id).into()),
+        Some(false) => return Err(not_found(format!("job {id} does not run on {mac}"))),
+        Some(true) => {}
+    }
+    // Each line is at most a report's worth: a page of 16 bounds what is held.
+    let pages = stream::try_unfold(Some(q.after), move |after| {
+        let sh = sh.clone();
+        async move {
+            let Some(after) = after else { return Ok(None) };
+            let page = sh.store.job_log(id, mac, after, 16).await?;
+            let next = (page.len() == 16).then(|| page.last().map_or(after, |l| l.0));
+            let text: String = page.into_iter().map(|(_, t)| t).collect();
+            Ok::<_, crate::store::StoreError>(Some((axum::body::Bytes::from(text), next)))
+        }
+    });
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        Body::from_stream(pages),
+    )
+        .into_response())
 }
 
 async fn retry_job(

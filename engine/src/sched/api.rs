@@ -23,6 +23,7 @@
 //! | `POST /api/v1/jobs`                    | `JobSpec` -> `JobView`                  |
 //! | `GET  /api/v1/jobs`                    | -> `[JobView]`                          |
 //! | `GET  /api/v1/jobs/{id}`               | -> `JobView`                            |
+//! | `GET  /api/v1/jobs/{id}/log?mac=M[&after=SEQ]` | -> `text/plain`: all of M's output (the view has the tail) |
 //! | `POST /api/v1/jobs/{id}/retry`         | -> `JobView` (failed targets run again) |
 //! | `POST /api/v1/jobs/{id}/cancel`        | -> `JobView`                            |
 //! | `GET  /api/v1/events?job=ID&since=SEQ` | -> `text/event-stream` of `EventRecord` |
@@ -37,6 +38,13 @@
 //! | `PUT  /agent/v1/images/{name}?job=J&task=T&attempt=A[&mac=M]` | image bytes -> `ImageView` |
 //!
 //! Errors are JSON `ApiError` with a 4xx/5xx status.
+//!
+//! Request bodies are read only up to a limit, past which the answer is
+//! 413: JSON bodies 1 MiB, job specs 4 MiB (a script travels in its
+//! spec), agent reports 8 MiB. Image uploads are streamed to disk and
+//! bounded by the server's `max_image_bytes`. Task output an agent reports
+//! is kept within a per-target budget (`log_rate` bytes/s, `log_burst`);
+//! the rest is dropped and a note in the log says how much.
 
 use rackcast_types::MacAddr;
 use serde::{Deserialize, Serialize};

@@ -20,7 +20,7 @@ pub mod model;
 pub mod scheduler;
 
 pub use event::{Actor, Event, EventKind, Subject};
-pub use model::{CastSession, Job, Run, RunStatus, SessionPhase, State, Target};
+pub use model::{CastSession, Job, LogLine, Run, RunStatus, SessionPhase, State, Target};
 pub use scheduler::{receiver_id, valid_name, Action, BootChoice, Change, SchedConfig, Scheduler};
 
 /// Errors of the scheduler: what an operator or agent asked for is refused.

@@ -119,7 +119,11 @@ pub struct Run {
     pub started: bool,
     /// Last error.
     pub error: Option<String>,
-    /// Tail of the output of the job's tasks.
+    /// Tail of the output of the job's tasks, kept in memory for the
+    /// views. Never written with the job row: every line is appended to
+    /// the store's log as a [`LogLine`] and the tail is rebuilt from there
+    /// at start (older rows that still carry one are read).
+    #[serde(default, skip_serializing)]
     pub log: String,
     /// Progress (not persisted).
     #[serde(skip)]
@@ -133,14 +137,37 @@ impl Run {
     /// Appends output, keeping the last [`LOG_TAIL`] bytes.
     pub fn append_log(&mut self, text: &str) {
         self.log.push_str(text);
-        if self.log.len() > LOG_TAIL {
-            let mut cut = self.log.len() - LOG_TAIL;
-            while !self.log.is_char_boundary(cut) {
-                cut += 1;
-            }
-            self.log.drain(..cut);
-        }
+        keep_log_tail(&mut self.log);
     }
+}
+
+/// Cuts `log` to its last [`LOG_TAIL`] bytes (at a character boundary).
+pub fn keep_log_tail(log: &mut String) {
+    if log.len() > LOG_TAIL {
+        let mut cut = log.len() - LOG_TAIL;
+        while !log.is_char_boundary(cut) {
+            cut += 1;
+        }
+        log.drain(..cut);
+    }
+}
+
+/// Output of one target's run of a job, appended to the store's job log
+/// as it arrives (the job row is not rewritten for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Order of appends, server-wide, from 1.
+    pub seq: u64,
+    /// The job.
+    pub job: JobId,
+    /// The target.
+    pub mac: MacAddr,
+    /// Task index.
+    pub task: u32,
+    /// Unix ms.
+    pub at: Millis,
+    /// The text (one or more lines).
+    pub text: String,
 }
 
 /// A job: its spec and one run per target.
@@ -267,4 +294,6 @@ pub struct State {
     pub environments: Vec<Environment>,
     /// The last event sequence number written.
     pub last_seq: u64,
+    /// The last job log sequence number written.
+    pub last_log: u64,
 }

@@ -26,6 +26,7 @@ struct Db {
     sessions: BTreeMap<SessionId, rackcast_engine::sched::CastSession>,
     envs: BTreeMap<String, Environment>,
     events: Vec<EventRecord>,
+    logs: Vec<rackcast_engine::sched::LogLine>,
 }
 
 impl Db {
@@ -46,6 +47,7 @@ impl Db {
                 }
                 Change::Event(e) if e.seq > 0 => self.events.push(e.record()),
                 Change::Event(_) => {}
+                Change::Log(l) => self.logs.push(l),
             }
         }
     }
@@ -53,10 +55,28 @@ impl Db {
     fn state(&self) -> State {
         State {
             targets: self.targets.values().cloned().collect(),
-            jobs: self.jobs.values().cloned().collect(),
+            // As the store does: job rows carry no log, the tail comes from the job log.
+            jobs: self
+                .jobs
+                .values()
+                .map(|j| {
+                    let mut j = j.clone();
+                    for r in &mut j.runs {
+                        r.log = self
+                            .logs
+                            .iter()
+                            .filter(|l| l.job == j.id && l.mac == r.mac)
+                            .map(|l| l.text.as_str())
+                            .collect();
+                        rackcast_engine::sched::model::keep_log_tail(&mut r.log);
+                    }
+                    j
+                })
+                .collect(),
             sessions: self.sessions.values().cloned().collect(),
             environments: self.envs.values().cloned().collect(),
             last_seq: self.events.last().map_or(0, |e| e.seq),
+            last_log: self.logs.last().map_or(0, |l| l.seq),
         }
     }
 
@@ -810,4 +830,109 @@ fn progress_is_broadcast_but_not_persisted() {
     assert_eq!(ch.len(), 1, "{ch:?}");
     assert!(matches!(&ch[0], Change::Event(e) if e.seq == 0 && e.what.word() == "task.progress"));
     assert_eq!(s.target(m).unwrap().progress.as_ref().unwrap().done, 5);
+}
+
+#[test]
+fn output_over_the_log_budget_is_dropped_and_one_note_says_how_much() {
+    let cfg = SchedConfig {
+        log_rate: 1000,
+        log_burst: 4096,
+        ..SchedConfig::default()
+    };
+    let mut s = Scheduler::new(cfg.clone(), State::default(), 0);
+    let mut db = Db::default();
+    let m = mac(1);
+    register(&mut s, 0, m, ENV);
+    let id = s.submit(0, script(&[m], 0, 60)).unwrap();
+    let r = run_ref(&s.poll(1, m, None));
+    s.report(2, m, r, TaskReport::Started).unwrap();
+    db.take(&mut s);
+    let log = |text: &str| TaskReport::Log { text: text.into() };
+
+    // The burst passes: appended to the job log, the job row untouched.
+    s.report(2, m, r, log(&"a".repeat(4096))).unwrap();
+    let ch = s.drain_changes();
+    assert!(
+        ch.iter()
+            .any(|c| matches!(c, Change::Log(l) if l.text.len() == 4096 && l.job == id)),
+        "{ch:?}"
+    );
+    assert!(
+        !ch.iter().any(|c| matches!(c, Change::Job(_))),
+        "a log line rewrote the job row: {ch:?}"
+    );
+    for c in ch {
+        if let Change::Log(l) = c {
+            db.logs.push(l);
+        }
+    }
+    // Over the budget: dropped, nothing to commit at all.
+    for _ in 0..10 {
+        s.report(2, m, r, log(&"x".repeat(1000))).unwrap();
+        assert_eq!(s.drain_changes(), vec![], "dropped output was kept");
+    }
+    // Three seconds refill 3000 bytes: the next output passes after one note.
+    s.report(3002, m, r, log("b\n")).unwrap();
+    db.take(&mut s);
+    let tail = &s.job(id).unwrap().run(m).unwrap().log;
+    assert!(
+        tail.ends_with("[rackcast: 10000 bytes of output dropped: over the server's log budget of 1000 bytes/s]\nb\n"),
+        "{:?}",
+        &tail[tail.len().saturating_sub(200)..]
+    );
+    // More than is left (3000 - 1024 for "b\n"): the newest part passes,
+    // after a note for the part dropped before it.
+    s.report(3002, m, r, log(&"y".repeat(5000))).unwrap();
+    // Nothing left: dropped, and the note comes when the task ends.
+    s.report(3002, m, r, log(&"z".repeat(1000))).unwrap();
+    s.report(3003, m, r, finished(true)).unwrap();
+    db.take(&mut s);
+    let tail = s.job(id).unwrap().run(m).unwrap().log.clone();
+    let note = |n: u32| {
+        format!("[rackcast: {n} bytes of output dropped: over the server's log budget of 1000 bytes/s]\n")
+    };
+    let want = format!("b\n{}{}{}", note(3024), "y".repeat(1976), note(1000));
+    assert!(
+        tail.ends_with(&want),
+        "{:?}",
+        &tail[tail.len().saturating_sub(300)..]
+    );
+    assert!(
+        !tail.contains('x') && !tail.contains('z'),
+        "dropped output kept"
+    );
+    assert_eq!(tail.matches("bytes of output dropped").count(), 3);
+    // The job log holds it all: a restart rebuilds the same tail.
+    let s2 = Scheduler::new(cfg, db.state(), 4000);
+    assert_eq!(s2.job(id).unwrap().run(m).unwrap().log, tail);
+}
+
+#[test]
+fn a_flood_of_tiny_reports_costs_the_minimum_each() {
+    let cfg = SchedConfig {
+        log_rate: 0,
+        log_burst: 10 * rackcast_engine::sched::scheduler::LOG_MIN_COST,
+        ..SchedConfig::default()
+    };
+    let mut s = Scheduler::new(cfg, State::default(), 0);
+    let m = mac(1);
+    register(&mut s, 0, m, ENV);
+    s.submit(0, script(&[m], 0, 60)).unwrap();
+    let r = run_ref(&s.poll(1, m, None));
+    s.report(2, m, r, TaskReport::Started).unwrap();
+    let _ = s.drain_changes();
+    let mut kept = 0;
+    for _ in 0..1000 {
+        s.report(3, m, r, TaskReport::Log { text: "1\n".into() })
+            .unwrap();
+        kept += s
+            .drain_changes()
+            .iter()
+            .filter(|c| matches!(c, Change::Log(_)))
+            .count();
+    }
+    assert_eq!(
+        kept, 10,
+        "each report costs LOG_MIN_COST bytes of the burst"
+    );
 }

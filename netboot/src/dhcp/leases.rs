@@ -338,9 +338,21 @@ impl LeaseTable {
 
 /// Writes `text` to `path` through a synced temporary file and a rename,
 /// then syncs the directory so the rename itself survives a power cut.
+/// The file is 0600 (who holds which address is nobody else's business),
+/// whatever mode an earlier file had.
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    // A temporary file a crash left keeps its old mode when reopened.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(&tmp, e))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
@@ -373,6 +385,22 @@ mod tests {
             res,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn lease_file_is_written_0600_even_over_a_wider_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.json");
+        std::fs::write(&path, "{}").unwrap();
+        std::fs::write(path.with_extension("tmp"), "junk").unwrap();
+        for p in [path.clone(), path.with_extension("tmp")] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        write_atomic(&path, "{\"leases\":[]}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "lease file mode {mode:o}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"leases\":[]}");
     }
 
     #[test]

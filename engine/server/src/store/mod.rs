@@ -10,7 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use rackcast_engine::sched::api::{EventRecord, ImageView, JobId};
-use rackcast_engine::sched::{Change, MacAddr, MacParseError, State};
+use rackcast_engine::sched::model::{keep_log_tail, LOG_TAIL};
+use rackcast_engine::sched::{Change, LogLine, MacAddr, MacParseError, State};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,14 @@ pub enum StoreError {
         path: String,
         /// The cause.
         source: sqlx::Error,
+    },
+    /// The database file could not be created or made private (0600).
+    #[error("database {path}: {source}")]
+    File {
+        /// The database file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
     },
     /// A migration failed.
     #[error("migrating {path}: {source}")]
@@ -71,10 +80,16 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating and migrating) `dir/rackcast.db`.
+    /// Opens (creating and migrating) `dir/rackcast.db`. The database is
+    /// made 0600 before SQLite opens it (SQLite gives its `-wal` and
+    /// `-shm` files the database's mode), and wider modes found are narrowed.
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
         let file = dir.join("rackcast.db");
         let path = file.display().to_string();
+        private_files(&file).map_err(|source| StoreError::File {
+            path: path.clone(),
+            source,
+        })?;
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
             .map_err(|source| StoreError::Db {
                 path: path.clone(),
@@ -170,6 +185,13 @@ impl Store {
             .map_err(self.db())?
             .get(0);
         st.last_seq = last.unwrap_or(0) as u64;
+        let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM job_logs")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.db())?
+            .get(0);
+        st.last_log = last.unwrap_or(0) as u64;
+        self.load_logs(&mut st).await?;
         let mut images = Vec::new();
         for r in sqlx::query("SELECT name, data FROM images ORDER BY name")
             .fetch_all(&self.pool)
@@ -182,8 +204,91 @@ impl Store {
         Ok((st, images))
     }
 
+    /// Gives every run the tail of its output from the job log. A job row
+    /// written before the job log existed still carries its run's tail:
+    /// that is moved into the job log (and the row rewritten without it),
+    /// once, in one transaction.
+    async fn load_logs(&self, st: &mut State) -> Result<(), StoreError> {
+        let mut moved = Vec::new();
+        for job in &mut st.jobs {
+            let mut legacy = false;
+            for run in &mut job.runs {
+                if !run.log.is_empty() {
+                    st.last_log += 1;
+                    moved.push(Change::Log(LogLine {
+                        seq: st.last_log,
+                        job: job.id,
+                        mac: run.mac,
+                        task: run.task,
+                        at: job.created,
+                        text: run.log.clone(),
+                    }));
+                    legacy = true;
+                    continue;
+                }
+                run.log = self.log_tail(job.id, run.mac).await?;
+            }
+            if legacy {
+                moved.push(Change::Job(job.clone()));
+            }
+        }
+        if !moved.is_empty() {
+            self.apply(&moved, 0).await?;
+        }
+        Ok(())
+    }
+
+    /// The last [`LOG_TAIL`] bytes (about) of `mac`'s output in `job`.
+    async fn log_tail(&self, job: JobId, mac: MacAddr) -> Result<String, StoreError> {
+        use futures_util::TryStreamExt;
+        let mut rows =
+            sqlx::query("SELECT text FROM job_logs WHERE job = $1 AND mac = $2 ORDER BY seq DESC")
+                .bind(job.0 as i64)
+                .bind(mac.to_string())
+                .fetch(&self.pool);
+        let mut parts = Vec::new();
+        let mut len = 0;
+        // Newest first, and only as far back as the tail reaches.
+        while len < LOG_TAIL {
+            let Some(r) = rows.try_next().await.map_err(self.db())? else {
+                break;
+            };
+            let text: String = r.get(0);
+            len += text.len();
+            parts.push(text);
+        }
+        let mut log: String = parts.into_iter().rev().collect();
+        keep_log_tail(&mut log);
+        Ok(log)
+    }
+
+    /// `mac`'s output in `job` after log line `after`, oldest first, at
+    /// most `limit` lines: `(seq, text)`.
+    pub async fn job_log(
+        &self,
+        job: JobId,
+        mac: MacAddr,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT seq, text FROM job_logs WHERE job = $1 AND mac = $2 AND seq > $3 \
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(job.0 as i64)
+        .bind(mac.to_string())
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?
+        .iter()
+        .map(|r| (r.get::<i64, _>(0) as u64, r.get(1)))
+        .collect())
+    }
+
     /// Writes a batch of changes in one transaction. Transient events
-    /// (seq 0) are not stored.
+    /// (seq 0) are not stored; output is appended to the job log.
     pub async fn apply(&self, changes: &[Change], now: u64) -> Result<(), StoreError> {
         if changes
             .iter()
@@ -223,6 +328,16 @@ impl Store {
                 )
                 .bind(&e.name)
                 .bind(json(e)),
+                Change::Log(l) => sqlx::query(
+                    "INSERT INTO job_logs (seq, job, mac, task, at, text) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(l.seq as i64)
+                .bind(l.job.0 as i64)
+                .bind(l.mac.to_string())
+                .bind(i64::from(l.task))
+                .bind(l.at as i64)
+                .bind(&l.text),
                 Change::Event(e) if e.seq == 0 => continue,
                 Change::Event(e) => {
                     // The typed event becomes its wire form here, where it is stored.
@@ -358,7 +473,31 @@ impl Store {
     }
 }
 
+/// Creates `db` empty with mode 0600 if it is missing (an empty file is an
+/// empty database) and narrows it and its `-wal`/`-shm` files to 0600.
+fn private_files(db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)?;
+    let name = db.file_name().unwrap_or_default().to_string_lossy();
+    for f in [
+        db.to_path_buf(),
+        db.with_file_name(format!("{name}-wal")),
+        db.with_file_name(format!("{name}-shm")),
+    ] {
+        crate::datadir::restrict(&f, 0o600)?;
+    }
+    Ok(())
+}
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     // Our own types always serialize.
     serde_json::to_string(v).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

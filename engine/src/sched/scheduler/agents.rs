@@ -213,11 +213,7 @@ impl Scheduler {
             }
             TaskReport::Log { text } => {
                 self.mark_started(now, mac, r);
-                if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(mac)) {
-                    run.append_log(&text);
-                    self.dirty_jobs.insert(r.job);
-                }
-                self.transient(now, mac, r, EventKind::TaskLog { text });
+                self.task_output(now, mac, r, text);
             }
             TaskReport::Rejoin { reason } => {
                 self.mark_started(now, mac, r);
@@ -236,6 +232,7 @@ impl Scheduler {
                 root,
             } => {
                 self.mark_started(now, mac, r);
+                self.flush_dropped(now, mac, r);
                 let error = match (ok, self.earned(mac, r, root.as_deref())) {
                     (false, _) => error,
                     (true, Earned::Yes) => None,
@@ -246,10 +243,8 @@ impl Scheduler {
                     self.task_done(now, mac, r, &summary);
                 } else {
                     let e = error.unwrap_or_else(|| "the task failed".into());
-                    if let Some(run) = self.jobs.get_mut(&r.job).and_then(|j| j.run_mut(mac)) {
-                        if !summary.is_empty() {
-                            run.append_log(&format!("{summary}\n"));
-                        }
+                    if !summary.is_empty() {
+                        self.append_log(now, mac, r.job, r.task, &format!("{summary}\n"));
                     }
                     self.fail_attempt(now, mac, &e);
                 }

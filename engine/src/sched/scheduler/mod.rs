@@ -11,13 +11,16 @@ use super::api::{
     TargetState, TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
 };
 use super::event::{Actor, Event, EventKind, Subject};
-use super::model::{CastSession, Job, Run, RunStatus, SessionPhase, State, Target};
+use super::model::{CastSession, Job, LogLine, Run, RunStatus, SessionPhase, State, Target};
 use super::SchedError;
 use rackcast_types::MacAddr;
 
 mod agents;
+mod logs;
 mod operator;
 mod sessions;
+
+pub use logs::LOG_MIN_COST;
 
 /// Scheduler settings (validated by the server's config).
 #[derive(Debug, Clone)]
@@ -40,6 +43,10 @@ pub struct SchedConfig {
     pub restart_grace: Millis,
     /// Secret the session keys are derived from (random per server start).
     pub key_secret: [u8; 32],
+    /// Task output kept per target, bytes/s; more is dropped (and counted).
+    pub log_rate: u64,
+    /// Task output a target may send at once before `log_rate` holds it back.
+    pub log_burst: u64,
 }
 
 impl Default for SchedConfig {
@@ -54,6 +61,8 @@ impl Default for SchedConfig {
             cast_port: 7400,
             restart_grace: 120_000,
             key_secret: [7; 32],
+            log_rate: 16 * 1024,
+            log_burst: 1 << 20,
         }
     }
 }
@@ -85,6 +94,8 @@ pub enum Change {
     Environment(Environment),
     /// Append an event (seq > 0) or broadcast a transient one (seq 0: progress).
     Event(Event),
+    /// Append output to a job's log (the job's row is not rewritten for it).
+    Log(LogLine),
 }
 
 /// What a MAC should boot, for the netboot policy.
@@ -108,11 +119,15 @@ pub struct Scheduler {
     next_job: JobId,
     next_session: SessionId,
     last_seq: u64,
+    last_log: u64,
     dirty_targets: BTreeSet<MacAddr>,
     dirty_jobs: BTreeSet<JobId>,
     dirty_sessions: BTreeSet<SessionId>,
     dirty_envs: BTreeSet<String>,
     events: Vec<Event>,
+    logs: Vec<LogLine>,
+    /// Each target's output budget (see `logs`).
+    log_buckets: BTreeMap<MacAddr, logs::LogBucket>,
     actions: VecDeque<Action>,
 }
 
@@ -141,6 +156,7 @@ impl Scheduler {
             next_job: JobId(state.jobs.iter().map(|j| j.id.0).max().unwrap_or(0) + 1),
             next_session: SessionId(state.sessions.iter().map(|j| j.id.0).max().unwrap_or(0) + 1),
             last_seq: state.last_seq,
+            last_log: state.last_log,
             targets: state.targets.into_iter().map(|t| (t.mac, t)).collect(),
             jobs: state.jobs.into_iter().map(|j| (j.id, j)).collect(),
             sessions: state.sessions.into_iter().map(|x| (x.id, x)).collect(),
@@ -156,6 +172,8 @@ impl Scheduler {
             dirty_sessions: BTreeSet::new(),
             dirty_envs: BTreeSet::new(),
             events: Vec::new(),
+            logs: Vec::new(),
+            log_buckets: BTreeMap::new(),
             actions: VecDeque::new(),
         };
         let live: Vec<SessionId> = s
@@ -337,6 +355,7 @@ impl Scheduler {
             }
         }
         out.extend(self.events.drain(..).map(Change::Event));
+        out.extend(self.logs.drain(..).map(Change::Log));
         out
     }
 
@@ -536,15 +555,21 @@ impl Scheduler {
     }
 
     fn task_done(&mut self, now: Millis, mac: MacAddr, r: TaskRef, summary: &str) {
+        if !summary.is_empty() {
+            self.append_log(
+                now,
+                mac,
+                r.job,
+                r.task,
+                &format!("task {}: {summary}\n", r.task + 1),
+            );
+        }
         let Some(job) = self.jobs.get_mut(&r.job) else {
             return;
         };
         let ntasks = job.spec.tasks.len() as u32;
         let kind = job.spec.tasks[r.task as usize].kind.clone();
         let Some(run) = job.run_mut(mac) else { return };
-        if !summary.is_empty() {
-            run.append_log(&format!("task {}: {summary}\n", r.task + 1));
-        }
         run.task += 1;
         run.attempt = 1;
         run.started = false;
