@@ -287,6 +287,31 @@ async fn connection(
     }
 }
 
+/// What a boot event says of a served script: the commands that fetch
+/// something and their URLs, without the arguments after them (a kernel's
+/// command line carries the target's boot token).
+fn script_summary(script: &str) -> String {
+    let fetches: Vec<String> = script
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let cmd = words.next()?;
+            if !["kernel", "initrd", "chain", "imgfetch", "module"].contains(&cmd) {
+                return None;
+            }
+            // Options such as --name come before the URL.
+            let url = words.find(|w| !w.starts_with("--"))?;
+            Some(format!("{cmd} {url}"))
+        })
+        .collect();
+    if fetches.is_empty() {
+        "script".to_string()
+    } else {
+        format!("script: {}", fetches.join("; "))
+    }
+}
+
 async fn serve(
     stream: &mut Timed,
     peer: SocketAddr,
@@ -346,7 +371,7 @@ async fn serve(
             step: Step::HttpScript,
             // Never the script itself: it carries a boot token.
             detail: match &action {
-                BootAction::IpxeScript(_) => "script".to_string(),
+                BootAction::IpxeScript(text) => script_summary(text),
                 other => format!("{other:?}"),
             },
         });
@@ -510,6 +535,19 @@ mod tests {
         assert_eq!(parse_range("bytes=100-", 100), None);
         assert_eq!(parse_range("bytes=5-1", 100), None);
         assert_eq!(parse_range("items=1-2", 100), None);
+    }
+
+    #[test]
+    fn a_script_is_summarised_without_its_command_lines() {
+        let script = "#!ipxe\nkernel http://s/files/linux-x64/vmlinuz console=ttyS0 \
+                      rackcast.token=rcb1-secret\ninitrd --name initrd http://s/files/linux-x64/initrd.img\nboot\n";
+        let s = script_summary(script);
+        assert_eq!(
+            s,
+            "script: kernel http://s/files/linux-x64/vmlinuz; initrd http://s/files/linux-x64/initrd.img"
+        );
+        assert!(!s.contains("secret"));
+        assert_eq!(script_summary("#!ipxe\nsanboot\n"), "script");
     }
 
     #[test]

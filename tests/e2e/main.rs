@@ -49,9 +49,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rackcast_engine::sched::api::Environment;
-use rackcast_tests::{
-    env_build, env_build_named, euid, have, kernel_cache, ovmf, rc, read_lossy, Qemu,
-};
+use rackcast_tests::{env_build_named, euid, have, kernel_cache, ovmf, rc, read_lossy, Qemu};
 
 /// Hard limit on the targets' part of the test (every QEMU is killed after
 /// it); measured: ~36 s for three targets on two cores, ~46 s with the
@@ -235,6 +233,8 @@ struct Lan {
     server_log: PathBuf,
     url: String,
     token: String,
+    /// The server's CA certificate, for curl.
+    ca: String,
 }
 
 impl Lan {
@@ -324,8 +324,9 @@ impl Lan {
             br,
             dhcp_log,
             server_log: dir.join("server.log"),
-            url: format!("http://{OUR_IP}:{API_PORT}"),
+            url: format!("https://{OUR_IP}:{API_PORT}"),
             token: String::new(),
+            ca: dir.join("data/tls/ca.pem").display().to_string(),
         }
     }
 
@@ -338,7 +339,7 @@ impl Lan {
             format!(
                 r#"data = "{}"
 listen = "{OUR_IP}:{API_PORT}"
-public_url = "http://{OUR_IP}:{API_PORT}"
+public_url = "https://{OUR_IP}:{API_PORT}"
 cast_addr = "{OUR_IP}"
 cast_rate = 20000000
 cast_mtu = 1500
@@ -403,6 +404,8 @@ root = "{}"
         let mut c = self.lan.command(&[
             "curl",
             "-sS",
+            "--cacert",
+            &self.ca,
             "-m",
             "30",
             "-X",
@@ -429,6 +432,8 @@ root = "{}"
         let mut c = self.lan.command(&[
             "curl",
             "-sS",
+            "--cacert",
+            &self.ca,
             "-m",
             "60",
             "-H",
@@ -452,7 +457,9 @@ root = "{}"
         // The stream stays open: take what the replay sent within 3 s.
         let o = self
             .lan
-            .command(&["curl", "-sS", "-N", "-m", "3", "-H", &auth, &url])
+            .command(&[
+                "curl", "-sS", "--cacert", &self.ca, "-N", "-m", "3", "-H", &auth, &url,
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -633,6 +640,17 @@ impl Target {
     }
 }
 
+/// `rackcast server --make-ca`: the CA of the server to be started on `data`.
+fn make_ca(data: &Path) -> PathBuf {
+    let o = Command::new(rc())
+        .args(["server", "--make-ca", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
+}
+
 /// Skips (printing why) unless every facility is here.
 fn facilities() -> bool {
     if euid() != 0 {
@@ -702,10 +720,13 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
     };
     let boot_root = dir.join("boot");
     std::fs::create_dir_all(&boot_root).unwrap();
-    env_build(&cache, &boot_root.join("linux-x64"));
+    // The server's CA, made before its first start as an operator would, so
+    // the environments carry it and their agents trust the server's HTTPS.
+    let ca = make_ca(&dir.join("data"));
+    env_build_named(&cache, &boot_root.join("linux-x64"), None, Some(&ca));
     // The second environment, the switch's destination: the same kernel
     // under another name; the server loads it from the boot root at start.
-    env_build_named(&cache, &boot_root.join(MAINT), Some(MAINT));
+    env_build_named(&cache, &boot_root.join(MAINT), Some(MAINT), Some(&ca));
     for f in ["ipxe.efi", "undionly.kpxe"] {
         let src = Path::new("/usr/lib/ipxe").join(f);
         if src.exists() {
@@ -1128,7 +1149,12 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
     step("environment switch: events, run log, logs", &mut steps);
 
     // The captured image verifies and restores to the golden disk.
-    let captured = dir.join("data/images/captured.rcimg");
+    // The library is content-addressed: the bytes live under their root.
+    let view = lan.api_ok("GET", "/api/v1/images/captured", None);
+    let captured = dir.join(format!(
+        "data/images/by-root/{}.rcimg",
+        view["root"].as_str().expect("the captured image's root")
+    ));
     eprintln!(
         "captured image: {}",
         run_ok(Command::new(rc()).args(["image", "verify"]).arg(&captured)).trim()

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use rackcast_engine::sched::api::Environment;
 
 use rackcast_tests::{
-    cache, env_build, euid, have, kernel_cache, kernel_version, ovmf, rc, rc_agent, read_lossy,
-    Qemu,
+    cache, env_build_named, euid, have, kernel_cache, kernel_version, ovmf, rc, rc_agent,
+    read_lossy, Qemu,
 };
 
 /// Hard limit on one QEMU run.
@@ -30,7 +30,7 @@ const DISK_BYTES: u64 = 64 << 20;
 
 /// An environment built into a temporary directory (removed on drop).
 struct Built {
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     dir: PathBuf,
     summary: String,
     kver: String,
@@ -47,9 +47,19 @@ fn build() -> Option<Built> {
     let cache = kernel_cache()?;
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     let dir = root.path().join("linux-x64");
-    let summary = env_build(&cache, &dir);
+    // The CA a server makes before its first start, carried as
+    // /etc/rackcast/ca.pem.
+    let o = Command::new(rc())
+        .args(["server", "--make-ca", "--data"])
+        .arg(root.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ca = PathBuf::from(String::from_utf8(o.stdout).unwrap().trim());
+    assert_eq!(ca, root.path().join("data/tls/ca.pem"));
+    let summary = env_build_named(&cache, &dir, None, Some(&ca));
     Some(Built {
-        _root: root,
+        root,
         dir,
         summary,
         kver: kernel_version(&cache),
@@ -120,6 +130,16 @@ fn build_carries_busybox_modules_agent_and_libraries() {
         );
     }
     assert_eq!(get("dev/console").1, 0o020600);
+    // The server's CA, for the agent's HTTPS.
+    assert_eq!(
+        get("etc/rackcast/ca.pem").2,
+        std::fs::read(b.root.path().join("data/tls/ca.pem")).unwrap()
+    );
+    assert!(
+        b.summary.contains("as /etc/rackcast/ca.pem"),
+        "{}",
+        b.summary
+    );
     assert_eq!(get("etc/udhcpc/default.script").1, REG | 0o755);
     // The agent: rackcast-agent without its debug information (never the
     // whole rackcast), and its loader and libc.
@@ -521,7 +541,8 @@ fn assert_common(b: &Built, run: &Boot) {
     );
     // The only disk is the agent's; the agent finds its MAC itself.
     let started = format!(
-        "{MARKER}: rackcast-agent --on-reboot system --server {} --token (set) --disk /dev/vda --env linux-x64 [",
+        "{MARKER}: rackcast-agent --on-reboot system --server {} --token-file /run/rackcast/token \
+         --ca /etc/rackcast/ca.pem --disk /dev/vda --env linux-x64 [",
         run.server
     );
     assert!(

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::rig::{sample_image, Server};
+use super::rig::{sample_image, trusting, Server};
 use super::{mac, submit};
 
-/// A raw request with the operator token: (status, body text).
+/// A raw request with the operator token, on a connection of its own (the
+/// server closes one whose body it refused): (status, body text).
 fn send(s: &Server, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
-    let r = ureq::request(method, &format!("{}{path}", s.url))
+    let r = trusting(&s.ca)
+        .request(method, &format!("{}{path}", s.url))
         .set("Authorization", &format!("Bearer {}", s.token))
         .set("Content-Type", "application/json")
         .timeout(Duration::from_secs(60))
@@ -85,7 +87,8 @@ fn an_image_over_max_image_bytes_is_refused_and_nothing_of_it_is_kept() {
     let bytes = std::fs::read(&img).unwrap();
     assert_refused(send(&s, "PUT", "/api/v1/images/golden", &bytes));
     // Without a declared length the server counts what it streams.
-    let r = ureq::put(&format!("{}/api/v1/images/golden", s.url))
+    let r = trusting(&s.ca)
+        .put(&format!("{}/api/v1/images/golden", s.url))
         .set("Authorization", &format!("Bearer {}", s.token))
         .timeout(Duration::from_secs(60))
         .send(std::io::Cursor::new(bytes));
@@ -161,12 +164,14 @@ fn a_script_flooding_output_is_held_to_the_log_budget_and_the_server_stays_respo
         &tail[tail.len().saturating_sub(300)..]
     );
     // The whole stored log is what the budget allows, not 20 MB.
-    let full = ureq::get(&format!("{}/api/v1/jobs/{id}/log?mac={m}", s.url))
-        .set("Authorization", &format!("Bearer {}", s.token))
-        .call()
-        .unwrap()
-        .into_string()
+    // (`rackcast job log` prints it.)
+    let o = s
+        .cli()
+        .args(["job", "log", &id.to_string(), "--mac", &m.to_string()])
+        .output()
         .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let full = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         full.ends_with(tail.as_str()),
         "the view's tail is the log's end"
@@ -195,6 +200,7 @@ fn the_data_directory_is_0700_and_its_secrets_0600_even_when_found_wider() {
         "admin.token",
         "agent.token",
         "boot.key",
+        "tls/ca.key",
     ];
     let mode = |n: &str| {
         std::fs::metadata(data.join(n))

@@ -435,20 +435,26 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         "a refused job was stored"
     );
     // Wrong or missing tokens.
-    let r = s.http().get(&format!("{}/api/v1/targets", s.url))
+    let r = s
+        .http()
+        .get(&format!("{}/api/v1/targets", s.url))
         .set("Authorization", "Bearer wrong")
         .call();
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
     let r = s.http().get(&format!("{}/api/v1/jobs", s.url)).call();
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
-    let r = s.http().post(&format!("{}/agent/v1/register", s.url))
+    let r = s
+        .http()
+        .post(&format!("{}/agent/v1/register", s.url))
         .set("Authorization", &format!("Bearer {}", s.token))
         .send_json(json!({"mac": "52:54:00:00:00:42", "env": "x", "inventory": {}}));
     assert!(
         matches!(r, Err(ureq::Error::Status(401, _))),
         "operator token must not enroll agents"
     );
-    let r = s.http().post(&format!("{}/agent/v1/poll", s.url))
+    let r = s
+        .http()
+        .post(&format!("{}/agent/v1/poll", s.url))
         .set("Authorization", "Bearer forged")
         .send_json(json!({"mac": m}));
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
@@ -459,7 +465,9 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     bytes[mid] ^= 0xff;
     let bad = s.dir.path().join("bad.rcimg");
     std::fs::write(&bad, &bytes).unwrap();
-    let r = s.http().put(&format!("{}/api/v1/images/bad", s.url))
+    let r = s
+        .http()
+        .put(&format!("{}/api/v1/images/bad", s.url))
         .set("Authorization", &format!("Bearer {}", s.token))
         .send(std::fs::File::open(&bad).unwrap());
     match r {
@@ -637,7 +645,9 @@ fn cli_uploads_enrolls_distributes_and_watches_as_the_readme_says() {
     assert_eq!(jobs.as_array().unwrap().len(), 2);
     // A wrong token is refused with a message that says what to check.
     let o = std::process::Command::new(rackcast_tests::rc())
-        .args(["target", "list", "--server", &s.url, "--token", "nope", "--ca"])
+        .args([
+            "target", "list", "--server", &s.url, "--token", "nope", "--ca",
+        ])
         .arg(&s.ca)
         .output()
         .unwrap();

@@ -254,6 +254,22 @@ dhcp_ports = [{dhcp}]
     let (code, why) = register(&s, B, &token);
     assert_eq!(code, 401, "B registered with A's token: {why}");
     assert!(why.contains("issued to"), "{why}");
+    // Hammering it, or forging tokens, is refused without flooding the
+    // event history: one event per MAC per 10 s, none for a forgery.
+    for _ in 0..20 {
+        assert_eq!(register(&s, B, &token).0, 401);
+    }
+    let forged = format!("{}0", &token[..token.len() - 1]);
+    let forged = if forged == token {
+        format!("{}1", &token[..token.len() - 1])
+    } else {
+        forged
+    };
+    for _ in 0..20 {
+        let (code, why) = register(&s, STRANGER, &forged);
+        assert_eq!(code, 401, "{why}");
+        assert!(why.contains("not one this server issued"), "{why}");
+    }
 
     // 4. The real A registers with it (from a file, as /init passes it) and
     // is imaged over multicast.
@@ -322,12 +338,16 @@ dhcp_ports = [{dhcp}]
     );
 
     // Every refusal is on record, and the token is in no log.
-    let refused = s
+    let refused: Vec<String> = s
         .events_where("")
         .into_iter()
         .filter(|e| e.kind == "agent.refused")
-        .count();
-    assert!(refused >= 3, "{refused} agent.refused events");
+        .filter_map(|e| e.target.map(|m| m.to_string()))
+        .collect();
+    let of = |m: &str| refused.iter().filter(|r| r.as_str() == m).count();
+    assert_eq!(of(B), 1, "B's 21 refusals: {refused:?}");
+    assert!(of(A) >= 1, "A's double claim and takeover: {refused:?}");
+    assert_eq!(of(STRANGER), 0, "forged tokens made events: {refused:?}");
     assert!(
         !s.log_text().contains(&token),
         "the boot token is in the server log"
@@ -505,7 +525,10 @@ fn the_cli_and_the_agent_trust_the_servers_own_ca_and_refuse_another() {
     let (ok, text) = out(s.cli().args(["target", "list"]));
     assert!(ok, "{text}");
     // Another server's CA, and the public roots, do not vouch for it.
-    let (ok, text) = out(s.cli().args(["target", "list"]).env("RACKCAST_CA", &other.ca));
+    let (ok, text) = out(s
+        .cli()
+        .args(["target", "list"])
+        .env("RACKCAST_CA", &other.ca));
     assert!(!ok, "trusted with another CA: {text}");
     assert!(text.contains("not trusted"), "{text}");
     let (ok, text) = out(s.cli().args(["target", "list"]).env_remove("RACKCAST_CA"));
@@ -519,17 +542,15 @@ fn the_cli_and_the_agent_trust_the_servers_own_ca_and_refuse_another() {
     // with the right one it does.
     let m = "52:54:00:00:30:01";
     let disk = s.dir.path().join("t.disk");
-    let (ok, text) = out(
-        Command::new(rackcast_tests::rc_agent())
-            .args(["--server", &s.url, "--mac", m, "--give-up", "2", "--ca"])
-            .arg(&other.ca)
-            .arg("--token-file")
-            .arg(s.data().join("agent.token"))
-            .arg("--disk")
-            .arg(&disk)
-            .arg("--work-dir")
-            .arg(s.dir.path().join("w-wrong")),
-    );
+    let (ok, text) = out(Command::new(rackcast_tests::rc_agent())
+        .args(["--server", &s.url, "--mac", m, "--give-up", "2", "--ca"])
+        .arg(&other.ca)
+        .arg("--token-file")
+        .arg(s.data().join("agent.token"))
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--work-dir")
+        .arg(s.dir.path().join("w-wrong")));
     assert!(!ok, "the agent registered through another CA: {text}");
     assert!(text.contains("not trusted"), "{text}");
     let listed = s.call("GET", "/api/v1/targets", None).unwrap();

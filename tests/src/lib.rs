@@ -92,11 +92,17 @@ pub fn kernel_version(cache: &Path) -> String {
 /// `rackcast env build` from the kernel cache into `dir` (with virtio_rng);
 /// returns what it printed.
 pub fn env_build(cache: &Path, dir: &Path) -> String {
-    env_build_named(cache, dir, None)
+    env_build_named(cache, dir, None, None)
 }
 
-/// `env_build`, with `--name` when `name` is given (the default otherwise).
-pub fn env_build_named(cache: &Path, dir: &Path, name: Option<&str>) -> String {
+/// `env_build`, with `--name` when `name` is given (the default otherwise)
+/// and `--server-ca` when `server_ca` is.
+pub fn env_build_named(
+    cache: &Path,
+    dir: &Path,
+    name: Option<&str>,
+    server_ca: Option<&Path>,
+) -> String {
     let t = Instant::now();
     // --modules is found beside the kernel (the dpkg -x layout) and the
     // agent is the rackcast-agent beside this rackcast (the default).
@@ -107,6 +113,12 @@ pub fn env_build_named(cache: &Path, dir: &Path, name: Option<&str>) -> String {
         .arg(cache.join("busybox"))
         .args(["--extra-module", "virtio_rng"])
         .args(name.map(|n| ["--name", n]).into_iter().flatten())
+        .args(
+            server_ca
+                .map(|c| [Path::new("--server-ca"), c])
+                .into_iter()
+                .flatten(),
+        )
         .arg("-o")
         .arg(dir)
         .output()

@@ -116,7 +116,12 @@ impl Http {
         let tls = tls_trusting(ca)?;
         Ok(Http {
             base: base.trim_end_matches('/').to_string(),
-            agent: agent(timeouts.connect, timeouts.io, timeouts.io, Some(tls.clone())),
+            agent: agent(
+                timeouts.connect,
+                timeouts.io,
+                timeouts.io,
+                Some(tls.clone()),
+            ),
             timeouts,
             tls: Some(tls),
         })
@@ -162,7 +167,12 @@ impl Http {
         answer_timeout: Duration,
     ) -> Result<T, CallError> {
         let url = format!("{}{path}", self.base);
-        let upload = agent(self.timeouts.connect, answer_timeout, self.timeouts.io, self.tls.clone());
+        let upload = agent(
+            self.timeouts.connect,
+            answer_timeout,
+            self.timeouts.io,
+            self.tls.clone(),
+        );
         let req = self
             .request(&upload, "PUT", &url, token)
             .set("Content-Type", "application/octet-stream")
@@ -179,7 +189,12 @@ impl Http {
         idle: Duration,
     ) -> Result<(String, Box<dyn Read + Send>), CallError> {
         let url = format!("{}{path}", self.base);
-        let stream = agent(self.timeouts.connect, idle, self.timeouts.io, self.tls.clone());
+        let stream = agent(
+            self.timeouts.connect,
+            idle,
+            self.timeouts.io,
+            self.tls.clone(),
+        );
         let req = self
             .request(&stream, "GET", &url, token)
             .set("Accept", "text/event-stream");

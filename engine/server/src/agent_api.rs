@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::body::{ApiJson, JSON_LIMIT, REPORT_LIMIT};
-use super::boot_token::BootToken;
+use super::boot_token::{BootToken, Refusal};
 use super::store::AgentSession;
 use super::{auth, library, now_ms, ApiErr, Shared};
 use rackcast_engine::sched::api::{
@@ -109,7 +109,7 @@ async fn register(
             if old.hash == hash {
                 Ok(old.claimed)
             } else {
-                Err((
+                Err(Refused::noted(
                     StatusCode::UNAUTHORIZED,
                     "the session was renewed meanwhile".to_string(),
                 ))
@@ -121,12 +121,19 @@ async fn register(
                     t.check(mac, now, old.claimed, pending, sh.cfg.boot_token_ttl * 1000)?;
                     Ok(t.issued)
                 })
-                .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))
+                .map_err(|e| Refused {
+                    status: StatusCode::UNAUTHORIZED,
+                    // A token this server never issued says nothing about
+                    // the target: a debug line only, or strangers could
+                    // fill its event history.
+                    noted: e != Refusal::Forged,
+                    reason: e.to_string(),
+                })
         } else {
             let seen = inner.sched.target(mac).map_or(0, |t| t.last_seen);
             let live_ms = (2 * sh.cfg.poll_wait + 60) * 1000;
             if !old.hash.is_empty() && now.saturating_sub(seen) < live_ms {
-                Err((
+                Err(Refused::noted(
                     StatusCode::CONFLICT,
                     format!(
                         "{mac} has a live agent session (last heard {} s ago): the enrollment \
@@ -151,11 +158,20 @@ async fn register(
             Err(e) => Some(e),
         }
     };
-    if let Some((status, reason)) = refused {
-        tracing::warn!("registration of {mac} from {peer} refused: {reason}");
-        let peer = peer.to_string();
-        sh.mutate(|s, now| s.registration_refused(now, mac, &reason, &peer))
-            .await?;
+    if let Some(Refused {
+        status,
+        reason,
+        noted,
+    }) = refused
+    {
+        if noted && sh.note_refusal(mac, now_ms()).await {
+            tracing::warn!("registration of {mac} from {peer} refused: {reason}");
+            let peer = peer.to_string();
+            sh.mutate(|s, now| s.registration_refused(now, mac, &reason, &peer))
+                .await?;
+        } else {
+            tracing::debug!("registration of {mac} from {peer} refused: {reason}");
+        }
         return Err(ApiErr(status, format!("registration refused: {reason}")));
     }
     sh.mutate(|s, now| s.register(now, mac, &r.env, r.inventory, r.running))
@@ -164,6 +180,24 @@ async fn register(
         token,
         poll_wait: sh.cfg.poll_wait,
     }))
+}
+
+/// A registration turned away.
+struct Refused {
+    status: StatusCode,
+    reason: String,
+    /// Worth an `agent.refused` event (rate-limited per MAC).
+    noted: bool,
+}
+
+impl Refused {
+    fn noted(status: StatusCode, reason: String) -> Refused {
+        Refused {
+            status,
+            reason,
+            noted: true,
+        }
+    }
 }
 
 /// Holds the poll until there is something to do or the wait is over.

@@ -261,7 +261,15 @@ pub(crate) struct Inner {
     agent_tokens: std::collections::HashMap<rackcast_engine::sched::MacAddr, store::AgentSession>,
     /// Image library: name -> view.
     images: std::collections::BTreeMap<String, rackcast_engine::sched::api::ImageView>,
+    /// When each MAC's last refused registration was recorded as an event.
+    refusals_noted: std::collections::HashMap<rackcast_engine::sched::MacAddr, u64>,
 }
+
+/// At most one `agent.refused` event per MAC in this long, so a stranger
+/// replaying a stale token cannot flood the event history.
+const REFUSAL_EVENT_GAP_MS: u64 = 10_000;
+/// MACs remembered for that; beyond it refusals are logged only.
+const REFUSAL_MACS: usize = 4096;
 
 /// An error answer: a status and a message for people.
 #[derive(Debug)]
@@ -293,6 +301,29 @@ impl From<StoreError> for ApiErr {
 }
 
 impl Shared {
+    /// Whether a refused registration of `mac` at `now` is recorded as an
+    /// event (see [`REFUSAL_EVENT_GAP_MS`]).
+    pub(crate) async fn note_refusal(
+        &self,
+        mac: rackcast_engine::sched::MacAddr,
+        now: u64,
+    ) -> bool {
+        let mut inner = self.inner.lock().await;
+        let seen = &mut inner.refusals_noted;
+        let recent = |t: &u64| now.saturating_sub(*t) < REFUSAL_EVENT_GAP_MS;
+        if seen.len() >= REFUSAL_MACS {
+            seen.retain(|_, t| recent(t));
+        }
+        match seen.get(&mac) {
+            Some(t) if recent(t) => false,
+            _ if seen.len() >= REFUSAL_MACS => false,
+            _ => {
+                seen.insert(mac, now);
+                true
+            }
+        }
+    }
+
     /// Runs `f` on the scheduler at `now`, commits what it changed, wakes
     /// pollers, publishes events and starts what it asked for. The answer
     /// goes out only after the commit.
@@ -511,6 +542,7 @@ impl Server {
                 sched,
                 agent_tokens,
                 images: image_map,
+                refusals_noted: Default::default(),
             }),
             changed: Notify::new(),
             events,
@@ -592,7 +624,11 @@ impl Server {
                 apis.spawn(serve(op, operator_api, self.tls.clone()));
             }
             None => {
-                apis.spawn(serve(self.listener, agent_api.merge(operator_api), self.tls.clone()));
+                apis.spawn(serve(
+                    self.listener,
+                    agent_api.merge(operator_api),
+                    self.tls.clone(),
+                ));
             }
         }
         let first = async move {

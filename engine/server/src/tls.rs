@@ -98,20 +98,22 @@ fn load(
     Ok((chain, key))
 }
 
-/// Loads the data directory's CA (making it on first start) and issues a
-/// server certificate for `names`.
-fn issue(
-    data: &Path,
-    names: &[String],
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+/// Makes the data directory's CA unless it is there, and returns the path of
+/// its certificate: what `rackcast server --make-ca` runs, so environments
+/// can be built with `--server-ca` before the server first starts.
+pub fn make_ca(data: &Path) -> Result<PathBuf, TlsError> {
+    load_or_make_ca(data).map(|(_, path)| path)
+}
+
+fn load_or_make_ca(data: &Path) -> Result<(KeyPair, PathBuf), TlsError> {
+    // The data directory is private (0700) from its first file on, and the
+    // CA key stays 0600 even if copied in wider.
+    crate::datadir::prepare(data).map_err(file_err(data))?;
     let dir = data.join("tls");
-    let file_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TlsError::File { path, source }
-    };
     std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
     let (ca_pem, ca_key_path) = (ca_path(data), dir.join("ca.key"));
-    let ca_key = match std::fs::read_to_string(&ca_key_path) {
+    crate::datadir::restrict(&ca_key_path, 0o600).map_err(file_err(&ca_key_path))?;
+    let key = match std::fs::read_to_string(&ca_key_path) {
         Ok(text) if ca_pem.exists() => KeyPair::from_pem(&text)?,
         _ => {
             let key = KeyPair::generate()?;
@@ -122,6 +124,22 @@ fn issue(
             key
         }
     };
+    Ok((key, ca_pem))
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
+    let path = path.to_path_buf();
+    move |source| TlsError::File { path, source }
+}
+
+/// Loads the data directory's CA (making it on first start) and issues a
+/// server certificate for `names`.
+fn issue(
+    data: &Path,
+    names: &[String],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let dir = data.join("tls");
+    let (ca_key, ca_pem) = load_or_make_ca(data)?;
     // The same subject and key as the stored CA certificate: what a
     // certificate's issuer is checked against.
     let ca = ca_params()?.self_signed(&ca_key)?;
@@ -212,15 +230,28 @@ mod tests {
     #[test]
     fn names_cover_loopback_listen_and_public_url() {
         let n = names_for(
-            &["10.0.0.1:7300".parse().unwrap(), "0.0.0.0:7301".parse().unwrap()],
+            &[
+                "10.0.0.1:7300".parse().unwrap(),
+                "0.0.0.0:7301".parse().unwrap(),
+            ],
             Some("https://deploy.example:7300/x"),
             &["10.9.9.9".into()],
         );
-        for want in ["localhost", "127.0.0.1", "::1", "10.0.0.1", "deploy.example", "10.9.9.9"] {
+        for want in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "10.0.0.1",
+            "deploy.example",
+            "10.9.9.9",
+        ] {
             assert!(n.iter().any(|x| x == want), "{want} missing from {n:?}");
         }
         assert!(!n.iter().any(|x| x == "0.0.0.0"), "{n:?}");
-        assert_eq!(url_host("https://[fd00::1]:7300").as_deref(), Some("fd00::1"));
+        assert_eq!(
+            url_host("https://[fd00::1]:7300").as_deref(),
+            Some("fd00::1")
+        );
     }
 
     #[test]
@@ -234,24 +265,42 @@ mod tests {
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "ca.key mode {mode:o}");
         let (chain, _) = issue(dir.path(), &names).unwrap();
-        assert_eq!(std::fs::read(ca_path(dir.path())).unwrap(), first, "the CA changed");
+        assert_eq!(
+            std::fs::read(ca_path(dir.path())).unwrap(),
+            first,
+            "the CA changed"
+        );
         // The leaf verifies against the stored CA.
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_file(ca_path(dir.path())).unwrap())
             .unwrap();
-        let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
         use rustls::client::danger::ServerCertVerifier;
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         verifier
-            .verify_server_cert(&chain[0], &chain[1..], &name, &[], rustls::pki_types::UnixTime::now())
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
             .unwrap();
         let other = rustls::pki_types::ServerName::try_from("10.1.2.3").unwrap();
         assert!(verifier
-            .verify_server_cert(&chain[0], &chain[1..], &other, &[], rustls::pki_types::UnixTime::now())
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &other,
+                &[],
+                rustls::pki_types::UnixTime::now()
+            )
             .is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The wire types of the deployment server's two HTTP APIs: the operator API
 //! (`/api/v1/...`, REST/JSON + server-sent events, operator token) and the
-//! agent API (`/agent/v1/...`, JSON, enrollment token then a per-boot token).
+//! agent API (`/agent/v1/...`, JSON, a boot, session or enrollment token
+//! then a session token), both over HTTPS.
 //!
 //! Both ends (server, agent, CLI) share these types, so a field renamed here is
 //! renamed everywhere. Every request carries `Authorization: Bearer TOKEN`.
@@ -441,7 +442,7 @@ pub struct Environment {
     #[serde(default)]
     pub initrd: Option<String>,
     /// Kernel command line (`{server}` is replaced by the server URL, `{token}`
-    /// by the enrollment token, `{env}` by the name).
+    /// by a one-time boot token minted for the target, `{env}` by the name).
     #[serde(default)]
     pub cmdline: String,
     /// Or an EFI / iPXE file to chain instead of kernel + initrd.

@@ -182,6 +182,15 @@ impl Client {
             .map_err(|e| self.error(&format!("PUT {path}"), e))
     }
 
+    /// `GET path` answering text, as a stream (a job's whole log).
+    pub fn text(&self, path: &str) -> Result<Box<dyn Read + Send>, ClientError> {
+        let (_, body) = self
+            .http
+            .stream(path, &self.token, STREAM_IDLE_TIMEOUT)
+            .map_err(|e| self.error(&format!("GET {path}"), e))?;
+        Ok(body)
+    }
+
     /// `GET /api/v1/events?job=ID&since=SEQ`: the open stream's body.
     pub fn events(&self, job: JobId, since: u64) -> Result<Box<dyn Read + Send>, ClientError> {
         let path = format!("/api/v1/events?job={job}&since={since}");

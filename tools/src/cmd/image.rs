@@ -144,7 +144,9 @@ pub struct RestoreArgs {
     /// io_uring queue depth.
     #[arg(long, default_value_t = 32)]
     pub queue_depth: u32,
-    /// Write a block device even if it (or one of its partitions) is mounted.
+    /// Write a block device even if it (or one of its partitions) is
+    /// mounted or held open exclusively (skips both the mount check and
+    /// the exclusive O_EXCL open that catches busy devices).
     #[arg(long)]
     pub force: bool,
     /// Ignore and do not keep the resume bitmap of an interrupted restore.

@@ -62,6 +62,11 @@ pub enum JobCommand {
     /// and the tail of its log.
     #[command(after_help = "Example:\n  rackcast job show 12")]
     Show(ShowArgs),
+    /// Print a target's whole output in a job (`job show` has its tail):
+    /// what its scripts and tasks wrote, as the server stored it within
+    /// the target's log budget (`log_rate`, `log_burst`).
+    #[command(after_help = "Example:\n  rackcast job log 12 --mac aa:bb:cc:dd:ee:01 | less")]
+    Log(LogArgs),
     /// Run a job's failed targets again (from the task that failed).
     #[command(after_help = "Example:\n  rackcast job retry 12 && rackcast job watch 12")]
     Retry(IdArgs),
@@ -239,6 +244,18 @@ pub struct ShowArgs {
     pub client: ClientArgs,
 }
 
+/// Options of `rackcast job log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Job id.
+    pub id: JobId,
+    /// The target whose output to print.
+    #[arg(long, value_name = "MAC")]
+    pub mac: MacAddr,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// A job id and the server.
 #[derive(Debug, Args)]
 pub struct IdArgs {
@@ -286,6 +303,17 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
         }
         JobCommand::List(a) => list(&Client::new(&a.client)?, a.json),
         JobCommand::Show(a) => show(&Client::new(&a.client)?, a.id, a.json),
+        JobCommand::Log(a) => {
+            let client = Client::new(&a.client)?;
+            let mut body = client.text(&format!("/api/v1/jobs/{}/log?mac={}", a.id, a.mac))?;
+            let mut out = std::io::stdout().lock();
+            match std::io::copy(&mut body, &mut out) {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                // `| head` closing the pipe is not a failure.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(anyhow::Error::new(e).context(format!("reading job {}'s log", a.id))),
+            }
+        }
         JobCommand::Retry(a) => act(&Client::new(&a.client)?, a.id, "retry"),
         JobCommand::Cancel(a) => act(&Client::new(&a.client)?, a.id, "cancel"),
         JobCommand::Watch(a) => watch::watch(

@@ -50,6 +50,11 @@ pub struct ServerArgs {
     /// Environment of tasks that name none.
     #[arg(long)]
     default_env: Option<String>,
+    /// Make the data directory's CA (unless it is there), print the path
+    /// of its certificate and exit: for `rackcast env build --server-ca`
+    /// before the server's first start.
+    #[arg(long)]
+    make_ca: bool,
 }
 
 /// Runs `rackcast server`.
@@ -89,6 +94,18 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(e) = a.default_env {
         cfg.default_env = e;
+    }
+    if a.make_ca {
+        if cfg.tls_cert.is_some() {
+            anyhow::bail!(
+                "the config names tls_cert: give environments the CA that issued it, \
+                 not one of the server's own"
+            );
+        }
+        let ca = rackcast_server::tls::make_ca(&cfg.data)
+            .with_context(|| format!("making a CA in {}", cfg.data.display()))?;
+        println!("{}", ca.display());
+        return Ok(ExitCode::SUCCESS);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

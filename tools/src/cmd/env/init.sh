@@ -5,7 +5,7 @@
 # by DHCP and runs the rackcast agent with what the kernel command line says:
 #
 #   rackcast.server=URL       the deployment server
-#   rackcast.token=TOKEN      enrollment token
+#   rackcast.token=TOKEN      this target's one-time boot token (the server mints it)
 #   rackcast.env=NAME         this environment's name (default: the build's)
 #   rackcast.disk=PATH        the disk tasks work on (default: the only disk,
 #                             when there is one; else tasks must name theirs)
@@ -157,6 +157,11 @@ if [ -n "$token" ]; then
     (umask 077 && printf '%s\n' "$token" >/run/rackcast/token)
     set -- "$@" --token-file /run/rackcast/token
     shown="$shown --token-file /run/rackcast/token"
+fi
+# The server's CA, when `rackcast env build --server-ca` carried one.
+if [ -f /etc/rackcast/ca.pem ]; then
+    set -- "$@" --ca /etc/rackcast/ca.pem
+    shown="$shown --ca /etc/rackcast/ca.pem"
 fi
 [ -n "$mac" ] && set -- "$@" --mac "$mac" && shown="$shown --mac $mac"
 [ -n "$disk" ] && set -- "$@" --disk "$disk" && shown="$shown --disk $disk"

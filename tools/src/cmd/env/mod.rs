@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use rackcast_agent::cli::BAKED_CA;
 use rackcast_engine::sched::api::Environment;
 
 use self::cpio::Archive;
@@ -142,6 +143,13 @@ pub struct BuildArgs {
     /// cannot be told to boot another environment].
     #[arg(long, value_name = "PATH")]
     efibootmgr: Option<PathBuf>,
+    /// The CA the server's HTTPS certificate chains to (the server's
+    /// DATA/tls/ca.pem when it made its own), carried as
+    /// /etc/rackcast/ca.pem, which the agent trusts. Without it the agent
+    /// trusts only the public web PKI: enough for a server with a publicly
+    /// issued certificate, not for the CA `rackcast server` makes.
+    #[arg(long, value_name = "FILE")]
+    server_ca: Option<PathBuf>,
     /// Keep the agent's debug information (by default `strip --strip-debug`
     /// removes it when binutils is installed).
     #[arg(long)]
@@ -233,6 +241,15 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         modules::check_vermagic(&data, &tree.version).with_context(|| rel.clone())?;
         module_files.push((modules::plain_path(rel), data));
     }
+
+    // The server's CA: checked now, not when a target first fails to trust it.
+    let server_ca = match &a.server_ca {
+        Some(p) => {
+            rackcast_client::tls_trusting(p)?;
+            Some(std::fs::read(p).with_context(|| format!("--server-ca {}", p.display()))?)
+        }
+        None => None,
+    };
 
     // busybox.
     let busybox = pick_busybox(a.busybox.as_deref())?;
@@ -395,6 +412,9 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
     ar.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     ar.file("etc/group", 0o644, b"root:x:0:\ntty:x:5:\n")?;
     ar.file("etc/nsswitch.conf", 0o644, b"hosts: files dns\n")?;
+    if let Some(pem) = &server_ca {
+        ar.file(BAKED_CA.trim_start_matches('/'), 0o644, pem)?;
+    }
     for f in &files {
         let mut src = File::open(&f.source).with_context(|| f.source.display().to_string())?;
         ar.file_from(&f.at, f.perm, f.len, &mut src)
@@ -516,6 +536,18 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         None => println!(
             "  efibootmgr  {:>10}  not found (apt-get install efibootmgr): UEFI targets \
              cannot be sent to another environment",
+            "-"
+        ),
+    }
+    match (&a.server_ca, &server_ca) {
+        (Some(p), Some(pem)) => println!(
+            "  server CA   {:>10}  {} as {BAKED_CA}",
+            human_bytes(pem.len() as u64),
+            p.display()
+        ),
+        _ => println!(
+            "  server CA   {:>10}  none (--server-ca): the agent trusts only publicly issued \
+             server certificates",
             "-"
         ),
     }
