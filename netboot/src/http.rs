@@ -300,8 +300,9 @@ fn script_summary(script: &str) -> String {
             if !["kernel", "initrd", "chain", "imgfetch", "module"].contains(&cmd) {
                 return None;
             }
-            // Options such as --name come before the URL.
-            let url = words.find(|w| !w.starts_with("--"))?;
+            // What it fetches: the first word naming a path (options such
+            // as `--name initrd` come before it).
+            let url = words.find(|w| w.contains('/'))?;
             Some(format!("{cmd} {url}"))
         })
         .collect();

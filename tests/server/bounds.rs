@@ -41,9 +41,33 @@ fn assert_refused(r: Result<(u16, String), String>) {
 fn an_oversized_json_body_is_refused_413_with_a_json_error_and_the_server_keeps_serving() {
     let s = Server::start("100M");
     let big_name = json!({"mac": mac(1), "name": "n".repeat(1536 * 1024)}).to_string();
-    let (code, body) = send(&s, "POST", "/api/v1/targets", big_name.as_bytes()).unwrap();
-    assert_eq!(code, 413, "{}", &body[..body.len().min(300)]);
-    let err: serde_json::Value = serde_json::from_str(&body).expect("a JSON ApiError");
+    assert_refused(send(&s, "POST", "/api/v1/targets", big_name.as_bytes()));
+    // A client that waits for "100 Continue" (curl does, for large bodies)
+    // reads the 413 and its JSON before sending a byte of the body; one that
+    // does not may find the connection closed mid-send (above).
+    let file = s.dir.path().join("big.json");
+    std::fs::write(&file, &big_name).unwrap();
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "-m", "30", "--cacert"])
+        .arg(&s.ca)
+        .args(["-H", &format!("Authorization: Bearer {}", s.token)])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-H", "Expect: 100-continue", "--expect100-timeout", "10"])
+        .args(["-w", "\n%{http_code}", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{}/api/v1/targets", s.url))
+        .output()
+        .expect("curl (scripts/deps.sh test installs it)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    assert_eq!(
+        code,
+        "413",
+        "{}{}",
+        &out[..out.len().min(300)],
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err: serde_json::Value = serde_json::from_str(body).expect("a JSON ApiError");
     assert!(
         err["error"].as_str().unwrap().contains("too large"),
         "{err}"

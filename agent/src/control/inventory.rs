@@ -416,7 +416,8 @@ Revision\t: c03111
             server_host_port("http://[::1]:7000/x").unwrap(),
             ("::1".into(), 7000)
         );
-        assert!(server_host_port("https://x").is_err());
+        assert_eq!(server_host_port("https://x").unwrap(), ("x".into(), 443));
+        assert!(server_host_port("ftp://x").is_err());
         assert!(server_host_port("http://").is_err());
         assert!(server_host_port("http://x:port").is_err());
     }

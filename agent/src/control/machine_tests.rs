@@ -378,12 +378,12 @@ fn a_register_directive_from_the_server_registers_again() {
 }
 
 #[test]
-fn a_refused_enrollment_token_stops_the_agent() {
+fn a_refused_token_stops_the_agent() {
     let mut r = Rig::new(RebootMode::Exit);
     r.expect(Seen::Register(None));
     r.answer(Err(status(403)));
     match r.next() {
-        Some(Seen::Fail(e)) => assert!(e.contains("refused the enrollment token"), "{e}"),
+        Some(Seen::Fail(e)) => assert!(e.contains("refused this agent's token"), "{e}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(r.next(), None);

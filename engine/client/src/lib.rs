@@ -299,6 +299,13 @@ fn failure(url: &str, e: ureq::Error) -> CallError {
                      or RACKCAST_CA; a server that made its own keeps it in DATA/tls/ca.pem)",
                 );
             }
+            if detail.contains("Broken pipe") || detail.contains("reset by peer") {
+                detail.push_str(
+                    " (the server closed the connection while the request was sent, as it \
+                     does with a body over its limit: JSON 1 MiB, job specs 4 MiB, images \
+                     max_image_bytes)",
+                );
+            }
             CallError::Unreachable {
                 url: url.to_string(),
                 detail,

@@ -193,7 +193,11 @@ fn seabios_ipxe_rom_via_proxy_dhcp_fetches_our_script_which_names_our_server() {
         "no proxy offer with a script URL to iPXE: {ctx}"
     );
     assert!(
-        run.has(mac, Step::HttpScript, "rackcast script for"),
+        run.has(
+            mac,
+            Step::HttpScript,
+            "script: chain {http}/files/stage2.ipxe"
+        ),
         "iPXE never fetched its script: {ctx}"
     );
     // The second stage came from the same iPXE, at the address the primary
