@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 mod addr;
 
 pub use addr::AddrError;
+/// The power words, shared with the scheduler, the API and the CLI.
+pub use rackcast_types::{BootDevice, PowerOp, PowerState};
 
 /// Where a target's BMC is and which protocol it speaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,40 +82,6 @@ pub struct BmcConfig {
     pub timeout: Duration,
 }
 
-/// A power action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PowerOp {
-    /// Power on (nothing when on).
-    On,
-    /// Power off at once (not a graceful shutdown).
-    Off,
-    /// Off then on (a reset when the BMC has no power cycle).
-    Cycle,
-}
-
-/// What the BMC says the power is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PowerState {
-    /// On.
-    On,
-    /// Off.
-    Off,
-    /// The BMC cannot tell (Wake-on-LAN never can).
-    Unknown,
-}
-
-/// A one-time boot device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BootDevice {
-    /// Network boot (PXE / UEFI network).
-    Pxe,
-    /// The local disk.
-    Disk,
-}
-
 /// Why a BMC call failed. Never carries the password.
 #[derive(Debug, thiserror::Error)]
 pub enum BmcError {
@@ -174,7 +142,11 @@ impl fmt::Display for BmcAddr {
             }
         };
         match self {
-            BmcAddr::Redfish { host: h, port, system } => {
+            BmcAddr::Redfish {
+                host: h,
+                port,
+                system,
+            } => {
                 write!(f, "redfish://{}", host(h))?;
                 if let Some(p) = port {
                     write!(f, ":{p}")?;

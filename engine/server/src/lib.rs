@@ -9,6 +9,7 @@
 
 mod agent_api;
 mod auth;
+mod bmc;
 mod body;
 mod boot_token;
 mod cast;
@@ -16,6 +17,7 @@ mod datadir;
 mod library;
 mod operator;
 mod policy;
+mod power_api;
 pub mod store;
 pub mod tls;
 
@@ -152,6 +154,26 @@ pub struct ServerConfig {
     /// Task output a target may send at once (default 1 MiB).
     #[serde(default = "default_log_burst")]
     pub log_burst: u64,
+    /// Seconds between reads of each BMC's power state (default 30).
+    #[serde(default = "default_bmc_poll")]
+    pub bmc_poll: u64,
+    /// Seconds each BMC request may take (default 20).
+    #[serde(default = "default_bmc_timeout")]
+    pub bmc_timeout: u64,
+    /// Network boots through a target's BMC before a target that does not
+    /// register is failed and held (default 3).
+    #[serde(default = "default_power_tries")]
+    pub power_tries: u32,
+}
+
+fn default_bmc_poll() -> u64 {
+    30
+}
+fn default_bmc_timeout() -> u64 {
+    20
+}
+fn default_power_tries() -> u32 {
+    3
 }
 
 fn default_max_image_bytes() -> u64 {
@@ -223,6 +245,9 @@ impl ServerConfig {
             max_image_bytes: default_max_image_bytes(),
             log_rate: default_log_rate(),
             log_burst: default_log_burst(),
+            bmc_poll: default_bmc_poll(),
+            bmc_timeout: default_bmc_timeout(),
+            power_tries: default_power_tries(),
         }
     }
 }
@@ -248,6 +273,8 @@ pub struct Shared {
     enroll_token: String,
     /// Tags boot tokens (`DATA/boot.key`).
     boot_key: [u8; 32],
+    /// Seals BMC passwords (`DATA/bmc.key`).
+    vault: bmc::Vault,
     /// Uploads must be signed by one of these, when there are any.
     trusted: Vec<rackcast_engine::image::TrustedKey>,
     policy: Arc<SchedPolicy>,
@@ -394,6 +421,7 @@ impl Shared {
 
     async fn act(self: &Arc<Self>, a: Action) {
         match a {
+            Action::Power { mac, plan } => bmc::spawn_plan(self.clone(), mac, plan),
             Action::StartSender {
                 session,
                 receivers,
@@ -441,6 +469,8 @@ impl Server {
             .map_err(data_err(&cfg.data.join("agent.token")))?;
         let boot_key = auth::load_or_create_key(&cfg.data.join("boot.key"))
             .map_err(data_err(&cfg.data.join("boot.key")))?;
+        let vault = bmc::Vault::open(&cfg.data.join("bmc.key"))
+            .map_err(data_err(&cfg.data.join("bmc.key")))?;
         let stale = library::remove_stale_uploads(&cfg.data);
         if stale > 0 {
             tracing::info!("removed {stale} unfinished upload(s) a stopped server left");
@@ -467,6 +497,10 @@ impl Server {
             key_secret,
             log_rate: cfg.log_rate,
             log_burst: cfg.log_burst,
+            // An agent holds a poll open for poll_wait: two missed polls
+            // and a minute's grace mean it is gone.
+            agent_silence: (2 * cfg.poll_wait + 60) * 1000,
+            power_tries: cfg.power_tries,
             ..SchedConfig::default()
         };
         let mut sched = Scheduler::new(sched_cfg, state, now);
@@ -551,6 +585,7 @@ impl Server {
             admin_token,
             enroll_token,
             boot_key,
+            vault,
             trusted,
             policy: policy.clone(),
             url,
@@ -614,9 +649,12 @@ impl Server {
 
     /// Serves until a listener fails.
     pub async fn run(self) -> Result<(), ServerError> {
-        let operator_api = operator::routes().with_state(self.shared.clone());
+        let operator_api = operator::routes()
+            .merge(power_api::routes())
+            .with_state(self.shared.clone());
         let agent_api = agent_api::routes().with_state(self.shared.clone());
         let timers = tokio::spawn(timer_loop(self.shared.clone()));
+        let bmc_poll = tokio::spawn(bmc::poll_loop(self.shared.clone()));
         let mut apis = tokio::task::JoinSet::new();
         match self.operator {
             Some(op) => {
@@ -646,6 +684,7 @@ impl Server {
             None => first.await,
         };
         timers.abort();
+        bmc_poll.abort();
         r
     }
 }

@@ -55,7 +55,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         )
 }
 
-fn operator(sh: &Shared, h: &HeaderMap) -> Result<(), ApiErr> {
+pub(crate) fn operator(sh: &Shared, h: &HeaderMap) -> Result<(), ApiErr> {
     auth::require(h, &sh.admin_token, "operator")
 }
 

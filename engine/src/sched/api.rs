@@ -15,6 +15,10 @@
 //! | `GET  /api/v1/targets/{mac}`           | -> `TargetView`                         |
 //! | `POST /api/v1/targets/{mac}/release`   | -> `TargetView` (clears a failure hold) |
 //! | `POST /api/v1/targets/{mac}/reset`     | -> `TargetView` (drops its agent session) |
+//! | `PUT  /api/v1/targets/{mac}/bmc`       | `BmcRequest` -> `TargetView` (the password is never returned) |
+//! | `DELETE /api/v1/targets/{mac}/bmc`     | -> `TargetView`                         |
+//! | `POST /api/v1/targets/{mac}/power`     | `PowerRequest` -> `PowerAnswer` (through its BMC) |
+//! | `POST /api/v1/targets/{mac}/boot-once` | `BootOnceRequest` -> `PowerAnswer`      |
 //! | `GET  /api/v1/images`                  | -> `[ImageView]`                        |
 //! | `GET  /api/v1/images/{name}`           | -> `ImageView`                          |
 //! | `PUT  /api/v1/images/{name}`           | image file bytes -> `ImageView`         |
@@ -48,6 +52,7 @@
 //! the rest is dropped and a note in the log says how much.
 
 use rackcast_types::MacAddr;
+pub use rackcast_types::{BootDevice, PowerOp, PowerState};
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch: the scheduler's clock (an input).
@@ -374,6 +379,65 @@ pub struct TargetView {
     pub progress: Option<Progress>,
     /// Jobs queued or running for it, in order.
     pub jobs: Vec<JobId>,
+    /// Its BMC (never its password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<BmcSettings>,
+    /// Power as its BMC last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerState>,
+    /// The BMC's last error, until a call succeeds again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc_error: Option<String>,
+}
+
+/// A target's BMC, as the API shows it: never the password, which the
+/// server keeps encrypted apart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BmcSettings {
+    /// `redfish://HOST[:PORT][/redfish/v1/Systems/ID]`, `ipmi://HOST[:PORT]` or `wol`.
+    pub addr: String,
+    /// Login user (Redfish, IPMI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Accept a certificate no trusted CA issued (self-signed BMCs).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// `PUT /api/v1/targets/{mac}/bmc`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BmcRequest {
+    /// Where the BMC is and how to log in (the password apart).
+    #[serde(flatten)]
+    pub settings: BmcSettings,
+    /// Login password; stored encrypted, never returned. Omitted: the
+    /// stored one is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `POST /api/v1/targets/{mac}/power`: an action, or `None` for the state only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PowerRequest {
+    /// `on`, `off` or `cycle`; absent: report the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<PowerOp>,
+}
+
+/// `POST /api/v1/targets/{mac}/boot-once`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootOnceRequest {
+    /// `pxe` or `disk`.
+    pub device: BootDevice,
+}
+
+/// What a power or boot-once call did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PowerAnswer {
+    /// The target.
+    pub mac: MacAddr,
+    /// The power state after the call, as the BMC reports it.
+    pub power: PowerState,
 }
 
 /// How far a job got on one target.

@@ -119,6 +119,34 @@ pub enum EventKind {
     /// `agent.reset`: an operator dropped a target's agent session, so an
     /// agent may register for it again.
     AgentReset {},
+    /// `target.bmc`: a BMC was set for a target (`addr`), or removed (`None`).
+    BmcSet {
+        /// The BMC's address, never its password.
+        addr: Option<String>,
+    },
+    /// `target.power-action`: rackcast asked a target's BMC for something
+    /// (`netboot`: a one-time network boot and power on or cycle; `disk`: a
+    /// one-time disk boot; `on`, `off`, `cycle`, `boot-once pxe|disk`).
+    PowerAction {
+        /// What was asked.
+        action: String,
+        /// Why (a job's need, a missed deadline, an operator).
+        why: String,
+        /// The BMC's error, when it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// `target.power`: the power state the BMC reports changed.
+    PowerChanged {
+        /// Before (absent: never read).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        was: Option<super::api::PowerState>,
+        /// Now.
+        power: super::api::PowerState,
+        /// rackcast asked for a power action shortly before; `false` means
+        /// the change happened behind the server's back.
+        expected: bool,
+    },
     /// `target.wrong-env`: a target came up in another environment than
     /// its next task needs.
     WrongEnv {
@@ -271,6 +299,9 @@ impl EventKind {
             EventKind::AgentRegistered { .. } => "agent.registered",
             EventKind::RegistrationRefused { .. } => "agent.refused",
             EventKind::AgentReset {} => "agent.reset",
+            EventKind::BmcSet { .. } => "target.bmc",
+            EventKind::PowerAction { .. } => "target.power-action",
+            EventKind::PowerChanged { .. } => "target.power",
             EventKind::WrongEnv { .. } => "target.wrong-env",
             EventKind::TargetState { .. } => "target.state",
             EventKind::TargetAdded { .. } => "target.added",

@@ -21,7 +21,9 @@ pub mod scheduler;
 
 pub use event::{Actor, Event, EventKind, Subject};
 pub use model::{CastSession, Job, LogLine, Run, RunStatus, SessionPhase, State, Target};
-pub use scheduler::{receiver_id, valid_name, Action, BootChoice, Change, SchedConfig, Scheduler};
+pub use scheduler::{
+    receiver_id, valid_name, Action, BootChoice, Change, PowerPlan, SchedConfig, Scheduler,
+};
 
 /// Errors of the scheduler: what an operator or agent asked for is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

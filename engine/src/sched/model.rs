@@ -7,8 +7,8 @@ use rackcast_types::MacAddr;
 use serde::{Deserialize, Serialize};
 
 use super::api::{
-    CastPolicy, Environment, Inventory, JobId, JobSpec, JobView, Millis, Progress, SessionId,
-    TargetRun, TargetState, TargetView,
+    BmcSettings, CastPolicy, Environment, Inventory, JobId, JobSpec, JobView, Millis, PowerState,
+    Progress, SessionId, TargetRun, TargetState, TargetView,
 };
 
 /// A machine rackcast knows, keyed by MAC.
@@ -34,6 +34,23 @@ pub struct Target {
     /// Progress of the running task (not persisted across restarts).
     #[serde(skip)]
     pub progress: Option<Progress>,
+    /// Its BMC, when it has one (the server keeps the password apart).
+    #[serde(default)]
+    pub bmc: Option<BmcSettings>,
+    /// Power as its BMC last reported it.
+    #[serde(default)]
+    pub power: Option<PowerState>,
+    /// The BMC's last error, until a call succeeds again.
+    #[serde(default)]
+    pub bmc_error: Option<String>,
+    /// Network boots the scheduler asked of the BMC for the current wait
+    /// (reset when the agent registers).
+    #[serde(default)]
+    pub power_tries: u32,
+    /// Unix ms rackcast last asked the BMC for a power action: a change
+    /// seen soon after is expected, a later one happened behind its back.
+    #[serde(default)]
+    pub power_asked: Millis,
 }
 
 impl Target {
@@ -49,6 +66,11 @@ impl Target {
             registered: false,
             queue: Vec::new(),
             progress: None,
+            bmc: None,
+            power: None,
+            bmc_error: None,
+            power_tries: 0,
+            power_asked: 0,
         }
     }
 
@@ -63,6 +85,9 @@ impl Target {
             last_seen: self.last_seen,
             progress: self.progress.clone(),
             jobs: self.queue.clone(),
+            bmc: self.bmc.clone(),
+            power: self.power,
+            bmc_error: self.bmc_error.clone(),
         }
     }
 }

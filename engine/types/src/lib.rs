@@ -1,17 +1,20 @@
 //! The vocabulary every rackcast crate shares, defined once: a target's
-//! [`MacAddr`], parsed and normalised at the edge, and the network
+//! [`MacAddr`], parsed and normalised at the edge, the network
 //! [`Interface`] lookup (address and MTU) that netboot, the cast sockets and
-//! the server all need.
+//! the server all need, and the words of power control ([`PowerOp`],
+//! [`PowerState`], [`BootDevice`]).
 
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "iface")]
 mod iface;
 mod mac;
+mod power;
 
 #[cfg(feature = "iface")]
 pub use iface::{Interface, InterfaceError};
 pub use mac::{MacAddr, MacParseError};
+pub use power::{BootDevice, PowerOp, PowerState, WordError};
 
 /// An error and its causes on one line, `what failed: why: root cause`, for
 /// messages that leave the process (task reports, events, logs). Errors

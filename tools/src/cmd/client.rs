@@ -165,6 +165,20 @@ impl Client {
         self.call("POST", path, Body::Json(body))
     }
 
+    /// `PUT path` with a JSON body -> `T`.
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call("PUT", path, Body::Json(body))
+    }
+
+    /// `DELETE path` -> `T`.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call("DELETE", path, Body::<()>::Empty)
+    }
+
     /// `POST path` without a body -> `T`.
     pub fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call("POST", path, Body::<()>::Empty)

@@ -1,12 +1,16 @@
 //! `rackcast target`: the machines the server knows, their state and
 //! inventory; `release` lets a failed one go; `reset` drops its agent
-//! session.
+//! session; `set-bmc`, `power` and `boot-once` work through its BMC.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use rackcast_engine::sched::api::{JobId, Millis, TargetState, TargetView};
+use rackcast_engine::sched::api::{
+    BmcRequest, BmcSettings, BootDevice, BootOnceRequest, JobId, Millis, PowerAnswer, PowerOp,
+    PowerRequest, TargetState, TargetView,
+};
 
 use super::client::show::{format_age, format_duration, now_ms, progress_cell, Table};
 use super::client::{path_segment, Client, ClientArgs};
@@ -24,9 +28,42 @@ pub enum TargetCommand {
     /// and the inventory its agent reported.
     #[command(after_help = "Example:\n  rackcast target show aa:bb:cc:dd:ee:01")]
     Show(ShowArgs),
-    /// Enroll a target before its first boot, so jobs can name it.
-    #[command(after_help = "Example:\n  rackcast target add aa:bb:cc:dd:ee:01 --name rack12-u07")]
+    /// Enroll a target before its first boot, so jobs can name it; with
+    /// --bmc, rackcast powers it on into the network boot when a job needs it.
+    #[command(
+        after_help = "Example:\n  rackcast target add aa:bb:cc:dd:ee:01 --name rack12-u07\n  \
+        rackcast target add aa:bb:cc:dd:ee:01 --bmc redfish://10.0.1.7 --bmc-user admin \\\n    \
+        --bmc-password-file /etc/rackcast/bmc/rack12-u07\n  \
+        rackcast target add aa:bb:cc:dd:ee:02 --bmc ipmi://10.0.1.8 --bmc-user ADMIN --bmc-password-file -\n  \
+        rackcast target add aa:bb:cc:dd:ee:03 --bmc wol"
+    )]
     Add(AddArgs),
+    /// Set (or with `--bmc none` remove) an enrolled target's BMC.
+    ///
+    /// The password is sent once, stored encrypted on the server, and never
+    /// shown again by the API, events, logs or `target show`. Omit
+    /// --bmc-password-file to keep the stored one.
+    #[command(
+        name = "set-bmc",
+        after_help = "Example:\n  rackcast target set-bmc aa:bb:cc:dd:ee:01 --bmc redfish://10.0.1.7/redfish/v1/Systems/1 \\\n    \
+        --bmc-user admin --bmc-password-file pw.txt --bmc-insecure\n  \
+        rackcast target set-bmc aa:bb:cc:dd:ee:01 --bmc none"
+    )]
+    SetBmc(SetBmcArgs),
+    /// Power a target on, off or cycle it through its BMC, or print its
+    /// power state (`status`).
+    #[command(
+        after_help = "Example:\n  rackcast target power aa:bb:cc:dd:ee:01 status\n  \
+        rackcast target power aa:bb:cc:dd:ee:01 cycle"
+    )]
+    Power(PowerArgs),
+    /// Set a target's next boot (only the next) to the network or its
+    /// disk, through its BMC.
+    #[command(
+        name = "boot-once",
+        after_help = "Example:\n  rackcast target boot-once aa:bb:cc:dd:ee:01 pxe && rackcast target power aa:bb:cc:dd:ee:01 cycle"
+    )]
+    BootOnce(BootOnceArgs),
     /// Release a failed target: clear its failure hold without retrying.
     #[command(after_help = "Example:\n  rackcast target release aa:bb:cc:dd:ee:01")]
     Release(MacArgs),
@@ -67,6 +104,115 @@ pub struct AddArgs {
     /// A name for people (default: the host name its agent reports).
     #[arg(long, default_value = "")]
     pub name: String,
+    #[command(flatten)]
+    pub bmc: BmcArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A target's BMC on the command line.
+#[derive(Debug, Args)]
+pub struct BmcArgs {
+    /// Its BMC: redfish://HOST[:PORT][/redfish/v1/Systems/ID],
+    /// ipmi://HOST[:PORT] or wol (Wake-on-LAN: power-on only).
+    #[arg(long, value_name = "URL")]
+    pub bmc: Option<String>,
+    /// The BMC login user (Redfish, IPMI).
+    #[arg(long, value_name = "USER")]
+    pub bmc_user: Option<String>,
+    /// A file holding the BMC password (`-`: standard input), so it shows in
+    /// no process list or shell history.
+    #[arg(long, value_name = "FILE")]
+    pub bmc_password_file: Option<std::path::PathBuf>,
+    /// Accept the BMC's certificate though no trusted CA issued it (the
+    /// self-signed certificates most BMCs ship with).
+    #[arg(long)]
+    pub bmc_insecure: bool,
+}
+
+impl BmcArgs {
+    /// The request for `--bmc URL`, reading the password file.
+    fn request(&self, addr: &str) -> anyhow::Result<BmcRequest> {
+        let password = match &self.bmc_password_file {
+            None => None,
+            Some(p) if p.as_os_str() == "-" => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_line(&mut s)
+                    .context("reading the BMC password from standard input")?;
+                Some(s)
+            }
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("--bmc-password-file {}", p.display()))?,
+            ),
+        };
+        // A file's trailing newline is not part of the password.
+        let password = password.map(|p| p.trim_end_matches(['\r', '\n']).to_string());
+        Ok(BmcRequest {
+            settings: BmcSettings {
+                addr: addr.to_string(),
+                user: self.bmc_user.clone(),
+                insecure: self.bmc_insecure,
+            },
+            password,
+        })
+    }
+}
+
+/// Options of `rackcast target set-bmc`.
+#[derive(Debug, Args)]
+pub struct SetBmcArgs {
+    /// The target's MAC (aa:bb:cc:dd:ee:ff).
+    pub mac: MacAddr,
+    #[command(flatten)]
+    pub bmc: BmcArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// What `rackcast target power` does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PowerWord {
+    /// Power on.
+    On,
+    /// Power off at once.
+    Off,
+    /// Off, then on.
+    Cycle,
+    /// Print the power state.
+    Status,
+}
+
+/// Options of `rackcast target power`.
+#[derive(Debug, Args)]
+pub struct PowerArgs {
+    /// The target's MAC (aa:bb:cc:dd:ee:ff).
+    pub mac: MacAddr,
+    /// on, off, cycle or status.
+    #[arg(value_enum)]
+    pub action: PowerWord,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Where `rackcast target boot-once` boots.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BootWord {
+    /// The network (PXE).
+    Pxe,
+    /// The local disk.
+    Disk,
+}
+
+/// Options of `rackcast target boot-once`.
+#[derive(Debug, Args)]
+pub struct BootOnceArgs {
+    /// The target's MAC (aa:bb:cc:dd:ee:ff).
+    pub mac: MacAddr,
+    /// pxe or disk.
+    #[arg(value_enum)]
+    pub device: BootWord,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -124,8 +270,53 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
                 mac: a.mac,
                 name: &a.name,
             };
-            let t: TargetView = client.post("/api/v1/targets", &body)?;
-            println!("{}: {}", t.mac, state_cell(&t.state, now_ms()));
+            let req = a.bmc.bmc.as_deref().map(|b| a.bmc.request(b)).transpose()?;
+            let mut t: TargetView = client.post("/api/v1/targets", &body)?;
+            if let Some(req) = req {
+                let path = format!("/api/v1/targets/{}/bmc", path_segment(&a.mac.to_string()));
+                t = client.put(&path, &req)?;
+            }
+            println!(
+                "{}: {}{}",
+                t.mac,
+                state_cell(&t.state, now_ms()),
+                bmc_note(&t)
+            );
+        }
+        TargetCommand::SetBmc(a) => {
+            let client = Client::new(&a.client)?;
+            let path = format!("/api/v1/targets/{}/bmc", path_segment(&a.mac.to_string()));
+            let t: TargetView = match a.bmc.bmc.as_deref() {
+                None => anyhow::bail!("give --bmc URL (or --bmc none to remove the BMC)"),
+                Some("none") => client.delete(&path)?,
+                Some(b) => client.put(&path, &a.bmc.request(b)?)?,
+            };
+            println!("{}: {}", t.mac, bmc_note(&t).trim_start_matches(", "));
+        }
+        TargetCommand::Power(a) => {
+            let client = Client::new(&a.client)?;
+            let path = format!("/api/v1/targets/{}/power", path_segment(&a.mac.to_string()));
+            let op = match a.action {
+                PowerWord::On => Some(PowerOp::On),
+                PowerWord::Off => Some(PowerOp::Off),
+                PowerWord::Cycle => Some(PowerOp::Cycle),
+                PowerWord::Status => None,
+            };
+            let p: PowerAnswer = client.post(&path, &PowerRequest { op })?;
+            println!("{}: power {}", p.mac, p.power);
+        }
+        TargetCommand::BootOnce(a) => {
+            let client = Client::new(&a.client)?;
+            let path = format!(
+                "/api/v1/targets/{}/boot-once",
+                path_segment(&a.mac.to_string())
+            );
+            let device = match a.device {
+                BootWord::Pxe => BootDevice::Pxe,
+                BootWord::Disk => BootDevice::Disk,
+            };
+            let p: PowerAnswer = client.post(&path, &BootOnceRequest { device })?;
+            println!("{}: next boot {device} (power {})", p.mac, p.power);
         }
         TargetCommand::Release(a) => {
             let client = Client::new(&a.client)?;
@@ -148,7 +339,15 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
 
 /// The `target list` table.
 pub fn targets_table(targets: &[TargetView], now: Millis) -> Table {
-    let mut t = Table::new(&["MAC", "NAME", "STATE", "ENV", "LAST SEEN", "PROGRESS"]);
+    let mut t = Table::new(&[
+        "MAC",
+        "NAME",
+        "STATE",
+        "ENV",
+        "POWER",
+        "LAST SEEN",
+        "PROGRESS",
+    ]);
     for v in targets {
         t.row(vec![
             v.mac.to_string(),
@@ -159,11 +358,42 @@ pub fn targets_table(targets: &[TargetView], now: Millis) -> Table {
             },
             state_cell(&v.state, now),
             v.environment.clone(),
+            power_cell(v),
             format_age(now, v.last_seen),
             v.progress.as_ref().map_or("-".into(), progress_cell),
         ]);
     }
     t
+}
+
+/// `on`, `off`, `?` (a BMC that could not be read), `-` (no BMC).
+fn power_cell(v: &TargetView) -> String {
+    match (&v.bmc, v.power, &v.bmc_error) {
+        (None, ..) => "-".into(),
+        (Some(_), _, Some(_)) => "bmc error".into(),
+        (Some(_), Some(p), None) => p.to_string(),
+        (Some(_), None, None) => "?".into(),
+    }
+}
+
+/// `, BMC redfish://10.0.1.7 (user admin)`, or nothing.
+fn bmc_note(t: &TargetView) -> String {
+    match &t.bmc {
+        None => ", no BMC".into(),
+        Some(b) => bmc_text(b),
+    }
+}
+
+fn bmc_text(b: &BmcSettings) -> String {
+    let mut s = format!(", BMC {}", b.addr);
+    if let Some(u) = &b.user {
+        let _ = write!(s, " (user {u}");
+        if b.insecure {
+            s.push_str(", any certificate");
+        }
+        s.push(')');
+    }
+    s
 }
 
 /// `running job 3 task 1 (attempt 2)`, `rebooting to linux-x64 (due in 4m00s)`.
@@ -219,6 +449,17 @@ pub fn render_target(t: &TargetView, now: Millis) -> String {
         _ => {}
     }
     field("env", t.environment.clone());
+    if let Some(b) = &t.bmc {
+        field("bmc", bmc_text(b).trim_start_matches(", BMC ").to_string());
+        field(
+            "power",
+            t.power
+                .map_or_else(|| "not read yet".into(), |p| p.to_string()),
+        );
+        if let Some(e) = &t.bmc_error {
+            field("bmc error", e.clone());
+        }
+    }
     field("last seen", format_age(now, t.last_seen));
     if let Some(p) = &t.progress {
         field("progress", progress_cell(p));
@@ -301,6 +542,9 @@ mod tests {
                 message: String::new(),
             }),
             jobs: vec![JobId(3)],
+            bmc: None,
+            power: None,
+            bmc_error: None,
         }
     }
 
@@ -312,11 +556,21 @@ mod tests {
             attempt: 2,
             deadline: 200_000,
         };
-        let t = targets_table(&[target(running)], 100_000).render();
+        let mut with_bmc = target(running.clone());
+        with_bmc.mac = "aa:bb:cc:dd:ee:02".parse().unwrap();
+        with_bmc.bmc = Some(BmcSettings {
+            addr: "ipmi://10.0.1.8".into(),
+            user: Some("ADMIN".into()),
+            insecure: false,
+        });
+        with_bmc.power = Some(rackcast_engine::sched::api::PowerState::On);
+        let t = targets_table(&[target(running), with_bmc], 100_000).render();
         assert_eq!(
             t,
-            "MAC                NAME   STATE                             ENV        LAST SEEN  PROGRESS\n\
-             aa:bb:cc:dd:ee:01  node1  running job 3 task 1 (attempt 2)  linux-x64  12s ago    \
+            "MAC                NAME   STATE                             ENV        POWER  LAST SEEN  PROGRESS\n\
+             aa:bb:cc:dd:ee:01  node1  running job 3 task 1 (attempt 2)  linux-x64  -      12s ago    \
+             50% 1.00 GiB/2.00 GiB 200.0 MB/s\n\
+             aa:bb:cc:dd:ee:02  node1  running job 3 task 1 (attempt 2)  linux-x64  on     12s ago    \
              50% 1.00 GiB/2.00 GiB 200.0 MB/s\n"
         );
     }

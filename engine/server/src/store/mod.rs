@@ -425,6 +425,35 @@ impl Store {
 
     /// Records `mac`'s agent session: the BLAKE3 of its token (never the
     /// token) and the issue time of the boot token it claimed with.
+    /// Stores (`Some`) or removes `mac`'s encrypted BMC password.
+    pub async fn set_bmc_secret(
+        &self,
+        mac: MacAddr,
+        secret: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let q = match secret {
+            Some(b) => sqlx::query(
+                "INSERT INTO bmc_secrets (mac, secret) VALUES ($1, $2) \
+                 ON CONFLICT (mac) DO UPDATE SET secret = excluded.secret",
+            )
+            .bind(mac.to_string())
+            .bind(b.to_vec()),
+            None => sqlx::query("DELETE FROM bmc_secrets WHERE mac = $1").bind(mac.to_string()),
+        };
+        q.execute(&self.pool).await.map_err(self.db())?;
+        Ok(())
+    }
+
+    /// `mac`'s encrypted BMC password, if one is stored.
+    pub async fn bmc_secret(&self, mac: MacAddr) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT secret FROM bmc_secrets WHERE mac = $1")
+            .bind(mac.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(row.map(|r| r.get::<Vec<u8>, _>(0)))
+    }
+
     pub async fn set_agent_token(
         &self,
         mac: MacAddr,

@@ -18,6 +18,7 @@ use rackcast_types::MacAddr;
 mod agents;
 mod logs;
 mod operator;
+mod power;
 mod sessions;
 
 pub use logs::LOG_MIN_COST;
@@ -47,6 +48,16 @@ pub struct SchedConfig {
     pub log_rate: u64,
     /// Task output a target may send at once before `log_rate` holds it back.
     pub log_burst: u64,
+    /// An agent not heard from in this long is presumed gone (ms): a target
+    /// with a BMC and work is then booted through its BMC.
+    pub agent_silence: Millis,
+    /// Network boots through the BMC per wait before the target is failed.
+    pub power_tries: u32,
+    /// Wait after a failed BMC call before the next (ms), doubled each try.
+    pub power_backoff: Millis,
+    /// A power change seen within this long of rackcast's own power action
+    /// is expected (ms).
+    pub power_expect: Millis,
 }
 
 impl Default for SchedConfig {
@@ -63,6 +74,10 @@ impl Default for SchedConfig {
             key_secret: [7; 32],
             log_rate: 16 * 1024,
             log_burst: 1 << 20,
+            agent_silence: 120_000,
+            power_tries: 3,
+            power_backoff: 10_000,
+            power_expect: 120_000,
         }
     }
 }
@@ -79,6 +94,32 @@ pub enum Action {
         /// Rate ceiling, bytes/s (None: the server's).
         rate: Option<u64>,
     },
+    /// Ask `mac`'s BMC for `plan`, then report with [`Scheduler::power_done`].
+    Power {
+        /// The target.
+        mac: MacAddr,
+        /// What to ask.
+        plan: PowerPlan,
+    },
+}
+
+/// What the scheduler asks of a target's BMC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerPlan {
+    /// A one-time network boot, then power on (or a cycle when on).
+    Netboot,
+    /// A one-time boot from the local disk (the agent reboots it).
+    Disk,
+}
+
+impl PowerPlan {
+    /// The word events use.
+    pub fn word(self) -> &'static str {
+        match self {
+            PowerPlan::Netboot => "netboot",
+            PowerPlan::Disk => "disk",
+        }
+    }
 }
 
 /// A row to persist (the current value) or an event to append.
@@ -298,7 +339,23 @@ impl Scheduler {
             })
             .collect();
         for (mac, why) in expired {
+            if self.power_retry(now, mac) {
+                continue;
+            }
+            let why = match self.power_gave_up(mac) {
+                Some(more) => format!("{why}, {more}"),
+                None => why,
+            };
             self.fail_attempt(now, mac, &why);
+        }
+        let with_bmc: Vec<MacAddr> = self
+            .targets
+            .values()
+            .filter(|t| t.bmc.is_some())
+            .map(|t| t.mac)
+            .collect();
+        for mac in with_bmc {
+            self.wake(now, mac);
         }
         self.plan(now);
     }
@@ -409,6 +466,9 @@ impl Scheduler {
             // that never had any just waits for some.
             if t.queue.is_empty() && !self.jobs.values().any(|j| j.run(mac).is_some()) {
                 return Directive::Wait;
+            }
+            if self.targets.get(&mac).map(|t| &t.state) != Some(&TargetState::Local) {
+                self.boot_disk(now, mac);
             }
             self.set_state(now, mac, TargetState::Local, Actor::Scheduler);
             return Directive::BootLocal;

@@ -198,6 +198,10 @@ impl Scheduler {
                 self.dirty_targets.insert(*m);
             }
         }
+        // Targets with a BMC and no agent to take the work: boot them.
+        for m in &macs {
+            self.wake(now, *m);
+        }
         Ok(id)
     }
 
@@ -267,6 +271,7 @@ impl Scheduler {
                     self.set_state(now, mac, st, Actor::Operator);
                 }
             }
+            self.wake(now, mac);
         }
         Ok(again.len())
     }
@@ -284,6 +289,7 @@ impl Scheduler {
             self.set_state(now, mac, st, Actor::Operator);
         }
         self.dirty_targets.insert(mac);
+        self.wake(now, mac);
         Ok(())
     }
 }
