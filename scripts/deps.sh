@@ -8,7 +8,8 @@ want=(zstd b3sum)
 if [[ "${1:-test}" == test ]]; then
     want+=(qemu-system-x86 ovmf ipxe-qemu busybox atftp tftp-hpa curl dnsmasq
            iproute2 iptables udpcast uftp fio util-linux cpio efibootmgr
-           ipxe grub-efi-amd64-bin grub-common mtools)
+           ipxe grub-efi-amd64-bin grub-common mtools
+           ipmitool openipmi python3-venv python3-libvirt python3-bcrypt)
 fi
 
 missing=()
@@ -33,6 +34,22 @@ if [[ "${1:-test}" == test ]]; then
         sudo mkdir -p "$kcache" && sudo chown "$(id -u):$(id -g)" "$kcache"
     fi
     "$(dirname "$0")/fetch-kernel.sh" "$kcache"
+fi
+
+# The BMC tests (engine/bmc/tests) run the Redfish emulator sushy-tools on
+# libvirt's built-in test:///default driver (python3-libvirt, in libvirt0;
+# no daemon). Debian's /usr/bin/python3, not a pyenv shim on PATH: only it
+# sees python3-libvirt through --system-site-packages.
+if [[ "${1:-test}" == test ]]; then
+    venv=${RACKCAST_VENV:-/var/cache/rackcast/venv}
+    if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("sushy-tools") != "2.2.0")' 2>/dev/null; then
+        echo "installing sushy-tools 2.2.0 into $venv (once)"
+        if [[ $(id -u) -ne 0 ]] && ! { mkdir -p "$venv" 2>/dev/null && [[ -w $venv ]]; }; then
+            sudo mkdir -p "$venv" && sudo chown "$(id -u):$(id -g)" "$venv"
+        fi
+        /usr/bin/python3 -m venv --system-site-packages "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check sushy-tools==2.2.0
+    fi
 fi
 
 if [[ "${1:-test}" == test ]] && ! cargo fuzz --version >/dev/null 2>&1; then

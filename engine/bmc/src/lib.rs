@@ -7,6 +7,10 @@
 //! Addresses are URLs, as `rackcast target add --bmc` takes them:
 //! `redfish://HOST[:PORT][/redfish/v1/Systems/ID]`, `ipmi://HOST[:PORT]`
 //! and `wol`.
+//!
+//! [`connect`] picks the driver (`redfish.rs`, `ipmi.rs`, `wol.rs`);
+//! [`boot_into`] sets the one-time boot device and starts the machine into
+//! it. Errors never carry the password, and no `Debug` shows it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,10 +19,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod addr;
+mod ipmi;
+mod redfish;
+mod wol;
 
 pub use addr::AddrError;
 /// The power words, shared with the scheduler, the API and the CLI.
 pub use rackcast_types::{BootDevice, PowerOp, PowerState};
+pub use wol::magic_packet;
 
 /// Where a target's BMC is and which protocol it speaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +113,10 @@ pub enum BmcError {
     /// An answer the driver did not understand.
     #[error("unexpected answer from the BMC: {0}")]
     Protocol(String),
+    /// The BMC's TLS certificate is not trusted (a self-signed one, without
+    /// `insecure`); retrying cannot help.
+    #[error("the BMC's certificate is not trusted: {0}")]
+    Certificate(String),
 }
 
 impl BmcError {
@@ -124,12 +136,39 @@ pub trait Bmc: Send + Sync + fmt::Debug {
     fn boot_once(&self, dev: BootDevice) -> Result<(), BmcError>;
 }
 
-/// The driver for `cfg.addr`.
+/// The driver for `cfg.addr`. Does no I/O: a BMC that is down shows at
+/// the first call, not here. Redfish finds its system at the first call
+/// (then remembers it); IPMI needs `cfg.credentials`.
 pub fn connect(cfg: &BmcConfig) -> Result<Box<dyn Bmc>, BmcError> {
-    Err(BmcError::Unsupported(format!(
-        "no driver for {} yet",
-        cfg.addr
-    )))
+    Ok(match &cfg.addr {
+        BmcAddr::Redfish { .. } => Box::new(redfish::Redfish::new(cfg)?),
+        BmcAddr::Ipmi { .. } => Box::new(ipmi::Ipmi::new(cfg)?),
+        BmcAddr::Wol => Box::new(wol::Wol::new(cfg)),
+    })
+}
+
+/// Boots the target from `dev`, once: sets the one-time boot device, then
+/// powers on a machine that is off and power-cycles one that is on (a
+/// running machine reads its boot device only when it restarts). The boot
+/// device goes first and right before the power action because IPMI BMCs
+/// drop it 60 s after it was set. A driver that cannot set a boot device
+/// (Wake-on-LAN) fails here: call `power(PowerOp::On)` for it instead.
+pub fn boot_into(bmc: &dyn Bmc, dev: BootDevice) -> Result<(), BmcError> {
+    bmc.boot_once(dev)?;
+    match bmc.state()? {
+        PowerState::On => bmc.power(PowerOp::Cycle),
+        PowerState::Off | PowerState::Unknown => bmc.power(PowerOp::On),
+    }
+}
+
+/// `text` without `secret`. BMCs have no reason to echo a password, but
+/// what they say ends up in errors and logs: make sure.
+pub(crate) fn hide(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(secret, "(hidden)")
+    }
 }
 
 impl fmt::Display for BmcAddr {

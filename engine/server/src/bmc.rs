@@ -191,15 +191,11 @@ fn run(cfg: &BmcConfig, call: Call) -> Result<PowerState, BmcError> {
             bmc.state()
         }
         Call::Plan(PowerPlan::Netboot) => {
-            let before = bmc.state()?;
-            // Right before the power action: IPMI boot flags lapse after 60 s.
-            boot_once(BootDevice::Pxe)?;
-            let op = if before == PowerState::On {
-                PowerOp::Cycle
-            } else {
-                PowerOp::On
-            };
-            bmc.power(op)?;
+            match rackcast_bmc::boot_into(&*bmc, BootDevice::Pxe) {
+                // Wake-on-LAN powers on only; the netboot policy does the rest.
+                Err(BmcError::Unsupported(_)) => bmc.power(PowerOp::On)?,
+                r => r?,
+            }
             Ok(bmc.state().unwrap_or(PowerState::Unknown))
         }
         Call::Plan(PowerPlan::Disk) => {

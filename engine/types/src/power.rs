@@ -14,7 +14,8 @@ pub enum PowerOp {
     On,
     /// Power off at once (not a graceful shutdown).
     Off,
-    /// Off then on (a reset when the BMC has no power cycle).
+    /// Off then on (a reset when the BMC has no power cycle); a machine
+    /// that is off is powered on.
     Cycle,
 }
 
