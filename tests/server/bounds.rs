@@ -225,6 +225,7 @@ fn the_data_directory_is_0700_and_its_secrets_0600_even_when_found_wider() {
         "agent.token",
         "boot.key",
         "tls/ca.key",
+        "bmc.key",
     ];
     let mode = |n: &str| {
         std::fs::metadata(data.join(n))

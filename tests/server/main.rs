@@ -4,6 +4,7 @@
 //! mid-script, an environment switch, and bad input refused with nothing
 //! changed.
 
+mod bmc;
 mod bounds;
 mod rig;
 mod trust;

@@ -3,6 +3,8 @@
 //! facility checks, `rackcast env build`, OVMF, and a QEMU process killed by
 //! PID on drop.
 
+pub mod emu;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;

@@ -47,8 +47,9 @@ pub struct Target {
     /// (reset when the agent registers).
     #[serde(default)]
     pub power_tries: u32,
-    /// Unix ms rackcast last asked the BMC for a power action: a change
-    /// seen soon after is expected, a later one happened behind its back.
+    /// Unix ms the scheduler last asked the BMC for a network boot: a power
+    /// change the poller sees soon after is expected, a later one happened
+    /// behind rackcast's back.
     #[serde(default)]
     pub power_asked: Millis,
 }

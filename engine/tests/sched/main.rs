@@ -2,6 +2,7 @@
 //! environment switches, cast sessions with each start policy, late
 //! joiners, and a restart from the persisted rows.
 
+mod power;
 mod random;
 
 use std::collections::BTreeMap;

@@ -1,41 +1,10 @@
-//! What the emulator fixtures share: processes killed by PID on drop
-//! (panics included), free loopback ports, tool discovery, the login and
-//! the driver configuration. Each test starts its own emulator on a free
-//! port in its own temporary directory.
+//! The driver configuration the emulator tests share; the emulators
+//! themselves are `rackcast_tests::emu`.
 
-use std::fs;
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
 use rackcast_bmc::{BmcAddr, BmcConfig, Credentials};
-
-/// The login both emulators are given.
-pub const USER: &str = "admin";
-pub const PASSWORD: &str = "pw-Zq7-s3cret";
-
-/// A child process killed and reaped on drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    /// Panics with `log` when the process has exited.
-    pub fn check_alive(&mut self, what: &str, log: &Path) {
-        if let Ok(Some(st)) = self.0.try_wait() {
-            panic!(
-                "{what} exited ({st}): {}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-    }
-}
+pub use rackcast_tests::emu::{free_tcp_port, free_udp_port, self_signed, tool, PASSWORD, USER};
 
 /// A config for `addr` with the emulators' login (or `password`).
 pub fn config(addr: BmcAddr, password: &str, insecure: bool, timeout: Duration) -> BmcConfig {
@@ -51,44 +20,3 @@ pub fn config(addr: BmcAddr, password: &str, insecure: bool, timeout: Duration) 
         timeout,
     }
 }
-
-/// A loopback TCP port nothing listens on (right now).
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A loopback UDP port nothing listens on (right now).
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `bin` on PATH, or None with a printed reason.
-pub fn tool(bin: &str, package: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("SKIP: {bin} not installed (Debian package {package}; scripts/deps.sh test)");
-    }
-    found
-}
-
-/// A self-signed certificate for 127.0.0.1 (not a CA: rustls refuses a
-/// CA certificate as a server's) and its key, PEM.
-pub fn self_signed() -> (rcgen::CertifiedKey, String, String) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let (cert, key) = (ck.cert.pem(), ck.key_pair.serialize_pem());
-    (ck, cert, key)
-}
-
-/// How long an emulator may take to come up.
-pub const READY: Duration = Duration::from_secs(20);

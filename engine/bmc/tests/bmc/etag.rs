@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rackcast_bmc::{connect, BmcAddr, BootDevice};
 
 use crate::emu::{config, self_signed, PASSWORD};
-use crate::sushy::Sushy;
+use rackcast_tests::emu::Sushy;
 
 #[test]
 fn boot_once_sends_if_match_and_retries_a_412_once() {

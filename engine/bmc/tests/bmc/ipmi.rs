@@ -7,14 +7,20 @@ use std::time::{Duration, Instant};
 use rackcast_bmc::{boot_into, connect, BmcError, BootDevice, PowerOp, PowerState};
 
 use crate::emu::{config, free_udp_port, tool, PASSWORD};
-use crate::ipmi_sim::IpmiSim;
+use rackcast_tests::emu::IpmiSim;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn power_actions_reach_the_chassis() {
     let Some(sim) = IpmiSim::start() else { return };
-    let bmc = connect(&config(sim.addr(), PASSWORD, false, TIMEOUT)).unwrap();
+    let bmc = connect(&config(
+        sim.addr().parse().unwrap(),
+        PASSWORD,
+        false,
+        TIMEOUT,
+    ))
+    .unwrap();
     assert_eq!(bmc.state().unwrap(), PowerState::Off);
     bmc.power(PowerOp::On).unwrap();
     assert_eq!(sim.file("power"), "1");
@@ -46,7 +52,13 @@ fn power_actions_reach_the_chassis() {
 #[test]
 fn boot_once_and_boot_into_reach_the_chassis() {
     let Some(sim) = IpmiSim::start() else { return };
-    let bmc = connect(&config(sim.addr(), PASSWORD, false, TIMEOUT)).unwrap();
+    let bmc = connect(&config(
+        sim.addr().parse().unwrap(),
+        PASSWORD,
+        false,
+        TIMEOUT,
+    ))
+    .unwrap();
     bmc.boot_once(BootDevice::Pxe).unwrap();
     assert_eq!(sim.file("boot"), "pxe");
     assert!(
@@ -72,7 +84,7 @@ fn boot_once_and_boot_into_reach_the_chassis() {
 fn a_wrong_password_is_an_auth_error_that_never_shows_it() {
     let Some(sim) = IpmiSim::start() else { return };
     let wrong = "wr0ng-Pa55-xyz";
-    let bmc = connect(&config(sim.addr(), wrong, false, TIMEOUT)).unwrap();
+    let bmc = connect(&config(sim.addr().parse().unwrap(), wrong, false, TIMEOUT)).unwrap();
     let start = Instant::now();
     let e = bmc.power(PowerOp::On).unwrap_err();
     assert!(matches!(e, BmcError::Auth(_)), "{e:?}");

@@ -7,7 +7,5 @@
 mod emu;
 mod etag;
 mod ipmi;
-mod ipmi_sim;
 mod redfish;
-mod sushy;
 mod wol;

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 use rackcast_bmc::{boot_into, connect, BmcError, BootDevice, PowerOp, PowerState};
 
 use crate::emu::{config, free_tcp_port, PASSWORD};
-use crate::sushy::Sushy;
+use rackcast_tests::emu::Sushy;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn power_actions_change_the_power_state() {
     let Some(s) = Sushy::start(true) else { return };
-    let bmc = connect(&config(s.addr(), PASSWORD, true, TIMEOUT)).unwrap();
+    let bmc = connect(&config(s.addr().parse().unwrap(), PASSWORD, true, TIMEOUT)).unwrap();
     // test:///default's only domain starts running.
     assert_eq!(bmc.state().unwrap(), PowerState::On);
     bmc.power(PowerOp::Off).unwrap();
@@ -36,7 +36,7 @@ fn power_actions_change_the_power_state() {
 #[test]
 fn boot_once_sets_the_override_target() {
     let Some(s) = Sushy::start(true) else { return };
-    let bmc = connect(&config(s.addr(), PASSWORD, true, TIMEOUT)).unwrap();
+    let bmc = connect(&config(s.addr().parse().unwrap(), PASSWORD, true, TIMEOUT)).unwrap();
     let sys = s.system();
     assert_eq!(s.get(&sys)["Boot"]["BootSourceOverrideTarget"], "Hdd");
     bmc.boot_once(BootDevice::Pxe).unwrap();
@@ -77,7 +77,7 @@ fn boot_once_sets_the_override_target() {
 #[test]
 fn a_self_signed_certificate_is_refused_unless_insecure() {
     let Some(s) = Sushy::start(true) else { return };
-    let bmc = connect(&config(s.addr(), PASSWORD, false, TIMEOUT)).unwrap();
+    let bmc = connect(&config(s.addr().parse().unwrap(), PASSWORD, false, TIMEOUT)).unwrap();
     let e = bmc.state().unwrap_err();
     assert!(matches!(e, BmcError::Certificate(_)), "{e:?}");
     assert!(!e.is_transient());
@@ -90,7 +90,7 @@ fn a_self_signed_certificate_is_refused_unless_insecure() {
 fn a_wrong_password_is_an_auth_error_that_never_shows_it() {
     let Some(s) = Sushy::start(true) else { return };
     let wrong = "wr0ng-Pa55-xyz";
-    let bmc = connect(&config(s.addr(), wrong, true, TIMEOUT)).unwrap();
+    let bmc = connect(&config(s.addr().parse().unwrap(), wrong, true, TIMEOUT)).unwrap();
     let debug = format!("{bmc:?}");
     assert!(!debug.contains(wrong), "{debug}");
     for e in [

@@ -58,7 +58,7 @@ impl Scheduler {
         let (error, transient) = match outcome {
             Ok(state) => {
                 t.bmc_error = None;
-                self.power_observed(now, mac, Ok(state));
+                self.record_power(now, mac, state, true);
                 return;
             }
             Err(e) => e,
@@ -98,7 +98,10 @@ impl Scheduler {
         }
     }
 
-    /// The power state the server read from `mac`'s BMC (or why it could not).
+    /// The power state the server's poller read from `mac`'s BMC (or why
+    /// it could not). A change is expected only while a network boot the
+    /// scheduler asked for may still be under way (a cycle passes through
+    /// off); any other happened behind rackcast's back.
     pub fn power_observed(&mut self, now: Millis, mac: MacAddr, read: Result<PowerState, String>) {
         let expect = self.cfg.power_expect;
         let Some(t) = self.targets.get_mut(&mac) else {
@@ -106,27 +109,8 @@ impl Scheduler {
         };
         match read {
             Ok(power) => {
-                let was = t.power;
-                let cleared = t.bmc_error.take().is_some();
-                if was == Some(power) {
-                    if cleared {
-                        self.dirty_targets.insert(mac);
-                    }
-                    return;
-                }
-                t.power = Some(power);
                 let expected = t.power_asked != 0 && now.saturating_sub(t.power_asked) <= expect;
-                self.dirty_targets.insert(mac);
-                self.event(
-                    now,
-                    Actor::Server,
-                    Subject::target(mac),
-                    EventKind::PowerChanged {
-                        was,
-                        power,
-                        expected,
-                    },
-                );
+                self.record_power(now, mac, power, expected);
             }
             Err(e) => {
                 if t.bmc_error.as_deref() != Some(e.as_str()) {
@@ -135,6 +119,32 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// `mac`'s power is `power`: an event when it changed.
+    fn record_power(&mut self, now: Millis, mac: MacAddr, power: PowerState, expected: bool) {
+        let Some(t) = self.targets.get_mut(&mac) else {
+            return;
+        };
+        let was = t.power;
+        if t.bmc_error.take().is_some() {
+            self.dirty_targets.insert(mac);
+        }
+        if was == Some(power) {
+            return;
+        }
+        t.power = Some(power);
+        self.dirty_targets.insert(mac);
+        self.event(
+            now,
+            Actor::Server,
+            Subject::target(mac),
+            EventKind::PowerChanged {
+                was,
+                power,
+                expected,
+            },
+        );
     }
 
     /// An operator's power action, which the server carried out: recorded,
@@ -146,11 +156,9 @@ impl Scheduler {
         action: &str,
         outcome: Result<PowerState, String>,
     ) {
-        let Some(t) = self.targets.get_mut(&mac) else {
+        if !self.targets.contains_key(&mac) {
             return;
-        };
-        t.power_asked = now;
-        self.dirty_targets.insert(mac);
+        }
         let error = outcome.as_ref().err().cloned();
         self.event(
             now,
@@ -162,7 +170,10 @@ impl Scheduler {
                 error,
             },
         );
-        self.power_observed(now, mac, outcome);
+        match outcome {
+            Ok(power) => self.record_power(now, mac, power, true),
+            Err(e) => self.power_observed(now, mac, Err(e)),
+        }
     }
 
     /// Boots `mac` through its BMC when it has work and no agent to take it

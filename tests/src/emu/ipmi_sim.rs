@@ -8,12 +8,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rackcast_bmc::BmcAddr;
-
-use crate::emu::{free_udp_port, tool, Proc, PASSWORD, READY, USER};
+use super::{free_udp_port, tool, Proc, PASSWORD, READY, USER};
 
 /// A running ipmi_sim whose chassis is two files, `power` (0 or 1) and
 /// `boot`, and whose every chassis call lands in `calls.log`.
+#[derive(Debug)]
 pub struct IpmiSim {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -136,8 +135,9 @@ impl IpmiSim {
         );
     }
 
-    pub fn addr(&self) -> BmcAddr {
-        format!("ipmi://127.0.0.1:{}", self.port).parse().unwrap()
+    /// Its address, as `--bmc` takes it.
+    pub fn addr(&self) -> String {
+        format!("ipmi://127.0.0.1:{}", self.port)
     }
 
     /// The chassis script's calls so far, e.g. "set boot pxe".

@@ -9,16 +9,16 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rackcast_bmc::BmcAddr;
 use serde_json::Value;
 
-use crate::emu::{free_tcp_port, self_signed, Proc, PASSWORD, READY, USER};
+use super::{free_tcp_port, self_signed, Proc, PASSWORD, READY, USER};
 
 /// A running sushy-emulator.
+#[derive(Debug)]
 pub struct Sushy {
     pub port: u16,
     /// Its certificate (None: plain HTTP).
-    cert: Option<rcgen::CertifiedKey>,
+    cert: Option<rustls::pki_types::CertificateDer<'static>>,
     login: bool,
     proc: Proc,
     dir: tempfile::TempDir,
@@ -62,7 +62,7 @@ impl Sushy {
                  SUSHY_EMULATOR_AUTH_FILE = '{0}/htpasswd'\n",
                 d.display()
             );
-            cert = Some(ck);
+            cert = Some(ck.cert.der().clone());
         }
         fs::write(d.join("sushy.conf"), conf).unwrap();
         let log = d.join("sushy.log");
@@ -110,11 +110,9 @@ impl Sushy {
         );
     }
 
-    /// Its address for the driver.
-    pub fn addr(&self) -> BmcAddr {
+    /// Its address, as `--bmc` takes it.
+    pub fn addr(&self) -> String {
         format!("redfish://127.0.0.1:{}", self.port)
-            .parse()
-            .unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -128,7 +126,7 @@ impl Sushy {
         let mut b = ureq::AgentBuilder::new().timeout(Duration::from_secs(5));
         if let Some(ck) = &self.cert {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(ck.cert.der().clone()).unwrap();
+            roots.add(ck.clone()).unwrap();
             let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
@@ -151,6 +149,19 @@ impl Sushy {
             );
         }
         serde_json::from_str(&req.call().unwrap().into_string().unwrap()).unwrap()
+    }
+
+    /// `POST path` with a JSON body straight to the emulator (what someone
+    /// at the BMC's own console would do).
+    pub fn post(&self, path: &str, body: Value) {
+        let mut req = self.agent().post(&self.url(path));
+        if self.login {
+            req = req.set(
+                "Authorization",
+                &format!("Basic {}", b64(&format!("{USER}:{PASSWORD}"))),
+            );
+        }
+        req.send_json(body).unwrap();
     }
 
     /// The path of its only system.
