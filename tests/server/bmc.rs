@@ -237,6 +237,14 @@ fn a_job_powers_a_silent_target_into_the_network_boot_and_sets_its_disk_when_don
         "the BMC's next boot is the disk",
         || system(&bmc)["Boot"]["BootSourceOverrideTarget"] == "Hdd",
     );
+    // A job's power task: the server powers it off through the BMC.
+    let id = submit(
+        &s,
+        json!({"targets": [m], "task": [{"kind": "power", "op": "off"}]}),
+    );
+    let j = s.wait_job(id, Duration::from_secs(30));
+    assert_eq!(j.status, "done", "{:#?}", j.targets);
+    assert_eq!(system(&bmc)["PowerState"], "Off");
     assert_hidden(&s, &[]);
 }
 

@@ -198,6 +198,10 @@ fn run(cfg: &BmcConfig, call: Call) -> Result<PowerState, BmcError> {
             }
             Ok(bmc.state().unwrap_or(PowerState::Unknown))
         }
+        Call::Plan(PowerPlan::Task(op)) => {
+            bmc.power(op)?;
+            Ok(bmc.state().unwrap_or(PowerState::Unknown))
+        }
         Call::Plan(PowerPlan::Disk) => {
             boot_once(BootDevice::Disk)?;
             Ok(bmc.state().unwrap_or(PowerState::Unknown))

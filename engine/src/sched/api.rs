@@ -209,6 +209,12 @@ pub enum TaskKind {
         /// Where to.
         to: String,
     },
+    /// Power the target on, off or cycle it through its BMC: the server
+    /// does it, no agent is needed.
+    Power {
+        /// `on`, `off` or `cycle`.
+        op: PowerOp,
+    },
 }
 
 impl TaskKind {
@@ -219,6 +225,7 @@ impl TaskKind {
             TaskKind::Distribute { .. } => "distribute",
             TaskKind::Script { .. } => "script",
             TaskKind::Reboot { .. } => "reboot",
+            TaskKind::Power { .. } => "power",
         }
     }
 }

@@ -165,3 +165,45 @@ fn done_work_sets_the_disk_and_a_change_nobody_asked_for_is_unexpected() {
     );
     assert_eq!(s.target(m).unwrap().view().power, Some(PowerState::Off));
 }
+
+#[test]
+fn a_power_task_runs_through_the_bmc_without_the_agent_and_fails_without_one() {
+    use rackcast_engine::sched::api::{JobSpec, PowerOp, TaskKind, TaskSpec};
+    let mut s = sched();
+    let (m, plain) = (mac(1), mac(2));
+    for t in [m, plain] {
+        s.add_target(0, t, "").unwrap();
+        register(&mut s, 10, t, super::ENV);
+    }
+    s.set_bmc(0, m, bmc()).unwrap();
+    let mut spec: JobSpec = script(&[m, plain], 0, 600);
+    spec.tasks.push(TaskSpec {
+        kind: TaskKind::Power { op: PowerOp::Off },
+        env: None,
+        timeout: None,
+        retries: 0,
+    });
+    let id = s.submit(20, spec).unwrap();
+    for t in [m, plain] {
+        let d = s.poll(30, t, None);
+        assert!(s.report(40, t, run_ref(&d), finished(true)).unwrap());
+    }
+    // The next poll finds the power task: the agent waits, the server acts.
+    assert_eq!(s.poll(50, m, None), Directive::Wait);
+    assert_eq!(
+        actions(&mut s),
+        vec![Action::Power {
+            mac: m,
+            plan: PowerPlan::Task(PowerOp::Off)
+        }]
+    );
+    s.poll(50, plain, None);
+    let e = error_of(&s, plain);
+    assert!(e.contains("a power task needs the target's BMC"), "{e}");
+    s.power_done(60, m, PowerPlan::Task(PowerOp::Off), Ok(PowerState::Off));
+    let j = s.job(id).unwrap().view();
+    let run = j.targets.iter().find(|r| r.mac == m).unwrap();
+    assert_eq!(run.status, "done", "{run:?}");
+    assert!(run.log.contains("power off: now off"), "{}", run.log);
+    assert_eq!(s.target(m).unwrap().power, Some(PowerState::Off));
+}

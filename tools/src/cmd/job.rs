@@ -592,6 +592,7 @@ pub fn describe_task(t: &TaskSpec) -> String {
             )
         }
         TaskKind::Reboot { to } => format!("reboot to {to}"),
+        TaskKind::Power { op } => format!("power {op}"),
     };
     let mut opts = Vec::new();
     if let Some(e) = &t.env {

@@ -110,7 +110,12 @@ pub enum PowerPlan {
     Netboot,
     /// A one-time boot from the local disk (the agent reboots it).
     Disk,
+    /// A job's power task.
+    Task(rackcast_types::PowerOp),
 }
+
+/// Longest a power task waits for its BMC (ms), unless the task says.
+const POWER_TASK_TIMEOUT: Millis = 5 * 60_000;
 
 impl PowerPlan {
     /// The word events use.
@@ -118,6 +123,7 @@ impl PowerPlan {
         match self {
             PowerPlan::Netboot => "netboot",
             PowerPlan::Disk => "disk",
+            PowerPlan::Task(op) => op.word(),
         }
     }
 }
@@ -455,6 +461,7 @@ impl Scheduler {
             TaskKind::Distribute { .. } => self.cfg.distribute_timeout,
             TaskKind::Script { .. } => self.cfg.script_timeout,
             TaskKind::Reboot { .. } => self.cfg.boot_timeout,
+            TaskKind::Power { .. } => POWER_TASK_TIMEOUT,
         })
     }
 
@@ -485,6 +492,10 @@ impl Scheduler {
             .get(&mac)
             .map(|t| t.env.clone())
             .unwrap_or_default();
+        if let TaskKind::Power { .. } = &spec.kind {
+            self.start_power_task(now, mac);
+            return Directive::Wait;
+        }
         if let TaskKind::Reboot { to } = &spec.kind {
             self.start_run(now, mac, r, now + self.timeout_for(&spec));
             return Directive::Reboot {
@@ -550,6 +561,8 @@ impl Scheduler {
                     task: Some(r),
                 }
             }
+            // The server runs it through the BMC; the agent waits.
+            TaskKind::Power { .. } => return Directive::Wait,
             TaskKind::Distribute {
                 image,
                 disk,

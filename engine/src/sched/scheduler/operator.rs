@@ -135,6 +135,7 @@ impl Scheduler {
                         )));
                     }
                 }
+                TaskKind::Power { .. } => {}
                 TaskKind::Reboot { to } => {
                     if to != LOCAL_ENV {
                         self.check_env(to)

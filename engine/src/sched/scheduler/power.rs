@@ -51,6 +51,10 @@ impl Scheduler {
         plan: PowerPlan,
         outcome: Result<PowerState, (String, bool)>,
     ) {
+        if let PowerPlan::Task(op) = plan {
+            self.power_task_done(now, mac, op, outcome);
+            return;
+        }
         let Some(t) = self.targets.get_mut(&mac) else {
             return;
         };
@@ -176,9 +180,92 @@ impl Scheduler {
         }
     }
 
+    /// Starts `mac`'s current task if it is a power task (the server runs
+    /// those through the BMC, agent or not). `true` when the current task is one.
+    pub(super) fn start_power_task(&mut self, now: Millis, mac: MacAddr) -> bool {
+        let Some((job, run)) = self.current(mac) else {
+            return false;
+        };
+        let spec = job.spec.tasks[run.task as usize].clone();
+        let TaskKind::Power { op } = spec.kind else {
+            return false;
+        };
+        let r = TaskRef {
+            job: job.id,
+            task: run.task,
+            attempt: run.attempt,
+        };
+        let Some(t) = self.targets.get(&mac) else {
+            return false;
+        };
+        match &t.state {
+            TargetState::Running { job, task, .. } if *job == r.job && *task == r.task => {
+                return true
+            }
+            TargetState::Failed { .. } => return true,
+            _ => {}
+        }
+        let has_bmc = t.bmc.is_some();
+        self.start_run(now, mac, r, now + self.timeout_for(&spec));
+        self.mark_started(now, mac, r);
+        if !has_bmc {
+            self.fail_attempt(
+                now,
+                mac,
+                &format!(
+                    "a power task needs the target's BMC: rackcast target set-bmc {mac} --bmc URL"
+                ),
+            );
+            return true;
+        }
+        self.actions.push_back(Action::Power {
+            mac,
+            plan: PowerPlan::Task(op),
+        });
+        self.power_event(now, mac, op.word(), "the job's power task", None);
+        true
+    }
+
+    fn power_task_done(
+        &mut self,
+        now: Millis,
+        mac: MacAddr,
+        op: rackcast_types::PowerOp,
+        outcome: Result<PowerState, (String, bool)>,
+    ) {
+        let Some(TargetState::Running {
+            job, task, attempt, ..
+        }) = self.targets.get(&mac).map(|t| t.state.clone())
+        else {
+            return;
+        };
+        let r = TaskRef { job, task, attempt };
+        match outcome {
+            Ok(state) => {
+                if let Some(t) = self.targets.get_mut(&mac) {
+                    t.bmc_error = None;
+                    // Its agent goes down with it: the next task boots it anew.
+                    t.last_seen = 0;
+                }
+                self.record_power(now, mac, state, true);
+                self.task_done(now, mac, r, &format!("power {op}: now {state}"));
+                self.wake(now, mac);
+            }
+            Err((e, _)) => {
+                if let Some(t) = self.targets.get_mut(&mac) {
+                    t.bmc_error = Some(e.clone());
+                }
+                self.fail_attempt(now, mac, &format!("its BMC failed the power task: {e}"));
+            }
+        }
+    }
+
     /// Boots `mac` through its BMC when it has work and no agent to take it
     /// (never registered, or silent longer than `agent_silence`).
     pub(super) fn wake(&mut self, now: Millis, mac: MacAddr) {
+        if self.start_power_task(now, mac) {
+            return;
+        }
         let Some(t) = self.targets.get(&mac) else {
             return;
         };

@@ -168,6 +168,7 @@ pub fn check_spec(spec: &mut JobSpec) -> Result<(), String> {
                     return Err(format!("task {n} (script): `script` is empty"));
                 }
             }
+            TaskKind::Power { .. } => {}
             TaskKind::Reboot { to } => {
                 if to.trim().is_empty() {
                     return Err(format!(
