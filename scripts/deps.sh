@@ -9,7 +9,8 @@ if [[ "${1:-test}" == test ]]; then
     want+=(qemu-system-x86 ovmf ipxe-qemu busybox atftp tftp-hpa curl dnsmasq
            iproute2 iptables udpcast uftp fio util-linux cpio efibootmgr
            ipxe grub-efi-amd64-bin grub-common mtools
-           ipmitool openipmi python3-venv python3-libvirt python3-bcrypt)
+           ipmitool openipmi python3-venv python3-libvirt python3-bcrypt
+           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 fi
 
 missing=()

@@ -42,6 +42,7 @@
 //! Every QEMU is killed by PID when the test ends (at the latest after
 //! `LIMIT`); every wait is bounded. Prints a per-step timing summary.
 //! RACKCAST_E2E_KEEP=1 keeps the work directory (logs, disks, server data).
+//! `zero_touch` (beside this file) does the same for a dark target behind a BMC.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,12 @@ use std::time::{Duration, Instant};
 
 use rackcast_engine::sched::api::Environment;
 use rackcast_tests::{env_build_named, euid, have, kernel_cache, ovmf, rc, read_lossy, Qemu};
+
+mod zero_touch;
+
+/// One test's QEMU targets at a time: on two cores, TCG guests of two
+/// tests at once would starve each other past their limits.
+static ONE_QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Hard limit on the targets' part of the test (every QEMU is killed after
 /// it); measured: ~36 s for three targets on two cores, ~46 s with the
@@ -694,6 +701,7 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
         return;
     }
     let Some(cache) = kernel_cache() else { return };
+    let _one = ONE_QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let count: usize = std::env::var("RACKCAST_E2E_TARGETS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -29,6 +29,11 @@ impl Sushy {
     /// self-signed certificate and basic auth (`secure`), or plain HTTP
     /// without login. None (printed) when sushy-tools is not installed.
     pub fn start(secure: bool) -> Option<Sushy> {
+        Sushy::start_on(secure, "test:///default")
+    }
+
+    /// The same in front of the libvirt daemon at `libvirt_uri`.
+    pub fn start_on(secure: bool, libvirt_uri: &str) -> Option<Sushy> {
         let venv = std::env::var_os("RACKCAST_VENV")
             .map(PathBuf::from)
             .unwrap_or_else(|| "/var/cache/rackcast/venv".into());
@@ -46,7 +51,7 @@ impl Sushy {
         let mut conf = format!(
             "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n\
              SUSHY_EMULATOR_LISTEN_PORT = {port}\n\
-             SUSHY_EMULATOR_LIBVIRT_URI = 'test:///default'\n\
+             SUSHY_EMULATOR_LIBVIRT_URI = '{libvirt_uri}'\n\
              SUSHY_EMULATOR_STATE_DIR = '{}'\n",
             d.join("state").display()
         );
