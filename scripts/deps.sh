@@ -37,19 +37,21 @@ if [[ "${1:-test}" == test ]]; then
     "$(dirname "$0")/fetch-kernel.sh" "$kcache"
 fi
 
-# The BMC tests (engine/bmc/tests) run the Redfish emulator sushy-tools on
-# libvirt's built-in test:///default driver (python3-libvirt, in libvirt0;
-# no daemon). Debian's /usr/bin/python3, not a pyenv shim on PATH: only it
+# The BMC tests (engine/bmc/tests, tests/server/bmc.rs) run the Redfish
+# emulator sushy-tools on libvirt's built-in test:///default driver
+# (python3-libvirt, in libvirt0; no daemon); the zero-touch test
+# (tests/e2e/zero_touch.rs) runs sushy-tools and virtualbmc in front of a
+# libvirt daemon of its own (libvirt-daemon, -driver-qemu; no systemd). Debian's /usr/bin/python3, not a pyenv shim on PATH: only it
 # sees python3-libvirt through --system-site-packages.
 if [[ "${1:-test}" == test ]]; then
     venv=${RACKCAST_VENV:-/var/cache/rackcast/venv}
-    if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("sushy-tools") != "2.2.0")' 2>/dev/null; then
-        echo "installing sushy-tools 2.2.0 into $venv (once)"
+    if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("sushy-tools") != "2.2.0" or m.version("virtualbmc") != "3.3.0")' 2>/dev/null; then
+        echo "installing sushy-tools 2.2.0 and virtualbmc 3.3.0 into $venv (once)"
         if [[ $(id -u) -ne 0 ]] && ! { mkdir -p "$venv" 2>/dev/null && [[ -w $venv ]]; }; then
             sudo mkdir -p "$venv" && sudo chown "$(id -u):$(id -g)" "$venv"
         fi
         /usr/bin/python3 -m venv --system-site-packages "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check sushy-tools==2.2.0
+        "$venv/bin/pip" install -q --disable-pip-version-check sushy-tools==2.2.0 virtualbmc==3.3.0
     fi
 fi
 
