@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rackcast_tests::emu::{IpmiSim, Sushy, PASSWORD, USER};
+use rackcast_tests::emu::{free_tcp_port, IpmiSim, Sushy, PASSWORD, USER};
 use serde_json::{json, Value};
 
 use super::rig::Server;
@@ -249,7 +249,7 @@ fn a_job_powers_a_silent_target_into_the_network_boot_and_sets_its_disk_when_don
 }
 
 #[test]
-fn a_target_that_never_registers_is_booted_again_then_held_and_a_refused_login_at_once() {
+fn a_silent_target_or_an_unreachable_bmc_is_tried_again_then_held_and_a_refused_login_at_once() {
     let Some(bmc) = Sushy::start(true) else {
         return;
     };
@@ -259,15 +259,17 @@ fn a_target_that_never_registers_is_booted_again_then_held_and_a_refused_login_a
     let s = Server::start_with(
         "100M",
         "127.0.0.1:0",
-        Some("bmc_poll = 1\nboot_timeout = 3\npower_tries = 2\n"),
+        Some("bmc_poll = 1\nboot_timeout = 3\npower_tries = 2\nbmc_timeout = 1\n"),
     );
-    let (silent, refused, ipmi) = (mac(3), mac(4), mac(5));
+    let (silent, refused, ipmi, dark) = (mac(3), mac(4), mac(5), mac(6));
+    let nobody = format!("redfish://127.0.0.1:{}", free_tcp_port());
     let pw = password_file(s.dir.path(), PASSWORD);
     let wrong = password_file(s.dir.path(), "wrong-password");
     for (m, addr, file) in [
         (&silent, bmc.addr(), &pw),
         (&refused, bmc.addr(), &wrong),
         (&ipmi, sim.addr(), &pw),
+        (&dark, nobody, &pw),
     ] {
         let (ok, out) = run(s.cli().args([
             "target",
@@ -285,7 +287,7 @@ fn a_target_that_never_registers_is_booted_again_then_held_and_a_refused_login_a
     }
     let id = submit(
         &s,
-        json!({"targets": [silent, refused, ipmi], "task": [{"kind": "script", "script": "true"}]}),
+        json!({"targets": [silent, refused, ipmi, dark], "task": [{"kind": "script", "script": "true"}]}),
     );
 
     // IPMI: the chassis got the one-time PXE boot, then power.
@@ -338,5 +340,34 @@ fn a_target_that_never_registers_is_booted_again_then_held_and_a_refused_login_a
     assert_eq!(boots, 2, "network boots of the silent target");
     let t = target(&s, &silent);
     assert_eq!(t["state"], "failed", "{t}");
+
+    // An unreachable BMC is tried again, then the target held with its error.
+    let j = s.wait_job_until(id, Duration::from_secs(40), |j| {
+        j.targets
+            .iter()
+            .any(|t| t.mac.to_string() == dark && t.status == "failed")
+    });
+    let r = j
+        .targets
+        .iter()
+        .find(|t| t.mac.to_string() == dark)
+        .unwrap();
+    let err = r.error.clone().unwrap_or_default();
+    assert!(
+        err.contains("after 2 network boots through its BMC"),
+        "{err}"
+    );
+    assert!(err.contains("did not answer"), "{err}");
+    let tries = s
+        .events(id)
+        .into_iter()
+        .filter(|e| {
+            e.kind == "target.power-action"
+                && e.detail["action"] == "netboot"
+                && e.detail["error"].is_null()
+                && e.target.is_some_and(|t| t.to_string() == dark)
+        })
+        .count();
+    assert_eq!(tries, 2, "network boots asked of the unreachable BMC");
     assert_hidden(&s, &[]);
 }
