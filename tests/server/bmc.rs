@@ -51,6 +51,31 @@ fn target(s: &Server, m: &str) -> Value {
         .unwrap()
 }
 
+/// Waits until job `id` holds `m` as failed: its error.
+fn held(s: &Server, id: u64, m: &str, limit: Duration) -> String {
+    let j = s.wait_job_until(id, limit, |j| {
+        j.targets
+            .iter()
+            .any(|t| t.mac.to_string() == m && t.status == "failed")
+    });
+    let r = j.targets.iter().find(|t| t.mac.to_string() == m).unwrap();
+    r.error.clone().unwrap_or_default()
+}
+
+/// The network boots the server asked of `m`'s BMC in job `id` (the
+/// attempts, not the failures each may record).
+fn netboots(s: &Server, id: u64, m: &str) -> usize {
+    s.events(id)
+        .into_iter()
+        .filter(|e| {
+            e.kind == "target.power-action"
+                && e.detail["action"] == "netboot"
+                && e.detail["error"].is_null()
+                && e.target.is_some_and(|t| t.to_string() == m)
+        })
+        .count()
+}
+
 /// The password is in nothing the server shows or says.
 fn assert_hidden(s: &Server, outputs: &[&str]) {
     let listed = s.call("GET", "/api/v1/targets", None).unwrap().to_string();
@@ -298,76 +323,29 @@ fn a_silent_target_or_an_unreachable_bmc_is_tried_again_then_held_and_a_refused_
     );
 
     // The refused login holds its target at once, with the BMC's words.
-    let j = s.wait_job_until(id, Duration::from_secs(30), |j| {
-        j.targets
-            .iter()
-            .any(|t| t.mac.to_string() == refused && t.status == "failed")
-    });
-    let r = j
-        .targets
-        .iter()
-        .find(|t| t.mac.to_string() == refused)
-        .unwrap();
-    let err = r.error.clone().unwrap_or_default();
+    let err = held(&s, id, &refused, Duration::from_secs(30));
     assert!(err.contains("refused the network boot"), "{err}");
     assert!(err.contains("login"), "{err}");
 
     // The silent one is booted twice (power_tries), then held.
-    let j = s.wait_job_until(id, Duration::from_secs(40), |j| {
-        j.targets
-            .iter()
-            .any(|t| t.mac.to_string() == silent && t.status == "failed")
-    });
-    let r = j
-        .targets
-        .iter()
-        .find(|t| t.mac.to_string() == silent)
-        .unwrap();
-    let err = r.error.clone().unwrap_or_default();
+    let err = held(&s, id, &silent, Duration::from_secs(40));
     assert!(
         err.contains("after 2 network boots through its BMC"),
         "{err}"
     );
-    let boots = s
-        .events(id)
-        .into_iter()
-        .filter(|e| {
-            e.kind == "target.power-action"
-                && e.detail["action"] == "netboot"
-                && e.target.is_some_and(|t| t.to_string() == silent)
-        })
-        .count();
+    let boots = netboots(&s, id, &silent);
     assert_eq!(boots, 2, "network boots of the silent target");
     let t = target(&s, &silent);
     assert_eq!(t["state"], "failed", "{t}");
 
     // An unreachable BMC is tried again, then the target held with its error.
-    let j = s.wait_job_until(id, Duration::from_secs(40), |j| {
-        j.targets
-            .iter()
-            .any(|t| t.mac.to_string() == dark && t.status == "failed")
-    });
-    let r = j
-        .targets
-        .iter()
-        .find(|t| t.mac.to_string() == dark)
-        .unwrap();
-    let err = r.error.clone().unwrap_or_default();
+    let err = held(&s, id, &dark, Duration::from_secs(40));
     assert!(
         err.contains("after 2 network boots through its BMC"),
         "{err}"
     );
     assert!(err.contains("did not answer"), "{err}");
-    let tries = s
-        .events(id)
-        .into_iter()
-        .filter(|e| {
-            e.kind == "target.power-action"
-                && e.detail["action"] == "netboot"
-                && e.detail["error"].is_null()
-                && e.target.is_some_and(|t| t.to_string() == dark)
-        })
-        .count();
+    let tries = netboots(&s, id, &dark);
     assert_eq!(tries, 2, "network boots asked of the unreachable BMC");
     assert_hidden(&s, &[]);
 }
