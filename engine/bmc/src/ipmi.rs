@@ -31,6 +31,8 @@ const CIPHER_SUITE: &str = "3";
 /// 6 s, below any sensible timeout.
 const RETRY_SECS: &str = "1";
 const RETRIES: &str = "2";
+/// How often a cycle checks that the machine is off before powering it on.
+const OFF_POLL: Duration = Duration::from_millis(500);
 /// How often a running child is checked against the deadline.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -122,17 +124,30 @@ impl std::fmt::Debug for Ipmi {
 impl Bmc for Ipmi {
     fn power(&self, op: PowerOp) -> Result<(), BmcError> {
         let deadline = self.deadline();
-        let action = match op {
-            PowerOp::On => "on",
-            PowerOp::Off => "off",
-            // Many BMCs refuse a power cycle while off (completion code
-            // 0xD5, "not supported in present state"): power on instead.
-            PowerOp::Cycle => match self.status(deadline)? {
-                PowerState::Off => "on",
-                _ => "cycle",
-            },
-        };
-        self.run(&["chassis", "power", action], deadline).map(drop)
+        match op {
+            PowerOp::On => self.run(&["chassis", "power", "on"], deadline).map(drop),
+            PowerOp::Off => self.run(&["chassis", "power", "off"], deadline).map(drop),
+            // Off, then on, as Ironic's ipmitool driver reboots: `chassis
+            // power cycle` is optional in the IPMI specification (virtualbmc
+            // answers "invalid data field"), refused by many BMCs while off
+            // (0xD5), and a warm cycle may skip a boot device applied only at
+            // power-on.
+            PowerOp::Cycle => {
+                if self.status(deadline)? != PowerState::Off {
+                    self.run(&["chassis", "power", "off"], deadline)?;
+                    while self.status(deadline)? != PowerState::Off {
+                        if Instant::now() + OFF_POLL >= deadline {
+                            return Err(BmcError::Unreachable(format!(
+                                "{}:{} did not power off within {:?}",
+                                self.host, self.port, self.timeout
+                            )));
+                        }
+                        thread::sleep(OFF_POLL);
+                    }
+                }
+                self.run(&["chassis", "power", "on"], deadline).map(drop)
+            }
+        }
     }
 
     fn state(&self) -> Result<PowerState, BmcError> {

@@ -202,6 +202,13 @@ fn run(cfg: &BmcConfig, call: Call) -> Result<PowerState, BmcError> {
             bmc.power(op)?;
             Ok(bmc.state().unwrap_or(PowerState::Unknown))
         }
+        Call::Plan(PowerPlan::DiskCycle) => {
+            match rackcast_bmc::boot_into(&*bmc, BootDevice::Disk) {
+                Err(BmcError::Unsupported(_)) => {}
+                r => r?,
+            }
+            Ok(bmc.state().unwrap_or(PowerState::Unknown))
+        }
         Call::Plan(PowerPlan::Disk) => {
             boot_once(BootDevice::Disk)?;
             Ok(bmc.state().unwrap_or(PowerState::Unknown))
@@ -224,6 +231,19 @@ pub(crate) fn spawn_plan(sh: Arc<Shared>, mac: MacAddr, plan: PowerPlan) {
             tracing::error!("{mac}: recording the BMC's answer: {}", e.1);
         }
     });
+}
+
+/// Tells the scheduler of each held target that fetched its script (see
+/// [`crate::policy`]); it decides whether to cycle it.
+pub(crate) async fn disk_missed_loop(
+    sh: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<MacAddr>,
+) {
+    while let Some(mac) = rx.recv().await {
+        if let Err(e) = sh.mutate(|s, now| s.disk_missed(now, mac)).await {
+            tracing::error!("{mac}: recording a missed disk boot: {}", e.1);
+        }
+    }
 }
 
 /// Reads the power state of every target with a BMC (Wake-on-LAN has

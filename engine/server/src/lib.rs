@@ -452,6 +452,8 @@ pub struct Server {
     /// HTTPS, unless `tls = false`.
     tls: Option<Arc<rustls::ServerConfig>>,
     netboot: Option<rackcast_netboot::Netboot>,
+    /// Held targets that fetched their script (see [`policy`]).
+    disk_missed: tokio::sync::mpsc::Receiver<rackcast_netboot::MacAddr>,
 }
 
 impl Server {
@@ -568,7 +570,8 @@ impl Server {
             );
             None
         };
-        let policy = Arc::new(SchedPolicy::new(url.clone(), boot_key));
+        let (policy, disk_missed) = SchedPolicy::new(url.clone(), boot_key);
+        let policy = Arc::new(policy);
         let agent_tokens = store.agent_tokens().await?.into_iter().collect();
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -607,6 +610,7 @@ impl Server {
             operator: operator.map(|o| o.0),
             tls,
             netboot,
+            disk_missed,
         })
     }
 
@@ -655,6 +659,8 @@ impl Server {
         let agent_api = agent_api::routes().with_state(self.shared.clone());
         let timers = tokio::spawn(timer_loop(self.shared.clone()));
         let bmc_poll = tokio::spawn(bmc::poll_loop(self.shared.clone()));
+        let disk_missed =
+            tokio::spawn(bmc::disk_missed_loop(self.shared.clone(), self.disk_missed));
         let mut apis = tokio::task::JoinSet::new();
         match self.operator {
             Some(op) => {
@@ -685,6 +691,7 @@ impl Server {
         };
         timers.abort();
         bmc_poll.abort();
+        disk_missed.abort();
         r
     }
 }

@@ -2,11 +2,19 @@
 //! the environment its next task needs; one without boots its local disk.
 //! Answers come from a map refreshed after every committed change, because
 //! a proxy offer cannot wait for the scheduler's lock.
+//!
+//! A target whose one-time disk boot did not take (it fetched its script
+//! again soon after its work ended) is held at a script that waits, and
+//! its MAC goes to the server, which has its BMC cycle it into its disk
+//! ([`Scheduler::disk_missed`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use rackcast_netboot::{BootAction, BootPolicy, BootQuery, MacAddr, Netboot, NetbootSettings};
+use rackcast_netboot::{
+    BootAction, BootPolicy, BootQuery, BootStage, MacAddr, Netboot, NetbootSettings,
+};
+use tokio::sync::mpsc;
 
 use super::boot_token::BootToken;
 use super::{now_ms, ServerConfig, ServerError};
@@ -17,6 +25,11 @@ use rackcast_engine::sched::{BootChoice, Change, Scheduler};
 #[derive(Debug)]
 pub struct SchedPolicy {
     boots: RwLock<HashMap<MacAddr, Boot>>,
+    /// Targets whose disk boot did not take, until when (Unix ms).
+    held: RwLock<HashMap<MacAddr, u64>>,
+    /// Where a held target's script fetch is reported; full means a report
+    /// is already waiting, and one per target is all the scheduler acts on.
+    missed: mpsc::Sender<MacAddr>,
     url: String,
     /// Tags the boot tokens scripts carry (`DATA/boot.key`).
     boot_key: [u8; 32],
@@ -30,12 +43,17 @@ struct Boot {
 }
 
 impl SchedPolicy {
-    pub(crate) fn new(url: String, boot_key: [u8; 32]) -> SchedPolicy {
-        SchedPolicy {
+    /// The policy, and where held targets' script fetches arrive.
+    pub(crate) fn new(url: String, boot_key: [u8; 32]) -> (SchedPolicy, mpsc::Receiver<MacAddr>) {
+        let (missed, rx) = mpsc::channel(256);
+        let p = SchedPolicy {
             boots: RwLock::new(HashMap::new()),
+            held: RwLock::new(HashMap::new()),
+            missed,
             url,
             boot_key,
-        }
+        };
+        (p, rx)
     }
 
     /// Recomputes every target's boot.
@@ -61,8 +79,14 @@ impl SchedPolicy {
 
     fn refresh(&self, s: &Scheduler, macs: &[MacAddr]) {
         let mut boots = self.boots.write().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
         for &mac in macs {
-            match s.boot_choice(mac) {
+            let choice = s.boot_choice(mac);
+            match choice {
+                BootChoice::HoldForDisk { until } => held.insert(mac, until),
+                _ => held.remove(&mac),
+            };
+            match choice {
                 BootChoice::Env(name) => match s.environment(&name) {
                     Some(env) => {
                         let task = s.pending_task(mac);
@@ -79,7 +103,7 @@ impl SchedPolicy {
                         boots.remove(&mac);
                     }
                 },
-                BootChoice::Local => {
+                BootChoice::Local | BootChoice::HoldForDisk { .. } => {
                     boots.remove(&mac);
                 }
             }
@@ -115,11 +139,31 @@ impl SchedPolicy {
 impl BootPolicy for SchedPolicy {
     fn decide(&self, q: &BootQuery) -> BootAction {
         let boots = self.boots.read().unwrap_or_else(|e| e.into_inner());
-        match boots.get(&q.mac) {
-            Some(b) => BootAction::IpxeScript(self.script(&b.env, q.mac, b.task)),
-            None => BootAction::LocalDisk,
+        if let Some(b) = boots.get(&q.mac) {
+            return BootAction::IpxeScript(self.script(&b.env, q.mac, b.task));
         }
+        if q.stage == BootStage::Script {
+            let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+            if held.get(&q.mac).is_some_and(|&until| now_ms() < until) {
+                let _ = self.missed.try_send(q.mac);
+                return BootAction::IpxeScript(hold_script(q.arch, q.mac));
+            }
+        }
+        // A firmware PXE client gets no offer and moves on to its disk.
+        BootAction::LocalDisk
     }
+}
+
+/// What a held target runs: a notice and a wait for the power cycle, then
+/// its disk as usual should the cycle never come.
+fn hold_script(arch: rackcast_netboot::ClientArch, mac: MacAddr) -> String {
+    let local = rackcast_netboot::policy::ipxe_script(&BootAction::LocalDisk, arch, "", "", mac)
+        .unwrap_or_default();
+    let local = local.trim_start_matches("#!ipxe\n");
+    format!(
+        "#!ipxe\necho rackcast: this machine came back to the network instead of its disk\n\
+         echo rackcast: its BMC is power-cycling it into its disk\nsleep 60 ||\n{local}"
+    )
 }
 
 /// The environments built into `root` (`rackcast env build -o ROOT/NAME`
@@ -156,4 +200,29 @@ pub(crate) async fn bind_netboot(
         source,
     })?;
     Ok(Netboot::bind(ncfg, policy).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rackcast_netboot::ClientArch;
+
+    #[test]
+    fn a_held_target_waits_then_falls_back_to_its_firmwares_local_boot() {
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        let bios = hold_script(ClientArch::X86Bios, mac);
+        let efi = hold_script(ClientArch::X64Uefi, mac);
+        for s in [&bios, &efi] {
+            assert!(s.starts_with("#!ipxe\n"), "{s}");
+            assert_eq!(s.matches("#!ipxe").count(), 1, "{s}");
+            assert!(s.contains("power-cycling it into its disk"), "{s}");
+            let wait = s.find("sleep 60").unwrap();
+            assert!(wait < s.find("exit").unwrap(), "{s}");
+        }
+        assert!(
+            bios.contains("sanboot --no-describe --drive 0x80"),
+            "{bios}"
+        );
+        assert!(!efi.contains("sanboot"), "{efi}");
+    }
 }

@@ -52,6 +52,10 @@ pub struct Target {
     /// behind rackcast's back.
     #[serde(default)]
     pub power_asked: Millis,
+    /// Unix ms until which a network boot of this target means the
+    /// one-time disk boot its BMC was given did not take (0: none due).
+    #[serde(default)]
+    pub disk_until: Millis,
 }
 
 impl Target {
@@ -72,6 +76,7 @@ impl Target {
             bmc_error: None,
             power_tries: 0,
             power_asked: 0,
+            disk_until: 0,
         }
     }
 

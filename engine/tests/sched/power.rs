@@ -167,6 +167,74 @@ fn done_work_sets_the_disk_and_a_change_nobody_asked_for_is_unexpected() {
 }
 
 #[test]
+fn a_disk_boot_that_did_not_take_is_cycled_once_and_only_while_due() {
+    use rackcast_engine::sched::BootChoice;
+    let cfg = SchedConfig::default();
+    let mut s = sched();
+    let (m, wol) = (mac(1), mac(2));
+    for t in [m, wol] {
+        s.add_target(0, t, "").unwrap();
+        register(&mut s, 10, t, super::ENV);
+    }
+    s.set_bmc(0, m, bmc()).unwrap();
+    let wake_only = BmcSettings {
+        addr: "wol".into(),
+        user: None,
+        insecure: false,
+    };
+    s.set_bmc(0, wol, Some(wake_only)).unwrap();
+    s.submit(20, script(&[m, wol], 0, 600)).unwrap();
+    for t in [m, wol] {
+        let d = s.poll(30, t, None);
+        assert!(s.report(40, t, run_ref(&d), finished(true)).unwrap());
+        assert_eq!(s.poll(50, t, None), Directive::BootLocal);
+    }
+    actions(&mut s);
+    // Before its reboot, and for Wake-on-LAN (which cannot pick a disk),
+    // nothing is held.
+    assert_eq!(
+        s.boot_choice(m),
+        BootChoice::HoldForDisk {
+            until: 50 + cfg.boot_timeout
+        }
+    );
+    assert_eq!(s.boot_choice(wol), BootChoice::Local);
+    s.disk_missed(60, wol);
+    assert!(actions(&mut s).is_empty());
+    // Its reboot fetched a script: cycled into its disk, once.
+    s.disk_missed(20_000, m);
+    let cycle = Action::Power {
+        mac: m,
+        plan: PowerPlan::DiskCycle,
+    };
+    assert_eq!(actions(&mut s), vec![cycle.clone()]);
+    assert_eq!(s.boot_choice(m), BootChoice::Local);
+    s.disk_missed(20_100, m);
+    assert!(actions(&mut s).is_empty(), "once per disk boot");
+    // The cycle's own off and on are expected.
+    s.power_done(25_000, m, PowerPlan::DiskCycle, Ok(PowerState::On));
+    s.power_observed(30_000, m, Ok(PowerState::Off));
+    let mut db = Db::default();
+    db.take(&mut s);
+    assert!(db
+        .events
+        .iter()
+        .filter(|e| e.kind == "target.power")
+        .all(|e| e.detail["expected"] == serde_json::json!(true)));
+    // Next job's disk boot: a network boot long after it is not a miss.
+    s.submit(40_000, script(&[m], 0, 600)).unwrap();
+    let d = s.poll(40_010, m, None);
+    assert!(s.report(40_020, m, run_ref(&d), finished(true)).unwrap());
+    assert_eq!(s.poll(40_030, m, None), Directive::BootLocal);
+    actions(&mut s);
+    s.disk_missed(40_030 + cfg.boot_timeout, m);
+    assert!(
+        actions(&mut s).is_empty(),
+        "too late to be this boot's miss"
+    );
+}
+
+#[test]
 fn a_power_task_runs_through_the_bmc_without_the_agent_and_fails_without_one() {
     use rackcast_engine::sched::api::{JobSpec, PowerOp, TaskKind, TaskSpec};
     let mut s = sched();

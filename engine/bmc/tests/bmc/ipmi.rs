@@ -33,14 +33,9 @@ fn power_actions_reach_the_chassis() {
     assert_eq!(bmc.state().unwrap(), PowerState::On);
     assert_eq!(sim.calls().last().unwrap(), "get power");
     let before = sim.calls().len();
-    // On, a real cycle: ipmi_sim sets power 0, then 1 a second later.
+    // On, a cycle is off, then on once the chassis reads off (as Ironic
+    // does: `chassis power cycle` is optional and many BMCs refuse it).
     bmc.power(PowerOp::Cycle).unwrap();
-    let start = Instant::now();
-    while !sim.calls()[before..].iter().any(|c| c == "set power 1")
-        && start.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let calls = sim.calls();
     let after = &calls[before..];
     let off = after.iter().position(|c| c == "set power 0");

@@ -49,6 +49,7 @@ impl Scheduler {
         t.last_seen = now;
         t.registered = true;
         t.power_tries = 0;
+        t.disk_until = 0;
         let old_env = std::mem::replace(&mut t.env, env.to_string());
         let state = t.state.clone();
         self.dirty_targets.insert(mac);

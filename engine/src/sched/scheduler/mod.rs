@@ -110,6 +110,9 @@ pub enum PowerPlan {
     Netboot,
     /// A one-time boot from the local disk (the agent reboots it).
     Disk,
+    /// A one-time boot from the local disk, then power on or a cycle: the
+    /// agent's own reboot came back to the network instead.
+    DiskCycle,
     /// A job's power task.
     Task(rackcast_types::PowerOp),
 }
@@ -123,6 +126,7 @@ impl PowerPlan {
         match self {
             PowerPlan::Netboot => "netboot",
             PowerPlan::Disk => "disk",
+            PowerPlan::DiskCycle => "disk-cycle",
             PowerPlan::Task(op) => op.word(),
         }
     }
@@ -152,6 +156,13 @@ pub enum BootChoice {
     Local,
     /// Pending work in this environment.
     Env(String),
+    /// No work, and its one-time disk boot did not take: its network boot
+    /// waits while its BMC cycles it into its disk (until this Unix ms;
+    /// after that, its disk as for `Local`).
+    HoldForDisk {
+        /// Unix ms.
+        until: Millis,
+    },
 }
 
 /// The scheduler. See the module doc.
@@ -311,6 +322,11 @@ impl Scheduler {
                     _ => self.task_env(spec),
                 };
                 BootChoice::Env(env)
+            }
+            None if t.state == TargetState::Local && t.disk_until > 0 && t.bmc.is_some() => {
+                BootChoice::HoldForDisk {
+                    until: t.disk_until,
+                }
             }
             None => BootChoice::Local,
         }

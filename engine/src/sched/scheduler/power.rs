@@ -326,15 +326,51 @@ impl Scheduler {
         })
     }
 
-    /// `mac`'s work is done: its next boot is its disk.
+    /// `mac`'s work is done: its next boot is its disk. A network boot
+    /// within `boot_timeout` after that means the one-time boot did not
+    /// take (see [`Scheduler::disk_missed`]).
     pub(super) fn boot_disk(&mut self, now: Millis, mac: MacAddr) {
-        if self.targets.get(&mac).is_some_and(|t| t.bmc.is_some()) {
+        let until = now + self.cfg.boot_timeout;
+        if let Some(t) = self.targets.get_mut(&mac).filter(|t| t.bmc.is_some()) {
+            // Wake-on-LAN can power on, not choose a boot device.
+            if t.bmc.as_ref().is_some_and(|b| b.addr != "wol") {
+                t.disk_until = until;
+            }
+            self.dirty_targets.insert(mac);
             self.actions.push_back(Action::Power {
                 mac,
                 plan: PowerPlan::Disk,
             });
             self.power_event(now, mac, PowerPlan::Disk.word(), "no work left", None);
         }
+    }
+
+    /// `mac` fetched its network boot script while its one-time disk boot
+    /// was due: the override did not take (a BMC that applies it only at
+    /// power-on, or a warm reboot that skips it). Its BMC sets it again and
+    /// cycles the power, once per disk boot, so a machine whose disk boot
+    /// keeps failing is not cycled forever.
+    pub fn disk_missed(&mut self, now: Millis, mac: MacAddr) {
+        let Some(t) = self.targets.get_mut(&mac) else {
+            return;
+        };
+        if t.disk_until <= now || t.state != TargetState::Local || t.bmc.is_none() {
+            return;
+        }
+        t.disk_until = 0;
+        t.power_asked = now;
+        self.dirty_targets.insert(mac);
+        self.actions.push_back(Action::Power {
+            mac,
+            plan: PowerPlan::DiskCycle,
+        });
+        self.power_event(
+            now,
+            mac,
+            PowerPlan::DiskCycle.word(),
+            "its reboot came back to the network instead of its disk",
+            None,
+        );
     }
 
     fn netboot(&mut self, now: Millis, mac: MacAddr, env: String, tries: u32, why: &str) {
