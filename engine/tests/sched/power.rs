@@ -207,7 +207,7 @@ fn a_disk_boot_that_did_not_take_is_cycled_once_and_only_while_due() {
         mac: m,
         plan: PowerPlan::DiskCycle,
     };
-    assert_eq!(actions(&mut s), vec![cycle.clone()]);
+    assert_eq!(actions(&mut s), vec![cycle]);
     assert_eq!(s.boot_choice(m), BootChoice::Local);
     s.disk_missed(20_100, m);
     assert!(actions(&mut s).is_empty(), "once per disk boot");
