@@ -10,7 +10,8 @@ if [[ "${1:-test}" == test ]]; then
            iproute2 iptables udpcast uftp fio util-linux cpio efibootmgr
            ipxe grub-efi-amd64-bin grub-common mtools
            ipmitool openipmi python3-venv python3-libvirt python3-bcrypt
-           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+           prometheus)
 fi
 
 missing=()

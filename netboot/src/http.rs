@@ -25,8 +25,10 @@ use crate::arch::{ClientArch, ClientKind, MacAddr};
 use crate::error::{Error, Result};
 use crate::events::{BootEvent, Events, Step};
 use crate::files::FileTree;
+use crate::metrics::NetbootMetrics;
 use crate::neighbor::{PeerCheck, ScriptPeer};
 use crate::policy::{ipxe_script, BootAction, BootQuery, BootStage};
+use prometheus_client::registry::Registry;
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -68,10 +70,14 @@ pub struct HttpServer {
     connections: Arc<Semaphore>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Shared {
     files: FileTree,
     events: Events,
+    /// Counts requests and bytes.
+    metrics: NetbootMetrics,
+    /// What `/metrics` serves; `None` answers it 404.
+    registry: Option<Arc<Registry>>,
     /// Our address as iPXE scripts should name it (`{server}`).
     server: String,
     /// Our base URL (`{http}`).
@@ -99,6 +105,8 @@ impl HttpServer {
             shared: Arc::new(Shared {
                 files,
                 events,
+                metrics: NetbootMetrics::default(),
+                registry: None,
                 server,
                 base,
                 script_peer: ScriptPeer::default(),
@@ -110,32 +118,32 @@ impl HttpServer {
 
     /// Sets the base URL once the bound port is known.
     pub fn rebase(self, base: String) -> Self {
-        let s = &self.shared;
-        let shared = Arc::new(Shared {
-            files: s.files.clone(),
-            events: s.events.clone(),
-            server: s.server.clone(),
-            base,
-            script_peer: s.script_peer,
-        });
-        HttpServer { shared, ..self }
+        let mut s = (*self.shared).clone();
+        s.base = base;
+        HttpServer {
+            shared: Arc::new(s),
+            ..self
+        }
     }
 
     /// Sets who may fetch a MAC's iPXE script.
     pub fn script_peer(self, script_peer: ScriptPeer) -> Self {
-        let s = &self.shared;
-        let shared = Arc::new(Shared {
-            files: s.files.clone(),
-            events: s.events.clone(),
-            server: s.server.clone(),
-            base: s.base.clone(),
-            script_peer,
-        });
+        let mut s = (*self.shared).clone();
+        s.script_peer = script_peer;
         HttpServer {
-            listener: self.listener,
-            shared,
-            limits: self.limits,
-            connections: self.connections,
+            shared: Arc::new(s),
+            ..self
+        }
+    }
+
+    /// Counts into `metrics` and serves `registry` at `/metrics`.
+    pub fn metrics(self, metrics: NetbootMetrics, registry: Arc<Registry>) -> Self {
+        let mut s = (*self.shared).clone();
+        s.metrics = metrics;
+        s.registry = Some(registry);
+        HttpServer {
+            shared: Arc::new(s),
+            ..self
         }
     }
 
@@ -323,6 +331,17 @@ async fn serve(
     close: bool,
 ) -> std::io::Result<()> {
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    if path == "/metrics" {
+        let Some(reg) = &shared.registry else {
+            return respond(stream, 404, "text/plain", b"not found", head, close).await;
+        };
+        let mut text = String::new();
+        if prometheus_client::encoding::prometheus_text::encode(&mut text, reg).is_err() {
+            return respond(stream, 500, "text/plain", b"encoding failed", head, close).await;
+        }
+        let ctype = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+        return respond(stream, 200, ctype, text.as_bytes(), head, close).await;
+    }
     if let Some(rest) = path.strip_prefix("/ipxe/") {
         let mac_s = percent_decode(rest.trim_end_matches(".ipxe"));
         let Ok(mac) = MacAddr::parse(&mac_s) else {
@@ -377,7 +396,11 @@ async fn serve(
             },
         });
         return match script {
-            Some(s) => respond(stream, 200, "text/plain", s.as_bytes(), head, close).await,
+            Some(s) => {
+                shared.metrics.http_request(true);
+                shared.metrics.http_bytes(s.len() as u64);
+                respond(stream, 200, "text/plain", s.as_bytes(), head, close).await
+            }
             None => {
                 respond(
                     stream,
@@ -396,6 +419,8 @@ async fn serve(
     };
     let name = percent_decode(name);
     if let Some(b) = shared.files.policy().virtual_file(&name) {
+        shared.metrics.http_request(false);
+        shared.metrics.http_bytes(b.len() as u64);
         return respond(stream, 200, "application/octet-stream", &b, head, close).await;
     }
     let real = match shared.files.resolve(&name) {
@@ -442,6 +467,7 @@ async fn serve(
     }
     h.push_str("\r\n");
     stream.write_all(h.as_bytes()).await?;
+    shared.metrics.http_request(false);
     if !head && end > start {
         file.seek(std::io::SeekFrom::Start(start)).await?;
         let mut left = end - start;
@@ -454,6 +480,7 @@ async fn serve(
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             stream.write_all(&chunk[..n]).await?;
+            shared.metrics.http_bytes(n as u64);
             left -= n as u64;
         }
     }

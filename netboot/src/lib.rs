@@ -13,6 +13,7 @@ mod error;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod metrics;
 pub mod neighbor;
 pub mod policy;
 mod settings;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 pub use arch::{ClientArch, ClientKind, MacAddr};
 pub use error::{Error, Result};
 pub use events::{BootEvent, Events, Step};
+pub use metrics::NetbootMetrics;
 pub use policy::{BootAction, BootPolicy, BootQuery, BootStage, StaticPolicy};
 pub use settings::{NetbootMode, NetbootSettings, StyleSetting};
 
@@ -94,6 +96,7 @@ pub struct Netboot {
     tftp: TftpServer,
     http: HttpServer,
     events: Events,
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl Netboot {
@@ -116,9 +119,15 @@ impl Netboot {
         } else {
             format!("http://{}:{http_port}", cfg.server_ip)
         };
-        let http = HttpServer::rebase(http, base.clone()).script_peer(cfg.script_peer);
         let tftp =
             TftpServer::bind(cfg.tftp, files, cfg.tftp_limits.clone(), events.clone()).await?;
+        let metrics = NetbootMetrics::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry, tftp.stats());
+        let registry = Arc::new(registry);
+        let http = HttpServer::rebase(http, base.clone())
+            .script_peer(cfg.script_peer)
+            .metrics(metrics.clone(), registry.clone());
         let (full, leases, lease_file) = match &cfg.mode {
             Mode::Proxy => (None, None, None),
             Mode::Full {
@@ -162,13 +171,20 @@ impl Netboot {
             &cfg.dhcp_ports,
             events.clone(),
             lease_file,
-        )?;
+        )?
+        .with_metrics(metrics);
         Ok(Netboot {
             dhcp,
             tftp,
             http,
             events,
+            registry,
         })
+    }
+
+    /// Netboot's metrics (also served at `/metrics` on its HTTP port).
+    pub fn registry(&self) -> Arc<prometheus_client::registry::Registry> {
+        self.registry.clone()
     }
 
     /// The boot-event feed.

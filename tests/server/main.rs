@@ -6,6 +6,7 @@
 
 mod bmc;
 mod bounds;
+mod metrics;
 mod rig;
 mod trust;
 

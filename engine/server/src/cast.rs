@@ -152,13 +152,35 @@ fn send(
     );
     let start = Instant::now();
     let mut verdicts = Vec::new();
-    net::run_sender(&mut sender, &sock, &netcfg, &mut |_, ev| match ev {
+    let m = &shared.metrics.cast;
+    m.active.inc();
+    // Counters move by what changed since the last look (every ~100 ms).
+    let mut seen = rackcast_engine::cast::SenderStats::default();
+    let mut count = |st: &rackcast_engine::cast::SenderStats| {
+        m.bytes.inc_by(st.bytes.saturating_sub(seen.bytes));
+        m.packets.inc_by(st.packets.saturating_sub(seen.packets));
+        m.source_symbols
+            .inc_by(st.source_symbols.saturating_sub(seen.source_symbols));
+        m.repair_symbols
+            .inc_by(st.repair_symbols.saturating_sub(seen.repair_symbols));
+        m.statuses.inc_by(st.statuses.saturating_sub(seen.statuses));
+        seen = st.clone();
+    };
+    let ran = net::run_sender(&mut sender, &sock, &netcfg, &mut |snd, ev| match ev {
         Some(SenderEvent::Finished { verdicts: v }) => verdicts = v.clone(),
         Some(SenderEvent::ReceiverDone { receiver }) => {
+            m.receivers_done.inc();
             let _ = confirm.send(*receiver);
         }
-        _ => {}
-    })?;
+        Some(_) => {}
+        None => {
+            m.loss.set(snd.mean_loss());
+            count(snd.stats());
+        }
+    });
+    count(sender.stats());
+    m.active.dec();
+    ran?;
     let st = sender.stats();
     let done: Vec<u64> = verdicts
         .iter()

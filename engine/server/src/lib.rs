@@ -15,6 +15,7 @@ mod boot_token;
 mod cast;
 mod datadir;
 mod library;
+mod metrics;
 mod operator;
 mod policy;
 mod power_api;
@@ -279,6 +280,8 @@ pub struct Shared {
     trusted: Vec<rackcast_engine::image::TrustedKey>,
     policy: Arc<SchedPolicy>,
     url: String,
+    /// What `/metrics` serves.
+    metrics: metrics::ServerMetrics,
 }
 
 #[derive(Debug)]
@@ -367,7 +370,9 @@ impl Shared {
             actions.push(a);
         }
         if !changes.is_empty() {
+            let t = std::time::Instant::now();
             self.store.apply(&changes, now).await?;
+            self.metrics.store_write(t.elapsed().as_secs_f64());
             self.policy.update(&inner.sched, &changes);
         }
         drop(inner);
@@ -408,6 +413,7 @@ impl Shared {
             match c {
                 Change::Event(e) => {
                     any |= e.seq > 0;
+                    self.metrics.saw(&e);
                     let _ = self.events.send(e.record());
                 }
                 Change::Log(_) => {}
@@ -572,6 +578,12 @@ impl Server {
         };
         let (policy, disk_missed) = SchedPolicy::new(url.clone(), boot_key);
         let policy = Arc::new(policy);
+        // Bound now, served from `run`, after the policy first reads the scheduler.
+        let netboot = match &cfg.netboot {
+            Some(nb) => Some(policy::bind_netboot(&cfg, nb, policy.clone()).await?),
+            None => None,
+        };
+        let metrics = metrics::ServerMetrics::new(netboot.as_ref().map(|n| n.registry()));
         let agent_tokens = store.agent_tokens().await?.into_iter().collect();
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -592,6 +604,7 @@ impl Server {
             trusted,
             policy: policy.clone(),
             url,
+            metrics,
         });
         // Persist what the restart itself changed (ended sessions, deadlines).
         shared
@@ -600,10 +613,6 @@ impl Server {
             })
             .await
             .map_err(|e| ServerError::Config(e.1))?;
-        let netboot = match &cfg.netboot {
-            Some(nb) => Some(policy::bind_netboot(&cfg, nb, policy.clone()).await?),
-            None => None,
-        };
         Ok(Server {
             shared,
             listener,
@@ -653,10 +662,15 @@ impl Server {
 
     /// Serves until a listener fails.
     pub async fn run(self) -> Result<(), ServerError> {
+        let track = axum::middleware::from_fn_with_state(self.shared.clone(), metrics::track);
         let operator_api = operator::routes()
             .merge(power_api::routes())
+            .route("/metrics", axum::routing::get(metrics::scrape))
+            .route_layer(track.clone())
             .with_state(self.shared.clone());
-        let agent_api = agent_api::routes().with_state(self.shared.clone());
+        let agent_api = agent_api::routes()
+            .route_layer(track)
+            .with_state(self.shared.clone());
         let timers = tokio::spawn(timer_loop(self.shared.clone()));
         let bmc_poll = tokio::spawn(bmc::poll_loop(self.shared.clone()));
         let disk_missed =

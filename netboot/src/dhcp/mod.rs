@@ -19,7 +19,7 @@ use dhcproto::{Decodable, Decoder, Encodable};
 pub use classify::{classify, ClientInfo};
 pub use leases::{Lease, LeaseTable};
 
-use crate::arch::{ClientKind, MacAddr};
+use crate::arch::{ClientArch, ClientKind, MacAddr};
 use crate::events::Step;
 use crate::policy::{BootAction, BootPolicy, BootQuery, BootStage};
 
@@ -103,6 +103,9 @@ pub struct Decision {
     /// The client's address when known (4011 source, full-mode ACK), so TFTP
     /// and HTTP log lines can name the MAC.
     pub client_ip: Option<Ipv4Addr>,
+    /// The client's architecture and boot kind, for metrics; `None` when
+    /// the datagram did not parse.
+    pub client: Option<(ClientArch, Option<ClientKind>)>,
 }
 
 impl Decision {
@@ -113,6 +116,7 @@ impl Decision {
             step: None,
             detail: String::new(),
             client_ip: None,
+            client: None,
         }
     }
 }
@@ -195,6 +199,7 @@ impl DhcpServer {
             step: None,
             detail: String::new(),
             client_ip: None,
+            client: Some((info.arch, info.kind)),
         };
         let Some(mtype) = msg.opts().msg_type() else {
             return d;

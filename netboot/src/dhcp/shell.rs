@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use super::{DhcpServer, Received};
 use crate::error::{Error, Result};
 use crate::events::{BootEvent, Events};
+use crate::metrics::NetbootMetrics;
 
 /// A running DHCP front end.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ pub struct DhcpService {
     sockets: Vec<(u16, UdpSocket)>,
     events: Events,
     lease_file: Option<PathBuf>,
+    metrics: NetbootMetrics,
 }
 
 impl DhcpService {
@@ -59,7 +61,14 @@ impl DhcpService {
             sockets,
             events,
             lease_file,
+            metrics: NetbootMetrics::default(),
         })
+    }
+
+    /// Counts its decisions in `m`.
+    pub fn with_metrics(mut self, m: NetbootMetrics) -> Self {
+        self.metrics = m;
+        self
     }
 
     /// The bound addresses, one per port.
@@ -77,7 +86,8 @@ impl DhcpService {
             let core = self.core.clone();
             let events = self.events.clone();
             let lease_file = self.lease_file.clone();
-            tasks.spawn(serve(port, sock, core, events, lease_file));
+            let metrics = self.metrics.clone();
+            tasks.spawn(serve(port, sock, core, events, lease_file, metrics));
         }
         while let Some(r) = tasks.join_next().await {
             if let Ok(Err(e)) = r {
@@ -94,6 +104,7 @@ async fn serve(
     core: Arc<Mutex<DhcpServer>>,
     events: Events,
     lease_file: Option<PathBuf>,
+    metrics: NetbootMetrics,
 ) -> Result<()> {
     let mut buf = vec![0u8; 4096];
     loop {
@@ -136,6 +147,14 @@ async fn serve(
             if let Err(e) = sock.send_to(&reply.data, SocketAddr::V4(reply.dst)).await {
                 tracing::warn!("DHCP reply to {}: {e}", reply.dst);
             }
+        }
+        match (decision.client, decision.step) {
+            (None, _) => metrics.dhcp_malformed(),
+            (Some((arch, kind)), Some(step)) => metrics.dhcp(step, arch, kind),
+            (Some((arch, kind)), None) if decision.reply.is_none() => {
+                metrics.dhcp(crate::events::Step::Ignored, arch, kind)
+            }
+            _ => {}
         }
         if let Some(step) = decision.step {
             events.emit(BootEvent {

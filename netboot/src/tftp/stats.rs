@@ -15,6 +15,8 @@ pub struct TftpStats {
     pub requests: AtomicU64,
     /// Transfers acknowledged to the last block.
     pub completed: AtomicU64,
+    /// File bytes of the transfers acknowledged to the last block.
+    pub bytes: AtomicU64,
     /// Transfers ended by the client's ERROR or by its silence.
     pub aborted: AtomicU64,
     /// Requests refused (not found, traversal, write, bad mode, caps).
@@ -83,6 +85,9 @@ pub(super) fn finish_event(
         ),
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    if step == Step::TftpDone {
+        stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
     events.emit(BootEvent {
         mac: None,
         peer,

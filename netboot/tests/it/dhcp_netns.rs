@@ -64,6 +64,7 @@ impl Topology {
 /// Netboot running inside the server namespace on its own thread.
 struct Server {
     events: Arc<Mutex<Vec<BootEvent>>>,
+    registry: Arc<prometheus_client::registry::Registry>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -107,7 +108,7 @@ impl Server {
                 };
                 let nb = Netboot::bind(cfg, Arc::new(policy)).await.unwrap();
                 let mut rx = nb.events().subscribe();
-                ready_tx.send(()).unwrap();
+                ready_tx.send(nb.registry()).unwrap();
                 let collect = async move {
                     while let Ok(e) = rx.recv().await {
                         ev.lock().unwrap().push(e);
@@ -120,14 +121,25 @@ impl Server {
                 }
             });
         });
-        ready_rx
+        let registry = ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server ready");
         Server {
             events,
+            registry,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+
+    /// The value of the sample `name{labels}` in netboot's `/metrics` text
+    /// (0 when absent).
+    fn metric(&self, sample: &str) -> f64 {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     fn events_for(&self, mac: MacAddr) -> Vec<BootEvent> {
@@ -209,6 +221,12 @@ fn policy() -> StaticPolicy {
 const GUID: &str = "0x61:00000102030405060708090a0b0c0d0e0f";
 
 fn proxy_case(mac: &str, opts: &[&str], expect_file: Option<&str>) {
+    proxy_case_counted(mac, opts, expect_file, None)
+}
+
+/// As [`proxy_case`], and the offers show in netboot's metrics under
+/// `labels` (`step="offer",arch="...",kind="..."`).
+fn proxy_case_counted(mac: &str, opts: &[&str], expect_file: Option<&str>, labels: Option<&str>) {
     if !facilities() {
         return;
     }
@@ -229,6 +247,10 @@ fn proxy_case(mac: &str, opts: &[&str], expect_file: Option<&str>) {
             assert!(offers[0].detail.contains(f), "{:?}", offers[0]);
             // The client really received it: it selects the (proxy) offer.
             assert!(log.contains("select"), "udhcpc never saw our offer: {log}");
+            if let Some(labels) = labels {
+                let n = srv.metric(&format!("rackcast_dhcp_answers_total{{{labels}}}"));
+                assert_eq!(n, offers.len() as f64, "{labels}");
+            }
         }
         None => {
             assert!(srv.events_for(mac).is_empty(), "{:?}", srv.events_for(mac));
@@ -239,7 +261,7 @@ fn proxy_case(mac: &str, opts: &[&str], expect_file: Option<&str>) {
 
 #[test]
 fn udhcpc_bios_pxe() {
-    proxy_case(
+    proxy_case_counted(
         "02:00:00:aa:00:01",
         &[
             "-V",
@@ -252,6 +274,7 @@ fn udhcpc_bios_pxe() {
             GUID,
         ],
         Some("undionly.kpxe"),
+        Some(r#"step="offer",arch="bios",kind="pxe""#),
     );
 }
 
@@ -291,10 +314,11 @@ fn udhcpc_arm64_uefi_pxe() {
 
 #[test]
 fn udhcpc_uefi_http_boot() {
-    proxy_case(
+    proxy_case_counted(
         "02:00:00:aa:00:04",
         &["-V", "HTTPClient:Arch:00016:UNDI:003001", "-x", "0x5d:0010"],
         Some("http://10.231.0.1:8080/files/ipxe.efi"),
+        Some(r#"step="offer",arch="x64_uefi",kind="http_boot""#),
     );
 }
 

@@ -44,6 +44,11 @@ impl HttpFixture {
                 )
                 .await
                 .unwrap();
+                // Counted and served at /metrics, as Netboot::bind does.
+                let metrics = rackcast_netboot::NetbootMetrics::default();
+                let mut reg = prometheus_client::registry::Registry::default();
+                metrics.register(&mut reg, Arc::default());
+                let srv = srv.metrics(metrics, Arc::new(reg));
                 tx.send(srv.local_addr().unwrap()).unwrap();
                 tokio::select! {
                     _ = srv.run() => {}
@@ -225,4 +230,30 @@ fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
         }
     }
     assert!(got < len, "the whole {got} bytes came: never closed");
+}
+
+#[test]
+fn metrics_count_requests_and_body_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("small.bin"), vec![7u8; 3000]).unwrap();
+    let h = HttpFixture::start(dir.path(), HttpLimits::default());
+    for _ in 0..2 {
+        assert_eq!(get(h.addr, "/files/small.bin").unwrap().len(), 3000);
+    }
+    let text = String::from_utf8(get(h.addr, "/metrics").unwrap()).unwrap();
+    let sample = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    assert_eq!(
+        sample(r#"rackcast_http_boot_requests_total{what="file"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample("rackcast_http_boot_bytes_total"),
+        Some(6000.0),
+        "{text}"
+    );
+    assert_eq!(sample("rackcast_tftp_active"), Some(0.0), "{text}");
 }

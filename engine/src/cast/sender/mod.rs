@@ -352,6 +352,15 @@ impl<S: FrameSource> Sender<S> {
         self.receivers.len()
     }
 
+    /// The mean of the receivers' smoothed loss (0 with none).
+    pub fn mean_loss(&self) -> f64 {
+        let n = self.receivers.len();
+        if n == 0 {
+            return 0.0;
+        }
+        self.receivers.values().map(|r| r.loss).sum::<f64>() / n as f64
+    }
+
     /// Receivers that have reported completion.
     pub fn receivers_done(&self) -> usize {
         self.receivers.values().filter(|r| r.status.done).count()
