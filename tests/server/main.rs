@@ -7,6 +7,7 @@
 mod bmc;
 mod bounds;
 mod metrics;
+mod operators;
 mod rig;
 mod trust;
 

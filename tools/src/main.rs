@@ -43,6 +43,11 @@ enum Command {
     /// Run the deployment server: REST API, agent API, cast sessions, image
     /// library and (configured) netboot.
     Server(cmd::server::ServerArgs),
+    /// Named operator tokens: create (admin or viewer), list, revoke.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
+    /// What operators did: token, action, path and result, oldest first.
+    Audit(cmd::audit::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +62,8 @@ fn main() -> std::process::ExitCode {
         Command::Target(c) => cmd::target::run(c),
         Command::Job(c) => cmd::job::run(c),
         Command::Server(a) => cmd::server::run(a),
+        Command::Token(c) => cmd::token::run(c),
+        Command::Audit(a) => cmd::audit::run(a),
     };
     match result {
         Ok(code) => code,

@@ -17,6 +17,7 @@ mod datadir;
 mod library;
 mod metrics;
 mod operator;
+mod operators;
 mod policy;
 mod power_api;
 pub mod store;
@@ -271,6 +272,8 @@ pub struct Shared {
     store: Store,
     cfg: ServerConfig,
     admin_token: String,
+    /// Live operator tokens: the built-in one and the named ones.
+    tokens: operators::TokenBook,
     enroll_token: String,
     /// Tags boot tokens (`DATA/boot.key`).
     boot_key: [u8; 32],
@@ -585,6 +588,7 @@ impl Server {
         };
         let metrics = metrics::ServerMetrics::new(netboot.as_ref().map(|n| n.registry()));
         let agent_tokens = store.agent_tokens().await?.into_iter().collect();
+        let tokens = operators::TokenBook::new(&admin_token, &store.operator_tokens().await?);
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -598,6 +602,7 @@ impl Server {
             store,
             cfg: cfg.clone(),
             admin_token,
+            tokens,
             enroll_token,
             boot_key,
             vault,
@@ -663,9 +668,12 @@ impl Server {
     /// Serves until a listener fails.
     pub async fn run(self) -> Result<(), ServerError> {
         let track = axum::middleware::from_fn_with_state(self.shared.clone(), metrics::track);
+        let guard = axum::middleware::from_fn_with_state(self.shared.clone(), operators::guard);
         let operator_api = operator::routes()
             .merge(power_api::routes())
+            .merge(operators::routes())
             .route("/metrics", axum::routing::get(metrics::scrape))
+            .route_layer(guard)
             .route_layer(track.clone())
             .with_state(self.shared.clone());
         let agent_api = agent_api::routes()

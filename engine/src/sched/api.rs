@@ -32,6 +32,15 @@
 //! | `POST /api/v1/jobs/{id}/retry`         | -> `JobView` (failed targets run again) |
 //! | `POST /api/v1/jobs/{id}/cancel`        | -> `JobView`                            |
 //! | `GET  /api/v1/events?job=ID&since=SEQ` | -> `text/event-stream` of `EventRecord` |
+//! | `POST /api/v1/tokens`                  | `TokenRequest` -> `TokenCreated` (the token, shown once) |
+//! | `GET  /api/v1/tokens`                  | -> `[TokenView]` (admin tokens only)    |
+//! | `DELETE /api/v1/tokens/{name}`         | -> `TokenView` (revoked)                |
+//! | `GET  /api/v1/audit?since=MS&limit=N`  | -> `[AuditEntry]`, oldest first         |
+//! | `GET  /metrics`                        | -> Prometheus text                      |
+//!
+//! Operator tokens are `admin` (everything) or `viewer` (every GET; any
+//! other method is 403). Every state-changing request by a valid token,
+//! refused or not, is appended to the audit log.
 //!
 //! Agent API:
 //!
@@ -725,4 +734,90 @@ pub struct ReportAck {
     /// False when the server no longer wants this run (cancelled, timed out,
     /// superseded): the agent stops it.
     pub keep_going: bool,
+}
+
+// ---------------------------------------------------------- operators
+
+/// What an operator token may do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read only: every state-changing route answers 403.
+    Viewer,
+}
+
+impl Role {
+    /// The word the API and the CLI use.
+    pub fn word(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!("unknown role {other:?}: admin or viewer")),
+        }
+    }
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// A name for people and the audit log (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// A named operator token, without its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenView {
+    /// Its name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Unix ms.
+    pub created: Millis,
+    /// Unix ms it was revoked, if it was.
+    #[serde(default)]
+    pub revoked: Option<Millis>,
+}
+
+/// The answer to `POST /api/v1/tokens`: the only time the token is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenCreated {
+    /// Its name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The bearer token.
+    pub token: String,
+}
+
+/// One operator action.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Order, from 1.
+    pub seq: u64,
+    /// Unix ms.
+    pub at: Millis,
+    /// The token's name (`admin` for DATA/admin.token).
+    pub token: String,
+    /// Where it came from: `api` (the console menu will add `console`).
+    pub origin: String,
+    /// `METHOD /route/template`.
+    pub action: String,
+    /// The request's path.
+    pub path: String,
+    /// The HTTP status it was answered with.
+    pub status: u16,
 }

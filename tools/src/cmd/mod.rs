@@ -1,5 +1,6 @@
 //! One module per `rackcast` subcommand.
 
+pub mod audit;
 pub mod cast;
 pub mod client;
 pub mod demo;
@@ -12,4 +13,5 @@ pub mod netboot;
 pub mod sample;
 pub mod server;
 pub mod target;
+pub mod token;
 pub mod util;

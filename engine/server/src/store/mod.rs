@@ -9,7 +9,7 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use rackcast_engine::sched::api::{EventRecord, ImageView, JobId};
+use rackcast_engine::sched::api::{AuditEntry, EventRecord, ImageView, JobId, TokenView};
 use rackcast_engine::sched::model::{keep_log_tail, LOG_TAIL};
 use rackcast_engine::sched::{Change, LogLine, MacAddr, MacParseError, State};
 
@@ -442,6 +442,105 @@ impl Store {
         };
         q.execute(&self.pool).await.map_err(self.db())?;
         Ok(())
+    }
+
+    /// Every named operator token (hash, view), revoked ones included.
+    pub async fn operator_tokens(&self) -> Result<Vec<(String, TokenView)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, role, hash, created, revoked FROM operator_tokens ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        let mut out = Vec::new();
+        for r in rows {
+            let role: String = r.get(1);
+            let role = role.parse().map_err(|e: String| StoreError::Decode {
+                path: self.path.clone(),
+                what: "operator_tokens.role".into(),
+                source: serde::de::Error::custom(e),
+            })?;
+            let view = TokenView {
+                name: r.get(0),
+                role,
+                created: r.get::<i64, _>(3) as u64,
+                revoked: r.get::<Option<i64>, _>(4).map(|t| t as u64),
+            };
+            out.push((r.get(2), view));
+        }
+        Ok(out)
+    }
+
+    /// Adds a named token by its hash; `false` when the name is taken.
+    pub async fn add_operator_token(&self, v: &TokenView, hash: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO operator_tokens (name, role, hash, created) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&v.name)
+        .bind(v.role.word())
+        .bind(hash)
+        .bind(v.created as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Revokes `name` at `now`; `false` when no such live token.
+    pub async fn revoke_operator_token(&self, name: &str, now: u64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE operator_tokens SET revoked = $2 WHERE name = $1 AND revoked IS NULL",
+        )
+        .bind(name)
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Appends `e` (its `seq` is assigned here) to the audit log.
+    pub async fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at, token, origin, action, path, status) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(e.at as i64)
+        .bind(&e.token)
+        .bind(&e.origin)
+        .bind(&e.action)
+        .bind(&e.path)
+        .bind(i64::from(e.status))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Audit entries at or after `since` (Unix ms), oldest first, at most `limit`.
+    pub async fn audit(&self, since: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, token, origin, action, path, status FROM audit \
+             WHERE at >= $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(since as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditEntry {
+                seq: r.get::<i64, _>(0) as u64,
+                at: r.get::<i64, _>(1) as u64,
+                token: r.get(2),
+                origin: r.get(3),
+                action: r.get(4),
+                path: r.get(5),
+                status: u16::try_from(r.get::<i64, _>(6)).unwrap_or(0),
+            })
+            .collect())
     }
 
     /// `mac`'s encrypted BMC password, if one is stored.

@@ -131,3 +131,50 @@ async fn the_database_and_its_wal_are_0600_even_when_found_wider() {
         assert_eq!(mode(f), 0o600, "{f} after a reopen");
     }
 }
+
+#[tokio::test]
+async fn the_audit_log_is_append_only_and_named_tokens_keep_only_a_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).await.unwrap();
+    let e = AuditEntry {
+        seq: 0,
+        at: 1_000,
+        token: "alice".into(),
+        origin: "api".into(),
+        action: "POST /api/v1/jobs".into(),
+        path: "/api/v1/jobs".into(),
+        status: 200,
+    };
+    s.append_audit(&e).await.unwrap();
+    s.append_audit(&AuditEntry {
+        at: 2_000,
+        ..e.clone()
+    })
+    .await
+    .unwrap();
+    let all = s.audit(0, 10).await.unwrap();
+    assert_eq!(all.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(s.audit(1_500, 10).await.unwrap().len(), 1);
+    for sql in ["UPDATE audit SET status = 500", "DELETE FROM audit"] {
+        let err = sqlx::query(sql).execute(&s.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    assert_eq!(s.audit(0, 10).await.unwrap(), all);
+    let v = TokenView {
+        name: "grafana".into(),
+        role: rackcast_engine::sched::api::Role::Viewer,
+        created: 5,
+        revoked: None,
+    };
+    assert!(s.add_operator_token(&v, "ab12").await.unwrap());
+    assert!(
+        !s.add_operator_token(&v, "cd34").await.unwrap(),
+        "name taken"
+    );
+    assert!(s.revoke_operator_token("grafana", 9).await.unwrap());
+    assert!(!s.revoke_operator_token("grafana", 10).await.unwrap());
+    let named = s.operator_tokens().await.unwrap();
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0].0, "ab12");
+    assert_eq!(named[0].1.revoked, Some(9));
+}
