@@ -8,6 +8,7 @@ mod bmc;
 mod bounds;
 mod metrics;
 mod operators;
+mod package;
 mod rig;
 mod trust;
 
