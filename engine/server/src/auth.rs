@@ -49,7 +49,7 @@ pub(crate) fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
 /// 32 random bytes as hex.
 pub(crate) fn random_token() -> std::io::Result<String> {
     let mut b = [0u8; 32];
-    getrandom::getrandom(&mut b).map_err(std::io::Error::other)?;
+    getrandom::fill(&mut b).map_err(std::io::Error::other)?;
     Ok(hex(&b))
 }
 

@@ -39,7 +39,7 @@ impl Vault {
     /// `password` sealed for `mac`: a random nonce, then the ciphertext.
     pub(crate) fn seal(&self, mac: MacAddr, password: &str) -> std::io::Result<Vec<u8>> {
         let mut nonce = [0u8; 24];
-        getrandom::getrandom(&mut nonce).map_err(std::io::Error::other)?;
+        getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
         let aad = mac.to_string();
         let sealed = self
             .0

@@ -498,7 +498,7 @@ impl Server {
         let (state, images) = store.load().await?;
         let now = now_ms();
         let mut key_secret = [0u8; 32];
-        getrandom::getrandom(&mut key_secret)
+        getrandom::fill(&mut key_secret)
             .map_err(|e| ServerError::Config(format!("no OS randomness: {e}")))?;
         let sched_cfg = SchedConfig {
             default_env: cfg.default_env.clone(),

@@ -29,7 +29,7 @@ impl ImageSigner {
     /// and `path.pub` (public). Refuses to overwrite either.
     pub fn generate(path: &Path) -> Result<(ImageSigner, std::path::PathBuf)> {
         let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed).map_err(|e| {
+        getrandom::fill(&mut seed).map_err(|e| {
             ImageError::io(
                 "gathering randomness for",
                 path,

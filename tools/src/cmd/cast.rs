@@ -136,10 +136,9 @@ fn session_key(g: &GroupArgs) -> anyhow::Result<SessionKey> {
     }
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::getrandom(&mut b).expect("OS randomness");
-    u64::from_le_bytes(b)
+/// A fresh session id; the engine wants one random per session.
+fn random_u64() -> anyhow::Result<u64> {
+    getrandom::u64().context("gathering OS randomness for the session id")
 }
 
 fn send(a: &SendArgs) -> anyhow::Result<ExitCode> {
@@ -156,7 +155,7 @@ fn send(a: &SendArgs) -> anyhow::Result<ExitCode> {
     }
     let key = session_key(&a.group)?;
     let index = reader.index().clone();
-    let mut cfg = SenderConfig::new(random_u64(), key, symbol);
+    let mut cfg = SenderConfig::new(random_u64()?, key, symbol);
     cfg.max_rate = a.rate;
     cfg.min_rate = (a.rate / 100).max(1_000_000).min(a.rate);
     cfg.min_receivers = a.min_receivers;

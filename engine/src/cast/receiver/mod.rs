@@ -81,11 +81,9 @@ impl ReceiverConfig {
 
 /// A fresh nonce from the OS (tests set [`ReceiverConfig::nonce`] from their seed).
 fn random_nonce() -> u64 {
-    let mut b = [0u8; 8];
     // Without OS randomness a predictable nonce still joins the live
     // sender; it only weakens replay protection, so it is no reason to fail.
-    let _ = getrandom::getrandom(&mut b);
-    u64::from_le_bytes(b)
+    getrandom::u64().unwrap_or(0)
 }
 
 /// Something for the shell to act on.

@@ -120,7 +120,7 @@ pub fn parse_job(text: &str, format: JobFormat, origin: &str) -> Result<JobSpec,
             let pos = e.span().map(|s| line_col(text, s.start));
             (pos, e.message().trim().to_string())
         }),
-        JobFormat::Yaml => serde_yaml::from_str(text).map_err(|e| {
+        JobFormat::Yaml => serde_norway::from_str(text).map_err(|e| {
             let pos = e.location().map(|l| (l.line(), l.column()));
             (pos, strip_position(e.to_string(), pos))
         }),
