@@ -11,7 +11,7 @@ if [[ "${1:-test}" == test ]]; then
            ipxe grub-efi-amd64-bin grub-common mtools
            ipmitool openipmi python3-venv python3-libvirt python3-bcrypt
            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-           prometheus systemd binutils)
+           prometheus systemd binutils chromium chromium-driver)
 fi
 
 missing=()

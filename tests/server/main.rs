@@ -6,6 +6,7 @@
 
 mod bmc;
 mod bounds;
+mod dashboard;
 mod metrics;
 mod operators;
 mod package;

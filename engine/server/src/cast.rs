@@ -176,9 +176,11 @@ fn send(
         None => {
             m.loss.set(snd.mean_loss());
             count(snd.stats());
+            shared.metrics.set_live(s.id.0, live(snd));
         }
     });
     count(sender.stats());
+    shared.metrics.set_live(s.id.0, live(&sender));
     m.active.dec();
     ran?;
     let st = sender.stats();
@@ -201,4 +203,19 @@ fn send(
             "receivers": verdicts.len(),
         }),
     ))
+}
+
+/// What the dashboard shows of a running sender.
+fn live<S: rackcast_engine::cast::FrameSource>(
+    snd: &Sender<S>,
+) -> rackcast_engine::sched::api::CastLive {
+    let st = snd.stats();
+    rackcast_engine::sched::api::CastLive {
+        joined: snd.receiver_count() as u64,
+        done: snd.receivers_done() as u64,
+        rate: snd.rate(),
+        loss: snd.mean_loss(),
+        repair_overhead: st.repair_symbols as f64 / st.source_symbols.max(1) as f64,
+        stragglers: snd.stragglers() as u64,
+    }
 }

@@ -13,6 +13,7 @@ mod bmc;
 mod body;
 mod boot_token;
 mod cast;
+mod dashboard;
 mod datadir;
 mod library;
 mod metrics;
@@ -274,6 +275,8 @@ pub struct Shared {
     admin_token: String,
     /// Live operator tokens: the built-in one and the named ones.
     tokens: operators::TokenBook,
+    /// Browsers logged in to the dashboard.
+    ui: dashboard::UiSessions,
     enroll_token: String,
     /// Tags boot tokens (`DATA/boot.key`).
     boot_key: [u8; 32],
@@ -603,6 +606,7 @@ impl Server {
             cfg: cfg.clone(),
             admin_token,
             tokens,
+            ui: Default::default(),
             enroll_token,
             boot_key,
             vault,
@@ -672,6 +676,7 @@ impl Server {
         let operator_api = operator::routes()
             .merge(power_api::routes())
             .merge(operators::routes())
+            .merge(dashboard::routes())
             .route("/metrics", axum::routing::get(metrics::scrape))
             .route_layer(guard)
             .route_layer(track.clone())

@@ -25,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use rackcast_engine::sched::api::JobId;
+use rackcast_engine::sched::api::{CastLive, JobId};
 use rackcast_engine::sched::{Event, EventKind, MacAddr};
 
 use super::{ApiErr, Shared};
@@ -42,7 +42,12 @@ pub struct ServerMetrics {
     task_seconds: Family<TaskLabels, Histogram>,
     /// Tasks started and not yet ended: their kind and start (Unix ms).
     started: Mutex<HashMap<TaskKey, (&'static str, u64)>>,
+    /// Each recent session's sender figures, for `GET /api/v1/sessions`.
+    live: Mutex<std::collections::BTreeMap<u64, CastLive>>,
 }
+
+/// Sessions whose last figures are kept.
+const LIVE_KEPT: usize = 256;
 
 /// Cast counters, updated by the sender threads as they go.
 #[derive(Debug, Clone, Default)]
@@ -160,7 +165,23 @@ impl ServerMetrics {
             store_write,
             task_seconds,
             started: Mutex::new(HashMap::new()),
+            live: Mutex::new(Default::default()),
         }
+    }
+
+    /// Session `id`'s sender figures now.
+    pub(crate) fn set_live(&self, id: u64, v: CastLive) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(id, v);
+        while live.len() > LIVE_KEPT {
+            live.pop_first();
+        }
+    }
+
+    /// Session `id`'s last figures, if its sender ran.
+    pub(crate) fn live(&self, id: u64) -> Option<CastLive> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(&id).cloned()
     }
 
     /// Records one store commit that took `secs`.

@@ -4,7 +4,8 @@
 //! state-changing request a valid token made, refused ones included.
 //!
 //! Roles are enforced in one place, [`guard`], a layer on every operator
-//! route: a handler never has to remember to check. Only the BLAKE3 of a
+//! route: a handler never has to remember to check. It also refuses a
+//! dashboard request that changes state without its CSRF token. Only the BLAKE3 of a
 //! named token is stored; the token is shown once, when it is created.
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use rackcast_engine::sched::api::{AuditEntry, Role, TokenCreated, TokenRequest, 
 use serde::Deserialize;
 
 use super::auth::{bearer, random_token, token_hash};
+use super::dashboard::CSRF_HEADER;
 use super::{now_ms, ApiErr, Shared};
 
 /// The name DATA/admin.token goes by.
@@ -83,12 +85,34 @@ impl TokenBook {
     }
 }
 
-/// The caller of a request, or 401.
+/// The caller of a request (its bearer token, or else its dashboard
+/// session cookie), or 401.
 pub(crate) fn caller(sh: &Shared, h: &HeaderMap) -> Result<Caller, ApiErr> {
+    if !h.contains_key(axum::http::header::AUTHORIZATION) {
+        if let Some(s) = sh.ui.of(h) {
+            return Ok(s.caller);
+        }
+    }
     let token = bearer(h)?;
     sh.tokens
         .caller(token)
         .ok_or_else(|| ApiErr(StatusCode::UNAUTHORIZED, "wrong operator token".to_string()))
+}
+
+/// A cookie-borne request that changes state without the session's CSRF
+/// token: another site made the browser send it. `None` when it is fine.
+fn forged(sh: &Shared, h: &HeaderMap) -> Option<ApiErr> {
+    if h.contains_key(axum::http::header::AUTHORIZATION) {
+        return None;
+    }
+    let s = sh.ui.of(h)?;
+    let sent = h.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+    (sent != Some(s.csrf.as_str())).then(|| {
+        ApiErr(
+            StatusCode::FORBIDDEN,
+            format!("a dashboard request that changes state must carry {CSRF_HEADER}"),
+        )
+    })
 }
 
 /// Reads pass; anything else needs an admin token and is audited, refused
@@ -107,13 +131,14 @@ pub(crate) async fn guard(State(sh): State<Arc<Shared>>, req: Request, next: Nex
         .map_or("unmatched", |p| p.as_str());
     let action = format!("{} {route}", req.method());
     let path = req.uri().path().to_string();
-    let resp = match who.role {
-        Role::Viewer => ApiErr(
+    let resp = match (forged(&sh, req.headers()), who.role) {
+        (Some(e), _) => e.into_response(),
+        (None, Role::Viewer) => ApiErr(
             StatusCode::FORBIDDEN,
             format!("token {:?} is a viewer token: it may only read", who.name),
         )
         .into_response(),
-        Role::Admin => next.run(req).await,
+        (None, Role::Admin) => next.run(req).await,
     };
     let entry = AuditEntry {
         seq: 0,
@@ -230,6 +255,7 @@ async fn revoke_token(
         ));
     }
     sh.tokens.remove(&name);
+    sh.ui.close_all_of(&name);
     let named = sh.store.operator_tokens().await?;
     named
         .into_iter()

@@ -36,6 +36,7 @@
 //! | `GET  /api/v1/tokens`                  | -> `[TokenView]` (admin tokens only)    |
 //! | `DELETE /api/v1/tokens/{name}`         | -> `TokenView` (revoked)                |
 //! | `GET  /api/v1/audit?since=MS&limit=N`  | -> `[AuditEntry]`, oldest first         |
+//! | `GET  /api/v1/sessions`                | -> `[SessionView]` (cast sessions, live figures while they run) |
 //! | `GET  /metrics`                        | -> Prometheus text                      |
 //!
 //! Operator tokens are `admin` (everything) or `viewer` (every GET; any
@@ -820,4 +821,43 @@ pub struct AuditEntry {
     pub path: String,
     /// The HTTP status it was answered with.
     pub status: u16,
+}
+
+/// A cast session, for the operator (never its key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionView {
+    /// Its id.
+    pub id: u64,
+    /// The job it serves.
+    pub job: JobId,
+    /// The image it sends.
+    pub image: String,
+    /// Its multicast group.
+    pub group: String,
+    /// `forming`, `running` or `ended`.
+    pub phase: String,
+    /// Targets in it.
+    pub members: Vec<MacAddr>,
+    /// Targets the sender saw finish.
+    pub done: Vec<MacAddr>,
+    /// What its sender measures while it runs, or said when it ended.
+    #[serde(default)]
+    pub live: Option<CastLive>,
+}
+
+/// A running (or just ended) sender's measurements.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CastLive {
+    /// Receivers heard from.
+    pub joined: u64,
+    /// Receivers done.
+    pub done: u64,
+    /// Send rate now, bytes/s.
+    pub rate: u64,
+    /// Mean loss its receivers report (0..1).
+    pub loss: f64,
+    /// Repair symbols per source symbol so far.
+    pub repair_overhead: f64,
+    /// Receivers the sender counts as stragglers (far behind the rest).
+    pub stragglers: u64,
 }

@@ -352,6 +352,11 @@ impl<S: FrameSource> Sender<S> {
         self.receivers.len()
     }
 
+    /// Receivers counted as stragglers now.
+    pub fn stragglers(&self) -> usize {
+        self.receivers.values().filter(|r| r.straggler).count()
+    }
+
     /// The mean of the receivers' smoothed loss (0 with none).
     pub fn mean_loss(&self) -> f64 {
         let n = self.receivers.len();

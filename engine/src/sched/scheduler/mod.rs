@@ -292,6 +292,16 @@ impl Scheduler {
         self.sessions.get(&id)
     }
 
+    /// Every cast session, newest last.
+    pub fn sessions(&self) -> impl Iterator<Item = &CastSession> {
+        self.sessions.values()
+    }
+
+    /// The sequence number of the last stored event (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
     /// Every environment.
     pub fn environments(&self) -> impl Iterator<Item = &Environment> {
         self.environments.values()
