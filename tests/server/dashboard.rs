@@ -251,6 +251,30 @@ fn an_operator_logs_in_watches_a_job_live_retries_with_a_click_and_finds_it_audi
             })
         })
         .await;
+    });
+
+    // A thousand targets: the targets page shows them all (the time it
+    // took is printed, not asserted: speed is measured, not timed in tests).
+    for i in 0..996u32 {
+        let m = format!("02:10:00:00:{:02x}:{:02x}", i >> 8, i & 0xff);
+        s.call(
+            "POST",
+            "/api/v1/targets",
+            Some(json!({"mac": m, "name": format!("t{i}")})),
+        )
+        .unwrap();
+    }
+    rt.block_on(async {
+        let start = Instant::now();
+        c.goto(&format!("{url}/ui/#targets")).await.unwrap();
+        until(&c, "a thousand targets", limit, || async {
+            count(&c, "tr[data-mac]").await == 1000
+        })
+        .await;
+        eprintln!(
+            "dashboard: 1,000 targets shown {:.2} s after navigating",
+            start.elapsed().as_secs_f64()
+        );
         c.close().await.unwrap();
     });
     drop(driver);
