@@ -7,6 +7,7 @@
 mod bmc;
 mod bounds;
 mod metrics;
+mod openapi;
 mod operators;
 mod package;
 mod rig;

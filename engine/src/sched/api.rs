@@ -4,7 +4,12 @@
 //! then a session token), both over HTTPS.
 //!
 //! Both ends (server, agent, CLI) share these types, so a field renamed here is
-//! renamed everywhere. Every request carries `Authorization: Bearer TOKEN`.
+//! renamed everywhere. Every request carries `Authorization: Bearer TOKEN`
+//! (but the one for the API's OpenAPI document, which holds no secret).
+//! With the `openapi` feature (the server's) these types derive
+//! `utoipa::ToSchema`, and the server builds that document from them and
+//! its handlers: these tables and it must list the same routes (a test
+//! compares them).
 //!
 //! Operator API:
 //!
@@ -37,6 +42,7 @@
 //! | `DELETE /api/v1/tokens/{name}`         | -> `TokenView` (revoked)                |
 //! | `GET  /api/v1/audit?since=MS&limit=N`  | -> `[AuditEntry]`, oldest first         |
 //! | `GET  /metrics`                        | -> Prometheus text                      |
+//! | `GET  /api/v1/openapi.json` (no token) | -> this API in OpenAPI 3 (both tables)  |
 //!
 //! Operator tokens are `admin` (everything) or `viewer` (every GET; any
 //! other method is 403). Every state-changing request by a valid token,
@@ -71,6 +77,7 @@ pub type Millis = u64;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct JobId(pub u64);
 
@@ -79,6 +86,7 @@ pub struct JobId(pub u64);
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct SessionId(pub u64);
 
@@ -106,6 +114,7 @@ pub const LOCAL_ENV: &str = "local";
 
 /// An error answer from either API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// What went wrong, for a person.
     pub error: String,
@@ -115,6 +124,7 @@ pub struct ApiError {
 
 /// A job as submitted: tasks run in order on every listed target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// A name for people.
@@ -132,6 +142,7 @@ pub struct JobSpec {
 
 /// When a cast session starts: the first of the set conditions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CastPolicy {
     /// Start when this many targets have joined (default: all the job's targets).
@@ -164,6 +175,7 @@ impl Default for CastPolicy {
 // field of the flattened kind, `kind` included, would be refused); `TaskKind`
 // refuses unknown fields instead.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskSpec {
     /// What to do.
     #[serde(flatten)]
@@ -181,6 +193,7 @@ pub struct TaskSpec {
 
 /// The kinds of task.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TaskKind {
     /// Create Disk Image: capture `disk` into the image library as `image`.
@@ -241,6 +254,7 @@ impl TaskKind {
 
 /// Read-back after writing a disk.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum VerifyMode {
     /// No read-back (every chunk is still checked before it is written).
@@ -257,6 +271,7 @@ pub enum VerifyMode {
 /// A target's state, as the operator sees it. Every transient state has a
 /// deadline (Unix ms) after which the scheduler acts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum TargetState {
     /// Named in a job, never heard from.
@@ -271,6 +286,7 @@ pub enum TargetState {
         /// Environment it boots into.
         env: String,
         /// Unix ms.
+        #[cfg_attr(feature = "openapi", schema(value_type = u64))]
         deadline: Millis,
     },
     /// Running a task.
@@ -282,6 +298,7 @@ pub enum TargetState {
         /// Attempt, from 1.
         attempt: u32,
         /// Unix ms.
+        #[cfg_attr(feature = "openapi", schema(value_type = u64))]
         deadline: Millis,
     },
     /// Failed; held until an operator retries the job or releases the target.
@@ -313,6 +330,7 @@ impl TargetState {
 
 /// What the agent reported about its machine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Inventory {
     /// Host name.
     #[serde(default)]
@@ -336,6 +354,7 @@ pub struct Inventory {
 
 /// A disk the agent sees.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskInfo {
     /// Device path or file.
     pub path: String,
@@ -351,6 +370,7 @@ pub struct DiskInfo {
 
 /// A network interface the agent sees.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NicInfo {
     /// Kernel name.
     pub name: String,
@@ -363,6 +383,7 @@ pub struct NicInfo {
 
 /// Progress of the running task.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// Bytes done.
     pub done: u64,
@@ -377,6 +398,7 @@ pub struct Progress {
 
 /// A target, for the operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetView {
     /// MAC.
     pub mac: MacAddr,
@@ -390,6 +412,7 @@ pub struct TargetView {
     /// Inventory.
     pub inventory: Inventory,
     /// Unix ms the agent was last heard from (0: never).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub last_seen: Millis,
     /// Progress of the running task.
     pub progress: Option<Progress>,
@@ -409,6 +432,7 @@ pub struct TargetView {
 /// A target's BMC, as the API shows it: never the password, which the
 /// server keeps encrypted apart.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BmcSettings {
     /// `redfish://HOST[:PORT][/redfish/v1/Systems/ID]`, `ipmi://HOST[:PORT]` or `wol`.
     pub addr: String,
@@ -422,6 +446,7 @@ pub struct BmcSettings {
 
 /// `PUT /api/v1/targets/{mac}/bmc`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BmcRequest {
     /// Where the BMC is and how to log in (the password apart).
     #[serde(flatten)]
@@ -434,6 +459,7 @@ pub struct BmcRequest {
 
 /// `POST /api/v1/targets/{mac}/power`: an action, or `None` for the state only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PowerRequest {
     /// `on`, `off` or `cycle`; absent: report the state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -442,6 +468,7 @@ pub struct PowerRequest {
 
 /// `POST /api/v1/targets/{mac}/boot-once`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootOnceRequest {
     /// `pxe` or `disk`.
     pub device: BootDevice,
@@ -449,6 +476,7 @@ pub struct BootOnceRequest {
 
 /// What a power or boot-once call did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PowerAnswer {
     /// The target.
     pub mac: MacAddr,
@@ -458,6 +486,7 @@ pub struct PowerAnswer {
 
 /// How far a job got on one target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetRun {
     /// MAC.
     pub mac: MacAddr,
@@ -477,6 +506,7 @@ pub struct TargetRun {
 
 /// A job, for the operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     /// Id.
     pub id: JobId,
@@ -489,11 +519,13 @@ pub struct JobView {
     /// Per target.
     pub targets: Vec<TargetRun>,
     /// Unix ms.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created: Millis,
 }
 
 /// An image in the library.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageView {
     /// Name.
     pub name: String,
@@ -511,6 +543,7 @@ pub struct ImageView {
 
 /// An automation environment: what a target boots to run the agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     /// Name, e.g. `linux-x64`.
@@ -532,10 +565,12 @@ pub struct Environment {
 
 /// One entry of the append-only event log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventRecord {
     /// Sequence number, from 1, gap-free.
     pub seq: u64,
     /// Unix ms.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at: Millis,
     /// Who: `operator`, `agent`, `scheduler` or `server`.
     pub actor: String,
@@ -555,6 +590,7 @@ pub struct EventRecord {
 
 /// Which run of which task: `(job, task index, attempt)`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRef {
     /// Job.
     pub job: JobId,
@@ -566,6 +602,7 @@ pub struct TaskRef {
 
 /// First call of an agent after it starts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The target's identity.
     pub mac: String,
@@ -583,6 +620,7 @@ pub struct RegisterRequest {
 
 /// The answer to a registration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Registered {
     /// Token for this boot's further calls.
     pub token: String,
@@ -592,6 +630,7 @@ pub struct Registered {
 
 /// A long poll for the next directive.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollRequest {
     /// The target's identity.
     pub mac: String,
@@ -605,6 +644,7 @@ pub struct PollRequest {
 
 /// What the server tells an agent to do next.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "directive", rename_all = "kebab-case")]
 pub enum Directive {
     /// Nothing now: poll again.
@@ -633,6 +673,7 @@ pub enum Directive {
 
 /// The work of a [`Directive::Run`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Work {
     /// Capture `disk` and upload it as `image`.
@@ -668,6 +709,7 @@ pub enum Work {
 
 /// How to join a cast session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CastJoin {
     /// Multicast group and port, e.g. `239.255.42.1:7400`.
     pub group: String,
@@ -682,6 +724,7 @@ pub struct CastJoin {
 
 /// A report about a running task.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportRequest {
     /// The target's identity.
     pub mac: String,
@@ -693,6 +736,7 @@ pub struct ReportRequest {
 
 /// What an agent reports.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "report", rename_all = "kebab-case")]
 pub enum TaskReport {
     /// The agent began (or, after losing the server, is still on) the task.
@@ -730,6 +774,7 @@ pub enum TaskReport {
 
 /// The answer to a report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportAck {
     /// False when the server no longer wants this run (cancelled, timed out,
     /// superseded): the agent stops it.
@@ -740,6 +785,7 @@ pub struct ReportAck {
 
 /// What an operator token may do.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Everything.
@@ -771,6 +817,7 @@ impl std::str::FromStr for Role {
 
 /// `POST /api/v1/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRequest {
     /// A name for people and the audit log (letters, digits, `.`, `_`, `-`).
     pub name: String,
@@ -780,20 +827,24 @@ pub struct TokenRequest {
 
 /// A named operator token, without its secret.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenView {
     /// Its name.
     pub name: String,
     /// What it may do.
     pub role: Role,
     /// Unix ms.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created: Millis,
     /// Unix ms it was revoked, if it was.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub revoked: Option<Millis>,
 }
 
 /// The answer to `POST /api/v1/tokens`: the only time the token is shown.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     /// Its name.
     pub name: String,
@@ -805,10 +856,12 @@ pub struct TokenCreated {
 
 /// One operator action.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Order, from 1.
     pub seq: u64,
     /// Unix ms.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at: Millis,
     /// The token's name (`admin` for DATA/admin.token).
     pub token: String,
