@@ -8,6 +8,7 @@ mod bmc;
 mod bounds;
 mod dashboard;
 mod metrics;
+mod openapi;
 mod operators;
 mod package;
 mod rig;

@@ -9,36 +9,33 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{post, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::body::{ApiJson, JSON_LIMIT, REPORT_LIMIT};
 use super::boot_token::{BootToken, Refusal};
+use super::openapi::{AgentErrors, ImageFile};
 use super::store::AgentSession;
 use super::{auth, library, now_ms, ApiErr, Shared};
 use rackcast_engine::sched::api::{
-    Directive, ImageView, JobId, PollRequest, RegisterRequest, Registered, ReportAck,
+    ApiError, Directive, ImageView, JobId, PollRequest, RegisterRequest, Registered, ReportAck,
     ReportRequest, TargetState, TaskKind, TaskRef,
 };
 use rackcast_engine::sched::MacAddr;
 
 type S = State<Arc<Shared>>;
 
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/agent/v1/register", post(register))
-        .route("/agent/v1/poll", post(poll))
-        .route(
-            "/agent/v1/report",
-            post(report).layer(DefaultBodyLimit::max(REPORT_LIMIT)),
-        )
+pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::default()
+        .routes(routes!(register))
+        .routes(routes!(poll))
+        .routes(routes!(report).layer(DefaultBodyLimit::max(REPORT_LIMIT)))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         // Streamed to a file, bounded by max_image_bytes (see library).
-        .route(
-            "/agent/v1/images/{name}",
-            put(upload).layer(DefaultBodyLimit::disable()),
-        )
+        .routes(routes!(upload).layer(DefaultBodyLimit::disable()))
 }
 
 /// The MAC a boot token belongs to, checked against the one claimed.
@@ -69,6 +66,19 @@ async fn agent(sh: &Shared, h: &HeaderMap, claimed: &str) -> Result<MacAddr, Api
 /// allowed): the MAC must have no live session. Refusals are
 /// recorded as `agent.refused` events. The check and the claim happen
 /// under one lock, so one token never claims twice.
+#[utoipa::path(
+    post,
+    path = "/agent/v1/register",
+    tag = "agent",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "The session token for this boot's further calls", body = Registered),
+        (status = 409, description = "The enrollment token cannot take over a live agent session", body = ApiError),
+        (status = 413, description = "The body is over 1 MiB", body = ApiError),
+        AgentErrors,
+    ),
+    security(("agent_token" = []))
+)]
 async fn register(
     State(sh): S,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -201,6 +211,18 @@ impl Refused {
 }
 
 /// Holds the poll until there is something to do or the wait is over.
+#[utoipa::path(
+    post,
+    path = "/agent/v1/poll",
+    tag = "agent",
+    request_body = PollRequest,
+    responses(
+        (status = 200, description = "What to do next (`wait` when the poll timed out)", body = Directive),
+        (status = 413, description = "The body is over 1 MiB", body = ApiError),
+        AgentErrors,
+    ),
+    security(("agent_token" = []))
+)]
 async fn poll(
     State(sh): S,
     h: HeaderMap,
@@ -222,6 +244,19 @@ async fn poll(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/agent/v1/report",
+    tag = "agent",
+    request_body(content = ReportRequest, description = "A report; at most 8 MiB"),
+    responses(
+        (status = 200, description = "Whether the server still wants this run", body = ReportAck),
+        (status = 404, description = "An unknown target or job", body = ApiError),
+        (status = 413, description = "The body is over 8 MiB", body = ApiError),
+        AgentErrors,
+    ),
+    security(("agent_token" = []))
+)]
 async fn report(
     State(sh): S,
     h: HeaderMap,
@@ -234,17 +269,37 @@ async fn report(
     Ok(Json(ReportAck { keep_going }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
+    /// The uploading target (default: the one the token belongs to).
     #[serde(default)]
     mac: Option<String>,
+    /// The job of the Create Disk Image task.
+    #[param(value_type = u64)]
     job: JobId,
+    /// The task's index in the job.
     task: u32,
+    /// The attempt, from 1.
     attempt: u32,
 }
 
 /// A Create Disk Image result: accepted only from the target running that
 /// task, and only once it verifies.
+#[utoipa::path(
+    put,
+    path = "/agent/v1/images/{name}",
+    tag = "agent",
+    params(("name" = String, Path, description = "The image name the Create Disk Image task names"), UploadQuery),
+    request_body(content = inline(ImageFile), content_type = "application/octet-stream", description = "The captured image file, streamed; at most the server's `max_image_bytes`"),
+    responses(
+        (status = 200, description = "The stored image, verified", body = ImageView),
+        (status = 409, description = "The target is not running that Create Disk Image task", body = ApiError),
+        (status = 413, description = "Over the server's `max_image_bytes`", body = ApiError),
+        AgentErrors,
+    ),
+    security(("agent_token" = []))
+)]
 async fn upload(
     State(sh): S,
     h: HeaderMap,

@@ -16,11 +16,14 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use rackcast_engine::sched::api::{Role, SessionView};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::random_token;
+use super::openapi::OperatorErrors;
 use super::operators::Caller;
 use super::{now_ms, ApiErr, Shared};
 
@@ -108,9 +111,10 @@ fn cookie<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
-/// The dashboard's routes and `GET /api/v1/sessions`.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
+/// The dashboard's routes (pages for browsers, outside the API document)
+/// and `GET /api/v1/sessions`.
+pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::default()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route(
@@ -128,7 +132,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/ui/login", post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/session", get(session))
-        .route("/api/v1/sessions", get(sessions))
+        .routes(routes!(sessions))
 }
 
 fn page(body: &'static str, ctype: &'static str) -> Response {
@@ -221,6 +225,16 @@ async fn session(State(sh): State<Arc<Shared>>, h: HeaderMap) -> Result<Json<Who
 }
 
 /// `GET /api/v1/sessions`: every cast session, with its sender's figures.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    tag = "jobs",
+    responses(
+        (status = 200, description = "Every cast session (never its key), with its sender's figures while it runs or as it ended", body = [SessionView]),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn sessions(
     State(sh): State<Arc<Shared>>,
     h: HeaderMap,

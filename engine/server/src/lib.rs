@@ -17,6 +17,7 @@ mod dashboard;
 mod datadir;
 mod library;
 mod metrics;
+mod openapi;
 mod operator;
 mod operators;
 mod policy;
@@ -288,6 +289,9 @@ pub struct Shared {
     url: String,
     /// What `/metrics` serves.
     metrics: metrics::ServerMetrics,
+    /// What `/api/v1/openapi.json` serves: set by [`Server::run`] from
+    /// the routers it serves.
+    openapi: std::sync::OnceLock<bytes::Bytes>,
 }
 
 #[derive(Debug)]
@@ -614,6 +618,7 @@ impl Server {
             policy: policy.clone(),
             url,
             metrics,
+            openapi: std::sync::OnceLock::new(),
         });
         // Persist what the restart itself changed (ended sessions, deadlines).
         shared
@@ -673,17 +678,16 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let track = axum::middleware::from_fn_with_state(self.shared.clone(), metrics::track);
         let guard = axum::middleware::from_fn_with_state(self.shared.clone(), operators::guard);
-        let operator_api = operator::routes()
-            .merge(power_api::routes())
-            .merge(operators::routes())
-            .merge(dashboard::routes())
-            .route("/metrics", axum::routing::get(metrics::scrape))
+        let (operator_api, agent_api, doc) = api_routers();
+        let operator_api = operator_api
             .route_layer(guard)
             .route_layer(track.clone())
             .with_state(self.shared.clone());
-        let agent_api = agent_api::routes()
-            .route_layer(track)
-            .with_state(self.shared.clone());
+        let agent_api = agent_api.route_layer(track).with_state(self.shared.clone());
+        let doc = openapi::to_json(&doc)
+            .map_err(|e| ServerError::Config(format!("the OpenAPI document: {e}")))?;
+        // Only `run` sets it, and `run` takes the server by value.
+        let _ = self.shared.openapi.set(doc);
         let timers = tokio::spawn(timer_loop(self.shared.clone()));
         let bmc_poll = tokio::spawn(bmc::poll_loop(self.shared.clone()));
         let disk_missed =
@@ -721,6 +725,29 @@ impl Server {
         disk_missed.abort();
         r
     }
+}
+
+/// The operator and agent routers, without their middleware, and the
+/// OpenAPI document of both, collected from the same `routes!` calls.
+fn api_routers() -> (
+    axum::Router<Arc<Shared>>,
+    axum::Router<Arc<Shared>>,
+    utoipa::openapi::OpenApi,
+) {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    let (operator_api, mut doc) =
+        utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+            .merge(operator::routes())
+            .merge(power_api::routes())
+            .merge(operators::routes())
+            .merge(dashboard::routes())
+            .routes(routes!(metrics::scrape))
+            .routes(routes!(openapi::document))
+            .split_for_parts();
+    let (agent_api, agent_doc) = agent_api::routes().split_for_parts();
+    doc.merge(agent_doc);
+    (operator_api, agent_api, doc)
 }
 
 /// Binds an API listener: it and its bound address.

@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 use rackcast_engine::sched::api::{CastLive, JobId};
 use rackcast_engine::sched::{Event, EventKind, MacAddr};
 
+use super::openapi::OperatorErrors;
 use super::{ApiErr, Shared};
 
 /// The server's metrics; see the module doc.
@@ -264,6 +265,16 @@ pub(crate) async fn track(State(sh): State<Arc<Shared>>, req: Request, next: Nex
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    responses(
+        (status = 200, description = "The server's metrics (and netboot's, when it runs in the server) in the Prometheus text format", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 pub(crate) async fn scrape(
     State(sh): State<Arc<Shared>>,
     h: HeaderMap,

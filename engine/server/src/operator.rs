@@ -11,48 +11,43 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::body::{bytes_refused, ApiJson, JOB_SPEC_LIMIT, JSON_LIMIT};
+use super::openapi::{ChangeErrors, ImageFile, OperatorErrors};
 use super::{library, ApiErr, Shared};
 use rackcast_engine::sched::api::{
-    Environment, EventRecord, ImageView, JobId, JobSpec, JobView, TargetView,
+    ApiError, Environment, EventRecord, ImageView, JobId, JobSpec, JobView, TargetView,
 };
 use rackcast_engine::sched::{MacAddr, SchedError};
 
 type S = State<Arc<Shared>>;
 
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/targets", get(list_targets).post(add_target))
-        .route("/api/v1/targets/{mac}", get(show_target))
-        .route("/api/v1/targets/{mac}/release", post(release_target))
-        .route("/api/v1/targets/{mac}/reset", post(reset_target))
-        .route("/api/v1/images", get(list_images))
-        .route("/api/v1/environments", get(list_envs))
-        .route("/api/v1/environments/{name}", get(show_env).put(put_env))
-        .route(
-            "/api/v1/jobs",
-            get(list_jobs)
-                .post(submit_job)
-                .layer(DefaultBodyLimit::max(JOB_SPEC_LIMIT)),
-        )
-        .route("/api/v1/jobs/{id}", get(show_job))
-        .route("/api/v1/jobs/{id}/log", get(job_log))
-        .route("/api/v1/jobs/{id}/retry", post(retry_job))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/api/v1/events", get(events))
+/// The routes; each handler's `#[utoipa::path]` names its method and path,
+/// so `routes!` puts handlers of one path together.
+pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::default()
+        .routes(routes!(list_targets, add_target))
+        .routes(routes!(show_target))
+        .routes(routes!(release_target))
+        .routes(routes!(reset_target))
+        .routes(routes!(list_images))
+        .routes(routes!(list_envs))
+        .routes(routes!(show_env, put_env))
+        .routes(routes!(list_jobs, submit_job).layer(DefaultBodyLimit::max(JOB_SPEC_LIMIT)))
+        .routes(routes!(show_job))
+        .routes(routes!(job_log))
+        .routes(routes!(retry_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(events))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         // Streamed to a file, bounded by max_image_bytes (see library).
-        .route(
-            "/api/v1/images/{name}",
-            get(show_image)
-                .put(put_image)
-                .layer(DefaultBodyLimit::disable()),
-        )
+        .routes(routes!(show_image, put_image).layer(DefaultBodyLimit::disable()))
 }
 
 /// Any live operator token; what its role may do is [`crate::operators::guard`]'s.
@@ -64,6 +59,16 @@ fn not_found(what: String) -> ApiErr {
     ApiErr(StatusCode::NOT_FOUND, what)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/targets",
+    tag = "targets",
+    responses(
+        (status = 200, description = "Every target", body = [TargetView]),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn list_targets(State(sh): S, h: HeaderMap) -> Result<Json<Vec<TargetView>>, ApiErr> {
     operator(&sh, &h)?;
     Ok(Json(
@@ -73,14 +78,30 @@ async fn list_targets(State(sh): S, h: HeaderMap) -> Result<Json<Vec<TargetView>
 }
 
 /// `POST /api/v1/targets {mac, name}`: enroll a target before it first boots.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTarget {
+    /// Its MAC (`aa:bb:cc:dd:ee:ff`, `AA-BB-...` or `aabb.ccdd.eeff`).
     mac: String,
+    /// A name for people (default: the host name its agent reports).
     #[serde(default)]
     name: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/targets",
+    tag = "targets",
+    description = "Enrolls a target before it first boots.",
+    request_body = NewTarget,
+    responses(
+        (status = 200, description = "The enrolled target", body = TargetView),
+        (status = 422, description = "Not a MAC address, or a bad body", body = ApiError),
+        (status = 413, description = "The body is over the route's limit", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn add_target(
     State(sh): S,
     h: HeaderMap,
@@ -96,6 +117,19 @@ async fn add_target(
     Ok(Json(v))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/targets/{mac}",
+    tag = "targets",
+    params(("mac" = String, Path, description = "The target's MAC, e.g. `52:54:00:ab:cd:01`")),
+    responses(
+        (status = 200, description = "The target", body = TargetView),
+        (status = 404, description = "No such target", body = ApiError),
+        (status = 422, description = "Not a MAC address", body = ApiError),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn show_target(
     State(sh): S,
     h: HeaderMap,
@@ -109,6 +143,19 @@ async fn show_target(
         .ok_or_else(|| SchedError::UnknownTarget(m).into())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/targets/{mac}/release",
+    tag = "targets",
+    params(("mac" = String, Path, description = "The target's MAC, e.g. `52:54:00:ab:cd:01`")),
+    responses(
+        (status = 200, description = "The target, its failure hold cleared", body = TargetView),
+        (status = 404, description = "No such target", body = ApiError),
+        (status = 422, description = "Not a MAC address", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn release_target(
     State(sh): S,
     h: HeaderMap,
@@ -129,6 +176,19 @@ async fn release_target(
 /// `POST /api/v1/targets/{mac}/reset`: drops the target's agent session,
 /// so its running agent must register again and the enrollment token may
 /// register it (a live session refuses that).
+#[utoipa::path(
+    post,
+    path = "/api/v1/targets/{mac}/reset",
+    tag = "targets",
+    params(("mac" = String, Path, description = "The target's MAC, e.g. `52:54:00:ab:cd:01`")),
+    responses(
+        (status = 200, description = "The target, its agent session dropped", body = TargetView),
+        (status = 404, description = "No such target", body = ApiError),
+        (status = 422, description = "Not a MAC address", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn reset_target(
     State(sh): S,
     h: HeaderMap,
@@ -159,6 +219,16 @@ async fn reset_target(
         .ok_or_else(|| not_found(format!("unknown target {mac}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/images",
+    tag = "images",
+    responses(
+        (status = 200, description = "Every image in the library", body = [ImageView]),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn list_images(State(sh): S, h: HeaderMap) -> Result<Json<Vec<ImageView>>, ApiErr> {
     operator(&sh, &h)?;
     Ok(Json(
@@ -166,6 +236,18 @@ async fn list_images(State(sh): S, h: HeaderMap) -> Result<Json<Vec<ImageView>>,
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/{name}",
+    tag = "images",
+    params(("name" = String, Path, description = "The image's name in the library")),
+    responses(
+        (status = 200, description = "The image", body = ImageView),
+        (status = 404, description = "No such image", body = ApiError),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn show_image(
     State(sh): S,
     h: HeaderMap,
@@ -178,6 +260,20 @@ async fn show_image(
         .ok_or_else(|| SchedError::UnknownImage(name).into())
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/images/{name}",
+    tag = "images",
+    params(("name" = String, Path, description = "The image's name in the library")),
+    request_body(content = inline(ImageFile), content_type = "application/octet-stream", description = "An image file (`rackcast image create`), streamed; at most the server's `max_image_bytes`"),
+    responses(
+        (status = 200, description = "The stored image, verified", body = ImageView),
+        (status = 413, description = "Over the server's `max_image_bytes`", body = ApiError),
+        (status = 422, description = "The image does not verify, or is not signed by a trusted key", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn put_image(
     State(sh): S,
     h: HeaderMap,
@@ -197,6 +293,16 @@ async fn put_image(
     Ok(Json(v))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments",
+    tag = "environments",
+    responses(
+        (status = 200, description = "Every environment", body = [Environment]),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn list_envs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<Environment>>, ApiErr> {
     operator(&sh, &h)?;
     Ok(Json(
@@ -204,6 +310,18 @@ async fn list_envs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<Environment>>,
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments/{name}",
+    tag = "environments",
+    params(("name" = String, Path, description = "The environment's name")),
+    responses(
+        (status = 200, description = "The environment", body = Environment),
+        (status = 404, description = "No such environment", body = ApiError),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn show_env(
     State(sh): S,
     h: HeaderMap,
@@ -216,6 +334,20 @@ async fn show_env(
         .ok_or_else(|| not_found(format!("unknown environment {name:?}")))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/environments/{name}",
+    tag = "environments",
+    params(("name" = String, Path, description = "The environment's name")),
+    request_body = Environment,
+    responses(
+        (status = 200, description = "The environment as stored (named by the path)", body = Environment),
+        (status = 422, description = "Not a valid environment", body = ApiError),
+        (status = 413, description = "The body is over the route's limit", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn put_env(
     State(sh): S,
     h: HeaderMap,
@@ -229,6 +361,16 @@ async fn put_env(
     Ok(Json(env))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    responses(
+        (status = 200, description = "Every job", body = [JobView]),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn list_jobs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<JobView>>, ApiErr> {
     operator(&sh, &h)?;
     Ok(Json(
@@ -237,6 +379,20 @@ async fn list_jobs(State(sh): S, h: HeaderMap) -> Result<Json<Vec<JobView>>, Api
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    request_body(content = JobSpec, description = "The job; at most 4 MiB"),
+    responses(
+        (status = 201, description = "The job, queued", body = JobView),
+        (status = 404, description = "An unknown target or image", body = ApiError),
+        (status = 413, description = "Over 4 MiB", body = ApiError),
+        (status = 422, description = "Not a valid job spec", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn submit_job(
     State(sh): S,
     h: HeaderMap,
@@ -256,6 +412,18 @@ async fn submit_job(
         .ok_or_else(|| not_found("the job vanished".into()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "No such job", body = ApiError),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn show_job(
     State(sh): S,
     h: HeaderMap,
@@ -268,9 +436,12 @@ async fn show_job(
         .ok_or_else(|| SchedError::UnknownJob(id).into())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogQuery {
+    /// The target whose output to read.
     mac: String,
+    /// Only the lines after this log sequence number.
     #[serde(default)]
     after: u64,
 }
@@ -278,6 +449,19 @@ struct LogQuery {
 /// `GET /api/v1/jobs/{id}/log?mac=M`: the whole of `mac`'s output in the
 /// job (the view carries only its tail), as text, read from the job log a
 /// few lines at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/log",
+    tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id"), LogQuery),
+    responses(
+        (status = 200, description = "All of the target's output in the job (the job view has its tail)", content_type = "text/plain; charset=utf-8", body = String),
+        (status = 404, description = "No such job, or it does not run on that target", body = ApiError),
+        (status = 422, description = "Not a MAC address", body = ApiError),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn job_log(
     State(sh): S,
     h: HeaderMap,
@@ -315,6 +499,19 @@ async fn job_log(
         .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/retry",
+    tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, its failed targets queued again", body = JobView),
+        (status = 404, description = "No such job", body = ApiError),
+        (status = 422, description = "Nothing to retry", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn retry_job(
     State(sh): S,
     h: HeaderMap,
@@ -323,6 +520,19 @@ async fn retry_job(
     job_action(&sh, &h, id, |s, now| s.retry(now, id).map(drop)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, cancelled", body = JobView),
+        (status = 404, description = "No such job", body = ApiError),
+        (status = 422, description = "The job cannot be cancelled", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn cancel_job(
     State(sh): S,
     h: HeaderMap,
@@ -349,9 +559,13 @@ async fn job_action(
         .ok_or_else(|| not_found(format!("unknown job {id}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
+    /// Only this job's events (default: all).
+    #[param(value_type = Option<u64>)]
     job: Option<JobId>,
+    /// Only the events after this sequence number.
     #[serde(default)]
     since: u64,
 }
@@ -362,6 +576,17 @@ struct EventQuery {
 /// with, whichever is later. A subscriber too slow for the live feed gets a
 /// `lagged` event and the end of the stream: reconnecting from the last id it
 /// saw replays what it missed from the store.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(EventQuery, ("Last-Event-ID" = Option<u64>, Header, description = "The last id an EventSource received: replay starts after the later of it and `since`")),
+    responses(
+        (status = 200, description = "Server-sent events: the stored events after `since`, then live ones. Each event is named by its kind, its id is its sequence number and its data an `EventRecord` in JSON; a `lagged` event ends the stream of a subscriber that fell behind (reconnect from the last id).", content_type = "text/event-stream", body = String),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn events(
     State(sh): S,
     h: HeaderMap,

@@ -15,13 +15,19 @@ use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
-use rackcast_engine::sched::api::{AuditEntry, Role, TokenCreated, TokenRequest, TokenView};
+use axum::Json;
+use rackcast_engine::sched::api::{
+    ApiError, AuditEntry, Role, TokenCreated, TokenRequest, TokenView,
+};
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{bearer, random_token, token_hash};
+use super::body::ApiJson;
 use super::dashboard::CSRF_HEADER;
+use super::openapi::{ChangeErrors, OperatorErrors};
 use super::{now_ms, ApiErr, Shared};
 
 /// The name DATA/admin.token goes by.
@@ -131,14 +137,16 @@ pub(crate) async fn guard(State(sh): State<Arc<Shared>>, req: Request, next: Nex
         .map_or("unmatched", |p| p.as_str());
     let action = format!("{} {route}", req.method());
     let path = req.uri().path().to_string();
+    // Ending one's own dashboard session changes nothing else.
+    let own = route == "/ui/logout";
     let resp = match (forged(&sh, req.headers()), who.role) {
         (Some(e), _) => e.into_response(),
-        (None, Role::Viewer) => ApiErr(
+        (None, Role::Viewer) if !own => ApiErr(
             StatusCode::FORBIDDEN,
             format!("token {:?} is a viewer token: it may only read", who.name),
         )
         .into_response(),
-        (None, Role::Admin) => next.run(req).await,
+        (None, _) => next.run(req).await,
     };
     let entry = AuditEntry {
         seq: 0,
@@ -156,11 +164,11 @@ pub(crate) async fn guard(State(sh): State<Arc<Shared>>, req: Request, next: Nex
 }
 
 /// The token and audit routes.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/tokens/{name}", delete(revoke_token))
-        .route("/api/v1/audit", get(audit))
+pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::default()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(audit))
 }
 
 fn admin(sh: &Shared, h: &HeaderMap) -> Result<Caller, ApiErr> {
@@ -174,10 +182,23 @@ fn admin(sh: &Shared, h: &HeaderMap) -> Result<Caller, ApiErr> {
     Ok(who)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "operators",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "The token: the only time it is shown", body = TokenCreated),
+        (status = 409, description = "A token of that name exists (revoked names stay taken), or it is `admin`", body = ApiError),
+        (status = 422, description = "A bad name, or not a token request", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn create_token(
     State(sh): State<Arc<Shared>>,
     h: HeaderMap,
-    Json(req): Json<TokenRequest>,
+    ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<Json<TokenCreated>, ApiErr> {
     admin(&sh, &h)?;
     if !rackcast_engine::sched::valid_name(&req.name) {
@@ -227,6 +248,17 @@ async fn create_token(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "operators",
+    responses(
+        (status = 200, description = "Every named token, revoked ones too, without secrets", body = [TokenView]),
+        (status = 403, description = "Not an admin token", body = ApiError),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn list_tokens(
     State(sh): State<Arc<Shared>>,
     h: HeaderMap,
@@ -236,6 +268,19 @@ async fn list_tokens(
     Ok(Json(named.into_iter().map(|(_, v)| v).collect()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{name}",
+    tag = "operators",
+    params(("name" = String, Path, description = "The token's name")),
+    responses(
+        (status = 200, description = "The token, revoked: it stops working at once", body = TokenView),
+        (status = 404, description = "No live token of that name", body = ApiError),
+        (status = 409, description = "The built-in `admin` token (DATA/admin.token)", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn revoke_token(
     State(sh): State<Arc<Shared>>,
     h: HeaderMap,
@@ -265,14 +310,28 @@ async fn revoke_token(
         .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, format!("no token named {name:?}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Only entries at or after this time (Unix ms).
     #[serde(default)]
     since: u64,
+    /// Most entries to return (at most 10000, the default).
     #[serde(default)]
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "operators",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Audit entries, oldest first", body = [AuditEntry]),
+        OperatorErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn audit(
     State(sh): State<Arc<Shared>>,
     h: HeaderMap,

@@ -7,26 +7,28 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{post, put};
-use axum::{Json, Router};
+use axum::Json;
 use rackcast_bmc::BmcAddr;
 use rackcast_engine::sched::api::{
-    BmcRequest, BootOnceRequest, PowerAnswer, PowerRequest, TargetView,
+    ApiError, BmcRequest, BootOnceRequest, PowerAnswer, PowerRequest, TargetView,
 };
 use rackcast_engine::sched::{MacAddr, SchedError};
 
 use super::bmc::{self, Call};
 use super::body::{ApiJson, JSON_LIMIT};
+use super::openapi::ChangeErrors;
 use super::operator::operator;
 use super::{ApiErr, Shared};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 type S = State<Arc<Shared>>;
 
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/targets/{mac}/bmc", put(set_bmc).delete(remove_bmc))
-        .route("/api/v1/targets/{mac}/power", post(power))
-        .route("/api/v1/targets/{mac}/boot-once", post(boot_once))
+pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::default()
+        .routes(routes!(set_bmc, remove_bmc))
+        .routes(routes!(power))
+        .routes(routes!(boot_once))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
 }
 
@@ -44,6 +46,21 @@ async fn known(sh: &Shared, mac: &str) -> Result<MacAddr, ApiErr> {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/targets/{mac}/bmc",
+    tag = "targets",
+    params(("mac" = String, Path, description = "The target's MAC, e.g. `52:54:00:ab:cd:01`")),
+    request_body = BmcRequest,
+    responses(
+        (status = 200, description = "The target with its BMC (never the password)", body = TargetView),
+        (status = 404, description = "No such target", body = ApiError),
+        (status = 422, description = "A bad address, a missing user or password, or a bad body", body = ApiError),
+        (status = 413, description = "The body is over 1 MiB", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn set_bmc(
     State(sh): S,
     h: HeaderMap,
@@ -92,6 +109,19 @@ async fn set_bmc(
     Ok(Json(v))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/targets/{mac}/bmc",
+    tag = "targets",
+    params(("mac" = String, Path, description = "The target's MAC, e.g. `52:54:00:ab:cd:01`")),
+    responses(
+        (status = 200, description = "The target, its BMC and password forgotten", body = TargetView),
+        (status = 404, description = "No such target", body = ApiError),
+        (status = 422, description = "Not a MAC address", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn remove_bmc(
     State(sh): S,
     h: HeaderMap,
@@ -106,6 +136,21 @@ async fn remove_bmc(
     Ok(Json(v))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/targets/{mac}/power",
+    tag = "targets",
+    params(("mac" = String, Path, description = "The target's MAC, e.g. `52:54:00:ab:cd:01`")),
+    request_body = PowerRequest,
+    responses(
+        (status = 200, description = "The power state after the call, as the BMC reports it", body = PowerAnswer),
+        (status = 404, description = "No such target", body = ApiError),
+        (status = 422, description = "Not a MAC address, or a bad body", body = ApiError),
+        (status = 502, description = "The BMC failed (its message; never the password)", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn power(
     State(sh): S,
     h: HeaderMap,
@@ -121,6 +166,21 @@ async fn power(
     answer(&sh, mac, what.0, what.1).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/targets/{mac}/boot-once",
+    tag = "targets",
+    params(("mac" = String, Path, description = "The target's MAC, e.g. `52:54:00:ab:cd:01`")),
+    request_body = BootOnceRequest,
+    responses(
+        (status = 200, description = "The power state after the call, as the BMC reports it", body = PowerAnswer),
+        (status = 404, description = "No such target", body = ApiError),
+        (status = 422, description = "Not a MAC address, or a bad body", body = ApiError),
+        (status = 502, description = "The BMC failed (its message; never the password)", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
 async fn boot_once(
     State(sh): S,
     h: HeaderMap,

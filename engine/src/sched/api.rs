@@ -4,7 +4,12 @@
 //! then a session token), both over HTTPS.
 //!
 //! Both ends (server, agent, CLI) share these types, so a field renamed here is
-//! renamed everywhere. Every request carries `Authorization: Bearer TOKEN`.
+//! renamed everywhere. Every request carries `Authorization: Bearer TOKEN`
+//! (but the one for the API's OpenAPI document, which holds no secret).
+//! With the `openapi` feature (the server's) these types derive
+//! `utoipa::ToSchema`, and the server builds that document from them and
+//! its handlers: these tables and it must list the same routes (a test
+//! compares them).
 //!
 //! Operator API:
 //!
@@ -38,6 +43,7 @@
 //! | `GET  /api/v1/audit?since=MS&limit=N`  | -> `[AuditEntry]`, oldest first         |
 //! | `GET  /api/v1/sessions`                | -> `[SessionView]` (cast sessions, live figures while they run) |
 //! | `GET  /metrics`                        | -> Prometheus text                      |
+//! | `GET  /api/v1/openapi.json` (no token) | -> this API in OpenAPI 3 (both tables)  |
 //!
 //! Operator tokens are `admin` (everything) or `viewer` (every GET; any
 //! other method is 403). Every state-changing request by a valid token,
@@ -72,6 +78,7 @@ pub type Millis = u64;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct JobId(pub u64);
 
@@ -80,6 +87,7 @@ pub struct JobId(pub u64);
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct SessionId(pub u64);
 
@@ -107,6 +115,7 @@ pub const LOCAL_ENV: &str = "local";
 
 /// An error answer from either API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// What went wrong, for a person.
     pub error: String,
@@ -116,6 +125,7 @@ pub struct ApiError {
 
 /// A job as submitted: tasks run in order on every listed target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// A name for people.
@@ -133,6 +143,7 @@ pub struct JobSpec {
 
 /// When a cast session starts: the first of the set conditions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CastPolicy {
     /// Start when this many targets have joined (default: all the job's targets).
@@ -165,6 +176,7 @@ impl Default for CastPolicy {
 // field of the flattened kind, `kind` included, would be refused); `TaskKind`
 // refuses unknown fields instead.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskSpec {
     /// What to do.
     #[serde(flatten)]
@@ -182,6 +194,7 @@ pub struct TaskSpec {
 
 /// The kinds of task.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TaskKind {
     /// Create Disk Image: capture `disk` into the image library as `image`.
@@ -242,6 +255,7 @@ impl TaskKind {
 
 /// Read-back after writing a disk.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum VerifyMode {
     /// No read-back (every chunk is still checked before it is written).
@@ -258,6 +272,7 @@ pub enum VerifyMode {
 /// A target's state, as the operator sees it. Every transient state has a
 /// deadline (Unix ms) after which the scheduler acts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum TargetState {
     /// Named in a job, never heard from.
@@ -272,6 +287,7 @@ pub enum TargetState {
         /// Environment it boots into.
         env: String,
         /// Unix ms.
+        #[cfg_attr(feature = "openapi", schema(value_type = u64))]
         deadline: Millis,
     },
     /// Running a task.
@@ -283,6 +299,7 @@ pub enum TargetState {
         /// Attempt, from 1.
         attempt: u32,
         /// Unix ms.
+        #[cfg_attr(feature = "openapi", schema(value_type = u64))]
         deadline: Millis,
     },
     /// Failed; held until an operator retries the job or releases the target.
@@ -314,6 +331,7 @@ impl TargetState {
 
 /// What the agent reported about its machine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Inventory {
     /// Host name.
     #[serde(default)]
@@ -337,6 +355,7 @@ pub struct Inventory {
 
 /// A disk the agent sees.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskInfo {
     /// Device path or file.
     pub path: String,
@@ -352,6 +371,7 @@ pub struct DiskInfo {
 
 /// A network interface the agent sees.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NicInfo {
     /// Kernel name.
     pub name: String,
@@ -364,6 +384,7 @@ pub struct NicInfo {
 
 /// Progress of the running task.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// Bytes done.
     pub done: u64,
@@ -378,6 +399,7 @@ pub struct Progress {
 
 /// A target, for the operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetView {
     /// MAC.
     pub mac: MacAddr,
@@ -391,6 +413,7 @@ pub struct TargetView {
     /// Inventory.
     pub inventory: Inventory,
     /// Unix ms the agent was last heard from (0: never).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub last_seen: Millis,
     /// Progress of the running task.
     pub progress: Option<Progress>,
@@ -410,6 +433,7 @@ pub struct TargetView {
 /// A target's BMC, as the API shows it: never the password, which the
 /// server keeps encrypted apart.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BmcSettings {
     /// `redfish://HOST[:PORT][/redfish/v1/Systems/ID]`, `ipmi://HOST[:PORT]` or `wol`.
     pub addr: String,
@@ -423,6 +447,7 @@ pub struct BmcSettings {
 
 /// `PUT /api/v1/targets/{mac}/bmc`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BmcRequest {
     /// Where the BMC is and how to log in (the password apart).
     #[serde(flatten)]
@@ -435,6 +460,7 @@ pub struct BmcRequest {
 
 /// `POST /api/v1/targets/{mac}/power`: an action, or `None` for the state only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PowerRequest {
     /// `on`, `off` or `cycle`; absent: report the state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -443,6 +469,7 @@ pub struct PowerRequest {
 
 /// `POST /api/v1/targets/{mac}/boot-once`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootOnceRequest {
     /// `pxe` or `disk`.
     pub device: BootDevice,
@@ -450,6 +477,7 @@ pub struct BootOnceRequest {
 
 /// What a power or boot-once call did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PowerAnswer {
     /// The target.
     pub mac: MacAddr,
@@ -459,6 +487,7 @@ pub struct PowerAnswer {
 
 /// How far a job got on one target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetRun {
     /// MAC.
     pub mac: MacAddr,
@@ -478,6 +507,7 @@ pub struct TargetRun {
 
 /// A job, for the operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     /// Id.
     pub id: JobId,
@@ -490,11 +520,13 @@ pub struct JobView {
     /// Per target.
     pub targets: Vec<TargetRun>,
     /// Unix ms.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created: Millis,
 }
 
 /// An image in the library.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageView {
     /// Name.
     pub name: String,
@@ -512,6 +544,7 @@ pub struct ImageView {
 
 /// An automation environment: what a target boots to run the agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     /// Name, e.g. `linux-x64`.
@@ -533,10 +566,12 @@ pub struct Environment {
 
 /// One entry of the append-only event log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventRecord {
     /// Sequence number, from 1, gap-free.
     pub seq: u64,
     /// Unix ms.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at: Millis,
     /// Who: `operator`, `agent`, `scheduler` or `server`.
     pub actor: String,
@@ -556,6 +591,7 @@ pub struct EventRecord {
 
 /// Which run of which task: `(job, task index, attempt)`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRef {
     /// Job.
     pub job: JobId,
@@ -567,6 +603,7 @@ pub struct TaskRef {
 
 /// First call of an agent after it starts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The target's identity.
     pub mac: String,
@@ -584,6 +621,7 @@ pub struct RegisterRequest {
 
 /// The answer to a registration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Registered {
     /// Token for this boot's further calls.
     pub token: String,
@@ -593,6 +631,7 @@ pub struct Registered {
 
 /// A long poll for the next directive.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollRequest {
     /// The target's identity.
     pub mac: String,
@@ -606,6 +645,7 @@ pub struct PollRequest {
 
 /// What the server tells an agent to do next.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "directive", rename_all = "kebab-case")]
 pub enum Directive {
     /// Nothing now: poll again.
@@ -634,6 +674,7 @@ pub enum Directive {
 
 /// The work of a [`Directive::Run`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Work {
     /// Capture `disk` and upload it as `image`.
@@ -669,6 +710,7 @@ pub enum Work {
 
 /// How to join a cast session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CastJoin {
     /// Multicast group and port, e.g. `239.255.42.1:7400`.
     pub group: String,
@@ -683,6 +725,7 @@ pub struct CastJoin {
 
 /// A report about a running task.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportRequest {
     /// The target's identity.
     pub mac: String,
@@ -694,6 +737,7 @@ pub struct ReportRequest {
 
 /// What an agent reports.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "report", rename_all = "kebab-case")]
 pub enum TaskReport {
     /// The agent began (or, after losing the server, is still on) the task.
@@ -731,6 +775,7 @@ pub enum TaskReport {
 
 /// The answer to a report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportAck {
     /// False when the server no longer wants this run (cancelled, timed out,
     /// superseded): the agent stops it.
@@ -741,6 +786,7 @@ pub struct ReportAck {
 
 /// What an operator token may do.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Everything.
@@ -772,6 +818,7 @@ impl std::str::FromStr for Role {
 
 /// `POST /api/v1/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRequest {
     /// A name for people and the audit log (letters, digits, `.`, `_`, `-`).
     pub name: String,
@@ -781,20 +828,24 @@ pub struct TokenRequest {
 
 /// A named operator token, without its secret.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenView {
     /// Its name.
     pub name: String,
     /// What it may do.
     pub role: Role,
     /// Unix ms.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created: Millis,
     /// Unix ms it was revoked, if it was.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub revoked: Option<Millis>,
 }
 
 /// The answer to `POST /api/v1/tokens`: the only time the token is shown.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     /// Its name.
     pub name: String,
@@ -806,10 +857,12 @@ pub struct TokenCreated {
 
 /// One operator action.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Order, from 1.
     pub seq: u64,
     /// Unix ms.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at: Millis,
     /// The token's name (`admin` for DATA/admin.token).
     pub token: String,
@@ -824,6 +877,7 @@ pub struct AuditEntry {
 }
 
 /// A cast session, for the operator (never its key).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SessionView {
     /// Its id.
@@ -846,6 +900,7 @@ pub struct SessionView {
 }
 
 /// A running (or just ended) sender's measurements.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CastLive {
     /// Receivers heard from.

@@ -101,6 +101,25 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
+/// In an OpenAPI document a MAC is the string it is on the wire. The
+/// pattern is the form the server writes; requests name a MAC in a plain
+/// string, so the other forms [`MacAddr::parse`] accepts stay accepted.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for MacAddr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"))
+            .examples(["52:54:00:ab:cd:01"])
+            .description(Some("A MAC address, lower-case with colons."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for MacAddr {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// A power action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum PowerOp {
     /// Power on (nothing when on).
@@ -21,6 +22,7 @@ pub enum PowerOp {
 
 /// What the BMC says the power is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum PowerState {
     /// On.
@@ -33,6 +35,7 @@ pub enum PowerState {
 
 /// A one-time boot device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum BootDevice {
     /// Network boot (PXE / UEFI network).
