@@ -22,7 +22,7 @@ fn documented_routes() -> BTreeSet<(String, String)> {
 
 /// Every route of the route tables: its method, its path and its query
 /// string (`[...]` marks the optional parts).
-fn documented_requests() -> Vec<(String, String, String)> {
+pub(super) fn documented_requests() -> Vec<(String, String, String)> {
     let doc = include_str!("../../engine/src/sched/api.rs");
     let mut out = Vec::new();
     for line in doc.lines() {

@@ -7,35 +7,22 @@ use std::time::Duration;
 
 use super::rig::Server;
 
-/// Every state-changing route in the operator API's route table (the
-/// module doc of `engine/src/sched/api.rs`), with its placeholders filled.
+/// Every state-changing route of the operator API's route table, with its
+/// placeholders filled.
 fn changing_routes() -> Vec<(String, String)> {
-    let doc = include_str!("../../engine/src/sched/api.rs");
-    let mut out = Vec::new();
-    for line in doc.lines() {
-        let Some(rest) = line.strip_prefix("//! | `") else {
-            continue;
-        };
-        let Some((route, _)) = rest.split_once('`') else {
-            continue;
-        };
-        let mut words = route.split_whitespace();
-        let (Some(method), Some(path)) = (words.next(), words.next()) else {
-            continue;
-        };
-        if !path.starts_with("/api/v1/") || matches!(method, "GET" | "HEAD") {
-            continue;
-        }
-        let path = path
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .replace("{mac}", "02:00:00:00:0e:01")
-            .replace("{name}", "x")
-            .replace("{id}", "1");
-        out.push((method.to_string(), path));
-    }
-    out
+    super::openapi::documented_requests()
+        .into_iter()
+        .filter(|(method, path, _)| {
+            path.starts_with("/api/v1/") && !matches!(method.as_str(), "GET" | "HEAD")
+        })
+        .map(|(method, path, _)| {
+            let path = path
+                .replace("{mac}", "02:00:00:00:0e:01")
+                .replace("{name}", "x")
+                .replace("{id}", "1");
+            (method, path)
+        })
+        .collect()
 }
 
 #[test]

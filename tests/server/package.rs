@@ -1,6 +1,6 @@
 //! The Debian package: `scripts/deb.sh` builds a `.deb` from this build's
 //! binaries; its contents unpack to the expected paths, its example
-//! config is one the server accepts, and `systemd-analyze verify` finds
+//! config is one the server starts with (and then serves the dashboard), and `systemd-analyze verify` finds
 //! nothing to say about its units.
 
 use std::path::Path;
@@ -67,6 +67,49 @@ fn the_deb_holds_the_binaries_units_and_config_and_its_units_verify() {
         .arg("--data")
         .arg(&data)
         .arg("--make-ca"));
+
+    // An upgrade's first step: migrations applied, then it exits.
+    let fresh = dir.path().join("fresh");
+    let db = run(Command::new(&rc)
+        .args(["server", "--migrate-only", "--data"])
+        .arg(&fresh));
+    assert_eq!(Path::new(db.trim()), fresh.join("rackcast.db"));
+    assert!(fresh.join("rackcast.db").exists());
+
+    // Started as the unit starts it (its config; here on loopback and a
+    // temporary data directory), it serves the dashboard.
+    let mut server = Command::new(&rc)
+        .args(["server", "--config"])
+        .arg(root.join("etc/rackcast.toml"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = {
+        use std::io::BufRead;
+        let out = server.stdout.take().unwrap();
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        line
+    };
+    let url = first.trim().strip_prefix("listening ").map(str::to_string);
+    let page = url.as_ref().map(|u| {
+        super::rig::trusting(&data.join("tls/ca.pem"))
+            .get(&format!("{u}/ui/"))
+            .call()
+            .map(|r| (r.status(), r.into_string().unwrap_or_default()))
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let (status, html) = match page {
+        Some(Ok(p)) => p,
+        other => panic!("the packaged server did not serve: {first:?} {other:?}"),
+    };
+    assert_eq!(status, 200);
+    assert!(html.contains("/ui/app.js"), "{html}");
 
     // Verified as installed: ExecStart pointed into the unpacked tree,
     // since verify checks that the command is there.

@@ -3,7 +3,8 @@
 //! client of the same operator API and event stream the CLI uses.
 //!
 //! Login trades an operator token for a session cookie (`HttpOnly`,
-//! `Secure`, `SameSite=Strict`); the token is never stored in the browser.
+//! `SameSite=Strict`, and `Secure` over HTTPS); the token is never stored
+//! in the browser.
 //! A request carried by the cookie must also send the session's CSRF token
 //! in `X-Rackcast-CSRF` when it changes state ([`crate::operators::guard`]
 //! checks it), and the pages allow scripts from this origin only (CSP), so
@@ -181,8 +182,11 @@ async fn login(State(sh): State<Arc<Shared>>, Json(l): Json<Login>) -> Result<Re
         .open(caller)
         .map_err(|e| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, format!("random: {e}")))?;
     let last_event = sh.read(|i| i.sched.last_seq()).await;
+    // Secure only over HTTPS: a browser drops a Secure cookie set over plain
+    // HTTP (`tls = false`), which would make logging in impossible.
+    let secure = if sh.cfg.tls { "; Secure" } else { "" };
     let set = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={id}; Path=/; HttpOnly{secure}; SameSite=Strict; Max-Age={}",
         SESSION_MS / 1000
     );
     let mut r = Json(WhoAmI {

@@ -473,6 +473,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// Creates the data directory if needed and brings its database to the
+    /// current schema, then returns: `rackcast server --migrate-only`, for
+    /// upgrades run before the new server starts. The database's path.
+    pub async fn migrate_only(cfg: &ServerConfig) -> Result<PathBuf, ServerError> {
+        datadir::prepare(&cfg.data).map_err(|source| ServerError::Data {
+            path: cfg.data.display().to_string(),
+            source,
+        })?;
+        store::Store::open(&cfg.data).await?;
+        Ok(cfg.data.join("rackcast.db"))
+    }
+
     /// Opens the data directory (creating tokens on first start), loads the
     /// state, binds the API (and netboot) sockets.
     pub async fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {

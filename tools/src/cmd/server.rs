@@ -55,6 +55,10 @@ pub struct ServerArgs {
     /// before the server's first start.
     #[arg(long)]
     make_ca: bool,
+    /// Apply the database migrations this version needs, print the
+    /// database's path and exit (run it before starting a new version).
+    #[arg(long)]
+    migrate_only: bool,
 }
 
 /// Runs `rackcast server`.
@@ -111,6 +115,13 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    if a.migrate_only {
+        let db = rt
+            .block_on(Server::migrate_only(&cfg))
+            .with_context(|| format!("migrating {}", cfg.data.display()))?;
+        println!("{}", db.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     rt.block_on(async move {
         let data = cfg.data.clone();
         let server = Server::bind(cfg).await?;
