@@ -101,6 +101,7 @@ fn the_deb_holds_the_binaries_units_and_config_and_its_units_verify() {
             .get(&format!("{u}/ui/"))
             .call()
             .map(|r| (r.status(), r.into_string().unwrap_or_default()))
+            .map_err(|e| e.to_string())
     });
     let _ = server.kill();
     let _ = server.wait();
