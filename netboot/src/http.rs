@@ -11,12 +11,15 @@
 //! too), and the time one write may wait on a client that stopped reading.
 //! Accept errors (out of file descriptors) pause accepting briefly instead
 //! of spinning.
+//!
+//! File bodies go by `sendfile(2)`, with no copy through userspace (see
+//! [`body`]: a boot storm is the same few files to a thousand targets).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
@@ -30,13 +33,13 @@ use crate::neighbor::{PeerCheck, ScriptPeer};
 use crate::policy::{ipxe_script, BootAction, BootQuery, BootStage};
 use prometheus_client::registry::Registry;
 
+mod body;
+
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 /// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS): the error would
 /// come back at once, and retrying at once spins a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// File bytes copied per write.
-const COPY_CHUNK: usize = 64 * 1024;
 
 /// What the boot HTTP server lets connections hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,8 +433,9 @@ async fn serve(
         }
         Err(_) => return respond(stream, 404, "text/plain", b"not found", head, close).await,
     };
-    let mut file = tokio::fs::File::open(&real).await?;
-    let len = file.metadata().await?.len();
+    let file = tokio::fs::File::open(&real).await?;
+    let meta = file.metadata().await?;
+    let len = meta.len();
     let (status, start, end) = match range.map(|r| parse_range(r, len)) {
         None => (200, 0, len),
         Some(Some((s, e))) => (206, s, e),
@@ -469,20 +473,7 @@ async fn serve(
     stream.write_all(h.as_bytes()).await?;
     shared.metrics.http_request(false);
     if !head && end > start {
-        file.seek(std::io::SeekFrom::Start(start)).await?;
-        let mut left = end - start;
-        let mut chunk = vec![0u8; COPY_CHUNK];
-        while left > 0 {
-            let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = file.read(&mut chunk[..want]).await?;
-            if n == 0 {
-                // The file shrank under us; the client sees a short body.
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            stream.write_all(&chunk[..n]).await?;
-            shared.metrics.http_bytes(n as u64);
-            left -= n as u64;
-        }
+        body::send(stream, file, meta.is_file(), start, end, &shared.metrics).await?;
     }
     Ok(())
 }

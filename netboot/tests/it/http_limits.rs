@@ -15,14 +15,14 @@ use rackcast_netboot::http::{HttpLimits, HttpServer};
 use rackcast_netboot::{BootAction, Events, StaticPolicy};
 
 /// An HTTP server on 127.0.0.1 on its own runtime, stopped on drop.
-struct HttpFixture {
-    addr: SocketAddr,
+pub struct HttpFixture {
+    pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HttpFixture {
-    fn start(root: &Path, limits: HttpLimits) -> Self {
+    pub fn start(root: &Path, limits: HttpLimits) -> Self {
         let policy = Arc::new(StaticPolicy::with_default(BootAction::Ignore));
         let files = FileTree::new(root, policy).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

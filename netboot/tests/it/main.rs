@@ -2,6 +2,7 @@
 //! namespaces. Tests needing a missing tool or root print why and return.
 
 mod dhcp_netns;
+mod http_files;
 mod http_limits;
 mod qemu;
 mod resource_bounds;
