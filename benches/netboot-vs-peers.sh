@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # rackcast netboot against its peers, side by side, one run (a benchmark, not
-# a test). Needs root (network namespaces) and atftp, dnsmasq; tftpd-hpa and
-# atftpd (whose Debian packages conflict) are used from PATH when installed,
-# otherwise unpacked with `apt-get download` + `dpkg -x` into a temp dir.
+# a test). Needs root (network namespaces) and atftp, dnsmasq, curl;
+# tftpd-hpa, atftpd (whose Debian packages conflict) and nginx are used from
+# PATH when installed, otherwise unpacked with `apt-get download` + `dpkg -x`
+# into a temp dir.
 #
 #   1. a 64 MiB file fetched by atftp at blksize 1468, windowsize 1, 4, 16;
 #   2. 100 concurrent atftp clients fetching 16 MiB each (blksize 1468);
-#   3. proxy-DHCP offer latency under 1000 PXE DISCOVERs/s (dhcp_load example).
+#   3. `http`: 100 concurrent curl clients each fetching the automation
+#      environment's sizes, a 13.5 MiB kernel then a 10.8 MiB initramfs on
+#      one connection, from rackcast's boot HTTP server and from nginx;
+#   4. proxy-DHCP offer latency under 1000 PXE DISCOVERs/s (dhcp_load example).
 #
 # Each server runs alone in a network namespace of its own on 127.0.0.1:69
-# (dnsmasq cannot move TFTP off port 69); the DHCP load runs across a veth
-# pair between two namespaces. Everything started is killed by PID and every
-# namespace deleted on exit.
+# (dnsmasq cannot move TFTP off port 69) or 127.0.0.1:8080 (HTTP); the DHCP
+# load runs across a veth pair between two namespaces. Server CPU is user +
+# sys from /proc of the server and its children, before and after. Everything
+# started is killed by PID and every namespace deleted on exit.
 #
 # Usage: sudo benches/netboot-vs-peers.sh        (env: RACKCAST, DHCP_LOAD,
 #        DHCP_SECS=10, CLIENTS=100, SKIP_BUILD=1, ONLY="rackcast dnsmasq",
-#        CASES="many" to run only some of w1 w4 w16 many, NO_DHCP=1)
+#        CASES="many http" to run only some of w1 w4 w16 many http, NO_DHCP=1)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RACKCAST=${RACKCAST:-$REPO/target/release/rackcast}
 DHCP_LOAD=${DHCP_LOAD:-$REPO/target/release/examples/dhcp_load}
 CLIENTS=${CLIENTS:-100}
-CASES=${CASES:-w1 w4 w16 many}
+CASES=${CASES:-w1 w4 w16 many http}
 DHCP_SECS=${DHCP_SECS:-10}
 BLK=1468
 
@@ -30,7 +35,7 @@ if [ "$(id -u)" != 0 ]; then
     echo "needs root (network namespaces)" >&2
     exit 1
 fi
-for t in ip atftp dnsmasq cmp; do
+for t in ip atftp dnsmasq cmp curl; do
     command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
 done
 if [ -z "${SKIP_BUILD:-}" ]; then
@@ -75,6 +80,8 @@ find_peer() { # binary package -> path on stdout (each package in its own dir:
 }
 TFTPD_HPA=$(find_peer in.tftpd tftpd-hpa || true)
 ATFTPD=$(find_peer atftpd atftpd || true)
+NGINX=""
+[[ " $CASES " == *" http "* ]] && NGINX=$(find_peer nginx nginx || true)
 # Both link libwrap; unpack it beside them when the system lacks it.
 if ! ldconfig -p | grep -q libwrap.so.0; then
     mkdir -p "$WORK/pkgs/libwrap0"
@@ -89,11 +96,16 @@ mkdir -p "$ROOT" "$WORK/out"
 chmod 755 "$WORK" "$ROOT"
 head -c $((64 << 20)) /dev/urandom >"$ROOT/big64"
 head -c $((16 << 20)) /dev/urandom >"$ROOT/f16"
+# The automation environment's kernel and initramfs (issue 18's sizes).
+KERNEL_B=$((27 << 19))         # 13.5 MiB
+INITRD_B=$(((108 << 20) / 10)) # 10.8 MiB
+head -c "$KERNEL_B" /dev/urandom >"$ROOT/kernel"
+head -c "$INITRD_B" /dev/urandom >"$ROOT/initramfs"
 printf '[default]\naction = "script"\nscript = "#!ipxe\\nexit\\n"\n' >"$WORK/policy.toml"
 
 # --- servers -----------------------------------------------------------------
-start_tftp() { # server -> sets NS (server on 127.0.0.1:69 inside it)
-    local s=$1 ns=${TAG}$1 log=$WORK/$1.log
+start_server() { # server [prefix] -> sets NS (TFTP on 127.0.0.1:69, HTTP on :8080 inside it)
+    local s=$1 ns=${TAG}${2:-}$1 log=$WORK/${2:-}$1.log
     newns "$ns"
     case $s in
     rackcast)
@@ -116,10 +128,45 @@ start_tftp() { # server -> sets NS (server on 127.0.0.1:69 inside it)
             --enable-tftp --tftp-root="$ROOT" --tftp-max=400 \
             --log-facility="$log" >/dev/null 2>&1 &
         ;;
+    nginx)
+        nginx_conf >"$WORK/nginx.conf"
+        ip netns exec "$ns" env LD_LIBRARY_PATH="$LIBS" "$NGINX" -p "$WORK/nginx/" \
+            -c "$WORK/nginx.conf" -e "$log" >>"$log" 2>&1 &
+        ;;
     esac
     PIDS+=($!)
     sleep 0.5
     NS=$ns
+}
+
+# nginx as a boot server would run it: the tree under /files/ by sendfile,
+# no access log, one worker per core (as rackcast's runtime has a thread per
+# core).
+nginx_conf() {
+    local t=$WORK/nginx/tmp
+    mkdir -p "$t"
+    cat <<EOF
+daemon off;
+user root root;
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path $t/body;
+    proxy_temp_path $t/proxy;
+    fastcgi_temp_path $t/fastcgi;
+    uwsgi_temp_path $t/uwsgi;
+    scgi_temp_path $t/scgi;
+    server {
+        listen 127.0.0.1:8080;
+        location /files/ { alias $ROOT/; }
+    }
+}
+EOF
 }
 
 stop_last() {
@@ -148,6 +195,18 @@ fetch64() {
 
 # CPU seconds used so far by process $1 and its reaped children.
 proc_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15 + $16 + $17) / hz }' "/proc/$1/stat"; }
+# The same for $1 and all its live descendants (nginx's workers, tftpd-hpa's
+# transfers): a child that exits in between moves into its parent's figure.
+tree_cpu() {
+    local sum p
+    sum=$(proc_cpu "$1" 2>/dev/null || echo 0)
+    for p in $(pgrep -P "$1"); do
+        sum=$(awk -v a="$sum" -v b="$(tree_cpu "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
+    echo "$sum"
+}
+# CPU seconds per GiB: seconds $1 for MiB $2.
+per_gib() { awk -v s="$1" -v m="$2" 'BEGIN { printf "%.2f", s / (m / 1024) }'; }
 # CPU seconds used so far by the whole machine (user, nice, system, irq, softirq).
 all_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
 
@@ -158,7 +217,7 @@ all_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + 
 fetch_many() {
     local ns=$1 t0 t1 ok=0 pids=() i s0 s1 a0 a1 srv=${PIDS[-1]}
     rm -f "$WORK/out/f16"
-    s0=$(proc_cpu "$srv")
+    s0=$(tree_cpu "$srv")
     a0=$(all_cpu)
     t0=$(now)
     for i in $(seq 0 $((CLIENTS - 1))); do
@@ -170,9 +229,9 @@ fetch_many() {
     done
     for p in "${pids[@]}"; do wait "$p" && ok=$((ok + 1)); done
     t1=$(now)
-    s1=$(proc_cpu "$srv")
+    s1=$(tree_cpu "$srv")
     a1=$(all_cpu)
-    echo "$s0 $s1 $a0 $a1 $t0 $t1" | awk '{ printf "%.1f %.1f %.1f\n", $2 - $1, $4 - $3, $6 - $5 }' \
+    echo "$s0 $s1 $a0 $a1 $t0 $t1" | awk '{ printf "%.2f %.1f %.1f\n", $2 - $1, $4 - $3, $6 - $5 }' \
         >"$WORK/cpu-many"
     if [ "$ok" != "$CLIENTS" ] || ! cmp -s "$WORK/out/f16" "$ROOT/f16"; then
         echo "fail($ok/$CLIENTS)"
@@ -181,31 +240,93 @@ fetch_many() {
     echo "$t0 $t1" | awk -v n="$CLIENTS" '{ printf "%.1f", n * 16 / ($2 - $1) }'
 }
 
+# Aggregate MiB/s of $CLIENTS concurrent curl clients, each fetching the
+# kernel then the initramfs on one connection (as iPXE does) from the HTTP
+# server in namespace $1; client 0 is checked byte for byte, the others by
+# exit status (--fail; a short body fails curl too). Writes the server's and
+# the machine's CPU seconds and the wall time to $WORK/cpu-http.
+fetch_http() {
+    local ns=$1 t0 t1 ok=0 pids=() i s0 s1 a0 a1 srv=${PIDS[-1]}
+    local u=http://127.0.0.1:8080/files
+    rm -f "$WORK/out/kernel" "$WORK/out/initramfs"
+    s0=$(tree_cpu "$srv")
+    a0=$(all_cpu)
+    t0=$(now)
+    for i in $(seq 0 $((CLIENTS - 1))); do
+        local k=/dev/null r=/dev/null
+        [ "$i" = 0 ] && k=$WORK/out/kernel r=$WORK/out/initramfs
+        ip netns exec "$ns" timeout 300 curl -sS --fail -o "$k" "$u/kernel" \
+            -o "$r" "$u/initramfs" 2>>"$WORK/curl.log" &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" && ok=$((ok + 1)); done
+    t1=$(now)
+    s1=$(tree_cpu "$srv")
+    a1=$(all_cpu)
+    echo "$s0 $s1 $a0 $a1 $t0 $t1" | awk '{ printf "%.2f %.1f %.1f\n", $2 - $1, $4 - $3, $6 - $5 }' \
+        >"$WORK/cpu-http"
+    if [ "$ok" != "$CLIENTS" ] || ! cmp -s "$WORK/out/kernel" "$ROOT/kernel" \
+        || ! cmp -s "$WORK/out/initramfs" "$ROOT/initramfs"; then
+        echo "fail($ok/$CLIENTS)"
+        return
+    fi
+    echo "$t0 $t1" | awk -v n="$CLIENTS" -v b=$((KERNEL_B + INITRD_B)) \
+        '{ printf "%.1f", n * b / 1048576 / ($2 - $1) }'
+}
+
 SERVERS=(rackcast)
 [ -n "$TFTPD_HPA" ] && SERVERS+=(tftpd-hpa) || echo "note: tftpd-hpa unavailable" >&2
 [ -n "$ATFTPD" ] && SERVERS+=(atftpd) || echo "note: atftpd unavailable" >&2
 SERVERS+=(dnsmasq)
 if [ -n "${ONLY:-}" ]; then read -r -a SERVERS <<<"$ONLY"; fi
+HTTP_SERVERS=()
+for s in rackcast nginx; do
+    [ "$s" = nginx ] && [ -z "$NGINX" ] && { echo "note: nginx unavailable" >&2; continue; }
+    [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $s "* ]] && continue
+    HTTP_SERVERS+=("$s")
+done
+TFTP_CASES=""
+for k in $CASES; do [ "$k" = http ] || TFTP_CASES+=" $k"; done
+HTTP_MIB=$(awk -v n="$CLIENTS" -v b=$((KERNEL_B + INITRD_B)) 'BEGIN { print n * b / 1048576 }')
 
 echo "# rackcast netboot vs peers: $(date -u +%FT%TZ), $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A R CPU
+[ -n "$TFTP_CASES" ] || SERVERS=()
 for s in "${SERVERS[@]}"; do
-    start_tftp "$s"
-    for k in $CASES; do
+    start_server "$s"
+    for k in $TFTP_CASES; do
         case $k in
         many)
             R[$s,many]=$(fetch_many "$NS")
             read -r c_srv c_all c_wall <"$WORK/cpu-many"
-            CPU[$s]="server ${c_srv}s, machine ${c_all}s of $(awk -v w="$c_wall" -v n="$(nproc)" 'BEGIN { printf "%.1f", w * n }')s"
+            CPU[$s]="server ${c_srv}s ($(per_gib "$c_srv" $((CLIENTS * 16))) s/GiB), machine ${c_all}s of $(awk -v w="$c_wall" -v n="$(nproc)" 'BEGIN { printf "%.1f", w * n }')s"
             ;;
         w*) R[$s,$k]=$(fetch64 "$NS" "${k#w}") ;;
         esac
     done
     stop_last
-    echo "  $s:$(for k in $CASES; do printf ' %s=%s' "$k" "${R[$s,$k]}"; done)" >&2
-    for k in $CASES; do
+    echo "  $s:$(for k in $TFTP_CASES; do printf ' %s=%s' "$k" "${R[$s,$k]}"; done)" >&2
+    for k in $TFTP_CASES; do
         [[ ${R[$s,$k]} == fail* ]] && { echo "  $s log:" >&2; cat "$WORK/$s.log" >&2; break; }
     done
+done
+
+# --- HTTP: the automation environment to a powered-on rack -------------------
+declare -A H
+[[ " $CASES " == *" http "* ]] || HTTP_SERVERS=()
+for s in "${HTTP_SERVERS[@]}"; do
+    start_server "$s" h
+    H[$s]=$(fetch_http "$NS")
+    read -r c_srv c_all c_wall <"$WORK/cpu-http"
+    H[$s,cpu]=$c_srv
+    H[$s,gib]=$(per_gib "$c_srv" "$HTTP_MIB")
+    H[$s,machine]="${c_all}s of $(awk -v w="$c_wall" -v n="$(nproc)" 'BEGIN { printf "%.1f", w * n }')s"
+    stop_last
+    echo "  $s: http=${H[$s]}" >&2
+    if [[ ${H[$s]} == fail* ]]; then
+        echo "  $s log:" >&2
+        cat "$WORK/h$s.log" "$WORK/curl.log" 2>/dev/null | tail -20 >&2
+    fi
 done
 
 # --- proxy-DHCP offer latency ------------------------------------------------
@@ -257,11 +378,13 @@ best_peer() { # key -> best peer MiB/s (0 when none succeeded)
     done
     echo "$best"
 }
-echo
-printf '%-28s' "TFTP MiB/s (blksize $BLK)"
-for s in "${SERVERS[@]}"; do printf '%12s' "$s"; done
-printf '%14s\n' "rc/best peer"
-for k in $CASES; do
+if [ -n "$TFTP_CASES" ]; then
+    echo
+    printf '%-28s' "TFTP MiB/s (blksize $BLK)"
+    for s in "${SERVERS[@]}"; do printf '%12s' "$s"; done
+    printf '%14s\n' "rc/best peer"
+fi
+for k in $TFTP_CASES; do
     case $k in
     many) label="$CLIENTS clients x 16 MiB" ;;
     *) label="64 MiB, windowsize ${k#w}" ;;
@@ -279,12 +402,25 @@ done
 if [[ " $CASES " == *" many "* ]]; then
     echo
     echo "CPU seconds during the $CLIENTS-client case (the clients share the cores; a server's"
-    echo "figure is its own process and the children it reaped):"
+    echo "figure is its own process and its children, live or reaped):"
     for s in "${SERVERS[@]}"; do printf '  %-10s %s\n' "$s" "${CPU[$s]:-n/a}"; done
+fi
+if [ "${#HTTP_SERVERS[@]}" != 0 ]; then
+    echo
+    echo "HTTP, $CLIENTS clients x (13.5 MiB kernel + 10.8 MiB initramfs), $HTTP_MIB MiB in all:"
+    printf '  %-10s %10s %14s %12s   %s\n' server MiB/s "server CPU s" "CPU s/GiB" "machine CPU"
+    for s in "${HTTP_SERVERS[@]}"; do
+        printf '  %-10s %10s %14s %12s   %s\n' "$s" "${H[$s]}" "${H[$s,cpu]}" "${H[$s,gib]}" "${H[$s,machine]}"
+    done
+    if [[ ${H[rackcast]:-} =~ ^[0-9.]+$ && ${H[nginx]:-} =~ ^[0-9.]+$ ]]; then
+        awk -v a="${H[rackcast]}" -v b="${H[nginx]}" -v c="${H[rackcast,gib]}" -v d="${H[nginx,gib]}" \
+            'BEGIN { printf "  rackcast/nginx: throughput %.2fx, CPU per GiB %s\n", a / b, (d > 0) ? sprintf("%.2fx", c / d) : "n/a" }'
+    fi
 fi
 echo
 echo "proxy-DHCP offer latency, 1000 DISCOVERs/s for ${DHCP_SECS}s:"
 echo "  rackcast: $D_RC"
 echo "  dnsmasq:  $D_DM"
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "goals: rackcast >= best peer everywhere, >= 1.5x for $CLIENTS clients, p99 offer < 1000 us"
+echo "goals: rackcast >= best peer everywhere, >= 1.5x for $CLIENTS clients, p99 offer < 1000 us;"
+echo "       HTTP throughput >= nginx's at CPU per GiB <= nginx's; TFTP CPU per GiB <= 0.7x the best peer's"
