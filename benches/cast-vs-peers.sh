@@ -25,7 +25,9 @@
 #
 # Per case: wall time (sender start -> last receiver done), MB/s of image
 # delivered (source bytes / wall), CPU seconds (user+sys, sender side and sum
-# over receivers, children included: /usr/bin/time), integrity per receiver
+# over receivers, children included: /usr/bin/time) and the same per GiB of
+# image (snd/GiB for the sender; rcv/GiB for one receiver: the sum over
+# receivers / N / GiB), integrity per receiver
 # (b3sum of its output vs the source), then the ratios (peer wall / rackcast
 # wall; > 1 means rackcast is faster). With the straggler: time until the
 # healthy receivers are done, and whether (and when) the straggler completes.
@@ -92,6 +94,9 @@ trap 'exit 130' INT TERM
 now() { date +%s.%N; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a - b}'; }
 mbs() { awk -v b="$BYTES" -v t="$1" 'BEGIN{ if (t > 0) printf "%.1f", b / t / 1e6; else print "-" }'; }
+# per_gib CPU_SECONDS [RECEIVERS] -> CPU seconds per GiB of image delivered
+# (per receiver when RECEIVERS is given: the sum over them divided by N).
+per_gib() { awk -v c="$1" -v n="${2:-1}" -v b="$BYTES" 'BEGIN{ printf "%.2f", c / n / (b / 1073741824) }'; }
 cpu_of() { # /usr/bin/time -f '%e %U %S' output file -> user+sys seconds
     [ -s "$1" ] && tail -n1 "$1" | awk 'NF == 3 {printf "%.2f", $2 + $3; ok = 1} END{if (!ok) print 0}' || echo 0
 }
@@ -290,8 +295,8 @@ best_case() { # tool n slow -> B_* set
 FAILED=()
 declare -A WALL OKS
 CUR_LOSS=0
-fmt='%4s %5s  %-13s %9s %8s %8s %8s  %s\n'
-printf "$fmt" N loss tool wall_s MB/s cpu_snd cpu_rcv integrity
+fmt='%4s %5s  %-13s %9s %8s %8s %8s %8s %8s  %s\n'
+printf "$fmt" N loss tool wall_s MB/s cpu_snd cpu_rcv snd/GiB rcv/GiB integrity
 for n in $RECEIVERS; do
     rig_up "$n"
     for loss in $LOSSES; do
@@ -301,7 +306,8 @@ for n in $RECEIVERS; do
             best_case "$tool" "$n" 0
             WALL[$n,$loss,$tool]=$B_WALL
             OKS[$n,$loss,$tool]=$([ "$B_OK" = "$n" ] && [ -z "$B_INTEG_BAD" ] && echo 1 || echo 0)
-            printf "$fmt" "$n" "$loss%" "$tool" "$B_WALL" "$(mbs "$B_WALL")" "$B_CPU_S" "$B_CPU_R" "$B_INTEG"
+            printf "$fmt" "$n" "$loss%" "$tool" "$B_WALL" "$(mbs "$B_WALL")" "$B_CPU_S" "$B_CPU_R" \
+                "$(per_gib "$B_CPU_S")" "$(per_gib "$B_CPU_R" "$n")" "$B_INTEG"
         done
     done
     rig_loss 0

@@ -111,6 +111,7 @@ start_server() { # server [prefix] -> sets NS (TFTP on 127.0.0.1:69, HTTP on :80
     rackcast)
         ip netns exec "$ns" "$RACKCAST" netboot --iface lo --server-ip 127.0.0.1 \
             --root "$ROOT" --tftp 127.0.0.1:69 --http 127.0.0.1:8080 \
+            --tftp-max-per-client "$CLIENTS" \
             --policy "$WORK/policy.toml" >"$log" 2>&1 &
         ;;
     tftpd-hpa)

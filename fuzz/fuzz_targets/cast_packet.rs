@@ -13,6 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let key = SessionKey::from_secret(b"fuzz key, sixteen bytes or more");
     let _ = wire::parse(&key, data);
     let _ = Status::parse(data);
+    let _ = wire::parse_repairs(data);
+    let _ = wire::parse_acked(data);
     let _ = Announce::parse(data);
     // Split the input into packets, sign each with the right key and feed
     // them to one receiver: the MAC passes, so the receiver's logic is what
@@ -31,10 +33,12 @@ fuzz_target!(|data: &[u8]| {
         if p.len() < 5 {
             continue;
         }
-        let kind = match p[0] % 4 {
+        let kind = match p[0] % 6 {
             0 => PacketType::Announce,
             1 => PacketType::Symbol,
             2 => PacketType::Status,
+            3 => PacketType::Repairs,
+            4 => PacketType::Acked,
             _ => PacketType::End,
         };
         let h = Header {

@@ -54,6 +54,16 @@ impl Pacer {
         }
     }
 
+    /// Takes `bytes` whether or not the bucket has them (a control packet
+    /// that cannot wait): the symbols after it wait for the debt, so all
+    /// the sender sends stays within the rate. The debt is bounded by one
+    /// bucket.
+    pub fn charge(&mut self, now: Instant, bytes: usize) {
+        self.refill(now);
+        let cap = (self.rate * BURST.as_secs_f64()).max(16_000.0);
+        self.tokens = (self.tokens - bytes as f64).max(-cap);
+    }
+
     /// When `bytes` will be available.
     pub fn next_send(&self, bytes: usize) -> Instant {
         let missing = (bytes as f64 - self.tokens).max(0.0);

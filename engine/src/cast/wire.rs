@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! 0   2  magic "RC"
-//! 2   1  version (2)
+//! 2   1  version (3)
 //! 3   1  packet type (1 announce, 2 symbol, 3 status, 4 end, 5 acked: ids of
-//!        receivers whose "done" the sender recorded, 8 bytes each)
+//!        receivers whose "done" the sender recorded, 8 bytes each; 6 repairs:
+//!        the repairs the sender has scheduled, (object, symbols) 8 bytes each)
 //! 4   8  session id
 //! 12  8  sequence number (per sender: the data stream; per receiver: its statuses)
 //! 20  4  object: chunk number, or INDEX_OBJECT for the image index
@@ -26,6 +27,11 @@
 //! replay: a receiver's random nonce in its statuses, echoed by the sender's
 //! announces (an unpinned receiver adopts only a session that echoed it), and
 //! status sequence numbers the sender keeps per receiver.
+//!
+//! Version 3 makes feedback scale with the group: the announce carries the
+//! group size, the heartbeat period and the report backoff the sender wants,
+//! and the sender echoes the repairs it has scheduled (`Repairs`) so that a
+//! receiver whose needs are already answered stays silent.
 
 use subtle::ConstantTimeEq;
 
@@ -33,8 +39,9 @@ use super::CastError;
 
 /// Magic at the start of every packet.
 pub const MAGIC: [u8; 2] = *b"RC";
-/// Wire version (2: status nonce and flags, announce echoes).
-pub const VERSION: u8 = 2;
+/// Wire version (3: group-scaled feedback; 2 added the status nonce and
+/// the announce echoes).
+pub const VERSION: u8 = 3;
 /// Header length.
 pub const HEADER_LEN: usize = 32;
 /// MAC length.
@@ -60,6 +67,9 @@ pub enum PacketType {
     /// Sender -> group: receivers whose "done" status it has recorded (they
     /// may leave without waiting for the session to end).
     Acked = 5,
+    /// Sender -> group: repairs it has scheduled, as (object, symbols it
+    /// will send): a receiver that needs no more than that stays silent.
+    Repairs = 6,
 }
 
 impl PacketType {
@@ -70,6 +80,7 @@ impl PacketType {
             3 => PacketType::Status,
             4 => PacketType::End,
             5 => PacketType::Acked,
+            6 => PacketType::Repairs,
             _ => return None,
         })
     }
@@ -104,6 +115,15 @@ impl SessionKey {
     /// Derives a session key from key-file bytes of any length.
     pub fn from_secret(secret: &[u8]) -> SessionKey {
         SessionKey(blake3::derive_key("rackcast cast session key v1", secret))
+    }
+
+    /// A short name of the key: tells which key a [`Verified`] packet was
+    /// checked under, without holding the key.
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let h = blake3::hash(&self.0);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&h.as_bytes()[..8]);
+        out
     }
 
     fn mac(&self, bytes: &[u8]) -> [u8; MAC_LEN] {
@@ -167,6 +187,36 @@ pub fn parse<'a>(key: &SessionKey, bytes: &'a [u8]) -> Result<(Header, &'a [u8])
     ))
 }
 
+/// A packet whose MAC verified, with the fingerprint of the key it verified
+/// under. Only [`verify`] makes one, so a receiver can take a packet checked
+/// once for many receivers holding the same key (the simulation's thousands)
+/// and still refuse one checked under another key.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified<'a> {
+    /// The header.
+    pub header: Header,
+    /// The payload.
+    pub payload: &'a [u8],
+    key: [u8; 8],
+}
+
+impl Verified<'_> {
+    /// Whether this packet verified under `fingerprint`'s key.
+    pub fn under(&self, fingerprint: &[u8; 8]) -> bool {
+        self.key == *fingerprint
+    }
+}
+
+/// [`parse`], keeping the key's fingerprint with the result.
+pub fn verify<'a>(key: &SessionKey, bytes: &'a [u8]) -> Result<Verified<'a>, CastError> {
+    let (header, payload) = parse(key, bytes)?;
+    Ok(Verified {
+        header,
+        payload,
+        key: key.fingerprint(),
+    })
+}
+
 /// Largest even symbol size that fits an MTU without fragmentation.
 pub fn symbol_size_for_mtu(mtu: usize) -> usize {
     (mtu.saturating_sub(IP_UDP_OVERHEAD + OVERHEAD)) & !1
@@ -185,6 +235,19 @@ pub struct Announce {
     pub root: [u8; 32],
     /// Whether the sender is transmitting yet (false while waiting for receivers).
     pub running: bool,
+    /// Receivers the sender tracks: scales the receivers' report backoff.
+    pub group: u32,
+    /// Period of a receiver's heartbeat status, in milliseconds, scaled by
+    /// the sender so that heartbeats from the whole group stay within its
+    /// budget.
+    pub heartbeat_ms: u32,
+    /// Longest a receiver waits, in microseconds, before it reports a
+    /// deficit, so that one report (echoed in `Repairs`) silences the rest.
+    pub backoff_us: u32,
+    /// The object whose visit ended last, if any: with no symbol of another
+    /// object to follow it (the sender went quiet), this is how a receiver
+    /// learns that a visit is over.
+    pub ended: Option<u32>,
     /// Join nonces of receivers that asked to join and have not yet adopted
     /// the session (see [`Status::joining`]): proof that this sender is live.
     pub echoes: Vec<u64>,
@@ -192,7 +255,7 @@ pub struct Announce {
 
 impl Announce {
     /// Length of the fixed part; the echoes follow, 8 bytes each.
-    pub const LEN: usize = 4 + 4 + 4 + 32 + 1;
+    pub const LEN: usize = 4 + 4 + 4 + 32 + 1 + 4 + 4 + 4 + 1 + 4;
 
     /// Most echoes an announce carries when packets are `symbol_size` bytes
     /// of payload: an announce is never larger than a symbol packet.
@@ -208,6 +271,11 @@ impl Announce {
         v.extend_from_slice(&self.index_len.to_le_bytes());
         v.extend_from_slice(&self.root);
         v.push(self.running as u8);
+        v.extend_from_slice(&self.group.to_le_bytes());
+        v.extend_from_slice(&self.heartbeat_ms.to_le_bytes());
+        v.extend_from_slice(&self.backoff_us.to_le_bytes());
+        v.push(self.ended.is_some() as u8);
+        v.extend_from_slice(&self.ended.unwrap_or(0).to_le_bytes());
         for n in &self.echoes {
             v.extend_from_slice(&n.to_le_bytes());
         }
@@ -230,6 +298,10 @@ impl Announce {
             index_len: u32_at(8),
             root: b[12..44].try_into().expect("32 bytes"),
             running: b[44] != 0,
+            group: u32_at(45),
+            heartbeat_ms: u32_at(49),
+            backoff_us: u32_at(53),
+            ended: (b[57] != 0).then(|| u32_at(58)),
             echoes: b[Self::LEN..]
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -253,7 +325,35 @@ pub fn parse_acked(b: &[u8]) -> Result<Vec<u64>, CastError> {
         .collect())
 }
 
-/// A receiver's periodic report.
+/// Encodes a [`PacketType::Repairs`] payload: (object, symbols), 8 bytes each.
+pub fn emit_repairs(repairs: &[(u32, u32)]) -> Vec<u8> {
+    repairs
+        .iter()
+        .flat_map(|&(o, n)| o.to_le_bytes().into_iter().chain(n.to_le_bytes()))
+        .collect()
+}
+
+/// Decodes a [`PacketType::Repairs`] payload.
+pub fn parse_repairs(b: &[u8]) -> Result<Vec<(u32, u32)>, CastError> {
+    if b.len() % 8 != 0 {
+        return Err(CastError::Malformed("repairs length"));
+    }
+    Ok(b.chunks_exact(8)
+        .map(|c| {
+            let u = |i: usize| u32::from_le_bytes(c[i..i + 4].try_into().expect("4 bytes"));
+            (u(0), u(4))
+        })
+        .collect())
+}
+
+/// Most entries of an id or repair list (`Acked`, `Repairs`) per packet:
+/// a symbol's worth, and never fewer than 64 (512 bytes, which with the
+/// headers still crosses any IPv4 path unfragmented).
+pub fn max_list_entries(symbol_size: usize) -> usize {
+    (symbol_size / 8).max(64)
+}
+
+/// A receiver's report.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Status {
     /// The receiver's id (random per run; stable across its restarts only if configured).
@@ -461,6 +561,10 @@ mod tests {
             index_len: 700,
             root: [7; 32],
             running: true,
+            group: 10_000,
+            heartbeat_ms: 20_000,
+            backoff_us: 10_000,
+            ended: Some(3),
             echoes: (0..Announce::max_echoes(s) as u64).collect(),
         };
         let b = a.emit();
@@ -469,6 +573,16 @@ mod tests {
         for n in [0, Announce::LEN - 1, Announce::LEN + 1, Announce::LEN + 7] {
             assert!(Announce::parse(&b[..n]).is_err(), "{n} bytes");
         }
+    }
+
+    #[test]
+    fn repairs_round_trip_and_bad_length() {
+        let r = [(1u32, 2u32), (INDEX_OBJECT, 300)];
+        assert_eq!(parse_repairs(&emit_repairs(&r)).unwrap(), r);
+        for n in [1, 7, 9, 12] {
+            assert!(parse_repairs(&vec![0u8; n]).is_err(), "{n} bytes");
+        }
+        assert!(max_list_entries(128) * 8 + OVERHEAD + IP_UDP_OVERHEAD <= 576);
     }
 
     #[test]

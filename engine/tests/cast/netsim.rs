@@ -5,15 +5,18 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rackcast_engine::cast::wire;
 use rackcast_engine::cast::CastError;
 use rackcast_engine::cast::{
-    FrameSource, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, ReedSolomon, Sender,
-    SenderConfig, SenderEvent, SessionKey, Verdict,
+    ErasureCode, FrameSource, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, ReedSolomon,
+    Sender, SenderConfig, SenderEvent, SenderStats, SessionKey, Verdict,
 };
 use rackcast_engine::image::{ChunkData, ChunkDecoder, ChunkIndex};
 
@@ -137,17 +140,28 @@ impl FrameSource for MemSource {
 pub struct Outcome {
     /// Virtual seconds from the start until each receiver was done (None: never).
     pub done_at: Vec<Option<f64>>,
+    /// Virtual seconds from the start until the sender started sending.
+    pub started_at: Option<f64>,
     pub verdicts: Vec<(u64, Verdict)>,
     pub source_symbols: u64,
     pub repair_symbols: u64,
-    /// Source symbols the image's frames and index need, once.
+    /// Repair symbols the sender computed (its erasure-code work).
+    pub encoded: u64,
+    /// Source symbols the image's frames need, once.
     pub image_symbols: u64,
+    /// Statuses the sender took (processed).
     pub statuses: u64,
+    /// Status packets that reached the sender, taken or not.
+    pub status_packets: u64,
+    /// The most status packets that reached the sender in one virtual second.
+    pub status_peak: u64,
     pub finished_at: Option<f64>,
     pub straggler_events: usize,
     pub wrong_frames: usize,
     /// Each receiver's counters at the end.
     pub rx_stats: Vec<ReceiverStats>,
+    /// The sender's counters at the end.
+    pub sender: SenderStats,
 }
 
 pub struct Image {
@@ -156,15 +170,86 @@ pub struct Image {
     pub source: Vec<u8>,
 }
 
-const SYMBOL: usize = 1024;
-/// Heap targets at or above this go to the sender, from receiver `t - TO_SENDER`.
-const TO_SENDER: usize = 1 << 40;
-
-pub fn run(image: &Image, links: &[LinkSpec], seed: u64, rate: u64, limit: Duration) -> Outcome {
-    run_with(image, links, seed, rate, limit, &|_| {})
+/// Session settings of a simulated run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub seed: u64,
+    /// Symbol size.
+    pub symbol: usize,
+    /// The sender's rate ceiling, bytes per second.
+    pub rate: u64,
+    /// Its floor: the rate control moves between the two.
+    pub min_rate: u64,
+    /// The session's deadline.
+    pub limit: Duration,
+    /// Share the receivers' decodes (see [`SharedDecode`]).
+    pub shared_decode: Option<Arc<SharedDecode>>,
 }
 
-/// [`run`], with each receiver's configuration adjusted by `tune`.
+/// The symbol size of [`run_with`].
+pub const SYMBOL: usize = 1024;
+/// (k, symbol size, BLAKE3 of the two lowest symbols present).
+type DecodeKey = (u32, usize, [u8; 32]);
+
+/// Reed–Solomon whose decodes are shared between receivers: the decode of
+/// an object is computed once and handed to every receiver that decodes the
+/// same object. Any k symbols of an MDS code rebuild the same source, so the
+/// receivers' fates are identical there; each receiver still chooses when to
+/// decode from its own symbols and checks the result against its frame
+/// hash, so a wrong share would fail the run, never pass it. (Leopard's
+/// decode costs the same whatever k is; 10,000 receivers each decoding
+/// every chunk they lost a symbol of would take hours.)
+#[derive(Debug, Default)]
+pub struct SharedDecode {
+    cache: Mutex<HashMap<DecodeKey, Arc<Vec<Vec<u8>>>>>,
+    /// Decodes computed, and served from the cache.
+    pub computed: AtomicU64,
+    pub shared: AtomicU64,
+}
+
+impl ErasureCode for SharedDecode {
+    fn name(&self) -> &'static str {
+        "reed-solomon (decodes shared)"
+    }
+
+    fn encode(&self, source: &[&[u8]]) -> Result<Vec<Vec<u8>>, CastError> {
+        ReedSolomon.encode(source)
+    }
+
+    fn decode(
+        &self,
+        k: u32,
+        symbol_size: usize,
+        symbols: &[(u32, &[u8])],
+    ) -> Result<Vec<Vec<u8>>, CastError> {
+        // The object, named by its two lowest symbols present (ids and bytes).
+        let mut sorted: Vec<&(u32, &[u8])> = symbols.iter().collect();
+        sorted.sort_by_key(|(id, _)| *id);
+        let mut h = blake3::Hasher::new();
+        for (id, b) in sorted.iter().take(2) {
+            h.update(&id.to_le_bytes());
+            h.update(b);
+        }
+        let key = (k, symbol_size, *h.finalize().as_bytes());
+        if let Some(v) = self.cache.lock().unwrap().get(&key) {
+            self.shared.fetch_add(1, Ordering::Relaxed);
+            return Ok(v.as_ref().clone());
+        }
+        let v = ReedSolomon.decode(k, symbol_size, symbols)?;
+        self.computed.fetch_add(1, Ordering::Relaxed);
+        self.cache.lock().unwrap().insert(key, Arc::new(v.clone()));
+        Ok(v)
+    }
+}
+
+/// Receivers whose frames are compared byte for byte with the image's (the
+/// rest are checked by their own BLAKE3 against the index, and by holding
+/// every frame at the end); the first three also decode their chunks.
+const COMPARED: usize = 16;
+const SESSION: u64 = 0xC0FFEE;
+
+/// A session at the default symbol size, each receiver's configuration
+/// adjusted by `tune`.
 pub fn run_with(
     image: &Image,
     links: &[LinkSpec],
@@ -173,19 +258,64 @@ pub fn run_with(
     limit: Duration,
     tune: &dyn Fn(&mut ReceiverConfig),
 ) -> Outcome {
+    let settings = Settings {
+        seed,
+        symbol: SYMBOL,
+        rate,
+        min_rate: rate / 50,
+        limit,
+        shared_decode: None,
+    };
+    simulate(image, links, &settings, tune)
+}
+
+/// Where a packet in flight goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum To {
+    /// Every receiver on the packet's list (one shared arrival time).
+    Group,
+    Receiver(usize),
+    /// The sender, from this receiver.
+    Sender(usize),
+}
+
+struct InFlight {
+    bytes: Bytes,
+    /// Receivers that get it at the group arrival time.
+    group: Vec<u32>,
+    left: u32,
+}
+
+/// Runs one session. Work is shared only where fates are identical: a
+/// multicast packet's MAC is checked once for every receiver (each receiver
+/// still checks the key it was verified under), and receivers whose link
+/// delivers it at the same moment are handled in one event. Every receiver
+/// runs its own state machine, FEC and frame hashes.
+pub fn simulate(
+    image: &Image,
+    links: &[LinkSpec],
+    st: &Settings,
+    tune: &dyn Fn(&mut ReceiverConfig),
+) -> Outcome {
+    let seed = st.seed;
     let t0 = Instant::now();
     let key = SessionKey::from_secret(b"simulated session key");
-    let fec = Arc::new(ReedSolomon);
-    let mut cfg = SenderConfig::new(0xC0FFEE, key.clone(), SYMBOL);
-    cfg.max_rate = rate;
-    cfg.min_rate = rate / 50;
+    let fec: Arc<dyn ErasureCode> = match &st.shared_decode {
+        Some(shared) => shared.clone(),
+        None => Arc::new(ReedSolomon),
+    };
+    let mut cfg = SenderConfig::new(SESSION, key.clone(), st.symbol);
+    cfg.max_rate = st.rate;
+    cfg.min_rate = st.min_rate;
     cfg.min_receivers = links.iter().filter(|l| l.join_at.is_zero()).count();
-    cfg.max_wait = Duration::from_secs(2);
-    cfg.deadline = limit;
-    cfg.announce_interval = Duration::from_millis(20);
+    cfg.max_wait = Duration::from_secs(10);
+    cfg.deadline = st.limit;
+    cfg.announce_interval = Duration::from_millis(100);
     cfg.receiver_timeout = Duration::from_secs(5);
     cfg.revisit_after = Duration::from_millis(2);
     cfg.status_lag = Duration::from_micros(1500);
+    cfg.heartbeat = Duration::from_millis(100);
+    cfg.report_backoff = Duration::from_millis(4);
     let mut sender = Sender::new(
         cfg,
         fec.clone(),
@@ -196,26 +326,32 @@ pub fn run_with(
         t0,
     );
     let sender_addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-    let addr = |i: usize| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)) };
+    let addr = |i: usize| -> SocketAddr {
+        SocketAddr::from(([127, (i >> 16) as u8, (i >> 8) as u8, i as u8], 10_000))
+    };
     let mut rxs: Vec<Receiver> = (0..links.len())
         .map(|i| {
             let mut c = ReceiverConfig::new(key.clone(), 1 + i as u64);
             c.status_interval = Duration::from_millis(10);
+            // The agent knows its session from its directive; joining by
+            // echo (the CLI's way) is covered in `hostile.rs`.
+            c.session = Some(SESSION);
             c.nonce = Rng::new(seed ^ ((i as u64 + 1) * 31)).next();
             tune(&mut c);
-            Receiver::new(c, fec.clone(), t0)
+            Receiver::new(c, fec.clone(), t0 + links[i].join_at)
         })
         .collect();
+    let link = |i: usize, s: LinkSpec, salt: u64| Link {
+        spec: s,
+        rng: Rng::new(seed ^ ((i as u64 + 1) * salt)),
+        bad: false,
+        tokens: 0.0,
+        last: None,
+    };
     let mut down: Vec<Link> = links
         .iter()
         .enumerate()
-        .map(|(i, s)| Link {
-            spec: *s,
-            rng: Rng::new(seed ^ ((i as u64 + 1) * 7919)),
-            bad: false,
-            tokens: 0.0,
-            last: None,
-        })
+        .map(|(i, s)| link(i, *s, 7919))
         .collect();
     let mut up: Vec<Link> = links
         .iter()
@@ -224,18 +360,24 @@ pub fn run_with(
             let mut spec = *s;
             spec.rate = None;
             spec.dup = 0.0;
-            Link {
-                spec,
-                rng: Rng::new(seed ^ ((i as u64 + 1) * 104_729)),
-                bad: false,
-                tokens: 0.0,
-                last: None,
+            // Bursts are counted in packets; statuses seconds apart would
+            // stretch one burst over many seconds of a receiver's uplink.
+            // Uplinks lose the same share, uniformly.
+            if let Loss::Bursty { enter, exit, bad } = spec.loss {
+                spec.loss = Loss::Uniform(enter / (enter + exit) * bad);
             }
+            link(i, spec, 104_729)
         })
         .collect();
-    // (time, order, target: usize::MAX = sender, bytes)
-    let mut heap: BinaryHeap<Reverse<(Instant, u64, usize, usize)>> = BinaryHeap::new();
-    let mut packets: Vec<Option<Bytes>> = Vec::new();
+    let mut heap: BinaryHeap<Reverse<(Instant, u64, To, usize)>> = BinaryHeap::new();
+    let mut packets: Vec<Option<InFlight>> = Vec::new();
+    // Receiver timers, checked lazily: `armed[i]` is the earliest one queued.
+    let mut timers: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    let mut armed: Vec<Option<Instant>> = vec![None; links.len()];
+    for (i, l) in links.iter().enumerate() {
+        timers.push(Reverse((t0 + l.join_at, i)));
+        armed[i] = Some(t0 + l.join_at);
+    }
     let mut order = 0u64;
     let mut times = Vec::new();
     let mut done_at: Vec<Option<f64>> = vec![None; links.len()];
@@ -244,106 +386,187 @@ pub fn run_with(
     let mut straggler_events = 0;
     let mut verdicts = Vec::new();
     let mut finished_at = None;
+    let mut started_at = None;
+    let mut status_packets = 0u64;
+    let mut per_second: Vec<u64> = Vec::new();
     let mut buf = Vec::with_capacity(2048);
     let mut now = t0;
     let mut decoder = ChunkDecoder::new();
     let mut scratch = Vec::new();
-    let mut refcount: Vec<u32> = Vec::new();
-    for _step in 0..50_000_000u64 {
-        if now > t0 + limit + Duration::from_secs(1) {
+    let mut touched: Vec<usize> = Vec::new();
+    let mut is_touched = vec![false; links.len()];
+    let joined = |i: usize, now: Instant| now >= t0 + links[i].join_at;
+    let debug = std::env::var_os("RACKCAST_SIM_DEBUG").is_some() && links.len() <= 1000;
+    let mut next_debug = t0;
+    for _step in 0..200_000_000u64 {
+        if now > t0 + st.limit + Duration::from_secs(1) {
             break;
         }
-        while let Some(Reverse((t, _, target, pkt))) = heap.peek().copied() {
+        while let Some(Reverse((t, _, to, pkt))) = heap.peek().copied() {
             if t > now {
                 break;
             }
             heap.pop();
-            let bytes = packets[pkt].clone().expect("live packet");
-            refcount[pkt] -= 1;
-            if refcount[pkt] == 0 {
+            let p = packets[pkt].as_mut().expect("live packet");
+            p.left -= 1;
+            let bytes = p.bytes.clone();
+            let group = if to == To::Group {
+                std::mem::take(&mut p.group)
+            } else {
+                Vec::new()
+            };
+            if p.left == 0 {
                 packets[pkt] = None;
             }
-            if target >= TO_SENDER {
-                sender.handle_datagram(now, addr(target - TO_SENDER), &bytes);
-                continue;
-            }
-            let rx = &mut rxs[target];
-            rx.handle_datagram(now, sender_addr, &bytes);
-            while let Some(ev) = rx.poll_event() {
-                match ev {
-                    ReceiverEvent::IndexReady(idx) => have[target] = vec![false; idx.entries.len()],
-                    ReceiverEvent::Chunk { chunk, frame } => {
-                        if image.frames[chunk as usize].as_ref() != Some(&frame) {
-                            wrong_frames += 1;
-                        }
-                        // The first receivers decode and check content for real.
-                        if target < 3 {
-                            decoder
-                                .decode(&image.index, chunk as u64, &frame, &mut scratch)
-                                .expect("a verified frame decodes");
-                            let off = image.index.disk_offset(chunk as u64) as usize;
-                            assert_eq!(&image.source[off..off + scratch.len()], &scratch[..]);
-                        }
-                        have[target][chunk as usize] = true;
+            let targets: Vec<usize> = match to {
+                To::Sender(i) => {
+                    status_packets += 1;
+                    let sec = (now - t0).as_secs() as usize;
+                    if per_second.len() <= sec {
+                        per_second.resize(sec + 1, 0);
                     }
-                    ReceiverEvent::SessionEnded => {}
+                    per_second[sec] += 1;
+                    sender.handle_datagram(now, addr(i), &bytes);
+                    continue;
                 }
-            }
-            if rx.all_received() && !rx.is_done() {
-                rx.set_durable(now);
-                done_at[target] = Some((now - t0).as_secs_f64());
+                To::Receiver(i) => vec![i],
+                To::Group => group.into_iter().map(|i| i as usize).collect(),
+            };
+            let verified = wire::verify(&key, &bytes).expect("the sender's packets verify");
+            for target in targets {
+                let rx = &mut rxs[target];
+                rx.handle_verified(now, sender_addr, &verified);
+                while let Some(ev) = rx.poll_event() {
+                    match ev {
+                        ReceiverEvent::IndexReady(idx) => {
+                            have[target] = vec![false; idx.entries.len()]
+                        }
+                        ReceiverEvent::Chunk { chunk, frame } => {
+                            let want = image.frames[chunk as usize].as_ref();
+                            let wrong = if target < COMPARED {
+                                want != Some(&frame)
+                            } else {
+                                want.map(Bytes::len) != Some(frame.len())
+                            };
+                            wrong_frames += wrong as usize;
+                            // The first receivers decode and check content for real.
+                            if target < 3 {
+                                decoder
+                                    .decode(&image.index, chunk as u64, &frame, &mut scratch)
+                                    .expect("a verified frame decodes");
+                                let off = image.index.disk_offset(chunk as u64) as usize;
+                                assert_eq!(&image.source[off..off + scratch.len()], &scratch[..]);
+                            }
+                            have[target][chunk as usize] = true;
+                        }
+                        ReceiverEvent::SessionEnded => {}
+                    }
+                }
+                if rx.all_received() && !rx.is_done() {
+                    rx.set_durable(now);
+                    done_at[target] = Some((now - t0).as_secs_f64());
+                }
+                if !is_touched[target] {
+                    is_touched[target] = true;
+                    touched.push(target);
+                }
             }
         }
         // The sender's packets go to every receiver that has joined.
         for _ in 0..64 {
             buf.clear();
-            match sender.poll_transmit(now, &mut buf).expect("sender runs") {
-                Some(_) => {
-                    let id = packets.len();
-                    packets.push(Some(Bytes::copy_from_slice(&buf)));
-                    refcount.push(0);
-                    for (i, link) in down.iter_mut().enumerate() {
-                        if now < t0 + link.spec.join_at {
-                            continue;
-                        }
-                        link.carry(now, buf.len(), &mut times);
-                        for &t in &times {
-                            order += 1;
-                            refcount[id] += 1;
-                            heap.push(Reverse((t, order, i, id)));
-                        }
-                    }
-                    if refcount[id] == 0 {
-                        packets[id] = None;
+            if sender
+                .poll_transmit(now, &mut buf)
+                .expect("sender runs")
+                .is_none()
+            {
+                break;
+            }
+            let mut p = InFlight {
+                bytes: Bytes::copy_from_slice(&buf),
+                group: Vec::new(),
+                left: 0,
+            };
+            let id = packets.len();
+            let at = now + LinkSpec::clean().latency;
+            for (i, link) in down.iter_mut().enumerate() {
+                if !joined(i, now) {
+                    continue;
+                }
+                link.carry(now, buf.len(), &mut times);
+                for &t in &times {
+                    if t == at && p.group.last() != Some(&(i as u32)) {
+                        p.group.push(i as u32);
+                    } else {
+                        order += 1;
+                        p.left += 1;
+                        heap.push(Reverse((t, order, To::Receiver(i), id)));
                     }
                 }
-                None => break,
+            }
+            if !p.group.is_empty() {
+                order += 1;
+                p.left += 1;
+                heap.push(Reverse((at, order, To::Group, id)));
+            }
+            packets.push((p.left > 0).then_some(p));
+        }
+        while let Some(Reverse((t, i))) = timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            timers.pop();
+            if armed[i] == Some(t) {
+                armed[i] = None;
+            }
+            if !is_touched[i] {
+                is_touched[i] = true;
+                touched.push(i);
             }
         }
-        for (i, rx) in rxs.iter_mut().enumerate() {
-            if now < t0 + links[i].join_at {
+        for i in touched.drain(..) {
+            is_touched[i] = false;
+            if !joined(i, now) {
                 continue;
             }
+            let rx = &mut rxs[i];
             buf.clear();
             while let Some((_, _)) = rx.poll_transmit(now, &mut buf) {
                 up[i].carry(now, buf.len(), &mut times);
                 let id = packets.len();
-                packets.push(Some(Bytes::copy_from_slice(&buf)));
-                refcount.push(0);
+                let left = times.len() as u32;
                 for &t in &times {
                     order += 1;
-                    refcount[id] += 1;
-                    heap.push(Reverse((t, order, TO_SENDER + i, id)));
+                    heap.push(Reverse((t, order, To::Sender(i), id)));
                 }
-                if refcount[id] == 0 {
-                    packets[id] = None;
-                }
+                packets.push((left > 0).then(|| InFlight {
+                    bytes: Bytes::copy_from_slice(&buf),
+                    group: Vec::new(),
+                    left,
+                }));
                 buf.clear();
+            }
+            if let Some(t) = rx.poll_timeout() {
+                let t = t.max(now + Duration::from_micros(1));
+                if armed[i].is_none_or(|a| t < a) {
+                    armed[i] = Some(t);
+                    timers.push(Reverse((t, i)));
+                }
             }
         }
         while let Some(ev) = sender.poll_event() {
             match ev {
-                SenderEvent::Straggler { .. } => straggler_events += 1,
+                SenderEvent::Straggler { receiver, loss } => {
+                    straggler_events += 1;
+                    if std::env::var_os("RACKCAST_SIM_DEBUG").is_some() {
+                        eprintln!(
+                            "straggler {receiver} loss {loss:.3} at {:.2}s done {:?}",
+                            (now - t0).as_secs_f64(),
+                            done_at[receiver as usize - 1]
+                        );
+                    }
+                }
+                SenderEvent::Started { .. } => started_at = Some((now - t0).as_secs_f64()),
                 SenderEvent::Finished { verdicts: v } => {
                     verdicts = v;
                     finished_at = Some((now - t0).as_secs_f64());
@@ -351,23 +574,29 @@ pub fn run_with(
                 _ => {}
             }
         }
+        if debug && now >= next_debug {
+            next_debug = now + Duration::from_secs(10);
+            eprintln!(
+                "t={:.1}s rate {} done {} stragglers {} stats {:?}",
+                (now - t0).as_secs_f64(),
+                sender.rate(),
+                sender.receivers_done(),
+                sender.stragglers(),
+                sender.stats()
+            );
+        }
         if sender.is_finished() && heap.is_empty() {
             break;
         }
         let mut next = heap.peek().map(|Reverse((t, ..))| *t);
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        };
-        consider(sender.poll_timeout());
-        for (i, rx) in rxs.iter().enumerate() {
-            let join = t0 + links[i].join_at;
-            if now < join {
-                consider(Some(join));
-            } else {
-                consider(rx.poll_timeout());
-            }
+        for t in [
+            sender.poll_timeout(),
+            timers.peek().map(|Reverse((t, _))| *t),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            next = Some(next.map_or(t, |n| n.min(t)));
         }
         let Some(n) = next else { break };
         now = n.max(now + Duration::from_micros(1));
@@ -390,19 +619,24 @@ pub fn run_with(
         .entries
         .iter()
         .filter_map(|e| e.data.frame())
-        .map(|f| (f.len as usize).div_ceil(SYMBOL) as u64)
+        .map(|f| (f.len as usize).div_ceil(st.symbol) as u64)
         .sum::<u64>();
     Outcome {
         done_at,
+        started_at,
         verdicts,
         source_symbols: s.source_symbols,
         repair_symbols: s.repair_symbols,
+        encoded: s.encoded,
         image_symbols,
         statuses: s.statuses,
+        status_packets,
+        status_peak: per_second.iter().copied().max().unwrap_or(0),
         finished_at,
         straggler_events,
         wrong_frames,
         rx_stats: rxs.iter().map(|r| r.stats().clone()).collect(),
+        sender: s.clone(),
     }
 }
 

@@ -69,6 +69,13 @@ pub struct NetbootArgs {
     /// Largest TFTP windowsize granted (RFC 7440; 1 turns windows off).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     tftp_max_windowsize: u16,
+    /// TFTP transfers at once, all clients together; more get ERROR 0.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    tftp_max_transfers: u32,
+    /// TFTP transfers at once from one client address (raise it when many
+    /// clients share an address: a NAT, a relay, a benchmark on loopback).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    tftp_max_per_client: u32,
     /// DHCP ports (tests use others; production is 67 and 4011).
     #[arg(long = "dhcp-port", default_values_t = [67u16, 4011])]
     dhcp_ports: Vec<u16>,
@@ -158,5 +165,7 @@ fn settings(args: &NetbootArgs) -> anyhow::Result<NetbootSettings> {
             .context("--tftp-max-bytes-in-flight is too large")?,
     );
     nb.tftp_max_windowsize = Some(args.tftp_max_windowsize);
+    nb.tftp_max_transfers = Some(args.tftp_max_transfers as usize);
+    nb.tftp_max_per_client = Some(args.tftp_max_per_client as usize);
     Ok(nb)
 }

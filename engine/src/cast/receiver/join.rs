@@ -64,7 +64,7 @@ impl Receiver {
         self.candidates.clear();
         self.stats.packets += 1;
         self.stats.bytes += payload.len() as u64;
-        self.count_seq(h.seq);
+        self.count_seq(now, h.seq);
         self.on_announce(now, payload);
     }
 

@@ -20,18 +20,25 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::fec::{source_symbols, ErasureCode, MAX_SOURCE_SYMBOLS};
-use super::wire::{self, Announce, Header, PacketType, SessionKey, Status, INDEX_OBJECT};
+use super::wire::{self, Announce, Header, PacketType, SessionKey, Status, Verified, INDEX_OBJECT};
 use super::CastError;
 use crate::image::{ChunkData, ChunkIndex};
 
 mod join;
+mod report;
 
 use join::Candidate;
 pub use join::MAX_CANDIDATES;
+use report::Reports;
 
 /// Default of [`ReceiverConfig::max_partial_bytes`]: the automation
 /// environment runs from RAM, beside the disk writer's own buffers.
 pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 128 << 20;
+
+/// Fewest sender packets a loss figure is measured over...
+const MIN_LOSS_WINDOW: u64 = 64;
+/// ...unless its window has been open this long.
+const MAX_LOSS_WINDOW: Duration = Duration::from_millis(500);
 
 /// Decode attempts per object before its symbols are thrown away: a code
 /// that is not MDS may need a symbol or two beyond `k`.
@@ -50,7 +57,9 @@ pub struct ReceiverConfig {
     pub session: Option<u64>,
     /// Only accept an image with this root.
     pub expected_root: Option<[u8; 32]>,
-    /// Time between status packets.
+    /// The shortest heartbeat period (the sender announces the one it wants,
+    /// scaled to its group), and four times the shortest gap between two
+    /// deficit reports.
     pub status_interval: Duration,
     /// Most chunks held partly received at once (a straggler collects the
     /// lowest-numbered chunks it needs first).
@@ -134,6 +143,11 @@ pub struct ReceiverStats {
     pub lost: u64,
     /// Objects that needed FEC decoding.
     pub decoded: u64,
+    /// Statuses sent (joins not included).
+    pub reports: u64,
+    /// Deficit reports not sent: the sender's echo, or the object back on
+    /// the air, already answered them.
+    pub suppressed: u64,
     /// Rebuilt frames that failed their hash (never handed out).
     pub bad_frames: u64,
 }
@@ -180,12 +194,20 @@ pub struct Receiver {
     backlog: u64,
     // Loss accounting over the sender's sequence numbers since the last status.
     window_first: Option<u64>,
+    window_opened: Option<Instant>,
     window_max: u64,
     window_got: u64,
     highest_seq: u64,
     last_loss_ppm: u32,
-    next_status: Instant,
-    last_status: Option<Instant>,
+    /// When to report (see `report.rs`).
+    reports: Reports,
+    /// The first announce heard said the session was already running: the
+    /// chunks sent before this receiver joined must be asked for.
+    late: bool,
+    /// The key's fingerprint, for packets verified by the caller.
+    key_id: [u8; 8],
+    /// The latest time the shell gave (timers set without one use it).
+    clock: Instant,
     /// The object the sender was last heard sending.
     current_object: Option<u32>,
     status_seq: u64,
@@ -196,14 +218,14 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver that has heard nothing yet.
     pub fn new(cfg: ReceiverConfig, fec: Arc<dyn ErasureCode>, now: Instant) -> Receiver {
-        // Spread receivers' statuses over the interval so they never arrive in
-        // one burst.
-        let phase = Duration::from_micros(cfg.id % cfg.status_interval.as_micros().max(1) as u64);
         Receiver {
             // A pinned session is only adopted, with its sender's address, by
             // its first announce.
             session: None,
-            next_status: now + phase,
+            reports: Reports::new(cfg.id, cfg.nonce, cfg.status_interval, now),
+            late: false,
+            key_id: cfg.key.fingerprint(),
+            clock: now,
             cfg,
             fec,
             sender: None,
@@ -220,11 +242,11 @@ impl Receiver {
             acked: false,
             backlog: 0,
             window_first: None,
+            window_opened: None,
             window_max: 0,
             window_got: 0,
             highest_seq: 0,
             last_loss_ppm: 0,
-            last_status: None,
             current_object: None,
             status_seq: 0,
             events: VecDeque::new(),
@@ -301,7 +323,7 @@ impl Receiver {
     pub fn set_durable(&mut self, now: Instant) {
         if self.all_received() && !self.durable {
             self.durable = true;
-            self.next_status = now;
+            self.report_spread(now);
         }
     }
 
@@ -343,7 +365,7 @@ impl Receiver {
     /// When the receiver next wants to run (its next status or join).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.sender {
-            Some(_) => Some(self.next_status),
+            Some(_) => self.next_report(),
             None => self.next_join(),
         }
     }
@@ -359,12 +381,11 @@ impl Receiver {
         let (Some(to), Some(session)) = (self.sender, self.session) else {
             return self.poll_join(now, buf);
         };
-        if now < self.next_status {
+        if !self.report_due(now) {
             return None;
         }
-        self.next_status = now + self.cfg.status_interval;
-        self.last_status = Some(now);
-        let st = self.status();
+        let st = self.status(now);
+        self.reported(now);
         Some((to, self.emit_status(session, &st, buf)))
     }
 
@@ -385,13 +406,22 @@ impl Receiver {
         buf.len() - start
     }
 
-    fn status(&mut self) -> Status {
+    fn status(&mut self, now: Instant) -> Status {
         if let Some(first) = self.window_first {
             let expected = self.window_max - first + 1;
-            let lost = expected.saturating_sub(self.window_got);
-            self.last_loss_ppm = (lost * 1_000_000 / expected.max(1)) as u32;
-            self.window_first = None;
-            self.window_got = 0;
+            // A window of a few packets says little (4 lost of 5 is not 80%
+            // loss): keep counting until it holds enough, and say the last
+            // full window's figure meanwhile; but not for long, or a slow
+            // stream would report an old figure (and keep its rate cut).
+            let old = self
+                .window_opened
+                .is_some_and(|t| now.saturating_duration_since(t) >= MAX_LOSS_WINDOW);
+            if expected >= MIN_LOSS_WINDOW || old {
+                let lost = expected.saturating_sub(self.window_got);
+                self.last_loss_ppm = (lost * 1_000_000 / expected.max(1)) as u32;
+                self.window_first = None;
+                self.window_got = 0;
+            }
         }
         let mut needed = Vec::new();
         let mut truncated = false;
@@ -421,13 +451,22 @@ impl Receiver {
                 }
             }
         }
-        let deficits = self
-            .assemblies
-            .iter()
-            .filter(|(&c, _)| c != INDEX_OBJECT)
+        // The objects whose visits ended short come first: they are why a
+        // deficit report goes out. Then partly received chunks, lowest first.
+        let mut deficits: Vec<(u32, u32)> = self
+            .nack_objects()
+            .filter(|&c| c != INDEX_OBJECT)
+            .map(|c| (c, self.deficit(c)))
             .take(Status::MAX_DEFICITS)
-            .map(|(&c, a)| (c, a.k.saturating_sub(a.symbols.len() as u32)))
             .collect();
+        for (&c, a) in &self.assemblies {
+            if deficits.len() == Status::MAX_DEFICITS {
+                break;
+            }
+            if c != INDEX_OBJECT && !deficits.iter().any(|&(d, _)| d == c) {
+                deficits.push((c, a.k.saturating_sub(a.symbols.len() as u32)));
+            }
+        }
         Status {
             receiver: self.cfg.id,
             nonce: self.cfg.nonce,
@@ -446,17 +485,23 @@ impl Receiver {
 
     /// Feeds a datagram from the group (or anything else arriving on the socket).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let (h, payload) = match wire::parse(&self.cfg.key, bytes) {
-            Ok(x) => x,
-            Err(CastError::BadMac) => {
-                self.stats.bad_mac += 1;
-                return;
-            }
-            Err(_) => {
-                self.stats.malformed += 1;
-                return;
-            }
-        };
+        match wire::verify(&self.cfg.key, bytes) {
+            Ok(p) => self.handle_verified(now, from, &p),
+            Err(CastError::BadMac) => self.stats.bad_mac += 1,
+            Err(_) => self.stats.malformed += 1,
+        }
+    }
+
+    /// Feeds a packet already verified by [`wire::verify`] (one check can
+    /// serve many receivers); one verified under another key is dropped as
+    /// a bad MAC.
+    pub fn handle_verified(&mut self, now: Instant, from: SocketAddr, p: &Verified<'_>) {
+        self.clock = self.clock.max(now);
+        if !p.under(&self.key_id) {
+            self.stats.bad_mac += 1;
+            return;
+        }
+        let (h, payload) = (p.header, p.payload);
         if h.kind == PacketType::Status {
             // Another receiver's unicast status cannot reach us; a multicast
             // one is not for us either.
@@ -484,7 +529,7 @@ impl Receiver {
         }
         self.stats.packets += 1;
         self.stats.bytes += payload.len() as u64;
-        self.count_seq(h.seq);
+        self.count_seq(now, h.seq);
         match h.kind {
             PacketType::Announce => self.on_announce(now, payload),
             PacketType::Symbol => self.on_symbol(now, &h, payload),
@@ -494,6 +539,10 @@ impl Receiver {
                     self.events.push_back(ReceiverEvent::SessionEnded);
                 }
             }
+            PacketType::Repairs => match wire::parse_repairs(payload) {
+                Ok(list) => self.on_repairs(&list),
+                Err(_) => self.stats.malformed += 1,
+            },
             PacketType::Acked => {
                 if let Ok(ids) = wire::parse_acked(payload) {
                     if ids.contains(&self.cfg.id) && self.durable {
@@ -507,7 +556,7 @@ impl Receiver {
         }
     }
 
-    fn count_seq(&mut self, seq: u64) {
+    fn count_seq(&mut self, now: Instant, seq: u64) {
         self.highest_seq = self.highest_seq.max(seq);
         match self.window_first {
             None => {
@@ -518,6 +567,7 @@ impl Receiver {
                     seq
                 };
                 self.window_first = Some(first);
+                self.window_opened = Some(now);
                 self.window_max = seq;
                 self.window_got = 1;
             }
@@ -538,8 +588,19 @@ impl Receiver {
             return;
         };
         if self.announce.is_none() {
-            // First contact: tell the sender we are here right away.
-            self.next_status = now;
+            // First contact: tell the sender we are here, within the
+            // group's spread.
+            self.take_feedback_params(now, &a);
+            self.report_spread(now);
+            self.late = a.running;
+        }
+        self.take_feedback_params(now, &a);
+        if a.ended.is_some() && a.ended == self.current_object {
+            // The sender went quiet after this visit: it is over.
+            self.current_object = None;
+            if let Some(o) = a.ended {
+                self.visit_ended(now, o);
+            }
         }
         match &self.announce {
             Some(old)
@@ -572,25 +633,22 @@ impl Receiver {
     }
 
     fn on_symbol(&mut self, now: Instant, h: &Header, payload: &[u8]) {
-        // The sender moved on while the previous object is still short here:
-        // say so now rather than at the next periodic status, so the repair
-        // comes a round trip later instead of a status interval later.
+        // The sender moved on: if the previous object is still short here, a
+        // deficit report follows (after a backoff, unless answered first).
         if self.current_object != Some(h.object) {
-            if let Some(prev) = self.current_object {
-                let recent = self
-                    .last_status
-                    .is_some_and(|t| now < t + self.cfg.status_interval / 4);
-                if self.assemblies.contains_key(&prev) && !recent {
-                    self.next_status = self.next_status.min(now);
-                }
+            let prev = self.current_object.replace(h.object);
+            self.visit_began(h.object);
+            if let Some(prev) = prev {
+                self.visit_ended(now, prev);
             }
-            self.current_object = Some(h.object);
         }
-        let Some(a) = self.announce.clone() else {
+        let Some((symbol_size, index_len)) =
+            self.announce.as_ref().map(|a| (a.symbol_size, a.index_len))
+        else {
             self.stats.redundant += 1;
             return;
         };
-        let s = a.symbol_size as usize;
+        let s = symbol_size as usize;
         if payload.len() != s {
             self.stats.malformed += 1;
             return;
@@ -600,10 +658,7 @@ impl Receiver {
                 self.stats.redundant += 1;
                 return;
             }
-            (
-                a.index_len as usize,
-                source_symbols(a.index_len as usize, s),
-            )
+            (index_len as usize, source_symbols(index_len as usize, s))
         } else {
             let Some(idx) = &self.index else {
                 self.stats.redundant += 1;
@@ -755,9 +810,6 @@ impl Receiver {
             chunk: object,
             frame: Bytes::from(data),
         });
-        if self.needed_left == 0 {
-            self.next_status = now;
-        }
     }
 
     fn on_index(&mut self, now: Instant, data: Vec<u8>) {
@@ -785,7 +837,7 @@ impl Receiver {
             .count() as u32;
         let idx = Arc::new(idx);
         self.index = Some(idx.clone());
-        self.next_status = now;
         self.events.push_back(ReceiverEvent::IndexReady(idx));
+        self.index_arrived(now);
     }
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Statuses a receiver must have sent before it can be called a straggler.
+const STRAGGLER_EVIDENCE: u32 = 3;
+
 impl<S: FrameSource> Sender<S> {
     pub(super) fn verdicts(&self) -> Vec<(u64, Verdict)> {
         let mut v: Vec<(u64, Verdict)> = self
@@ -41,7 +44,9 @@ impl<S: FrameSource> Sender<S> {
         }
         losses.sort_unstable_by(f64::total_cmp);
         let median = losses[losses.len() / 2];
-        let limit = (median * 3.0).max(0.25);
+        // Far above the median, in ratio and in points: at 20% uniform loss
+        // a receiver measured at 27% over one short window is not behind.
+        let limit = (median * 3.0).max(median + 0.25);
         // A straggler stays one while any healthy receiver still works: its
         // loss falls whenever the sender slows or it is starved of packets
         // it no longer sets the pace for, and re-admitting it on that dip
@@ -57,7 +62,9 @@ impl<S: FrameSource> Sender<S> {
                 && if r.straggler {
                     healthy_left || r.loss > limit * 0.6
                 } else {
-                    r.loss > limit
+                    // One report is one window: judge only a receiver heard
+                    // from a few times.
+                    r.statuses >= STRAGGLER_EVIDENCE && r.loss > limit
                 };
             if s && !r.straggler {
                 self.events.push_back(SenderEvent::Straggler {
@@ -69,24 +76,58 @@ impl<S: FrameSource> Sender<S> {
         }
     }
 
-    /// The receivers whose needs set the pace: active non-stragglers, or all
-    /// active ones when only stragglers are left.
-    pub(super) fn pace_setters(&self) -> Vec<&Rx> {
-        let active: Vec<&Rx> = self
+    /// Works out again what depends on the whole group: stragglers, who
+    /// sets the pace, whether all are done, the proactive margin and the
+    /// rate. Receivers that become pace setters have their latest report
+    /// taken (it was ignored while they were not).
+    pub(super) fn health_pass(&mut self, now: Instant) {
+        self.health_due = false;
+        self.next_health = now + HEALTH_INTERVAL;
+        self.classify_stragglers();
+        let healthy = self
             .receivers
             .values()
-            .filter(|r| !r.lost && !r.status.done)
-            .collect();
-        let healthy: Vec<&Rx> = active.iter().copied().filter(|r| !r.straggler).collect();
-        if healthy.is_empty() {
-            active
-        } else {
-            healthy
+            .any(|r| !r.lost && !r.status.done && !r.straggler);
+        let mut promoted = Vec::new();
+        let mut setters = 0;
+        let mut active = 0;
+        let mut done = 0;
+        for (&id, r) in self.receivers.iter_mut() {
+            let s = !r.lost && !r.status.done && (!r.straggler || !healthy);
+            if s && !r.setter {
+                promoted.push(id);
+            }
+            r.setter = s;
+            setters += s as usize;
+            if !r.lost {
+                active += 1;
+                done += r.status.done as usize;
+            }
         }
+        self.setters = setters;
+        self.healthy_left = healthy;
+        self.all_done = active > 0 && done == active;
+        self.reporting = active - done;
+        for id in promoted {
+            self.apply_report(id);
+        }
+        let (loss, behind) = self.group_health();
+        self.median_loss = loss;
+        // Proactive repair covers the typical receiver's loss; the tail is
+        // served by deficit-driven repairs, which cost far less than sizing
+        // every chunk for the unluckiest receiver.
+        // A share `loss` lost of `n` sent leaves `n (1 - loss)`: sending
+        // `k / (1 - loss)` gives the median receiver its `k`.
+        let loss = loss.min(0.5);
+        self.margin = loss / (1.0 - loss) + self.cfg.repair_margin;
+        let loss = self.median_loss;
+        let rate = self.ratectl.on_feedback(now, loss, behind);
+        self.pacer.set_rate(rate);
     }
 
+    /// The pace setters' median loss, and whether their disks are behind.
     pub(super) fn group_health(&self) -> (f64, bool) {
-        let setters = self.pace_setters();
+        let setters: Vec<&Rx> = self.receivers.values().filter(|r| r.setter).collect();
         if setters.is_empty() {
             return (0.0, false);
         }
@@ -116,14 +157,5 @@ impl<S: FrameSource> Sender<S> {
                 .needed
                 .last()
                 .is_some_and(|&(a, n)| chunk >= a.saturating_add(n))
-    }
-
-    /// Symbols the neediest of `rx` lacks for `chunk` (k when unknown).
-    pub(super) fn deficit(r: &Rx, chunk: u32, k: u32) -> u32 {
-        r.status
-            .deficits
-            .iter()
-            .find(|&&(c, _)| c == chunk)
-            .map_or(k, |&(_, d)| d.min(k))
     }
 }

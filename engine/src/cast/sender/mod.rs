@@ -1,15 +1,23 @@
 //! The sender: a sans-IO state machine. The shell feeds it received status
 //! datagrams and the time, and asks it for packets to multicast.
 //!
-//! It runs a rolling carousel over the chunks that any receiver still needs.
-//! On each visit of a chunk it sends fresh symbols (the chunk's symbol cursor
-//! moves on through source then repair ids) — as many as the neediest healthy
-//! receiver lacks plus a loss margin. Stragglers (receivers far behind the
+//! It runs a rolling carousel over the chunks, one pass and then whatever
+//! receivers report they still need. On each visit of a chunk it sends fresh
+//! symbols (the chunk's symbol cursor moves on through source then repair
+//! ids): a whole chunk plus a loss margin on the carousel, or as many as the
+//! neediest healthy receiver reported lacking plus the margin on a repair.
+//! Repairs it schedules are echoed to the group (`Repairs`) so receivers
+//! with no greater need stay silent. Stragglers (receivers far behind the
 //! group) do not set the rate or the repair count while healthy receivers
 //! still need data; they keep sampling the carousel and finish from later
-//! passes, when they are all that is left.
+//! visits, when they are all that is left.
+//!
+//! Work per status is constant (or the size of that status); whatever looks
+//! at the whole group (stragglers, the median loss, who is lost, whether all
+//! are done) runs at most every [`HEALTH_INTERVAL`] or [`SWEEP_INTERVAL`],
+//! so 10,000 receivers cost the sender no more per packet than ten.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +31,7 @@ use super::CastError;
 use crate::image::{ChunkData, ChunkIndex};
 
 mod group;
+mod plan;
 
 /// Where chunk frames come from (the image file, or memory in tests).
 pub trait FrameSource {
@@ -30,10 +39,18 @@ pub trait FrameSource {
     fn frame(&mut self, chunk: u32) -> Result<Bytes, CastError>;
 }
 
-/// How often the group is told which receivers are done.
-const ACK_INTERVAL: Duration = Duration::from_millis(50);
-/// How long a done status is acknowledged for (renewed by each new one).
-const ACK_FOR: Duration = Duration::from_millis(500);
+/// Shortest gap between two `Acked` packets while acknowledgements wait.
+const ACK_GAP: Duration = Duration::from_millis(2);
+/// `Acked` packets that carry one done status: a lost one costs a few
+/// milliseconds instead of the receiver's retry.
+const ACK_REPEATS: u8 = 3;
+/// Shortest gap between two `Repairs` echoes.
+const REPAIRS_GAP: Duration = Duration::from_millis(1);
+/// How often stragglers, the pace setters, the median loss and the rate are
+/// worked out again (when statuses arrived since).
+const HEALTH_INTERVAL: Duration = Duration::from_millis(50);
+/// How often silent receivers are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Shortest gap between announces sent early to echo joins: a crowd that
 /// joins at once is answered in a few milliseconds, not a few intervals.
 const ECHO_GAP: Duration = Duration::from_millis(2);
@@ -81,6 +98,14 @@ pub struct SenderConfig {
     pub status_lag: Duration,
     /// Most receivers tracked; statuses from further ones are dropped.
     pub max_receivers: usize,
+    /// Shortest heartbeat period announced to receivers.
+    pub heartbeat: Duration,
+    /// Heartbeats per second the whole group may send: the announced period
+    /// grows with the group to stay within it.
+    pub heartbeat_budget: u32,
+    /// Longest backoff announced to receivers before a deficit report: a
+    /// few round trips, so the first report's echo silences the others.
+    pub report_backoff: Duration,
 }
 
 impl SenderConfig {
@@ -101,6 +126,9 @@ impl SenderConfig {
             revisit_after: Duration::from_millis(5),
             status_lag: Duration::from_millis(5),
             max_receivers: DEFAULT_MAX_RECEIVERS,
+            heartbeat: Duration::from_secs(1),
+            heartbeat_budget: 500,
+            report_backoff: Duration::from_millis(10),
         }
     }
 }
@@ -188,6 +216,15 @@ pub struct SenderStats {
     pub table_full: u64,
     /// Join nonces echoed in announces.
     pub echoes: u64,
+    /// `Repairs` echoes sent.
+    pub repair_echoes: u64,
+    /// Repair visits (driven by reported deficits).
+    pub repair_visits: u64,
+    /// Visits of the index.
+    pub index_visits: u64,
+    /// Repair symbols computed by the erasure code (each load of an object
+    /// that needs repair encodes all of its repair symbols once).
+    pub encoded: u64,
 }
 
 #[derive(Debug)]
@@ -206,6 +243,13 @@ struct Rx {
     retired: VecDeque<u64>,
     /// Its nonce waits in `echo_queue`.
     echo_queued: bool,
+    /// Its id waits in `ack_queue`.
+    ack_queued: bool,
+    /// Statuses taken from it.
+    statuses: u32,
+    /// Its needs decide what is sent (active, and healthy unless only
+    /// stragglers are left); worked out by the health pass.
+    setter: bool,
 }
 
 #[derive(Debug)]
@@ -254,8 +298,39 @@ pub struct Sender<S> {
     idle_until: Option<Instant>,
     /// Current visit: object and symbols left to send on it.
     visit: Option<(u32, u32)>,
-    /// Position of the carousel in `framed`.
-    cursor: usize,
+    /// Chunks due a whole visit: the first pass, then chunks a fresh report
+    /// says are still needed after their visit.
+    carousel: BTreeSet<u32>,
+    /// Chunks due a repair: the most symbols a fresh report lacks.
+    repairs: BTreeMap<u32, u32>,
+    /// A fresh report lacks the index.
+    index_wanted: bool,
+    /// The repairs grew since the last echo.
+    echo_repairs: bool,
+    last_repairs: Option<Instant>,
+    /// The carousel's next chunk number.
+    cursor: u32,
+    /// The object whose visit ended last (announced).
+    last_ended: Option<u32>,
+    /// A visit ended and nothing followed it yet.
+    quiet_after_visit: bool,
+    /// Proactive repair fraction, from the pace setters' median loss.
+    margin: f64,
+    median_loss: f64,
+    /// Pace setters counted by the last health pass.
+    setters: usize,
+    /// Every active receiver was done at the last health pass.
+    all_done: bool,
+    /// Active receivers not done at the last health pass.
+    reporting: usize,
+    /// The longest heartbeat announced lately, and since when.
+    beat_ceiling: (Duration, Instant),
+    /// Some active receiver was neither done nor a straggler then.
+    healthy_left: bool,
+    /// Statuses arrived since the last health pass.
+    health_due: bool,
+    next_health: Instant,
+    next_sweep: Instant,
     next_announce: Instant,
     last_index_visit: Option<Instant>,
     pacer: Pacer,
@@ -264,9 +339,9 @@ pub struct Sender<S> {
     events: VecDeque<SenderEvent>,
     stats: SenderStats,
     scratch: Vec<u8>,
-    /// Receivers whose latest status said done, and when: acknowledged to
-    /// the group for a while (see [`PacketType::Acked`]).
-    acks: HashMap<u64, Instant>,
+    /// Receivers whose done status waits to be acknowledged to the group
+    /// (see [`PacketType::Acked`]), with how many acks each has left.
+    ack_queue: VecDeque<(u64, u8)>,
     next_ack: Instant,
     /// Receivers asking to join whose nonce the next announces echo, with
     /// how many echoes each has left.
@@ -313,14 +388,31 @@ impl<S: FrameSource> Sender<S> {
             visit_end: HashMap::new(),
             idle_until: None,
             visit: None,
+            carousel: BTreeSet::new(),
+            repairs: BTreeMap::new(),
+            index_wanted: false,
+            echo_repairs: false,
+            last_repairs: None,
             cursor: 0,
+            last_ended: None,
+            quiet_after_visit: false,
+            margin: 0.0,
+            median_loss: 0.0,
+            setters: 0,
+            all_done: false,
+            reporting: 0,
+            beat_ceiling: (Duration::ZERO, now),
+            healthy_left: false,
+            health_due: false,
+            next_health: now,
+            next_sweep: now,
             next_announce: now,
             last_index_visit: None,
             seq: 0,
             events: VecDeque::new(),
             stats: SenderStats::default(),
             scratch: Vec::new(),
-            acks: HashMap::new(),
+            ack_queue: VecDeque::new(),
             next_ack: now,
             echo_queue: VecDeque::new(),
             last_announce: None,
@@ -439,30 +531,43 @@ impl<S: FrameSource> Sender<S> {
                         last_seq: h.seq,
                         retired: VecDeque::new(),
                         echo_queued: false,
+                        ack_queued: false,
+                        statuses: 0,
+                        // Healthy until the health pass says otherwise: its
+                        // first report counts at once.
+                        setter: false,
                     },
                 );
             }
         }
         self.stats.statuses += 1;
         self.idle_until = None;
+        if let Some(r) = self.receivers.get_mut(&id) {
+            r.statuses = r.statuses.saturating_add(1);
+        }
+        self.health_due = true;
+        let healthy_left = self.healthy_left;
         let r = self.receivers.get_mut(&id).expect("just updated");
         if r.status.joining && !r.echo_queued {
             r.echo_queued = true;
             self.echo_queue.push_back((id, ECHO_REPEATS));
         }
-        if self.receivers[&id].status.done {
-            // Every done status renews the acknowledgement, so a receiver
-            // that missed it keeps asking and gets it again.
-            self.acks.insert(id, now);
+        if r.status.done {
+            r.setter = false;
+            // Every done status is acknowledged again, so a receiver that
+            // missed its acks asks again and gets them.
+            if !r.ack_queued {
+                r.ack_queued = true;
+                self.ack_queue.push_back((id, ACK_REPEATS));
+            }
             if !was_done {
                 self.events
                     .push_back(SenderEvent::ReceiverDone { receiver: id });
             }
+        } else if !r.straggler || !healthy_left {
+            r.setter = true;
         }
-        self.classify_stragglers();
-        let (loss, behind) = self.group_health();
-        let rate = self.ratectl.on_feedback(now, loss, behind);
-        self.pacer.set_rate(rate);
+        self.apply_report(id);
     }
 
     /// When the sender next needs to run, if it is not finished.
@@ -472,8 +577,18 @@ impl<S: FrameSource> Sender<S> {
             Phase::Waiting => Some(self.announce_due().min(self.started_at + self.cfg.max_wait)),
             _ => {
                 let send = self.pacer.next_send(self.cfg.symbol_size + wire::OVERHEAD);
-                let send = self.idle_until.map_or(send, |t| t.max(send));
-                Some(send.min(self.announce_due()))
+                let mut t = self.idle_until.map_or(send, |t| t.max(send));
+                t = t.min(self.announce_due());
+                if !self.ack_queue.is_empty() {
+                    t = t.min(self.next_ack);
+                }
+                if self.echo_repairs {
+                    t = t.min(
+                        self.last_repairs
+                            .map_or(self.started_at, |l| l + REPAIRS_GAP),
+                    );
+                }
+                Some(t)
             }
         }
     }
@@ -507,20 +622,33 @@ impl<S: FrameSource> Sender<S> {
             }
             _ => {}
         }
-        if now >= self.next_ack && !self.acks.is_empty() {
+        if now >= self.next_ack && !self.ack_queue.is_empty() {
             // A done receiver can leave as soon as it sees its id here,
             // instead of lingering (and taking a core from those still at
             // work) until the slowest receiver is done too.
-            self.next_ack = now + ACK_INTERVAL;
-            self.acks
-                .retain(|_, t| now.saturating_duration_since(*t) < ACK_FOR);
-            let max = (self.cfg.symbol_size / 8).max(1);
-            let mut ids: Vec<(Instant, u64)> = self.acks.iter().map(|(&id, &t)| (t, id)).collect();
-            ids.sort_unstable_by(|a, b| b.cmp(a));
-            let ids: Vec<u64> = ids.into_iter().take(max).map(|(_, id)| id).collect();
+            self.next_ack = now + ACK_GAP;
+            let ids = self.take_acks();
             if !ids.is_empty() {
                 let start = buf.len();
+                // Not charged to the pacer: at the end of a session 10,000
+                // done receivers are hundreds of these, and charging them
+                // held the last repairs back by seconds. One every ACK_GAP
+                // at most.
                 self.emit(PacketType::Acked, 0, 0, &wire::emit_acked(&ids), buf);
+                return Ok(Some(Transmit {
+                    len: buf.len() - start,
+                }));
+            }
+        }
+        if self.echo_repairs && self.last_repairs.is_none_or(|t| now >= t + REPAIRS_GAP) {
+            self.echo_repairs = false;
+            self.last_repairs = Some(now);
+            let list = self.repairs_echo();
+            if !list.is_empty() {
+                self.stats.repair_echoes += 1;
+                let start = buf.len();
+                self.emit(PacketType::Repairs, 0, 0, &wire::emit_repairs(&list), buf);
+                self.pacer.charge(now, buf.len() - start);
                 return Ok(Some(Transmit {
                     len: buf.len() - start,
                 }));
@@ -530,16 +658,23 @@ impl<S: FrameSource> Sender<S> {
             self.next_announce = now + self.cfg.announce_interval;
             self.last_announce = Some(now);
             let echoes = self.take_echoes();
+            let beat = self.heartbeat();
+            self.note_heartbeat(now, beat);
             let a = Announce {
                 symbol_size: self.cfg.symbol_size as u32,
                 chunk_count: self.index.entries.len() as u32,
                 index_len: self.index_bytes.len() as u32,
                 root: self.root,
                 running: self.phase == Phase::Running,
+                group: self.group_size() as u32,
+                heartbeat_ms: beat.as_millis().min(u32::MAX as u128) as u32,
+                backoff_us: self.cfg.report_backoff.as_micros().min(u32::MAX as u128) as u32,
+                ended: self.last_ended,
                 echoes,
             };
             let start = buf.len();
             self.emit(PacketType::Announce, 0, 0, &a.emit(), buf);
+            self.pacer.charge(now, buf.len() - start);
             return Ok(Some(Transmit {
                 len: buf.len() - start,
             }));
@@ -600,11 +735,79 @@ impl<S: FrameSource> Sender<S> {
         echoes
     }
 
-    fn tick(&mut self, now: Instant) {
-        for r in self.receivers.values_mut() {
-            if !r.lost && now.saturating_duration_since(r.last_seen) > self.cfg.receiver_timeout {
-                r.lost = true;
+    /// The ids the next `Acked` packet carries.
+    fn take_acks(&mut self) -> Vec<u64> {
+        let max = wire::max_list_entries(self.cfg.symbol_size);
+        let mut ids = Vec::new();
+        let mut again = Vec::new();
+        while ids.len() < max {
+            let Some((id, left)) = self.ack_queue.pop_front() else {
+                break;
+            };
+            ids.push(id);
+            if left > 1 {
+                again.push((id, left - 1));
+            } else if let Some(r) = self.receivers.get_mut(&id) {
+                r.ack_queued = false;
             }
+        }
+        self.ack_queue.extend(again);
+        ids
+    }
+
+    /// Receivers the announced parameters are scaled for: those still
+    /// reporting (active, not done), or the expected group while it
+    /// gathers. When most are done, the few left report as often as a
+    /// small group would: a straggler finishing alone is heard every
+    /// heartbeat of a group of one.
+    fn group_size(&self) -> usize {
+        let n = match self.phase {
+            Phase::Waiting => self.receivers.len().max(self.cfg.min_receivers),
+            _ => self.reporting,
+        };
+        n.max(1)
+    }
+
+    /// The heartbeat period announced: the configured one, or longer, so
+    /// the whole group's heartbeats stay within the budget.
+    fn heartbeat(&self) -> Duration {
+        let budget = self.cfg.heartbeat_budget.max(1) as u64;
+        let spread = Duration::from_millis(self.group_size() as u64 * 1000 / budget);
+        self.cfg.heartbeat.max(spread)
+    }
+
+    /// Silence after which a receiver counts as gone: never less than four
+    /// of the heartbeats it was told to send (each at most 1.25 periods
+    /// apart), so three lost in a row do not lose it.
+    fn receiver_timeout(&self) -> Duration {
+        self.cfg.receiver_timeout.max(self.beat_ceiling.0 * 4)
+    }
+
+    /// Keeps the longest heartbeat announced lately: receivers still beat
+    /// at an older, longer period until they hear the new one and their
+    /// next beat comes, so a shrinking group must not shrink the timeout
+    /// at once (it lost receivers that were on time).
+    fn note_heartbeat(&mut self, now: Instant, beat: Duration) {
+        let (ceiling, since) = self.beat_ceiling;
+        if beat >= ceiling || now >= since + ceiling.mul_f64(1.25) + self.cfg.announce_interval {
+            self.beat_ceiling = (beat, now);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_INTERVAL;
+            let timeout = self.receiver_timeout();
+            for r in self.receivers.values_mut() {
+                if !r.lost && now.saturating_duration_since(r.last_seen) > timeout {
+                    r.lost = true;
+                    r.setter = false;
+                    self.health_due = true;
+                }
+            }
+        }
+        if self.health_due && now >= self.next_health {
+            self.health_pass(now);
         }
         match self.phase {
             Phase::Waiting => {
@@ -620,17 +823,18 @@ impl<S: FrameSource> Sender<S> {
                 {
                     self.phase = Phase::Running;
                     self.running_since = Some(now);
+                    // The first pass: every chunk, once. Joins asked for
+                    // the index before the waiting visits sent it.
+                    self.carousel = self.framed.iter().copied().collect();
+                    self.index_wanted = false;
+                    self.health_pass(now);
                     self.events
                         .push_back(SenderEvent::Started { receivers: joined });
                 }
             }
             Phase::Running => {
-                let active: Vec<&Rx> = self.receivers.values().filter(|r| !r.lost).collect();
-                let all_done = !self.receivers.is_empty()
-                    && !active.is_empty()
-                    && active.iter().all(|r| r.status.done);
                 let past_deadline = now >= self.started_at + self.cfg.deadline;
-                if all_done || past_deadline {
+                if self.all_done || past_deadline {
                     self.phase = Phase::Ending { left: 5 };
                     self.next_announce = now;
                 }
@@ -655,124 +859,24 @@ impl<S: FrameSource> Sender<S> {
                 }
                 self.visit = None;
                 self.visit_end.insert(object, self.seq.saturating_sub(1));
+                self.last_ended = Some(object);
+                self.quiet_after_visit = true;
                 if object != INDEX_OBJECT {
                     // Keep memory flat: only the index and the chunk in hand.
                     self.objects.retain(|&o, _| o == INDEX_OBJECT);
                 }
             }
             if !self.plan_visit(now)? {
+                if std::mem::take(&mut self.quiet_after_visit) {
+                    // Nothing follows the visit just ended: say so now, or
+                    // its receivers would learn it only at their heartbeat.
+                    self.next_announce = now;
+                }
                 return Ok(None);
             }
+            self.quiet_after_visit = false;
         }
         Ok(None)
-    }
-
-    /// Chooses the next object to visit; false when nothing is needed now.
-    fn plan_visit(&mut self, now: Instant) -> Result<bool, CastError> {
-        let index_wanted = self.receivers.is_empty()
-            || self
-                .receivers
-                .values()
-                .any(|r| !r.lost && !r.status.has_index);
-        let index_due = self
-            .last_index_visit
-            .is_none_or(|t| now >= t + self.cfg.revisit_after);
-        if self.phase == Phase::Waiting || (index_wanted && index_due) {
-            if !index_due {
-                return Ok(false);
-            }
-            self.last_index_visit = Some(now);
-            let k = source_symbols(self.index_bytes.len(), self.cfg.symbol_size);
-            self.load(INDEX_OBJECT)?;
-            self.visit = Some((INDEX_OBJECT, k + 1 + k / 8));
-            return Ok(true);
-        }
-        let setters = self.pace_setters();
-        if self.framed.is_empty() || setters.is_empty() {
-            return Ok(false);
-        }
-        let mut losses: Vec<f64> = setters.iter().map(|r| r.loss).collect();
-        losses.sort_unstable_by(f64::total_cmp);
-        // Proactive repair covers the typical receiver's loss; the tail is
-        // served by deficit-driven repairs, which cost far less than sizing
-        // every chunk for the unluckiest receiver.
-        let median = losses[losses.len() / 2];
-        let margin = median.min(0.5) + self.cfg.repair_margin;
-        let cooling = |c: u32| self.cooldown.get(&c).is_some_and(|&t| now < t);
-        let lag = self.cfg.status_lag;
-        let visit_end = &self.visit_end;
-        let fresh = |r: &Rx, c: u32| visit_end.get(&c).is_none_or(|&e| r.status.highest_seq > e);
-        let mut stale_needers = false;
-        // Repairs first: a chunk some healthy receiver holds in part.
-        let mut pick: Option<(usize, u32)> = None;
-        for r in &setters {
-            for &(c, d) in &r.status.deficits {
-                if d > 0 && !cooling(c) && fresh(r, c) && (c as usize) < self.index.entries.len() {
-                    if let Ok(pos) = self.framed.binary_search(&c) {
-                        if pick.is_none_or(|(p, _)| pos < p) {
-                            pick = Some((pos, c));
-                        }
-                    }
-                }
-            }
-        }
-        let mut earliest: Option<Instant> = None;
-        let mut advance: Option<(usize, bool)> = None;
-        if pick.is_none() {
-            for step in 0..self.framed.len() {
-                let pos = (self.cursor + step) % self.framed.len();
-                let chunk = self.framed[pos];
-                if !setters
-                    .iter()
-                    .any(|r| Self::needs(r, chunk) && fresh(r, chunk))
-                {
-                    stale_needers |= setters.iter().any(|r| Self::needs(r, chunk));
-                    continue;
-                }
-                if let Some(&t) = self.cooldown.get(&chunk).filter(|&&t| now < t) {
-                    earliest = Some(earliest.map_or(t, |e: Instant| e.min(t)));
-                    continue;
-                }
-                advance = Some((
-                    (pos + 1) % self.framed.len(),
-                    pos < self.cursor || self.stats.passes == 0,
-                ));
-                pick = Some((pos, chunk));
-                break;
-            }
-        }
-        let Some((_, chunk)) = pick else {
-            // Wait for a cooldown to pass, or for statuses newer than the
-            // last visits (a new status also ends the wait).
-            let poll = stale_needers.then(|| now + lag);
-            self.idle_until = match (earliest, poll) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            return Ok(false);
-        };
-        let len = self.frame_len(chunk);
-        let k = source_symbols(len, self.cfg.symbol_size);
-        let want = setters
-            .iter()
-            .filter(|r| Self::needs(r, chunk) && fresh(r, chunk))
-            .map(|r| Self::deficit(r, chunk, k))
-            .max()
-            .unwrap_or(k);
-        if let Some((cursor, new_pass)) = advance {
-            self.cursor = cursor;
-            self.stats.passes += new_pass as u64;
-        }
-        let send =
-            ((want as f64 * (1.0 + margin)).ceil() as u32 + 1).min(k + self.fec.repair_count(k));
-        let send_time = Duration::from_secs_f64(
-            send as f64 * (self.cfg.symbol_size + wire::OVERHEAD) as f64 / self.pacer.rate() as f64,
-        );
-        self.cooldown
-            .insert(chunk, now + send_time + self.cfg.revisit_after);
-        self.load(chunk)?;
-        self.visit = Some((chunk, send));
-        Ok(true)
     }
 
     fn frame_len(&self, chunk: u32) -> usize {
@@ -846,7 +950,9 @@ impl<S: FrameSource> Sender<S> {
                     })
                     .collect();
                 let refs: Vec<&[u8]> = src.iter().map(Vec::as_slice).collect();
-                o.repair = Some(Arc::new(self.fec.encode(&refs)?));
+                let rep = self.fec.encode(&refs)?;
+                self.stats.encoded += rep.len() as u64;
+                o.repair = Some(Arc::new(rep));
             }
             let rep = o.repair.as_ref().expect("just built");
             payload.clear();
