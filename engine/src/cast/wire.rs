@@ -347,10 +347,10 @@ pub fn parse_repairs(b: &[u8]) -> Result<Vec<(u32, u32)>, CastError> {
 }
 
 /// Most entries of an id or repair list (`Acked`, `Repairs`) per packet:
-/// a symbol's worth, and never fewer than 64 (512 bytes, which with the
-/// headers still crosses any IPv4 path unfragmented).
+/// a symbol's worth, and never fewer than 60 (480 bytes, which with the
+/// headers, 556 in all, still crosses any IPv4 path unfragmented).
 pub fn max_list_entries(symbol_size: usize) -> usize {
-    (symbol_size / 8).max(64)
+    (symbol_size / 8).max(60)
 }
 
 /// A receiver's report.
