@@ -4,7 +4,7 @@
 #
 # Rig (benches/lib/netns-rig.sh): one "switch" namespace with a bridge
 # (multicast snooping off), a sender namespace and N receiver namespaces, each
-# on a veth pair, MTU 1500; built afresh for each N so idle ports take no
+# on a veth pair, MTU 1500 (RIG_MTU=9000 for jumbo frames); built afresh for each N so idle ports take no
 # copies. Loss: iptables -m statistic DROP of LOSS% of the UDP arriving in
 # every receiver. Straggler: one receiver's switch port limited by tc tbf to a
 # tenth of the others' rate.
@@ -40,6 +40,9 @@
 #          measured at STRAGGLER_N in this run, else 200mbit)
 #        RC_RATE=1G (bytes/s) UFTP_RATE=1000000 (kbit/s) UFTP_BUF=104857600
 #        ZSTD_LEVEL=3 TIMEOUT=900 (s, per transfer) PEER_SYNC=1
+#        RIG_MTU=1500 (every link's MTU; 9000: jumbo frames, rackcast's
+#          symbols follow the interface, udpcast keeps --slice-size, uftp
+#          gets -b to fill the frame)
 #        KEEP=1 (keep the work dir and logs) SKIP_BUILD=1 RACKCAST=path
 #   quick: SIZE=128M RECEIVERS="1 4" LOSSES=0 benches/cast-vs-peers.sh
 set -euo pipefail
@@ -60,6 +63,15 @@ UDPCAST_RCVBUF=33554432
 ZSTD_LEVEL=${ZSTD_LEVEL:-3}
 TIMEOUT=${TIMEOUT:-900}
 PEER_SYNC=${PEER_SYNC:-1}
+RIG_MTU=${RIG_MTU:-1500}
+# The peers' payload per packet at jumbo MTU (rackcast follows the interface).
+PEER_BLOCK_UDPCAST=()
+PEER_BLOCK_UFTP=()
+if [ "$RIG_MTU" -gt 1500 ]; then
+    PEER_BLOCK_UDPCAST=(--blocksize $((RIG_MTU - 100)))
+    b=$((RIG_MTU - 200))
+    PEER_BLOCK_UFTP=(-b $((b > 8800 ? 8800 : b)))
+fi
 
 if [ "$(id -u)" != 0 ]; then
     echo "needs root (network namespaces)" >&2
@@ -115,7 +127,7 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); load $load"
 echo "source: $SIZE mixed ($BYTES bytes); rackcast image $(stat -c %s "$IMG") bytes (created in ${t_create} s, not timed);" \
     "zstd -$ZSTD_LEVEL stream $ZST_BYTES bytes"
-echo "rig: veth + bridge, MTU 1500, loss by iptables in receivers; timeout ${TIMEOUT} s per transfer; best wall of $RUNS run(s)"
+echo "rig: veth + bridge, MTU $RIG_MTU, loss by iptables in receivers; timeout ${TIMEOUT} s per transfer; best wall of $RUNS run(s)"
 echo "flags: rackcast --rate $RC_RATE; udpcast --full-duplex --slice-size 1024, --rcvbuf $UDPCAST_RCVBUF;" \
     "uftp -R $UFTP_RATE -B $UFTP_BUF; peers' outputs fsynced: $([ "$PEER_SYNC" = 1 ] && echo yes || echo no)"
 echo
@@ -184,16 +196,16 @@ run_case() {
             --min-receivers "$n" --max-wait 60 ;;
     udpcast)
         set -- udp-sender --file "$SRC" --interface eth0 --portbase "$port" --full-duplex \
-            --slice-size 1024 --min-receivers "$n" --max-wait 60 --nokbd ;;
+            --slice-size 1024 --min-receivers "$n" --max-wait 60 --nokbd "${PEER_BLOCK_UDPCAST[@]}" ;;
     udpcast+zstd)
         set -- udp-sender --file "$SRC" --interface eth0 --portbase "$port" --full-duplex \
-            --slice-size 1024 --min-receivers "$n" --max-wait 60 --nokbd \
+            --slice-size 1024 --min-receivers "$n" --max-wait 60 --nokbd "${PEER_BLOCK_UDPCAST[@]}" \
             --pipe "zstd -q -T0 -$ZSTD_LEVEL -c" ;;
     uftp)
         local ids
         ids=$(for i in $(seq "$n"); do printf '0x%08x,' "$i"; done)
         set -- uftp -I eth0 -M "$grp" -P "239.78.$((SEQ % 250)).1" -p "$port" -R "$UFTP_RATE" \
-            -B "$UFTP_BUF" -H "${ids%,}" -x 2 -S "$d/uftp.status" "$SRC" ;;
+            -B "$UFTP_BUF" -H "${ids%,}" -x 2 -S "$d/uftp.status" "${PEER_BLOCK_UFTP[@]}" "$SRC" ;;
     esac
     t0=$(now)
     (

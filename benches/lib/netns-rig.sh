@@ -12,12 +12,15 @@
 #   rig_slow I R  limit receiver I's port (egress toward it) to R with tc tbf
 #   rig_down      remove everything rig_up / rig_loss / rig_slow made
 #
+# RIG_MTU (default 1500) is every link's MTU: veths and the bridge.
+#
 # Names: RIG_TAG (set by the caller, unique per run: include $$). Everything
 # lives inside namespaces this file creates; nothing outside them is touched.
 # The caller's EXIT trap must call rig_down.
 
 RIG_TAG=${RIG_TAG:?set RIG_TAG (unique per run) before sourcing netns-rig.sh}
 RIG_SW=${RIG_TAG}sw
+RIG_MTU=${RIG_MTU:-1500}
 RIG_SND=${RIG_TAG}s
 RIG_NSS=()    # every namespace created, switch last
 RIG_RCV=()    # receiver namespaces, index 1..N (index 0 unused)
@@ -29,7 +32,7 @@ rig_ns() { # name index: a host namespace on the bridge as 10.77.0.<index>
     ip netns add "$ns"
     RIG_NSS=("$ns" "${RIG_NSS[@]}")
     ip -n "$ns" link set lo up
-    ip link add eth0 netns "$ns" type veth peer name "p$idx" netns "$RIG_SW"
+    ip link add eth0 netns "$ns" mtu "$RIG_MTU" type veth peer name "p$idx" netns "$RIG_SW" mtu "$RIG_MTU"
     ip -n "$RIG_SW" link set "p$idx" master br0
     ip -n "$RIG_SW" link set "p$idx" up
     ip -n "$ns" addr add "10.77.0.$idx/24" brd + dev eth0
@@ -42,7 +45,7 @@ rig_up() { # N receivers
     ip netns add "$RIG_SW"
     RIG_NSS=("$RIG_SW")
     ip -n "$RIG_SW" link set lo up
-    ip -n "$RIG_SW" link add br0 type bridge mcast_snooping 0 stp_state 0
+    ip -n "$RIG_SW" link add br0 mtu "$RIG_MTU" type bridge mcast_snooping 0 stp_state 0
     ip -n "$RIG_SW" link set br0 up
     rig_ns "$RIG_SND" 1
     RIG_RCV=("")

@@ -4,3 +4,4 @@
 mod hostile;
 mod netsim;
 mod scenarios;
+mod table;

@@ -188,6 +188,8 @@ pub struct Settings {
 
 /// The symbol size of [`run_with`].
 pub const SYMBOL: usize = 1024;
+/// The bytes of decodes [`SharedDecode`] keeps at most.
+const SHARED_DECODE_BYTES: usize = 256 << 20;
 /// (k, symbol size, BLAKE3 of the two lowest symbols present).
 type DecodeKey = (u32, usize, [u8; 32]);
 
@@ -201,7 +203,8 @@ type DecodeKey = (u32, usize, [u8; 32]);
 /// every chunk they lost a symbol of would take hours.)
 #[derive(Debug, Default)]
 pub struct SharedDecode {
-    cache: Mutex<HashMap<DecodeKey, Arc<Vec<Vec<u8>>>>>,
+    /// The decodes kept, and their bytes.
+    cache: Mutex<(HashMap<DecodeKey, Arc<Vec<Vec<u8>>>>, usize)>,
     /// Decodes computed, and served from the cache.
     pub computed: AtomicU64,
     pub shared: AtomicU64,
@@ -231,13 +234,22 @@ impl ErasureCode for SharedDecode {
             h.update(b);
         }
         let key = (k, symbol_size, *h.finalize().as_bytes());
-        if let Some(v) = self.cache.lock().unwrap().get(&key) {
+        if let Some(v) = self.cache.lock().unwrap().0.get(&key) {
             self.shared.fetch_add(1, Ordering::Relaxed);
             return Ok(v.as_ref().clone());
         }
         let v = ReedSolomon.decode(k, symbol_size, symbols)?;
         self.computed.fetch_add(1, Ordering::Relaxed);
-        self.cache.lock().unwrap().insert(key, Arc::new(v.clone()));
+        let mut cache = self.cache.lock().unwrap();
+        // Bounded: 1 GiB of 4 MiB chunks would otherwise keep every decode
+        // of every loss pattern. A miss only costs a decode.
+        let (map, bytes) = &mut *cache;
+        *bytes += v.iter().map(Vec::len).sum::<usize>();
+        if *bytes > SHARED_DECODE_BYTES {
+            map.clear();
+            *bytes = v.iter().map(Vec::len).sum();
+        }
+        map.insert(key, Arc::new(v.clone()));
         Ok(v)
     }
 }
