@@ -15,8 +15,12 @@
 # Each server runs alone in a network namespace of its own on 127.0.0.1:69
 # (dnsmasq cannot move TFTP off port 69) or 127.0.0.1:8080 (HTTP); the DHCP
 # load runs across a veth pair between two namespaces. Server CPU is user +
-# sys from /proc of the server and its children, before and after. Everything
-# started is killed by PID and every namespace deleted on exit.
+# sys of a cgroup of its own (cgroup v2, or v1's cpuacct) that the server is
+# started in, before and after, so that every process it forks counts, even
+# one reaped without wait (tftpd-hpa forks a process per transfer and its
+# CPU never reaches the parent's /proc figures: those read 0.01 s); where no
+# cgroup can be made, /proc of the server and its children. Everything
+# started is killed by PID and every namespace and cgroup deleted on exit.
 #
 # Usage: sudo benches/netboot-vs-peers.sh        (env: RACKCAST, DHCP_LOAD,
 #        DHCP_SECS=10, CLIENTS=100, SKIP_BUILD=1, ONLY="rackcast dnsmasq",
@@ -47,6 +51,15 @@ WORK=$(mktemp -d /tmp/rackcast-netboot-bench.XXXXXX)
 TAG=rcb$(( $$ % 100000 ))
 PIDS=()
 NSS=()
+CGS=()
+
+# Where a server's own cgroup goes, and how its CPU is read (see the top).
+CG_BASE="" CG_KIND=""
+if [ -f /sys/fs/cgroup/cgroup.controllers ] && [ -w /sys/fs/cgroup ]; then
+    CG_BASE=/sys/fs/cgroup CG_KIND=v2
+elif [ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ] && [ -w /sys/fs/cgroup/cpuacct ]; then
+    CG_BASE=/sys/fs/cgroup/cpuacct CG_KIND=v1
+fi
 
 cleanup() {
     set +e
@@ -56,6 +69,7 @@ cleanup() {
         for p in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
         ip netns del "$n" 2>/dev/null
     done
+    for c in "${CGS[@]}"; do rmdir "$c" 2>/dev/null || { sleep 0.5; rmdir "$c" 2>/dev/null; }; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -104,40 +118,57 @@ head -c "$INITRD_B" /dev/urandom >"$ROOT/initramfs"
 printf '[default]\naction = "script"\nscript = "#!ipxe\\nexit\\n"\n' >"$WORK/policy.toml"
 
 # --- servers -----------------------------------------------------------------
-start_server() { # server [prefix] -> sets NS (TFTP on 127.0.0.1:69, HTTP on :8080 inside it)
+start_server() { # server [prefix] -> sets NS (TFTP on 127.0.0.1:69, HTTP on :8080
+    # inside it) and CG (its cgroup, empty when there is none)
     local s=$1 ns=${TAG}${2:-}$1 log=$WORK/${2:-}$1.log
     newns "$ns"
+    CG=""
+    if [ -n "$CG_BASE" ] && mkdir "$CG_BASE/$ns" 2>/dev/null; then
+        CG=$CG_BASE/$ns
+        CGS+=("$CG")
+    fi
     case $s in
     rackcast)
-        ip netns exec "$ns" "$RACKCAST" netboot --iface lo --server-ip 127.0.0.1 \
+        in_cg ip netns exec "$ns" "$RACKCAST" netboot --iface lo --server-ip 127.0.0.1 \
             --root "$ROOT" --tftp 127.0.0.1:69 --http 127.0.0.1:8080 \
             --tftp-max-per-client "$CLIENTS" \
             --policy "$WORK/policy.toml" >"$log" 2>&1 &
         ;;
     tftpd-hpa)
-        ip netns exec "$ns" env LD_LIBRARY_PATH="$LIBS" "$TFTPD_HPA" -L -u root \
+        in_cg ip netns exec "$ns" env LD_LIBRARY_PATH="$LIBS" "$TFTPD_HPA" -L -u root \
             -a :69 -s "$ROOT" >"$log" 2>&1 &
         ;;
     atftpd)
-        ip netns exec "$ns" env LD_LIBRARY_PATH="$LIBS" "$ATFTPD" --daemon --no-fork \
+        in_cg ip netns exec "$ns" env LD_LIBRARY_PATH="$LIBS" "$ATFTPD" --daemon --no-fork \
             --user root --group root --port 69 --bind-address 127.0.0.1 -m 400 \
             --logfile /dev/null "$ROOT" >"$log" 2>&1 &
         ;;
     dnsmasq)
-        ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null \
+        in_cg ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null \
             --port=0 --user=root --pid-file= --interface=lo --bind-interfaces \
             --enable-tftp --tftp-root="$ROOT" --tftp-max=400 \
             --log-facility="$log" >/dev/null 2>&1 &
         ;;
     nginx)
         nginx_conf >"$WORK/nginx.conf"
-        ip netns exec "$ns" env LD_LIBRARY_PATH="$LIBS" "$NGINX" -p "$WORK/nginx/" \
+        in_cg ip netns exec "$ns" env LD_LIBRARY_PATH="$LIBS" "$NGINX" -p "$WORK/nginx/" \
             -c "$WORK/nginx.conf" -e "$log" >>"$log" 2>&1 &
         ;;
     esac
     PIDS+=($!)
     sleep 0.5
     NS=$ns
+}
+
+# Runs "$@" in the cgroup $CG (when set): the shell joins it, then execs, so
+# the server and all it forks are in it from the start. Called with `&`, in a
+# subshell that execs too, so that $! is the server's PID.
+in_cg() {
+    if [ -n "$CG" ]; then
+        exec sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' in_cg "$CG" "$@"
+    else
+        exec "$@"
+    fi
 }
 
 # nginx as a boot server would run it: the tree under /files/ by sendfile,
@@ -206,6 +237,15 @@ tree_cpu() {
     done
     echo "$sum"
 }
+# CPU seconds used so far by the server whose PID is $1, started in cgroup
+# $2 (empty: none, then /proc's tree).
+server_cpu() {
+    case ${2:+$CG_KIND} in
+    v2) awk '/^usage_usec / { printf "%.2f", $2 / 1e6 }' "$2/cpu.stat" ;;
+    v1) awk '{ printf "%.2f", $1 / 1e9 }' "$2/cpuacct.usage" ;;
+    *) tree_cpu "$1" ;;
+    esac
+}
 # CPU seconds per GiB: seconds $1 for MiB $2.
 per_gib() { awk -v s="$1" -v m="$2" 'BEGIN { printf "%.2f", s / (m / 1024) }'; }
 # CPU seconds used so far by the whole machine (user, nice, system, irq, softirq).
@@ -218,7 +258,7 @@ all_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + 
 fetch_many() {
     local ns=$1 t0 t1 ok=0 pids=() i s0 s1 a0 a1 srv=${PIDS[-1]}
     rm -f "$WORK/out/f16"
-    s0=$(tree_cpu "$srv")
+    s0=$(server_cpu "$srv" "$CG")
     a0=$(all_cpu)
     t0=$(now)
     for i in $(seq 0 $((CLIENTS - 1))); do
@@ -230,7 +270,7 @@ fetch_many() {
     done
     for p in "${pids[@]}"; do wait "$p" && ok=$((ok + 1)); done
     t1=$(now)
-    s1=$(tree_cpu "$srv")
+    s1=$(server_cpu "$srv" "$CG")
     a1=$(all_cpu)
     echo "$s0 $s1 $a0 $a1 $t0 $t1" | awk '{ printf "%.2f %.1f %.1f\n", $2 - $1, $4 - $3, $6 - $5 }' \
         >"$WORK/cpu-many"
@@ -250,7 +290,7 @@ fetch_http() {
     local ns=$1 t0 t1 ok=0 pids=() i s0 s1 a0 a1 srv=${PIDS[-1]}
     local u=http://127.0.0.1:8080/files
     rm -f "$WORK/out/kernel" "$WORK/out/initramfs"
-    s0=$(tree_cpu "$srv")
+    s0=$(server_cpu "$srv" "$CG")
     a0=$(all_cpu)
     t0=$(now)
     for i in $(seq 0 $((CLIENTS - 1))); do
@@ -262,7 +302,7 @@ fetch_http() {
     done
     for p in "${pids[@]}"; do wait "$p" && ok=$((ok + 1)); done
     t1=$(now)
-    s1=$(tree_cpu "$srv")
+    s1=$(server_cpu "$srv" "$CG")
     a1=$(all_cpu)
     echo "$s0 $s1 $a0 $a1 $t0 $t1" | awk '{ printf "%.2f %.1f %.1f\n", $2 - $1, $4 - $3, $6 - $5 }' \
         >"$WORK/cpu-http"
@@ -291,7 +331,7 @@ for k in $CASES; do [ "$k" = http ] || TFTP_CASES+=" $k"; done
 HTTP_MIB=$(awk -v n="$CLIENTS" -v b=$((KERNEL_B + INITRD_B)) 'BEGIN { print n * b / 1048576 }')
 
 echo "# rackcast netboot vs peers: $(date -u +%FT%TZ), $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A R CPU
+declare -A R CPU GIB
 [ -n "$TFTP_CASES" ] || SERVERS=()
 for s in "${SERVERS[@]}"; do
     start_server "$s"
@@ -300,7 +340,8 @@ for s in "${SERVERS[@]}"; do
         many)
             R[$s,many]=$(fetch_many "$NS")
             read -r c_srv c_all c_wall <"$WORK/cpu-many"
-            CPU[$s]="server ${c_srv}s ($(per_gib "$c_srv" $((CLIENTS * 16))) s/GiB), machine ${c_all}s of $(awk -v w="$c_wall" -v n="$(nproc)" 'BEGIN { printf "%.1f", w * n }')s"
+            GIB[$s]=$(per_gib "$c_srv" $((CLIENTS * 16)))
+            CPU[$s]="server ${c_srv}s (${GIB[$s]} s/GiB), machine ${c_all}s of $(awk -v w="$c_wall" -v n="$(nproc)" 'BEGIN { printf "%.1f", w * n }')s"
             ;;
         w*) R[$s,$k]=$(fetch64 "$NS" "${k#w}") ;;
         esac
@@ -403,8 +444,18 @@ done
 if [[ " $CASES " == *" many "* ]]; then
     echo
     echo "CPU seconds during the $CLIENTS-client case (the clients share the cores; a server's"
-    echo "figure is its own process and its children, live or reaped):"
+    echo "figure is its cgroup's, every process it forked included):"
     for s in "${SERVERS[@]}"; do printf '  %-10s %s\n' "$s" "${CPU[$s]:-n/a}"; done
+    best_gib=""
+    for s in "${SERVERS[@]}"; do
+        [ "$s" = rackcast ] && continue
+        [[ ${R[$s,many]:-} =~ ^[0-9.]+$ && -n ${GIB[$s]:-} ]] || continue
+        best_gib=$(awk -v a="$best_gib" -v b="${GIB[$s]}" 'BEGIN { print (a == "" || b < a) ? b : a }')
+    done
+    if [[ -n $best_gib && -n ${GIB[rackcast]:-} ]]; then
+        awk -v a="${GIB[rackcast]}" -v b="$best_gib" \
+            'BEGIN { printf "  rackcast/best peer CPU per GiB: %.2fx (%s vs %s s/GiB)\n", (b > 0) ? a / b : 0, a, b }'
+    fi
 fi
 if [ "${#HTTP_SERVERS[@]}" != 0 ]; then
     echo

@@ -10,6 +10,10 @@
 //! transfer per port anyway), so a retransmitted RRQ from a client at its cap
 //! is never refused. No clock and no sockets: a mutex-guarded count that each
 //! running transfer holds a [`Permit`] of, like the flight budget.
+//!
+//! The table also remembers which shard a client's address and port was
+//! routed to while it holds a place (see [`Permit::route`]), so that a
+//! repeated request reaches the shard that holds the first one.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -31,9 +35,17 @@ pub struct TransferCaps {
 #[derive(Debug, Default)]
 struct Held {
     /// Requests in hand per client address and port.
-    peers: HashMap<SocketAddr, u32>,
+    peers: HashMap<SocketAddr, Peer>,
     /// Distinct ports per client address.
     clients: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    /// Requests in hand.
+    requests: u32,
+    /// The shard its requests go to, once one was chosen.
+    route: Option<usize>,
 }
 
 /// Why a request was not admitted.
@@ -63,8 +75,8 @@ impl TransferCaps {
     pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Permit, Refused> {
         let mut held = self.lock();
         match held.peers.get_mut(&peer) {
-            Some(n) if *n >= MAX_REQUESTS_PER_PORT => return Err(Refused::Repeated),
-            Some(n) => *n += 1,
+            Some(p) if p.requests >= MAX_REQUESTS_PER_PORT => return Err(Refused::Repeated),
+            Some(p) => p.requests += 1,
             None => {
                 if held.peers.len() >= self.max_total {
                     return Err(Refused::ServerFull);
@@ -74,7 +86,13 @@ impl TransferCaps {
                     return Err(Refused::ClientFull);
                 }
                 *ports += 1;
-                held.peers.insert(peer, 1);
+                held.peers.insert(
+                    peer,
+                    Peer {
+                        requests: 1,
+                        route: None,
+                    },
+                );
             }
         }
         Ok(Permit {
@@ -101,14 +119,30 @@ pub struct Permit {
     peer: SocketAddr,
 }
 
+impl Permit {
+    /// The shard this client address and port was routed to by an earlier
+    /// request still in hand, if any.
+    pub fn route(&self) -> Option<usize> {
+        self.caps.lock().peers.get(&self.peer).and_then(|p| p.route)
+    }
+
+    /// Routes this client address and port to `shard` for as long as any
+    /// of its requests holds a place.
+    pub fn set_route(&self, shard: usize) {
+        if let Some(p) = self.caps.lock().peers.get_mut(&self.peer) {
+            p.route = Some(shard);
+        }
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut held = self.caps.lock();
-        let Some(n) = held.peers.get_mut(&self.peer) else {
+        let Some(p) = held.peers.get_mut(&self.peer) else {
             return;
         };
-        *n -= 1;
-        if *n > 0 {
+        p.requests -= 1;
+        if p.requests > 0 {
             return;
         }
         held.peers.remove(&self.peer);
@@ -159,6 +193,24 @@ mod tests {
         drop((a2, a3, b));
         assert_eq!(caps.in_use(), 0);
         assert!(caps.lock().clients.is_empty(), "no address left behind");
+    }
+
+    #[test]
+    fn a_route_lasts_while_the_port_holds_a_place() {
+        let caps = TransferCaps::new(10, 2);
+        let first = caps.admit(at([10, 0, 0, 1], 1000)).unwrap();
+        assert_eq!(first.route(), None);
+        first.set_route(3);
+        let again = caps.admit(at([10, 0, 0, 1], 1000)).unwrap();
+        assert_eq!(again.route(), Some(3), "a repetition meets its first");
+        let other = caps.admit(at([10, 0, 0, 1], 1001)).unwrap();
+        assert_eq!(other.route(), None, "another port is routed on its own");
+        drop(first);
+        assert_eq!(again.route(), Some(3));
+        drop(again);
+        let later = caps.admit(at([10, 0, 0, 1], 1000)).unwrap();
+        assert_eq!(later.route(), None, "forgotten with the last place");
+        drop((other, later));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::admission::{Permit, Refused, TransferCaps};
 use super::budget::FlightBudget;
 use super::mtu::path_mtu;
 use super::packet::{error_packet, ErrorCode, Packet};
-use super::shard::{self, Admit, Shard, ShardHandle};
+use super::shard::{self, Admit, Assignment, Shard, ShardHandle};
 use super::stats::TftpStats;
 use super::transfer::{Transfer, TransferLimits};
 use crate::error::{Error, Result};
@@ -44,7 +44,8 @@ pub struct TftpServer {
     shards: Vec<Shard>,
 }
 
-/// Shared transfer sockets per server: one per core, at most four.
+/// Shared transfer sockets per server: one per core, at most four. New
+/// clients fill the first before the next is used (see `shard::pick`).
 fn shard_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
@@ -150,7 +151,18 @@ impl TftpServer {
                             continue;
                         }
                     };
+                    // A repetition goes where its first request went; a new
+                    // client to the shard `shard::pick` packs it onto.
+                    let route = permit.route().unwrap_or_else(|| {
+                        let i = shard::pick(self.handles.iter().map(|h| &*h.load));
+                        permit.set_route(i);
+                        i
+                    });
+                    let Some(shard) = self.handles.get(route) else {
+                        continue; // cannot happen: routes index `handles`
+                    };
                     let job = Job {
+                        assignment: shard.load.assign(),
                         permit,
                         peer,
                         filename: req.filename.to_string(),
@@ -160,7 +172,7 @@ impl TftpServer {
                         events: self.events.clone(),
                         stats: self.stats.clone(),
                         budget: self.budget.clone(),
-                        shard: self.shard_for(peer).clone(),
+                        shard: shard.clone(),
                     };
                     tokio::spawn(job.run());
                 }
@@ -192,19 +204,13 @@ impl TftpServer {
         let e = error_packet(ErrorCode::NotDefined, "too many transfers, try later");
         let _ = self.socket.send_to(&e, peer).await;
     }
-
-    /// The shard serving `peer`: always the same one for one address and
-    /// port, so that a repeated request meets its first.
-    fn shard_for(&self, peer: SocketAddr) -> &ShardHandle {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(peer);
-        &self.handles[(h % self.handles.len() as u64) as usize]
-    }
 }
 
 struct Job {
     /// This request's place under the caps, handed on with its transfer.
     permit: Permit,
+    /// Its count in its shard's load, handed on with its transfer.
+    assignment: Assignment,
     peer: SocketAddr,
     filename: String,
     datagram: Vec<u8>,
@@ -228,6 +234,7 @@ impl Job {
                     filename: self.filename.clone(),
                     transfer,
                     permit: self.permit,
+                    assignment: self.assignment,
                 };
                 if self.shard.tx.send(admit).is_err() {
                     // The server is shutting down.
