@@ -83,6 +83,9 @@ pub struct RateControl {
     floor: u64,
     current: u64,
     next_adjust: Option<Instant>,
+    /// The rate the first of the last cuts left, until the rate is back.
+    recover_to: u64,
+    last_cut: Option<Instant>,
     /// Loss fraction above which the rate decreases.
     pub decrease_above: f64,
     /// Loss fraction below which the rate increases.
@@ -100,6 +103,8 @@ impl RateControl {
             floor,
             current: initial.clamp(floor, ceiling),
             next_adjust: None,
+            recover_to: 0,
+            last_cut: None,
             decrease_above: 0.05,
             increase_below: 0.03,
             interval: Duration::from_millis(100),
@@ -111,13 +116,15 @@ impl RateControl {
         self.current
     }
 
-    /// Feeds the loss of the healthy majority and whether their disks fall
-    /// behind; returns the new rate.
-    pub fn on_feedback(&mut self, now: Instant, loss: f64, disks_behind: bool) -> u64 {
+    /// Feeds the loss of the healthy majority (`None`: none of them
+    /// reported since the last step, which is good news) and whether their
+    /// disks fall behind; returns the new rate.
+    pub fn on_feedback(&mut self, now: Instant, loss: Option<f64>, disks_behind: bool) -> u64 {
         if self.next_adjust.is_some_and(|t| now < t) {
             return self.current;
         }
         self.next_adjust = Some(now + self.interval);
+        let loss = loss.unwrap_or(0.0);
         if loss > self.decrease_above || disks_behind {
             // Down by a quarter; under heavy loss straight down to about
             // what got through, so that a slow group is not flooded for a
@@ -128,12 +135,31 @@ impl RateControl {
                 (1.0 - loss).clamp(0.05, 0.75)
             };
             self.current = ((self.current as f64 * factor) as u64).max(self.floor);
+            // Cuts in a row answer one overflow (reports lag the rate by a
+            // loss window, so the later ones are echoes of the first): the
+            // first one's result, about what got through, is what to climb
+            // back to.
+            let burst = self.last_cut.is_some_and(|t| now < t + self.interval * 4);
+            if !burst {
+                self.recover_to = self.current;
+            }
+            self.last_cut = Some(now);
         } else if loss < self.increase_below {
-            // Additive steps that stay small next to a slow group's rate
-            // (an eighth of it, within 1% and 5% of the ceiling): a flat
-            // twentieth of a 1 GB/s ceiling doubled a 27 MB/s straggler's
-            // rate in one step and brought the loss straight back.
-            let step = (self.current / 8).clamp(self.ceiling / 100, self.ceiling / 20);
+            let step = if self.current < self.recover_to {
+                // Back to it halving the distance each step (BIC-TCP's
+                // binary search): echoes of one overflow at 1 GB/s cut a
+                // session to 43 MB/s, and an eighth a step took two seconds
+                // to climb back.
+                (self.recover_to - self.current).div_ceil(2)
+            } else {
+                // Past it, probe in additive steps that stay small next to
+                // a slow group's rate (an eighth of it, within 1% and 5% of
+                // the ceiling): a flat twentieth of a 1 GB/s ceiling
+                // doubled a 27 MB/s straggler's rate in one step and
+                // brought the loss straight back.
+                self.recover_to = 0;
+                (self.current / 8).clamp(self.ceiling / 100, self.ceiling / 20)
+            };
             self.current = (self.current + step.max(1)).min(self.ceiling);
         }
         self.current
@@ -167,18 +193,37 @@ mod tests {
         let mut t = t0;
         for _ in 0..5 {
             t += Duration::from_millis(200);
-            r.on_feedback(t, 0.3, false);
+            r.on_feedback(t, Some(0.3), false);
         }
         assert!(r.rate() < 30);
         assert!(r.rate() >= 10);
         for _ in 0..30 {
             t += Duration::from_millis(200);
-            r.on_feedback(t, 0.0, false);
+            r.on_feedback(t, None, false);
         }
         assert_eq!(r.rate(), 100);
+        // One overflow, then two echoes of it: back to what got through
+        // in a few steps, not an eighth a step.
+        let mut r = RateControl::new(1000, 10, 1000);
+        r.on_feedback(t, Some(0.5), false);
+        for _ in 0..2 {
+            t += Duration::from_millis(100);
+            r.on_feedback(t, Some(0.9), false);
+        }
+        assert!(r.rate() <= 10, "{}", r.rate());
+        for _ in 0..4 {
+            t += Duration::from_millis(100);
+            r.on_feedback(t, None, false);
+        }
+        assert!((450..=500).contains(&r.rate()), "{}", r.rate());
+        for _ in 0..40 {
+            t += Duration::from_millis(100);
+            r.on_feedback(t, None, false);
+        }
+        assert_eq!(r.rate(), 1000);
         // Steady 4% random loss: hold.
         let before = r.rate();
         t += Duration::from_millis(200);
-        assert_eq!(r.on_feedback(t, 0.04, false), before);
+        assert_eq!(r.on_feedback(t, Some(0.04), false), before);
     }
 }

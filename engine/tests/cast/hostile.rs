@@ -378,3 +378,79 @@ fn receivers_on_a_small_memory_budget_evict_and_still_complete() {
         assert!(s.peak_partial_bytes as usize <= budget, "{s:?}");
     }
 }
+
+/// A receiver that heard none of the index's first visit (every symbol
+/// lost, or sent before it followed the session) asks for the index when
+/// the first chunk visit it hears ends, instead of at its heartbeat (a
+/// second at this group size); the sender sends it again at once.
+#[test]
+fn a_receiver_that_missed_the_index_asks_for_it_before_its_heartbeat() {
+    let img = image(11);
+    let key = SessionKey::from_secret(b"missed index key");
+    let t0 = Instant::now();
+    let mut s = sender(&img, 0x1D, &key, 20_000_000, t0);
+    let mut rx = receiver(&key, 1, t0);
+    let lat = Duration::from_micros(200);
+    let mut q: VecDeque<(Instant, bool, Bytes)> = VecDeque::new();
+    let mut buf = Vec::new();
+    let (mut now, mut first_chunk, mut index_at, mut done_at) = (t0, None, None, None);
+    for _ in 0..2_000_000u32 {
+        if now > t0 + Duration::from_secs(10) || done_at.is_some() {
+            break;
+        }
+        while q.front().is_some_and(|e| e.0 <= now) {
+            let (_, to_rx, b) = q.pop_front().expect("present");
+            if !to_rx {
+                s.handle_datagram(now, SocketAddr::from(([127, 0, 0, 1], 10_000)), &b);
+                continue;
+            }
+            rx.handle_datagram(now, SENDER, &b);
+            while let Some(ev) = rx.poll_event() {
+                if let ReceiverEvent::IndexReady(_) = ev {
+                    index_at.get_or_insert(now);
+                }
+            }
+            if rx.all_received() && !rx.is_done() {
+                rx.set_durable(now);
+                done_at = Some(now);
+            }
+        }
+        for _ in 0..64 {
+            buf.clear();
+            if s.poll_transmit(now, &mut buf).unwrap().is_none() {
+                break;
+            }
+            let (h, _) = wire::parse(&key, &buf).unwrap();
+            if h.kind == PacketType::Symbol && h.object != wire::INDEX_OBJECT {
+                first_chunk.get_or_insert(now);
+            }
+            // The whole first visit of the index is lost.
+            let lost = h.kind == PacketType::Symbol
+                && h.object == wire::INDEX_OBJECT
+                && first_chunk.is_none();
+            if !lost {
+                q.push_back((now + lat, true, Bytes::copy_from_slice(&buf)));
+            }
+        }
+        buf.clear();
+        while let Some((_, len)) = rx.poll_transmit(now, &mut buf) {
+            let b = Bytes::copy_from_slice(&buf[buf.len() - len..]);
+            q.push_back((now + lat, false, b));
+        }
+        while s.poll_event().is_some() {}
+        let next = [q.front().map(|e| e.0), s.poll_timeout(), rx.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_millis(1));
+        now = next.max(now + Duration::from_micros(1));
+    }
+    let first_chunk = first_chunk.expect("chunks were sent");
+    let index_at = index_at.expect("the index arrived");
+    let waited = index_at - first_chunk;
+    assert!(
+        waited < Duration::from_millis(200),
+        "the index came {waited:?} after the first chunk (the heartbeat is a second)"
+    );
+    assert!(done_at.is_some(), "the receiver finished: {:?}", rx.stats());
+}

@@ -190,6 +190,8 @@ pub struct Settings {
 pub const SYMBOL: usize = 1024;
 /// The bytes of decodes [`SharedDecode`] keeps at most.
 const SHARED_DECODE_BYTES: usize = 256 << 20;
+/// An object's source symbols, decoded once.
+type Decoded = Arc<Vec<Vec<u8>>>;
 /// (k, symbol size, BLAKE3 of the two lowest symbols present).
 type DecodeKey = (u32, usize, [u8; 32]);
 
@@ -204,7 +206,7 @@ type DecodeKey = (u32, usize, [u8; 32]);
 #[derive(Debug, Default)]
 pub struct SharedDecode {
     /// The decodes kept, and their bytes.
-    cache: Mutex<(HashMap<DecodeKey, Arc<Vec<Vec<u8>>>>, usize)>,
+    cache: Mutex<(HashMap<DecodeKey, Decoded>, usize)>,
     /// Decodes computed, and served from the cache.
     pub computed: AtomicU64,
     pub shared: AtomicU64,

@@ -144,6 +144,17 @@ impl Rig {
         ]);
     }
 
+    /// Limits what the switch sends receiver `r` to `rate` (tc syntax, e.g.
+    /// "40mbit") with a token bucket and a short queue: a slow port.
+    pub fn slow(&self, r: usize, rate: &str) {
+        let sw = format!("{}sw", self.prefix);
+        let port = format!("p{}", r + 1);
+        must(&[
+            "ip", "netns", "exec", &sw, "tc", "qdisc", "add", "dev", &port, "root", "tbf", "rate",
+            rate, "burst", "64kb", "latency", "50ms",
+        ]);
+    }
+
     /// Drops (or stops dropping) all UDP arriving at `host`: a loss burst.
     pub fn block(&self, host: &str, on: bool) {
         must(&[

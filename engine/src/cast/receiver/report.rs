@@ -165,6 +165,14 @@ impl Receiver {
             if r.seen.len() < MAX_SEEN && !r.seen.contains(&object) {
                 r.seen.push(object);
             }
+            // And the index's own visit went by unheard (every symbol lost,
+            // or sent before this receiver followed the session: a join's
+            // echo can trail the index): ask for it like any deficit.
+            // Waiting for the heartbeat cost a second of useless symbols
+            // at the start of a session on real sockets.
+            if !self.reports.asked.contains(&INDEX_OBJECT) {
+                self.want_report(now, INDEX_OBJECT);
+            }
             return;
         }
         if self.still_needs(object) {

@@ -5,6 +5,8 @@ use super::*;
 
 /// Statuses a receiver must have sent before it can be called a straggler.
 const STRAGGLER_EVIDENCE: u32 = 3;
+/// Pace setters' reports a rate step needs to act on (fewer: it holds).
+const RATE_QUORUM: usize = 3;
 
 impl<S: FrameSource> Sender<S> {
     pub(super) fn verdicts(&self) -> Vec<(u64, Verdict)> {
@@ -120,8 +122,34 @@ impl<S: FrameSource> Sender<S> {
         // `k / (1 - loss)` gives the median receiver its `k`.
         let loss = loss.min(0.5);
         self.margin = loss / (1.0 - loss) + self.cfg.repair_margin;
-        let loss = self.median_loss;
-        let rate = self.ratectl.on_feedback(now, loss, behind);
+        self.disks_behind = behind;
+    }
+
+    /// One step of the rate control, on its own timer: the median loss of
+    /// the statuses the pace setters sent since the last step. Loss a
+    /// receiver reported seconds ago says nothing of the rate now (it held
+    /// a session at its floor for seconds after one overflow), and feedback
+    /// is sparse by design, so no status at all is good news: a receiver
+    /// that loses more than the proactive margin reports its deficit when
+    /// the visit ends.
+    ///
+    /// Reports are biased toward receivers in trouble (a deficit is what
+    /// makes one speak), so one receiver's complaint in a group is not the
+    /// group's loss: the step needs [`RATE_QUORUM`] reports (or every pace
+    /// setter, if fewer) to move on them, and holds otherwise. One slow
+    /// port among 100 receivers cut their rate before the three statuses
+    /// that mark it a straggler.
+    pub(super) fn rate_step(&mut self, now: Instant) {
+        let mut fresh: Vec<f64> = self.fresh_loss.drain().map(|(_, l)| l).collect();
+        let heard = fresh.len();
+        let loss = (heard > 0).then(|| {
+            fresh.sort_unstable_by(f64::total_cmp);
+            fresh[heard / 2]
+        });
+        if heard > 0 && heard < RATE_QUORUM.min(self.setters.max(1)) {
+            return;
+        }
+        let rate = self.ratectl.on_feedback(now, loss, self.disks_behind);
         self.pacer.set_rate(rate);
     }
 

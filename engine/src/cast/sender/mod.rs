@@ -49,6 +49,9 @@ const REPAIRS_GAP: Duration = Duration::from_millis(1);
 /// How often stragglers, the pace setters, the median loss and the rate are
 /// worked out again (when statuses arrived since).
 const HEALTH_INTERVAL: Duration = Duration::from_millis(50);
+/// Pace setters' losses kept between two rate steps (a median of this many
+/// is as good as of all; 10,000 receivers send 50 a step).
+const MAX_FRESH_LOSS: usize = 1024;
 /// How often silent receivers are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Shortest gap between announces sent early to echo joins: a crowd that
@@ -330,6 +333,12 @@ pub struct Sender<S> {
     /// Statuses arrived since the last health pass.
     health_due: bool,
     next_health: Instant,
+    /// The next step of the rate control.
+    next_rate_step: Instant,
+    /// The latest loss each pace setter reported since the last rate step.
+    fresh_loss: HashMap<u64, f64>,
+    /// Whether most pace setters' disks were behind at the last health pass.
+    disks_behind: bool,
     next_sweep: Instant,
     next_announce: Instant,
     last_index_visit: Option<Instant>,
@@ -405,6 +414,9 @@ impl<S: FrameSource> Sender<S> {
             healthy_left: false,
             health_due: false,
             next_health: now,
+            next_rate_step: now,
+            fresh_loss: HashMap::new(),
+            disks_behind: false,
             next_sweep: now,
             next_announce: now,
             last_index_visit: None,
@@ -508,6 +520,9 @@ impl<S: FrameSource> Sender<S> {
                 r.lost = false;
                 r.last_seq = h.seq;
                 r.loss = 0.7 * r.loss + 0.3 * (st.loss_ppm as f64 / 1e6);
+                if r.setter && !st.done && self.fresh_loss.len() < MAX_FRESH_LOSS {
+                    self.fresh_loss.insert(id, st.loss_ppm as f64 / 1e6);
+                }
                 r.status = st;
             }
             None => {
@@ -808,6 +823,10 @@ impl<S: FrameSource> Sender<S> {
         }
         if self.health_due && now >= self.next_health {
             self.health_pass(now);
+        }
+        if self.phase == Phase::Running && now >= self.next_rate_step {
+            self.next_rate_step = now + self.ratectl.interval;
+            self.rate_step(now);
         }
         match self.phase {
             Phase::Waiting => {

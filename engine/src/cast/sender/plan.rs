@@ -98,11 +98,20 @@ impl<S: FrameSource> Sender<S> {
         let index_wanted = self.index_wanted
             || self.receivers.is_empty()
             || !self.visit_end.contains_key(&INDEX_OBJECT);
-        if index_wanted || self.phase == Phase::Waiting {
-            if !index_due || !index_wanted {
-                self.idle_until = Some(now + self.cfg.announce_interval);
-                return Ok(false);
-            }
+        let index_now = index_wanted && index_due;
+        if self.phase == Phase::Waiting && !index_now {
+            self.idle_until = Some(now + self.cfg.announce_interval);
+            return Ok(false);
+        }
+        // Running, an index asked for again within `revisit_after` waits
+        // while chunks go on: idling here held a group for an announce
+        // interval each time a slow receiver missed the index again.
+        // With nothing else to send meanwhile, wake when it is due.
+        let index_wake = self
+            .last_index_visit
+            .filter(|_| index_wanted && !index_due)
+            .map(|t| t + self.cfg.revisit_after);
+        if index_now {
             self.last_index_visit = Some(now);
             self.index_wanted = false;
             self.stats.index_visits += 1;
@@ -159,6 +168,7 @@ impl<S: FrameSource> Sender<S> {
             // Wait for a cooldown to pass, or for a report (which ends the
             // wait); look again at the next announce regardless.
             let again = now + self.cfg.announce_interval;
+            let again = index_wake.map_or(again, |t| t.min(again));
             self.idle_until = Some(earliest.map_or(again, |t| t.min(again)));
             return Ok(false);
         };
