@@ -81,6 +81,22 @@ async fn text(c: &Client, css: &str) -> String {
     }
 }
 
+/// Each progress bar's `data-pct`; empty if the page re-rendered while
+/// they were read.
+async fn bar_percents(c: &Client) -> Vec<Option<String>> {
+    let Ok(bars) = c.find_all(Locator::Css(".bar")).await else {
+        return Vec::new();
+    };
+    let mut pcts = Vec::new();
+    for b in bars {
+        match b.attr("data-pct").await {
+            Ok(p) => pcts.push(p),
+            Err(_) => return Vec::new(),
+        }
+    }
+    pcts
+}
+
 #[test]
 fn an_operator_logs_in_watches_a_job_live_retries_with_a_click_and_finds_it_audited() {
     for tool in ["chromium", "chromedriver"] {
@@ -188,11 +204,15 @@ fn an_operator_logs_in_watches_a_job_live_retries_with_a_click_and_finds_it_audi
             || async { text(&c, "#job-status").await == "done" },
         )
         .await;
-        let bars = c.find_all(Locator::Css(".bar")).await.unwrap();
-        assert_eq!(bars.len(), 4);
-        for b in bars {
-            assert_eq!(b.attr("data-pct").await.unwrap().as_deref(), Some("100"));
-        }
+        // The page re-renders on every event, and an element read across a
+        // re-render is stale: read the bars afresh until they settle.
+        until(
+            &c,
+            "four progress bars at 100%",
+            Duration::from_secs(30),
+            || async { bar_percents(&c).await == vec![Some("100".to_string()); 4] },
+        )
+        .await;
         let png = c.screenshot().await.unwrap();
         let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-job.png");
         std::fs::write(&shot, png).unwrap();
