@@ -81,6 +81,29 @@ async fn text(c: &Client, css: &str) -> String {
     }
 }
 
+/// Finds `css` and clicks it, finding it again if the page re-rendered
+/// in between (an event arriving redraws the page, and a click on the
+/// element found before that is chromedriver's StaleElementReference).
+async fn click(c: &Client, css: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let err = match c.find(Locator::Css(css)).await {
+            Ok(e) => match e.click().await {
+                Ok(()) => return,
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        if start.elapsed() > limit {
+            panic!(
+                "a click on {css}: not within {limit:?} ({err}); the page says:\n{}",
+                text(c, "body").await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Each progress bar's `data-pct`; empty if the page re-rendered while
 /// they were read.
 async fn bar_percents(c: &Client) -> Vec<Option<String>> {
@@ -145,12 +168,7 @@ fn an_operator_logs_in_watches_a_job_live_retries_with_a_click_and_finds_it_audi
         c.goto(&format!("{url}/ui/")).await.unwrap();
         let token = c.wait().for_element(Locator::Id("token")).await.unwrap();
         token.send_keys(&s.token).await.unwrap();
-        c.find(Locator::Id("login-button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#login-button", limit).await;
         until(&c, "four targets", limit, || async {
             count(&c, "tr[data-mac]").await == 4
         })
@@ -191,12 +209,7 @@ fn an_operator_logs_in_watches_a_job_live_retries_with_a_click_and_finds_it_audi
             count(&c, &row).await == 1
         })
         .await;
-        c.find(Locator::Css(&row))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, &row, limit).await;
         until(
             &c,
             "the job done on its page",
@@ -243,7 +256,7 @@ fn an_operator_logs_in_watches_a_job_live_retries_with_a_click_and_finds_it_audi
             .await
             .unwrap();
         assert_eq!(forged, json!(403));
-        c.find(Locator::Id("retry")).await.unwrap().click().await.unwrap();
+        click(&c, "#retry", limit).await;
     });
     // The retry ran the task again (and it failed again).
     let start = Instant::now();
