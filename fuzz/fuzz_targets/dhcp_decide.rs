@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use rackcast_netboot::dhcp::{DhcpConfig, DhcpServer, FullConfig, LeaseTable, Received, ReplyStyle};
-use rackcast_netboot::{BootAction, StaticPolicy};
+use rackcast_netboot::{BootAction, ClientArch, StaticPolicy};
 
 fuzz_target!(|data: &[u8]| {
     let policy = Arc::new(StaticPolicy::with_default(BootAction::IpxeScript("#!ipxe".into())));
@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
             router: None,
             dns: vec![],
         }),
+        local_boot: vec![ClientArch::X64Uefi],
     };
     let leases = LeaseTable::new(
         Ipv4Addr::new(10, 0, 0, 10),

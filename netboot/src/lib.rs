@@ -160,6 +160,7 @@ impl Netboot {
                 style: cfg.style,
                 allow_vendor: cfg.allow_vendor.clone(),
                 full,
+                local_boot: local_boot_in(&cfg.root),
             },
             policy,
             leases,
@@ -220,4 +221,28 @@ impl Netboot {
             r = self.http.run() => r,
         }
     }
+}
+
+/// The platforms whose quick-local-boot loader is in `root`, looked up
+/// when netboot starts (the DHCP core does no I/O), and said in the log:
+/// without it, UEFI clients with no work get silence and reach their disk
+/// only after the firmware's network boot timeouts.
+fn local_boot_in(root: &std::path::Path) -> Vec<ClientArch> {
+    let mut found = Vec::new();
+    for arch in [ClientArch::X64Uefi, ClientArch::Arm64Uefi] {
+        let Some(name) = policy::local_loader(arch) else {
+            continue;
+        };
+        if root.join(name).is_file() {
+            tracing::info!("quick local boot for {arch:?}: {name}");
+            found.push(arch);
+        } else {
+            tracing::info!(
+                "no {name} in {}: {arch:?} clients with no work get no answer \
+                 (rackcast env local-boot writes it)",
+                root.display()
+            );
+        }
+    }
+    found
 }

@@ -86,6 +86,20 @@ pub fn default_loader(arch: ClientArch) -> Option<String> {
     }
 }
 
+/// The quick-local-boot loader for `arch`, a path under the root: a GRUB
+/// that chains the first EFI loader it finds on a local disk
+/// (`rackcast env local-boot` writes it). A UEFI machine set to boot from
+/// the network first, with no work, gets it and reaches its disk in
+/// seconds; silence would cost it the firmware's PXE and HTTP boot
+/// timeouts (2-3 minutes) before the disk.
+pub fn local_loader(arch: ClientArch) -> Option<&'static str> {
+    match arch.platform() {
+        ClientArch::X64Uefi => Some("rackcast-local-x64.efi"),
+        ClientArch::Arm64Uefi => Some("rackcast-local-arm64.efi"),
+        _ => None,
+    }
+}
+
 /// A policy from a TOML file: per-MAC rules and a default rule.
 ///
 /// ```toml
@@ -289,7 +303,12 @@ pub fn ipxe_script(
         BootAction::LocalDisk if arch.is_bios() => {
             Some("#!ipxe\nsanboot --no-describe --drive 0x80 || exit\n".into())
         }
-        BootAction::LocalDisk => Some("#!ipxe\nexit\n".into()),
+        // `|| exit`: without the loader in the root (a 404), back to the
+        // firmware as before.
+        BootAction::LocalDisk => Some(match local_loader(arch) {
+            Some(l) => format!("#!ipxe\nchain {http}/files/{l} || exit\n"),
+            None => "#!ipxe\nexit\n".into(),
+        }),
         BootAction::ChainFile(f) => Some(format!("#!ipxe\nchain {http}/files/{f}\n")),
         BootAction::IpxeScript(s) => Some(fill(s)),
     }
@@ -371,7 +390,18 @@ mod tests {
         let bios = ipxe_script(&BootAction::LocalDisk, ClientArch::X86Bios, "s", "h", MAC).unwrap();
         assert!(bios.contains("sanboot"));
         let efi = ipxe_script(&BootAction::LocalDisk, ClientArch::X64Uefi, "s", "h", MAC).unwrap();
-        assert!(efi.contains("exit"));
+        assert_eq!(
+            efi,
+            "#!ipxe\nchain h/files/rackcast-local-x64.efi || exit\n"
+        );
+        let http = ClientArch::from_raw(19);
+        let arm = ipxe_script(&BootAction::LocalDisk, http, "s", "h", MAC).unwrap();
+        assert!(
+            arm.contains("h/files/rackcast-local-arm64.efi || exit"),
+            "{arm}"
+        );
+        let ia32 = ipxe_script(&BootAction::LocalDisk, ClientArch::X86Uefi, "s", "h", MAC);
+        assert_eq!(ia32.unwrap(), "#!ipxe\nexit\n");
         assert!(ipxe_script(&BootAction::Ignore, ClientArch::X64Uefi, "s", "h", MAC).is_none());
     }
 }

@@ -149,7 +149,8 @@ impl BootPolicy for SchedPolicy {
                 return BootAction::IpxeScript(hold_script(q.arch, q.mac));
             }
         }
-        // A firmware PXE client gets no offer and moves on to its disk.
+        // A firmware PXE client gets the quick-local-boot loader (UEFI, when
+        // the boot root has it) or no offer, and moves on to its disk.
         BootAction::LocalDisk
     }
 }
@@ -157,8 +158,15 @@ impl BootPolicy for SchedPolicy {
 /// What a held target runs: a notice and a wait for the power cycle, then
 /// its disk as usual should the cycle never come.
 fn hold_script(arch: rackcast_netboot::ClientArch, mac: MacAddr) -> String {
-    let local = rackcast_netboot::policy::ipxe_script(&BootAction::LocalDisk, arch, "", "", mac)
-        .unwrap_or_default();
+    // Placeholders stay, to be filled when this script is served.
+    let local = rackcast_netboot::policy::ipxe_script(
+        &BootAction::LocalDisk,
+        arch,
+        "{server}",
+        "{http}",
+        mac,
+    )
+    .unwrap_or_default();
     let local = local.trim_start_matches("#!ipxe\n");
     format!(
         "#!ipxe\necho rackcast: this machine came back to the network instead of its disk\n\
@@ -224,5 +232,10 @@ mod tests {
             "{bios}"
         );
         assert!(!efi.contains("sanboot"), "{efi}");
+        // Filled when served, like every other script's placeholders.
+        assert!(
+            efi.contains("chain {http}/files/rackcast-local-x64.efi || exit"),
+            "{efi}"
+        );
     }
 }

@@ -21,7 +21,7 @@ pub use leases::{Lease, LeaseTable};
 
 use crate::arch::{ClientArch, ClientKind, MacAddr};
 use crate::events::Step;
-use crate::policy::{BootAction, BootPolicy, BootQuery, BootStage};
+use crate::policy::{local_loader, BootAction, BootPolicy, BootQuery, BootStage};
 
 /// The DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -66,6 +66,9 @@ pub struct DhcpConfig {
     pub allow_vendor: Vec<String>,
     /// `Some` in full-DHCP mode.
     pub full: Option<FullConfig>,
+    /// Platforms whose [`local_loader`] is in the root: their firmware
+    /// clients with no work get it instead of silence.
+    pub local_boot: Vec<ClientArch>,
 }
 
 /// A datagram as received.
@@ -446,7 +449,12 @@ impl DhcpServer {
         let out = match (kind, &action) {
             (_, BootAction::Ignore) => None,
             (ClientKind::Ipxe, _) => Some((script_url(), "ipxe script")),
-            (_, BootAction::LocalDisk) => None,
+            (ClientKind::Pxe, BootAction::LocalDisk) => self
+                .local_loader(info.arch)
+                .map(|l| (l.to_string(), "local loader")),
+            (ClientKind::Http, BootAction::LocalDisk) => self
+                .local_loader(info.arch)
+                .map(|l| (format!("{base}/files/{l}"), "local loader")),
             (ClientKind::Pxe, BootAction::ChainFile(f)) => Some((f.clone(), "chain")),
             (ClientKind::Http, BootAction::ChainFile(f)) => {
                 Some((format!("{base}/files/{f}"), "chain"))
@@ -463,6 +471,11 @@ impl DhcpServer {
         // A boot file must fit the 128-byte `file` field.
         out.filter(|(f, _)| f.len() < 128)
             .map(|(f, w)| (f, w.to_string()))
+    }
+
+    /// The platform's quick-local-boot loader, when the root has it.
+    fn local_loader(&self, arch: ClientArch) -> Option<&'static str> {
+        local_loader(arch).filter(|_| self.cfg.local_boot.contains(&arch.platform()))
     }
 
     fn reply_base(&self, req: &Message, mtype: MessageType, info: &ClientInfo) -> Message {

@@ -75,6 +75,14 @@ fn policy() -> Arc<StaticPolicy> {
 }
 
 fn server(style: ReplyStyle, policy: Arc<StaticPolicy>) -> DhcpServer {
+    server_with_local_boot(style, policy, vec![])
+}
+
+fn server_with_local_boot(
+    style: ReplyStyle,
+    policy: Arc<StaticPolicy>,
+    local_boot: Vec<ClientArch>,
+) -> DhcpServer {
     DhcpServer::new(
         DhcpConfig {
             server_ip: SERVER,
@@ -82,6 +90,7 @@ fn server(style: ReplyStyle, policy: Arc<StaticPolicy>) -> DhcpServer {
             style,
             allow_vendor: vec!["AcmeBoot".into()],
             full: None,
+            local_boot,
         },
         policy,
         None,
@@ -306,7 +315,7 @@ fn relayed_requests_unicast_to_giaddr() {
 }
 
 #[test]
-fn policy_ignore_and_local_disk_stay_silent_for_firmware() {
+fn policy_ignore_and_local_disk_stay_silent_for_firmware_without_a_local_loader() {
     for action in [BootAction::Ignore, BootAction::LocalDisk] {
         let mut s = server(
             ReplyStyle::BootServer,
@@ -316,7 +325,8 @@ fn policy_ignore_and_local_disk_stay_silent_for_firmware() {
         assert!(m.is_none(), "{action:?}");
         assert_eq!(d.step, Some(Step::Ignored));
     }
-    // iPXE with local disk still gets a script (which says `exit`).
+    // iPXE with local disk still gets a script (which chains the local
+    // loader, or says `exit`).
     let mut s = server(
         ReplyStyle::BootServer,
         Arc::new(StaticPolicy::with_default(BootAction::LocalDisk)),
@@ -324,6 +334,32 @@ fn policy_ignore_and_local_disk_stay_silent_for_firmware() {
     let mut req = Req::discover(b"PXEClient", 7);
     req.user_class = Some(b"iPXE");
     assert!(ask(&mut s, &req, 67, client67()).1.is_some());
+}
+
+#[test]
+fn a_uefi_client_with_no_work_gets_the_local_loader_when_the_root_has_it() {
+    let local = || Arc::new(StaticPolicy::with_default(BootAction::LocalDisk));
+    let mut s = server_with_local_boot(ReplyStyle::BootServer, local(), vec![ClientArch::X64Uefi]);
+    // Firmware PXE, x64 UEFI: the offer, then the loader on port 4011.
+    let (d, m) = ask(&mut s, &Req::discover(b"PXEClient", 7), 67, client67());
+    assert!(m.is_some(), "{d:?}");
+    let mut req = Req::discover(b"PXEClient", 7);
+    req.mtype = MessageType::Request;
+    req.ciaddr = Ipv4Addr::new(10, 77, 0, 50);
+    let (_, m) = ask(&mut s, &req, 4011, SocketAddrV4::new(req.ciaddr, 4011));
+    assert_eq!(fname(&m.unwrap()), "rackcast-local-x64.efi");
+    // UEFI HTTP boot: the loader's URL.
+    let (_, m) = ask(&mut s, &Req::discover(b"HTTPClient", 16), 67, client67());
+    assert_eq!(
+        fname(&m.unwrap()),
+        "http://10.77.0.1:8080/files/rackcast-local-x64.efi"
+    );
+    // BIOS and a platform without its loader in the root: silence as before.
+    for arch in [0, 11] {
+        let (d, m) = ask(&mut s, &Req::discover(b"PXEClient", arch), 67, client67());
+        assert!(m.is_none(), "arch {arch}");
+        assert_eq!(d.step, Some(Step::Ignored));
+    }
 }
 
 #[test]
@@ -394,6 +430,7 @@ fn full_server(dir: &std::path::Path) -> DhcpServer {
                 router: None,
                 dns: vec![],
             }),
+            local_boot: vec![],
         },
         policy(),
         Some(t),
