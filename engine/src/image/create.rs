@@ -6,10 +6,14 @@
 //! results back in order, drops duplicates and writes frames. Output goes to
 //! `OUT.partial` and is renamed over `OUT` only once complete and durable, so a
 //! killed capture never leaves something that looks like an image.
+//!
+//! With `filesystems` on (the default), the source is scanned first
+//! ([`super::fs::scan_disk`]): unused blocks of the filesystems it reads
+//! are neither read nor stored (each chunk's used-block mask says which),
+//! and a chunk with no used block is `Absent`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,11 +23,12 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::codec::{ChunkEncoder, EncodedChunk};
 use super::error::{ImageError, Result};
+use super::fs::{scan_disk, PartitionUsage, TableKind, UsedMap};
 use super::header::{Header, HEADER_LEN};
 use super::index::{ChunkData, ChunkEntry, ChunkIndex, FrameRef, Metadata, UsedMask};
 use super::outfile::OutFile;
 use super::sign::ImageSigner;
-use super::source::probe_source;
+use super::source::{mounted_parts, probe_source};
 use super::trailer::Trailer;
 use super::{check_chunk_size, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, FORMAT_VERSION};
 
@@ -43,6 +48,13 @@ pub struct CreateOptions {
     /// Set to stop the capture: it ends within a chunk or so with
     /// [`ImageError::Cancelled`], and the partial output is removed.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Read the partition table and filesystems and store only used
+    /// blocks; off, every block is stored.
+    pub filesystems: bool,
+    /// Capture a block device with a partition mounted read-only (one
+    /// mounted read-write is always refused: its image would not be
+    /// consistent).
+    pub allow_mounted: bool,
 }
 
 impl Default for CreateOptions {
@@ -54,6 +66,8 @@ impl Default for CreateOptions {
             signer: None,
             labels: BTreeMap::new(),
             cancel: None,
+            filesystems: true,
+            allow_mounted: false,
         }
     }
 }
@@ -71,21 +85,40 @@ pub struct CreateSummary {
     pub image_bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// What the filesystem scan found (`None` with `filesystems` off).
+    pub scan: Option<ScanReport>,
+}
+
+/// The filesystem scan's findings, for the capture's report.
+#[derive(Debug, Clone)]
+pub struct ScanReport {
+    /// The partition table, if any.
+    pub table: Option<TableKind>,
+    /// Each partition (or the bare filesystem) and what was found in it.
+    pub partitions: Vec<PartitionUsage>,
+    /// The bytes of the source that were read and stored (before
+    /// compression).
+    pub used_bytes: u64,
 }
 
 struct Work {
     i: u64,
+    /// The canonical bytes (unused blocks zero); empty when `Absent`.
     buf: Vec<u8>,
+    used: UsedMask,
 }
 
 struct Done {
     i: u64,
     buf: Vec<u8>,
+    used: UsedMask,
     hash: [u8; 32],
     enc: Encoded,
 }
 
 enum Encoded {
+    /// No block in use: nothing read, nothing stored.
+    Absent,
     Zero,
     Duplicate(u64),
     /// The frame and its hash.
@@ -109,6 +142,25 @@ pub fn create_image(
 
     let file = File::open(src).map_err(|e| ImageError::io("opening", src, e))?;
     let info = probe_source(&file, src)?;
+    if info.is_block_device {
+        for m in mounted_parts(&file)? {
+            if m.read_write || !opts.allow_mounted {
+                return Err(ImageError::Mounted {
+                    device: m.device,
+                    mount_point: m.mount_point,
+                    read_write: m.read_write,
+                });
+            }
+        }
+    }
+    let scan = if opts.filesystems {
+        let s = scan_disk(&file, info.size, info.logical_sector_size)
+            .map_err(|e| ImageError::io("reading the partitions of", src, e))?;
+        Some(s)
+    } else {
+        None
+    };
+    let map = scan.as_ref().map(|s| &s.map);
     let chunk_size = opts.chunk_size;
     let count = ChunkIndex::chunks_for(info.size, chunk_size);
 
@@ -143,7 +195,8 @@ pub fn create_image(
         let (done_rx, free_tx) = (done_rx, free_tx);
         let reader_done = done_tx.clone();
         s.spawn(move || {
-            if let Err(e) = read_chunks(file, src, info.size, chunk_size, &free_rx, &work_tx) {
+            if let Err(e) = read_chunks(&file, src, info.size, chunk_size, map, &free_rx, &work_tx)
+            {
                 let _ = reader_done.send(Err(e));
             }
         });
@@ -183,13 +236,13 @@ pub fn create_image(
             };
             pending.insert(d.i, d);
             while let Some(d) = pending.remove(&next) {
-                let len = d.buf.len();
+                let len = (info.size - d.i * chunk_size as u64).min(chunk_size as u64);
                 let entry = commit(&mut outf, &mut pos, &committed, &d)?;
                 entries.push(entry);
                 // The reader may have finished: a closed pool is fine.
                 let _ = free_tx.send(d.buf);
-                done_bytes += len as u64;
-                progress(len as u64);
+                done_bytes += len;
+                progress(len);
                 next += 1;
             }
         }
@@ -236,6 +289,11 @@ pub fn create_image(
         root,
         signed: trailer.signature.is_some(),
         elapsed: start.elapsed(),
+        scan: scan.map(|s| ScanReport {
+            table: s.table,
+            used_bytes: s.map.used_bytes(),
+            partitions: s.partitions,
+        }),
     })
 }
 
@@ -246,32 +304,43 @@ fn partial_path(out: &Path) -> PathBuf {
     s.into()
 }
 
+/// Reads chunk after chunk: whole chunks in one positioned read each, or,
+/// where `map` leaves blocks out, only the used runs (the rest stays zero,
+/// as the canonical bytes have it), and nothing of a chunk with none.
 fn read_chunks(
-    mut file: File,
+    file: &File,
     path: &Path,
     size: u64,
     chunk_size: u32,
+    map: Option<&UsedMap>,
     free: &Receiver<Vec<u8>>,
     work: &Sender<Work>,
 ) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let count = ChunkIndex::chunks_for(size, chunk_size);
     for i in 0..count {
         let Ok(mut buf) = free.recv() else {
             return Ok(());
         };
-        let len = (size - i * chunk_size as u64).min(chunk_size as u64) as usize;
-        buf.resize(len, 0);
-        file.read_exact(&mut buf).map_err(|e| {
-            ImageError::io(
-                "reading",
-                path,
-                std::io::Error::new(
-                    e.kind(),
-                    format!("at byte offset {}: {e}", i * chunk_size as u64),
-                ),
-            )
-        })?;
-        if work.send(Work { i, buf }).is_err() {
+        let off = i * chunk_size as u64;
+        let len = (size - off).min(chunk_size as u64) as usize;
+        let used = map.map_or(UsedMask::All, |m| m.chunk_mask(off, len));
+        let ranges = used.used_ranges(len);
+        buf.clear();
+        if !ranges.is_empty() {
+            buf.resize(len, 0);
+        }
+        for r in ranges {
+            let at = off + r.start as u64;
+            file.read_exact_at(&mut buf[r], at).map_err(|e| {
+                ImageError::io(
+                    "reading",
+                    path,
+                    std::io::Error::new(e.kind(), format!("at byte offset {at}: {e}")),
+                )
+            })?;
+        }
+        if work.send(Work { i, buf, used }).is_err() {
             return Ok(());
         }
     }
@@ -291,9 +360,11 @@ fn encode_chunks(
             return;
         }
     };
-    for Work { i, buf } in work {
+    for Work { i, buf, used } in work {
         // Hash first: a chunk already stored earlier is not worth compressing.
-        let (hash, enc_result) = if super::codec::is_zero(&buf) {
+        let (hash, enc_result) = if buf.is_empty() {
+            ([0; 32], Encoded::Absent)
+        } else if super::codec::is_zero(&buf) {
             (enc.zero_hash(buf.len()), Encoded::Zero)
         } else {
             let hash = *blake3::hash(&buf).as_bytes();
@@ -314,6 +385,7 @@ fn encode_chunks(
             .send(Ok(Done {
                 i,
                 buf,
+                used,
                 hash,
                 enc: enc_result,
             }))
@@ -346,6 +418,7 @@ fn commit(
     };
     let mut map = committed.lock().expect("dedup map");
     let data = match &d.enc {
+        Encoded::Absent => ChunkData::Absent,
         Encoded::Zero => ChunkData::Zero,
         Encoded::Duplicate(of) => ChunkData::Duplicate { of: *of },
         Encoded::Zstd(..) | Encoded::Raw if map.contains_key(&d.hash) => {
@@ -360,7 +433,7 @@ fn commit(
     Ok(ChunkEntry {
         data,
         hash: d.hash,
-        used: UsedMask::All,
+        used: d.used.clone(),
     })
 }
 

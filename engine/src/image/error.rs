@@ -8,6 +8,16 @@ use std::path::PathBuf;
 /// can tell exactly what is damaged.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// A partition of the capture source is mounted.
+    #[error("{device} is mounted {} at {mount_point}: {}", if *read_write { "read-write" } else { "read-only" }, if *read_write { "unmount it first (an image of a filesystem in use is not consistent)" } else { "unmount it, or capture anyway with --allow-mounted" })]
+    Mounted {
+        /// The mounted device.
+        device: String,
+        /// Where.
+        mount_point: String,
+        /// Read-write (always refused) or read-only.
+        read_write: bool,
+    },
     /// An I/O error, with what we were doing and on which path.
     #[error("{what} {path}: {source}")]
     Io {

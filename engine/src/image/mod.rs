@@ -28,6 +28,7 @@
 mod codec;
 mod create;
 mod error;
+pub mod fs;
 pub mod header;
 pub mod index;
 mod outfile;
@@ -39,13 +40,13 @@ pub mod trailer;
 mod wire;
 
 pub use codec::{ChunkDecoder, ChunkEncoder, EncodedChunk};
-pub use create::{create_image, CreateOptions, CreateSummary};
+pub use create::{create_image, CreateOptions, CreateSummary, ScanReport};
 pub use error::{ImageError, Result};
 pub use index::{ChunkData, ChunkEntry, ChunkIndex, ChunkKind, FrameRef, Metadata, UsedMask};
 pub use reader::{ImageReader, VerifyReport};
 pub use restore::{restore_image, RestoreOptions, RestoreSummary};
 pub use sign::{public_path, sign_file, ImageSigner, TrustedKey};
-pub use source::{probe_source, SourceInfo};
+pub use source::{mounted_parts, probe_source, MountedPart, SourceInfo};
 pub use trailer::{RootSignature, Trailer};
 
 /// The format version this build writes and reads.

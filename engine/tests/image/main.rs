@@ -3,5 +3,6 @@
 
 mod corruption;
 mod data;
+mod filesystems;
 mod roundtrip;
 mod signing;

@@ -88,6 +88,16 @@ pub struct CreateArgs {
     /// A label to record, KEY=VALUE (repeatable), e.g. --label os=debian12.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Store every block. By default the partition table (GPT or MBR) and
+    /// the filesystems rackcast reads (ext2/3/4; swap keeps its header) are
+    /// scanned and their free blocks are neither read nor stored; unknown
+    /// partitions and the gaps between them are stored whole.
+    #[arg(long)]
+    pub no_fs: bool,
+    /// Capture a device with a partition mounted read-only (one mounted
+    /// read-write is always refused).
+    #[arg(long)]
+    pub allow_mounted: bool,
 }
 
 /// Options of `rackcast image inspect`.
@@ -257,6 +267,8 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         signer,
         labels,
         cancel: Some(cancel_on_ctrl_c()),
+        filesystems: !a.no_fs,
+        allow_mounted: a.allow_mounted,
     };
     let total = std::fs::File::open(&a.src)
         .map_err(anyhow::Error::from)
@@ -297,6 +309,9 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         human_bytes(s.image_bytes),
         m.source_size as f64 / s.image_bytes.max(1) as f64
     );
+    if let Some(scan) = &s.scan {
+        print_scan(scan, m.source_size);
+    }
     println!("chunks    {}", histogram_line(&s.index));
     println!("root      {}", hex(&s.root));
     println!("signed    {}", if s.signed { "yes" } else { "no" });
@@ -306,6 +321,41 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         rate(m.source_size, s.elapsed)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The filesystem scan's lines: the table, then each partition's number,
+/// offset, size, filesystem and used bytes.
+fn print_scan(scan: &image::ScanReport, size: u64) {
+    println!(
+        "read      {} of {} ({} partition table)",
+        human_bytes(scan.used_bytes),
+        human_bytes(size),
+        scan.table.map_or("no", table_name)
+    );
+    for p in &scan.partitions {
+        let fs = p.fs.as_deref().unwrap_or("unknown: stored whole");
+        println!(
+            "{}",
+            partition_line(p.number, p.start, p.len, fs, p.used, &p.table_type)
+        );
+    }
+}
+
+fn table_name(t: image::fs::TableKind) -> &'static str {
+    match t {
+        image::fs::TableKind::Gpt => "gpt",
+        image::fs::TableKind::Mbr => "mbr",
+    }
+}
+
+/// One partition: number, offset, size, filesystem, used bytes and type.
+fn partition_line(n: u32, start: u64, len: u64, fs: &str, used: u64, ty: &str) -> String {
+    format!(
+        "  part {n:<3} at {:>10}  {:>10}  {fs:<22} used {:>10}  {ty:<36}",
+        human_bytes(start),
+        human_bytes(len),
+        human_bytes(used),
+    )
 }
 
 /// A flag set by the first Ctrl-C (SIGINT), so that a long capture stops
@@ -355,6 +405,11 @@ struct InspectJson<'a> {
     chunk_count: usize,
     metadata: &'a image::Metadata,
     chunk_kinds: BTreeMap<&'static str, u64>,
+    /// `gpt`, `mbr`, or none.
+    partition_table: Option<&'static str>,
+    partitions: Vec<image::fs::PartitionLayout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     chunks: Option<Vec<ChunkJson>>,
 }
@@ -393,6 +448,11 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
             })
             .collect::<Vec<_>>()
     });
+    // An image whose chunks do not decode still shows its index.
+    let (table, partitions, partitions_error) = match image::fs::image_layout(&r) {
+        Ok((t, p)) => (t, p, None),
+        Err(e) => (None, Vec::new(), Some(e.to_string())),
+    };
     let j = InspectJson {
         path: a.img.display().to_string(),
         format_version: r.header().version,
@@ -408,6 +468,9 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .map(|(k, n)| (k.name(), n))
             .collect(),
+        partition_table: table.map(table_name),
+        partitions,
+        partitions_error,
         chunks,
     };
     if a.json {
@@ -448,6 +511,18 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
     println!("tool             {}", m.tool_version);
     for (k, v) in &m.labels {
         println!("label            {k}={v}");
+    }
+    match (&j.partitions_error, j.partition_table) {
+        (Some(e), _) => println!("partitions       unreadable: {e}"),
+        (None, t) => println!("partitions       {} table", t.unwrap_or("no")),
+    }
+    for p in &j.partitions {
+        let fs = p.fs.as_deref().unwrap_or("unknown: held whole");
+        println!(
+            "{}  stored {:>10}",
+            partition_line(p.number, p.start, p.len, fs, p.used, &p.table_type),
+            human_bytes(p.stored)
+        );
     }
     if let Some(chunks) = &j.chunks {
         println!(

@@ -1,5 +1,6 @@
 //! The `rackcast` binary as users run it: commands, exit codes, output.
 
+mod filesystems;
 mod image;
 mod readme;
 

@@ -1,0 +1,216 @@
+//! Filesystem-aware capture on a real disk layout: a GPT made by `sfdisk`,
+//! an ext4 made and filled by `mke2fs -d`, swap by `mkswap`, an unknown
+//! partition (an ESP type holding noise), over noise everywhere else, as a
+//! disk that had other data on it. The scan must agree with `dumpe2fs` on
+//! the used blocks, the image must store only those, and the restore (onto
+//! another disk full of noise, which it leaves where blocks are unused)
+//! must pass `e2fsck -fn` and hold every file byte for byte.
+
+use std::path::Path;
+use std::process::Command;
+
+use rackcast_engine::image::fs::{scan_disk, TableKind};
+use rackcast_engine::image::{
+    create_image, restore_image, ChunkKind, CreateOptions, ImageReader, RestoreOptions,
+};
+
+use super::data::{random, text};
+
+const MIB: u64 = 1 << 20;
+const DISK: u64 = 64 * MIB;
+/// Partitions in 512-byte sectors: ESP 8 MiB, ext4 40 MiB, swap 8 MiB.
+const ESP: (u64, u64) = (2048, 16384);
+const EXT4: (u64, u64) = (18432, 81920);
+const SWAP: (u64, u64) = (100352, 16384);
+
+fn have_tools() -> bool {
+    for t in [
+        "sfdisk",
+        "mkfs.ext4",
+        "dumpe2fs",
+        "e2fsck",
+        "debugfs",
+        "mkswap",
+    ] {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists());
+        if !found {
+            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs e2fsprogs, fdisk)");
+            return false;
+        }
+    }
+    true
+}
+
+fn run(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(out.status.success(), "{c:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A partition image of `sectors` full of noise, then `mk` run on it.
+fn partition(dir: &Path, name: &str, sectors: u64, seed: u64, mk: &mut Command) -> Vec<u8> {
+    let p = dir.join(name);
+    std::fs::write(&p, random((sectors * 512) as usize, seed)).unwrap();
+    run(mk.arg(&p));
+    std::fs::read(&p).unwrap()
+}
+
+fn field(dump: &str, name: &str) -> u64 {
+    dump.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {dump}"))
+}
+
+#[test]
+fn ext4_and_swap_store_only_their_used_blocks_and_restore_clean() {
+    if !have_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+
+    // The files the ext4 holds: noise, text, a directory.
+    let files = dir.join("files");
+    std::fs::create_dir_all(files.join("etc")).unwrap();
+    let big = random(3 * MIB as usize + 123, 41);
+    std::fs::write(files.join("big.bin"), &big).unwrap();
+    std::fs::write(files.join("etc/hostname"), b"rack12-u01\n").unwrap();
+    std::fs::write(files.join("notes.txt"), text(200_000, 42)).unwrap();
+
+    let disk_path = dir.join("disk.raw");
+    let mut disk = random(DISK as usize, 1);
+    std::fs::write(&disk_path, &disk).unwrap();
+    let layout = format!(
+        "label: gpt\n\
+         start={}, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
+         start={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n\
+         start={}, size={}, type=0657FD6D-A4AB-43C4-84E5-0933C84B4F4F\n",
+        ESP.0, ESP.1, EXT4.0, EXT4.1, SWAP.0, SWAP.1
+    );
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&disk_path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut sf.stdin.take().unwrap(), layout.as_bytes()).unwrap();
+    assert!(sf.wait().unwrap().success());
+    disk = std::fs::read(&disk_path).unwrap();
+    let ext4 = partition(
+        dir,
+        "ext4.img",
+        EXT4.1,
+        2,
+        Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-b", "4096", "-E", "nodiscard", "-d"])
+            .arg(&files),
+    );
+    let swap = partition(dir, "swap.img", SWAP.1, 3, Command::new("mkswap").arg("-q"));
+    for (at, bytes) in [(EXT4.0, &ext4), (SWAP.0, &swap)] {
+        let at = (at * 512) as usize;
+        disk[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    std::fs::write(&disk_path, &disk).unwrap();
+
+    // The scan agrees with dumpe2fs and finds the swap header.
+    let dump = run(Command::new("dumpe2fs").arg("-h").arg(dir.join("ext4.img")));
+    let fs_used = (field(&dump, "Block count:") - field(&dump, "Free blocks:")) * 4096;
+    let scan = scan_disk(&disk.as_slice(), DISK, 512).unwrap();
+    assert_eq!(scan.table, Some(TableKind::Gpt));
+    let p: Vec<_> = scan
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.start, p.fs.as_deref(), p.used))
+        .collect();
+    assert_eq!(
+        p,
+        vec![
+            (1, ESP.0 * 512, None, ESP.1 * 512),
+            (2, EXT4.0 * 512, Some("ext4"), fs_used),
+            (3, SWAP.0 * 512, Some("swap"), 4096),
+        ]
+    );
+    let outside = ESP.0 * 512 + (DISK - (SWAP.0 + SWAP.1) * 512);
+    assert_eq!(
+        scan.map.used_bytes(),
+        outside + ESP.1 * 512 + fs_used + 4096,
+        "the tables, gaps and the unknown partition are kept whole"
+    );
+
+    // The image stores the used blocks only; a raw capture stores the noise.
+    let img = dir.join("disk.rcimg");
+    let opts = CreateOptions {
+        chunk_size: 1 << 20,
+        threads: 2,
+        ..CreateOptions::default()
+    };
+    let s = create_image(&disk_path, &img, &opts, &mut |_| {}).unwrap();
+    assert_eq!(s.scan.as_ref().unwrap().used_bytes, scan.map.used_bytes());
+    let raw = create_image(
+        &disk_path,
+        &dir.join("raw.rcimg"),
+        &CreateOptions {
+            filesystems: false,
+            ..opts
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(raw.scan.is_none());
+    let (aware, whole) = (s.index.stored_bytes(), raw.index.stored_bytes());
+    eprintln!(
+        "stored: {} MiB filesystem-aware, {} MiB whole ({} MiB used by the filesystems)",
+        aware / MIB,
+        whole / MIB,
+        scan.map.used_bytes() / MIB
+    );
+    assert!(aware <= scan.map.used_bytes() + MIB, "{aware} > used");
+    assert!(
+        whole > 2 * aware,
+        "a raw capture stores the noise in free blocks: {whole}"
+    );
+    assert!(
+        s.index
+            .entries
+            .iter()
+            .any(|e| e.data.kind() == ChunkKind::Absent),
+        "the swap's unused megabytes are absent chunks"
+    );
+
+    // Restore onto another disk of noise: unused blocks keep its noise, and
+    // the filesystem is whole.
+    let target = dir.join("target.raw");
+    std::fs::write(&target, random(DISK as usize, 99)).unwrap();
+    let reader = ImageReader::open(&img).unwrap();
+    reader.verify(2, &|_| {}).unwrap();
+    restore_image(&reader, &target, &RestoreOptions::default(), &mut |_| {}).unwrap();
+    let got = std::fs::read(&target).unwrap();
+    let esp_end = ((ESP.0 + ESP.1) * 512) as usize;
+    assert_eq!(got[..esp_end], disk[..esp_end], "the GPT and the ESP");
+    let back = dir.join("ext4.back");
+    let (a, n) = ((EXT4.0 * 512) as usize, (EXT4.1 * 512) as usize);
+    std::fs::write(&back, &got[a..a + n]).unwrap();
+    run(Command::new("e2fsck").arg("-fn").arg(&back));
+    for (inside, want) in [
+        ("/big.bin", big),
+        ("/etc/hostname", b"rack12-u01\n".to_vec()),
+        ("/notes.txt", text(200_000, 42)),
+    ] {
+        let out = dir.join("out");
+        run(Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump {inside} {}", out.display()))
+            .arg(&back));
+        assert_eq!(std::fs::read(&out).unwrap(), want, "{inside}");
+    }
+    let sw = (SWAP.0 * 512) as usize;
+    assert_eq!(got[sw..sw + 4096], disk[sw..sw + 4096], "the swap header");
+    assert_ne!(
+        got[sw + 4096..sw + 8192],
+        disk[sw + 4096..sw + 8192],
+        "the swap's unused pages were not written"
+    );
+}
