@@ -3,13 +3,13 @@
 #
 #   scripts/test-disk.sh OUT [MIB]        (default 64 MiB; at least 32)
 #
-# OUT holds: an EFI-system-typed partition of noise (8 MiB; rackcast does not
-# read FAT yet, so it is stored whole), an ext4 filled from OUT.files (a
+# OUT holds: an EFI system partition (8 MiB, FAT12 holding
+# EFI/BOOT/BOOTX64.EFI, 1 MiB of noise), an ext4 filled from OUT.files (a
 # 3 MiB file of noise, text, a directory), and Linux swap (8 MiB). Every
 # block the filesystems leave free holds noise, as on a disk that held other
 # data, so a capture that stores free blocks shows it. OUT.files is kept for
 # comparing what a restore holds. Needs sfdisk (fdisk), mkfs.ext4
-# (e2fsprogs) and mkswap (util-linux).
+# (e2fsprogs), mkfs.vfat (dosfstools), mtools and mkswap (util-linux).
 set -euo pipefail
 out=${1:?usage: $0 OUT [MIB]}
 mib=${2:-64}
@@ -34,6 +34,13 @@ TABLE
 
 part=$(mktemp -p "$(dirname "$out")")
 trap 'rm -f "$part"' EXIT
+noise "$part" $((8 * 1024 * 1024))
+mkfs.vfat "$part" >/dev/null
+noise "$files.efi" $((1024 * 1024))
+mmd -i "$part" ::/EFI ::/EFI/BOOT
+mcopy -i "$part" "$files.efi" ::/EFI/BOOT/BOOTX64.EFI
+rm -f "$files.efi"
+dd if="$part" of="$out" bs=1M seek=1 conv=notrunc status=none
 noise "$part" $((ext_mib * 1024 * 1024))
 mkfs.ext4 -F -q -b 4096 -E nodiscard -d "$files" "$part"
 dd if="$part" of="$out" bs=1M seek=9 conv=notrunc status=none

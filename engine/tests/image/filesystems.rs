@@ -214,3 +214,150 @@ fn ext4_and_swap_store_only_their_used_blocks_and_restore_clean() {
         "the swap's unused pages were not written"
     );
 }
+
+/// `mkfs.vfat` and `mkfs.xfs -p` (a prototype file) filesystems alone, no
+/// table: the scan's used bytes equal what `fsck.fat` and `xfs_db` count,
+/// and a restore onto noise passes their checks with the files intact
+/// (FAT read with mtools; XFS mounted read-only where root can).
+#[test]
+fn fat_and_xfs_store_only_their_used_blocks_and_restore_clean() {
+    for t in [
+        "mkfs.vfat",
+        "fsck.fat",
+        "mkfs.xfs",
+        "xfs_db",
+        "xfs_repair",
+        "mcopy",
+    ] {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists());
+        if !found {
+            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs dosfstools, xfsprogs, mtools)");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = tmp.path();
+    let big = random(3 * MIB as usize + 77, 51);
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+
+    // FAT16 of 64 MiB over noise, one file in a directory.
+    let fat = dir.join("fat.img");
+    std::fs::write(&fat, random(64 * MIB as usize, 5)).unwrap();
+    run(Command::new("mkfs.vfat").arg(&fat));
+    let img = fat.display().to_string();
+    run(Command::new("mmd").args(["-i", &img, "::/EFI"]));
+    run(Command::new("mcopy")
+        .args(["-i", &img])
+        .arg(dir.join("big.bin"))
+        .arg("::/EFI/big.bin"));
+    // "fat.img: 2 files, 1542/16334 clusters"
+    let check = run(Command::new("fsck.fat").arg("-n").arg(&fat));
+    let clusters: u64 = check
+        .split_whitespace()
+        .find_map(|w| w.split_once('/').and_then(|(u, _)| u.parse().ok()))
+        .unwrap_or_else(|| panic!("{check}"));
+
+    // XFS of 300 MiB (its minimum), sparse, holding the same file.
+    let xfs = dir.join("xfs.img");
+    std::fs::File::create(&xfs)
+        .unwrap()
+        .set_len(300 * MIB)
+        .unwrap();
+    let proto = dir.join("proto");
+    std::fs::write(
+        &proto,
+        format!(
+            "/dev/null\n0 0\nd--755 0 0\nbig.bin ---644 0 0 {}\n$\n",
+            dir.join("big.bin").display()
+        ),
+    )
+    .unwrap();
+    run(Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-p"])
+        .arg(&proto)
+        .arg(&xfs));
+    let db = |cmds: &[&str]| {
+        let mut c = Command::new("xfs_db");
+        c.arg("-r");
+        for cmd in cmds {
+            c.args(["-c", cmd]);
+        }
+        run(c.arg(&xfs))
+    };
+    let dblocks = field(&db(&["sb 0", "p dblocks"]).replace(" = ", ":"), "dblocks:");
+    let free = field(
+        &db(&["freesp -s"]).replace("total free blocks", "free:"),
+        "free:",
+    );
+
+    for (path, name, want_used) in [
+        (&fat, "fat16", None),
+        (&xfs, "xfs", Some((dblocks - free) * 4096)),
+    ] {
+        let disk = std::fs::read(path).unwrap();
+        let scan = scan_disk(&disk.as_slice(), disk.len() as u64, 512).unwrap();
+        assert_eq!(scan.table, None);
+        assert_eq!(scan.partitions[0].fs.as_deref(), Some(name));
+        let used = scan.partitions[0].used;
+        match want_used {
+            Some(w) => assert_eq!(used, w, "{name}"),
+            None => {
+                // The metadata ahead of the clusters, then 2 KiB clusters.
+                let meta = used - clusters * 2048;
+                assert!(
+                    meta > 0 && meta < MIB,
+                    "{name}: {used} for {clusters} clusters"
+                );
+            }
+        }
+        eprintln!(
+            "{name}: {} KiB used of {} MiB",
+            used / 1024,
+            disk.len() as u64 / MIB
+        );
+
+        let out = dir.join(format!("{name}.rcimg"));
+        create_image(path, &out, &CreateOptions::default(), &mut |_| {}).unwrap();
+        let target = dir.join(format!("{name}.back"));
+        std::fs::write(&target, random(disk.len(), 77)).unwrap();
+        let r = ImageReader::open(&out).unwrap();
+        assert!(r.index().stored_bytes() < used + MIB);
+        restore_image(&r, &target, &RestoreOptions::default(), &mut |_| {}).unwrap();
+        if name == "xfs" {
+            run(Command::new("xfs_repair").arg("-n").arg(&target));
+            check_xfs_file(dir, &target, &big);
+        } else {
+            run(Command::new("fsck.fat").arg("-n").arg(&target));
+            let got = dir.join("got.bin");
+            let t = target.display().to_string();
+            run(Command::new("mcopy")
+                .args(["-i", &t, "::/EFI/big.bin"])
+                .arg(&got));
+            assert_eq!(std::fs::read(&got).unwrap(), big, "{name}");
+        }
+    }
+}
+
+/// The file from the restored XFS, mounted read-only (root only).
+fn check_xfs_file(dir: &Path, xfs: &Path, want: &[u8]) {
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-o", "loop,ro,norecovery"])
+        .arg(xfs)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    if !mounted.status.success() {
+        eprintln!(
+            "xfs: the file is not compared (no loop mount: {})",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    let got = std::fs::read(mnt.join("big.bin"));
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(got.unwrap(), want, "xfs: big.bin");
+}

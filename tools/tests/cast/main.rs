@@ -399,7 +399,15 @@ fn a_late_joiner_under_a_replayed_earlier_session_completes_the_live_one() {
 /// gives, an ext4 that passes `e2fsck -fn` and holds its files.
 #[test]
 fn a_disk_with_filesystems_casts_only_their_used_blocks() {
-    for t in ["sfdisk", "mkfs.ext4", "mkswap", "e2fsck", "debugfs"] {
+    for t in [
+        "sfdisk",
+        "mkfs.ext4",
+        "mkswap",
+        "mkfs.vfat",
+        "mcopy",
+        "e2fsck",
+        "debugfs",
+    ] {
         if !["/usr/sbin", "/sbin", "/usr/bin"]
             .iter()
             .any(|d| Path::new(d).join(t).exists())

@@ -16,7 +16,7 @@
 use std::io;
 
 use super::table::le32;
-use super::{ReadAt, UsedMap};
+use super::{FsBlocks, ReadAt, UsedMap};
 
 const MAGIC: u16 = 0xEF53;
 const COMPAT_HAS_JOURNAL: u32 = 0x4;
@@ -217,56 +217,6 @@ impl Group {
             inode_bitmap: u64::from(le32(&d[4..])) | hi(0x24),
             inode_table: u64::from(le32(&d[8..])) | hi(0x28),
             flags: u16::from_le_bytes([d[0x12], d[0x13]]),
-        }
-    }
-}
-
-/// A bitmap of the filesystem's own blocks.
-struct FsBlocks {
-    bits: Vec<u64>,
-    len: u64,
-}
-
-impl FsBlocks {
-    fn new(len: u64) -> FsBlocks {
-        FsBlocks {
-            bits: vec![0; len.div_ceil(64) as usize],
-            len,
-        }
-    }
-
-    fn set(&mut self, start: u64, count: u64) {
-        for b in start..(start.saturating_add(count)).min(self.len) {
-            self.bits[(b / 64) as usize] |= 1 << (b % 64);
-        }
-    }
-
-    /// Blocks `start..start + count` as one group's bitmap says.
-    fn set_from_bitmap(&mut self, start: u64, count: u64, bitmap: &[u8]) {
-        for i in 0..count.min(bitmap.len() as u64 * 8) {
-            if bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0 {
-                self.set(start + i, 1);
-            }
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
-    }
-
-    /// Marks each run of used blocks in the disk's map.
-    fn mark(&self, map: &mut UsedMap, base: u64, bs: u64) {
-        let mut b = 0;
-        while b < self.len {
-            if self.bits[(b / 64) as usize] & (1 << (b % 64)) == 0 {
-                b += 1;
-                continue;
-            }
-            let run = b;
-            while b < self.len && self.bits[(b / 64) as usize] & (1 << (b % 64)) != 0 {
-                b += 1;
-            }
-            map.mark(base + run * bs, (b - run) * bs);
         }
     }
 }

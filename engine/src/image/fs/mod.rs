@@ -3,14 +3,17 @@
 //! [`scan_disk`] reads the partition table (GPT or MBR; none means the
 //! disk may be one bare filesystem) and, for each partition, the
 //! allocation of the filesystems it knows: ext2/3/4 from their block
-//! bitmaps, Linux swap as its header page only. Everything else (the
+//! bitmaps, FAT12/16/32 from the allocation table, XFS from its free-space
+//! trees, Linux swap as its header page only. Everything else (the
 //! tables, the gaps, unknown partitions) stays used, so what the scan does
 //! not understand is captured whole. The result is a [`UsedMap`] the
 //! capture turns into each chunk's used-block mask.
 
 mod ext;
+mod fat;
 mod layout;
 pub mod table;
+mod xfs;
 
 use std::io;
 use std::ops::Range;
@@ -143,6 +146,81 @@ impl UsedMap {
     }
 }
 
+/// A bitmap of a filesystem's own blocks (or clusters), which the
+/// scanners fill and then mark on the disk's [`UsedMap`].
+pub(crate) struct FsBlocks {
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl FsBlocks {
+    pub(crate) fn new(len: u64) -> FsBlocks {
+        FsBlocks {
+            bits: vec![0; len.div_ceil(64) as usize],
+            len,
+        }
+    }
+
+    /// Marks blocks `start..start + count` used (clipped to the filesystem).
+    pub(crate) fn set(&mut self, start: u64, count: u64) {
+        self.fill(start, count, true);
+    }
+
+    /// Marks blocks `start..start + count` free (clipped to the filesystem).
+    pub(crate) fn unset(&mut self, start: u64, count: u64) {
+        self.fill(start, count, false);
+    }
+
+    fn fill(&mut self, start: u64, count: u64, on: bool) {
+        let end = start.saturating_add(count).min(self.len);
+        let mut b = start;
+        while b < end {
+            let (w, bit) = ((b / 64) as usize, b % 64);
+            let n = (64 - bit).min(end - b);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            if on {
+                self.bits[w] |= mask;
+            } else {
+                self.bits[w] &= !mask;
+            }
+            b += n;
+        }
+    }
+
+    /// Blocks `start..start + count` as one group's bitmap says.
+    pub(crate) fn set_from_bitmap(&mut self, start: u64, count: u64, bitmap: &[u8]) {
+        for i in 0..count.min(bitmap.len() as u64 * 8) {
+            if bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0 {
+                self.set(start + i, 1);
+            }
+        }
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Marks each run of used blocks in the disk's map.
+    pub(crate) fn mark(&self, map: &mut UsedMap, base: u64, bs: u64) {
+        let mut b = 0;
+        while b < self.len {
+            if self.bits[(b / 64) as usize] & (1 << (b % 64)) == 0 {
+                b += 1;
+                continue;
+            }
+            let run = b;
+            while b < self.len && self.bits[(b / 64) as usize] & (1 << (b % 64)) != 0 {
+                b += 1;
+            }
+            map.mark(base + run * bs, (b - run) * bs);
+        }
+    }
+}
+
 /// What the scan found in one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionUsage {
@@ -189,10 +267,7 @@ pub fn scan_disk(disk: &dyn ReadAt, size: u64, sector: u32) -> io::Result<DiskSc
     };
     let mut partitions = Vec::new();
     for p in parts {
-        let found = match ext::scan(disk, p.start, p.len, &mut map)? {
-            Some((name, used)) => Some((name, used)),
-            None => swap(disk, p.start, p.len, &mut map)?.map(|used| ("swap", used)),
-        };
+        let found = scan_partition(disk, &p, &mut map)?;
         if table.is_none() && found.is_none() {
             break;
         }
@@ -212,9 +287,32 @@ pub fn scan_disk(disk: &dyn ReadAt, size: u64, sector: u32) -> io::Result<DiskSc
     })
 }
 
+/// The first filesystem that recognises partition `p`: its name and used
+/// bytes (having marked them in `map`), or `None` (the map untouched).
+fn scan_partition(
+    disk: &dyn ReadAt,
+    p: &Partition,
+    map: &mut UsedMap,
+) -> io::Result<Option<(&'static str, u64)>> {
+    type Scanner =
+        fn(&dyn ReadAt, u64, u64, &mut UsedMap) -> io::Result<Option<(&'static str, u64)>>;
+    let scanners: [Scanner; 4] = [ext::scan, fat::scan, xfs::scan, swap];
+    for scan in scanners {
+        if let Some(found) = scan(disk, p.start, p.len, map)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
 /// Linux swap: its signature ends the first page (4, 16 or 64 KiB pages).
 /// Only that page is kept; the rest is scratch the kernel rewrites.
-fn swap(disk: &dyn ReadAt, base: u64, len: u64, map: &mut UsedMap) -> io::Result<Option<u64>> {
+fn swap(
+    disk: &dyn ReadAt,
+    base: u64,
+    len: u64,
+    map: &mut UsedMap,
+) -> io::Result<Option<(&'static str, u64)>> {
     for page in [4096u64, 16384, 65536] {
         if len < 2 * page {
             break;
@@ -224,7 +322,7 @@ fn swap(disk: &dyn ReadAt, base: u64, len: u64, map: &mut UsedMap) -> io::Result
         if &sig == b"SWAPSPACE2" || &sig == b"SWAP-SPACE" {
             map.clear(base, len);
             map.mark(base, page);
-            return Ok(Some(page));
+            return Ok(Some(("swap", page)));
         }
     }
     Ok(None)

@@ -51,6 +51,13 @@ pub fn read_table(
             (e[4], u64::from(le32(&e[8..])), u64::from(le32(&e[12..])))
         })
         .collect();
+    // A filesystem's boot sector (FAT, NTFS) ends in 55 AA too: its bytes
+    // where the entries would be are code or zeros. An MBR's entries have
+    // a status of 0 or 0x80, and at least one is in use.
+    let status_ok = (0..4).all(|i| matches!(mbr[446 + 16 * i], 0 | 0x80));
+    if !status_ok || entries.iter().all(|e| e.0 == 0 || e.2 == 0) {
+        return Ok(None);
+    }
     if entries.iter().any(|e| e.0 == 0xEE) {
         if let Some(parts) = read_gpt(disk, size, sector)? {
             return Ok(Some((TableKind::Gpt, parts)));
@@ -180,6 +187,21 @@ mod tests {
             }],
             "the second entry runs past the disk's end"
         );
+    }
+
+    #[test]
+    fn a_boot_sector_is_not_a_table() {
+        // No entry in use (a FAT boot sector with zeros there).
+        let d = mbr_disk(&[], 1 << 20);
+        assert!(read_table(&d.as_slice(), d.len() as u64, 512)
+            .unwrap()
+            .is_none());
+        // Boot code where the entries would be: a status that is not 0 or 0x80.
+        let mut d = mbr_disk(&[(0x83, 2048, 2048)], 4 << 20);
+        d[446] = b'T';
+        assert!(read_table(&d.as_slice(), d.len() as u64, 512)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
