@@ -48,6 +48,10 @@ pub enum WriterError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Moving the GPT or growing the last partition failed (or cannot be
+    /// done: an unknown filesystem, a target too small for the table).
+    #[error("growing: {0}")]
+    Grow(String),
     /// The target cannot hold the image.
     #[error("target {path} is {size} bytes, smaller than the image's minimum target size of {min} bytes")]
     TargetTooSmall {

@@ -15,12 +15,14 @@
 
 pub mod disk_sink;
 mod error;
+pub mod layout;
 pub mod receive;
 pub mod restore;
 pub mod writer;
 
 pub use disk_sink::DiskSink;
 pub use error::{Result, WriterError};
+pub use layout::{finish_layout, growable, LayoutOptions, LayoutReport, Unused};
 pub use receive::{receive, CastReceive, CastReceived};
 pub use restore::{
     find_bad_chunks, restore, verify_set, DecodePool, Decoded, RestoreConfig, RestoreReport,

@@ -148,6 +148,17 @@ pub struct RestoreArgs {
     /// Rewrite a chunk that reads back wrong up to this many times.
     #[arg(long, default_value_t = 2)]
     pub verify_retries: u32,
+    /// What to do with the blocks the image leaves out (the filesystems'
+    /// free space): keep what the target holds there, zero them, or
+    /// discard them (TRIM; a punched hole in a file).
+    #[arg(long, value_enum, default_value = "keep")]
+    pub unused: UnusedArg,
+    /// On a target larger than the source: extend the last partition to
+    /// the end and grow its ext2/3/4 (e2fsck, resize2fs) or XFS
+    /// (xfs_growfs on a temporary mount); needs root for the loop device.
+    /// The backup GPT moves to the end with or without it.
+    #[arg(long)]
+    pub grow: bool,
     /// I/O engine: io_uring, positioned writes, or io_uring when available.
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineArg,
@@ -171,6 +182,17 @@ pub struct RestoreArgs {
     /// Checkpoint interval of the resume bitmap, in milliseconds.
     #[arg(long, default_value_t = 1000, hide = true)]
     pub checkpoint_ms: u64,
+}
+
+/// `--unused` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UnusedArg {
+    /// Leave them as they are (the fastest).
+    Keep,
+    /// Make them read as zeros.
+    Zero,
+    /// Discard them (the device may forget them).
+    Discard,
 }
 
 /// `--verify` values.
@@ -584,6 +606,28 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("checking {}", a.img.display()))?;
     }
     let total = r.index().meta.source_size;
+    let layout = rackcast_writer::LayoutOptions {
+        unused: match a.unused {
+            UnusedArg::Keep => rackcast_writer::Unused::Keep,
+            UnusedArg::Zero => rackcast_writer::Unused::Zero,
+            UnusedArg::Discard => rackcast_writer::Unused::Discard,
+        },
+        grow: a.grow,
+    };
+    if a.grow {
+        // Refused before anything is written, not after.
+        let (_, parts) = image::fs::image_layout(&r)
+            .with_context(|| format!("reading the partitions of {}", a.img.display()))?;
+        match parts.iter().max_by_key(|p| p.start + p.len) {
+            Some(p) if rackcast_writer::growable(p.fs.as_deref()) => {}
+            Some(p) => bail!(
+                "--grow: the last partition ({}) holds {}; rackcast grows ext2/3/4 and XFS",
+                p.number,
+                p.fs.as_deref().unwrap_or("a filesystem it does not read")
+            ),
+            None => bail!("--grow: {} holds no partition", a.img.display()),
+        }
+    }
     let pb = progress_bar(total, "restoring");
     let cfg = RestoreConfig {
         writer: WriterConfig {
@@ -612,6 +656,8 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let s = rackcast_writer::restore(&r, &a.dest, &cfg, &mut |n| pb.inc(n))
         .with_context(|| format!("restoring {} to {}", a.img.display(), a.dest.display()))?;
     pb.finish_and_clear();
+    let laid = rackcast_writer::finish_layout(r.index(), &a.dest, &layout)
+        .with_context(|| format!("after restoring to {}", a.dest.display()))?;
     let w = &s.write;
     println!("restored  {} -> {}", a.img.display(), a.dest.display());
     println!("root      {}", hex(&r.root()));
@@ -651,6 +697,23 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         a.verify,
         s.chunks_rewritten
     );
+    if laid.unused_bytes > 0 {
+        let how = match a.unused {
+            UnusedArg::Discard => "discarded",
+            _ => "zeroed",
+        };
+        println!("unused    {} {how}", human_bytes(laid.unused_bytes));
+    }
+    if laid.gpt_moved {
+        println!("gpt       backup header and table moved to the target's end");
+    }
+    if let Some((n, fs, from, to)) = &laid.grown {
+        println!(
+            "grown     partition {n} ({fs}) from {} to {}",
+            human_bytes(*from),
+            human_bytes(*to)
+        );
+    }
     println!(
         "time      {:.2} s, {} (flushed)",
         s.elapsed.as_secs_f64(),

@@ -451,10 +451,11 @@ fn a_disk_with_filesystems_casts_only_their_used_blocks() {
     for r in 0..2 {
         assert_eq!(b3(&s.out(r)), want, "receiver {r} differs from a restore");
     }
-    // Partition 2 (the ext4) of receiver 0's disk, from 9 MiB to 55 MiB.
+    // Partition 3 (the ext4) of receiver 0's disk, from 17 MiB to the
+    // backup GPT.
     let disk = std::fs::read(s.out(0)).unwrap();
     let ext4 = s.dir.path().join("ext4.raw");
-    std::fs::write(&ext4, &disk[9 << 20..55 << 20]).unwrap();
+    std::fs::write(&ext4, &disk[17 << 20..63 << 20]).unwrap();
     ok(std::process::Command::new("e2fsck").arg("-fn").arg(&ext4));
     let big = s.dir.path().join("big.bin");
     ok(std::process::Command::new("debugfs")

@@ -45,7 +45,7 @@ fn create_reads_the_filesystems_and_inspect_shows_each_partition() {
     let fs: Vec<_> = parts.iter().map(|p| p["fs"].as_str()).collect();
     assert_eq!(
         fs,
-        vec![Some("fat12"), Some("ext4"), Some("swap")],
+        vec![Some("fat12"), Some("swap"), Some("ext4")],
         "{json}"
     );
     let n = |p: &serde_json::Value, k: &str| p[k].as_u64().unwrap();
@@ -53,14 +53,14 @@ fn create_reads_the_filesystems_and_inspect_shows_each_partition() {
         n(&parts[0], "used") < 2 << 20,
         "the ESP's free clusters: {json}"
     );
-    assert!(n(&parts[1], "used") < n(&parts[1], "len") / 2, "{json}");
-    assert_eq!(n(&parts[2], "used"), 4096, "swap: its header page");
+    assert_eq!(n(&parts[1], "used"), 4096, "swap: its header page");
+    assert!(n(&parts[2], "used") < n(&parts[2], "len") / 2, "{json}");
 
     let whole = d.path().join("whole.rcimg");
     ok(&rackcast(&[&"image", &"create", &disk, &whole, &"--no-fs"]));
     let json = ok(&rackcast(&[&"image", &"inspect", &whole, &"--json"]));
     let w: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(w["partitions"][1]["used"], w["partitions"][1]["len"]);
+    assert_eq!(w["partitions"][2]["used"], w["partitions"][2]["len"]);
     assert!(
         n(&w, "stored_bytes") > 2 * n(&v, "stored_bytes"),
         "the free blocks' noise is stored without the scan"
@@ -116,18 +116,18 @@ fn a_mounted_partition_is_refused_unless_read_only_and_allowed() {
     // Some kernels scan the table at attach only when asked again.
     let _ = Command::new("partx").args(["-a", &dev]).output();
     let name = dev.trim_start_matches("/dev/");
-    let sys = format!("/sys/class/block/{name}p2/dev");
+    let sys = format!("/sys/class/block/{name}p3/dev");
     for _ in 0..50 {
         if Path::new(&sys).exists() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let numbers = std::fs::read_to_string(&sys).expect("the loop device's partition 2");
-    let mut part = format!("{dev}p2");
+    let numbers = std::fs::read_to_string(&sys).expect("the loop device's partition 3");
+    let mut part = format!("{dev}p3");
     if !Path::new(&part).exists() {
         let (major, minor) = numbers.trim().split_once(':').unwrap();
-        part = d.path().join("p2").display().to_string();
+        part = d.path().join("p3").display().to_string();
         sh(Command::new("mknod").args([&part, "b", major, minor]));
     }
     let img = d.path().join("dev.rcimg");
@@ -158,4 +158,201 @@ fn a_mounted_partition_is_refused_unless_read_only_and_allowed() {
     ]));
     assert!(err.contains("mounted read-write"), "{err}");
     sh(Command::new("umount").arg(&mnt));
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().as_raw() == 0
+}
+
+/// Bytes `at..at + len` of `path`.
+fn bytes_at(path: &Path, at: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    b
+}
+
+#[test]
+fn a_larger_target_gets_the_gpt_at_its_end_and_with_grow_a_grown_ext4() {
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    let Some(disk) = test_disk(d.path()) else {
+        return;
+    };
+    let img = d.path().join("disk.rcimg");
+    ok(&rackcast(&[&"image", &"create", &disk, &img]));
+    let state = d.path().join("state");
+    let noise = |p: &Path| {
+        let mut f = std::fs::File::create(p).unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..96 {
+            for c in block.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            std::io::Write::write_all(&mut f, &block).unwrap();
+        }
+    };
+
+    // Without --grow: the backup GPT moves; unused blocks keep the noise.
+    let kept = d.path().join("kept.raw");
+    noise(&kept);
+    let before = bytes_at(&kept, (9 << 20) + 8192, 4096);
+    let out = ok(&rackcast(&[
+        &"image",
+        &"restore",
+        &img,
+        &kept,
+        &"--state-dir",
+        &state,
+    ]));
+    assert!(out.contains("backup header and table moved"), "{out}");
+    sh(Command::new("sfdisk").arg("-V").arg(&kept));
+    assert_eq!(
+        bytes_at(&kept, (9 << 20) + 8192, 4096),
+        before,
+        "swap page 3 kept"
+    );
+
+    if !is_root() {
+        eprintln!("SKIP: --grow needs root (loop device)");
+        return;
+    }
+    let grown = d.path().join("grown.raw");
+    noise(&grown);
+    let out = ok(&rackcast(&[
+        &"image",
+        &"restore",
+        &img,
+        &grown,
+        &"--grow",
+        &"--unused",
+        &"zero",
+        &"--state-dir",
+        &state,
+    ]));
+    assert!(out.contains("grown     partition 3 (ext4)"), "{out}");
+    sh(Command::new("sfdisk").arg("-V").arg(&grown));
+    assert_eq!(
+        bytes_at(&grown, (9 << 20) + 8192, 4096),
+        vec![0u8; 4096],
+        "--unused zero"
+    );
+    // Partition 3 runs from 17 MiB to the backup table (33 sectors).
+    let table = sh(Command::new("sfdisk").arg("-d").arg(&grown));
+    let p3 = table
+        .lines()
+        .find(|l| l.contains("raw3"))
+        .unwrap()
+        .to_string();
+    let sectors = (96u64 << 20) / 512 - 33 - 34816;
+    assert!(p3.contains(&format!("size={sectors:>12}")), "{table}");
+    let part = d.path().join("p3.raw");
+    std::fs::write(&part, bytes_at(&grown, 17 << 20, (sectors * 512) as usize)).unwrap();
+    sh(Command::new("e2fsck").arg("-fn").arg(&part));
+    let info = sh(Command::new("dumpe2fs").arg("-h").arg(&part));
+    let blocks: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Block count:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert_eq!(blocks, sectors * 512 / 4096, "the ext4 fills its partition");
+    let host = sh(Command::new("debugfs")
+        .args(["-R", "cat /etc/hostname"])
+        .arg(&part));
+    assert_eq!(host, "rack12-u01");
+}
+
+#[test]
+fn grow_on_an_xfs_partition_runs_xfs_growfs() {
+    if !is_root() {
+        eprintln!("SKIP: needs root (loop devices, a mount)");
+        return;
+    }
+    for t in ["sfdisk", "mkfs.xfs", "xfs_growfs", "xfs_repair"] {
+        if !["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists())
+        {
+            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs xfsprogs, fdisk)");
+            return;
+        }
+    }
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    // A GPT disk of 320 MiB, one XFS partition from 1 MiB (its minimum
+    // size is 300 MiB) holding one file.
+    let disk = d.path().join("xfs-disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(320 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut sf.stdin.take().unwrap(),
+        b"label: gpt\nstart=2048, size=640000, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+    )
+    .unwrap();
+    assert!(sf.wait().unwrap().success());
+    let part = d.path().join("xfs.raw");
+    let len = 640_000 * 512;
+    std::fs::File::create(&part).unwrap().set_len(len).unwrap();
+    let file = d.path().join("hello");
+    std::fs::write(&file, b"hello from xfs\n").unwrap();
+    let proto = d.path().join("proto");
+    std::fs::write(
+        &proto,
+        format!(
+            "/dev/null\n0 0\nd--755 0 0\nhello ---644 0 0 {}\n$\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    sh(Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-p"])
+        .arg(&proto)
+        .arg(&part));
+    sh(Command::new("dd")
+        .arg(format!("if={}", part.display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]));
+
+    let img = d.path().join("xfs.rcimg");
+    let out = ok(&rackcast(&[&"image", &"create", &disk, &img]));
+    assert!(out.contains("xfs"), "{out}");
+    let target = d.path().join("target.raw");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(400 << 20)
+        .unwrap();
+    let state = d.path().join("state");
+    let out = ok(&rackcast(&[
+        &"image",
+        &"restore",
+        &img,
+        &target,
+        &"--grow",
+        &"--state-dir",
+        &state,
+    ]));
+    assert!(out.contains("grown     partition 1 (xfs)"), "{out}");
+    sh(Command::new("sfdisk").arg("-V").arg(&target));
+    let sectors = (400u64 << 20) / 512 - 33 - 2048;
+    let grown = d.path().join("grown-xfs.raw");
+    std::fs::write(&grown, bytes_at(&target, 1 << 20, (sectors * 512) as usize)).unwrap();
+    sh(Command::new("xfs_repair").arg("-n").arg(&grown));
+    let dblocks = sh(Command::new("xfs_db")
+        .args(["-r", "-c", "sb 0", "-c", "p dblocks"])
+        .arg(&grown));
+    let dblocks: u64 = dblocks.trim_start_matches("dblocks = ").parse().unwrap();
+    assert!(dblocks * 4096 > 390 << 20, "xfs grew: {dblocks} blocks");
 }

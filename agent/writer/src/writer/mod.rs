@@ -24,7 +24,7 @@ mod buffer;
 mod engine;
 mod resume;
 #[allow(unsafe_code)]
-mod sys;
+pub(crate) mod sys;
 mod target;
 #[allow(unsafe_code)]
 mod uring;
