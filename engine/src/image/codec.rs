@@ -141,7 +141,19 @@ fn classify(part: &[u8]) -> Part {
     if is_zero(part) {
         return Part::Zero;
     }
-    let sample = &part[..part.len().min(SAMPLE)];
+    // Both ends: a part where a file's compressed data gives way to text
+    // (or the reverse) is data, not stored raw for its noisy half.
+    let head = &part[..part.len().min(SAMPLE)];
+    let tail = &part[part.len().saturating_sub(SAMPLE)..];
+    if is_noise(head) && is_noise(tail) {
+        Part::Noise
+    } else {
+        Part::Data
+    }
+}
+
+/// Whether a full sample's byte entropy says incompressible.
+fn is_noise(sample: &[u8]) -> bool {
     let mut counts = [0u32; 256];
     for &b in sample {
         counts[b as usize] += 1;
@@ -156,11 +168,7 @@ fn classify(part: &[u8]) -> Part {
         })
         .sum();
     // Short samples cannot reach high entropy: only judge full ones.
-    if sample.len() == SAMPLE && bits >= NOISE_BITS {
-        Part::Noise
-    } else {
-        Part::Data
-    }
+    sample.len() == SAMPLE && bits >= NOISE_BITS
 }
 
 /// Content of a frame written without libzstd.
@@ -420,5 +428,20 @@ mod tests {
         let mut c = noise(1 << 20, 5);
         c[..1000].copy_from_slice(&text(1000));
         assert!(matches!(enc.compress(&c), EncodedChunk::Raw));
+    }
+
+    #[test]
+    fn a_part_where_noise_gives_way_to_text_is_compressed() {
+        // 40 KiB of noise then 24 KiB of text: its first 4 KiB look like
+        // noise, its last like text.
+        let mut part = noise(PART, 9);
+        part[40 << 10..].copy_from_slice(&text(24 << 10));
+        assert_eq!(classify(&part), Part::Data);
+        assert_eq!(classify(&noise(PART, 10)), Part::Noise);
+        let mut enc = ChunkEncoder::new(3).unwrap();
+        let EncodedChunk::Zstd(f) = enc.compress(&part) else {
+            panic!("stored raw");
+        };
+        assert!(f.len() < (41 << 10), "{} bytes", f.len());
     }
 }

@@ -303,7 +303,7 @@ fn prepare_image(a: &DemoArgs, dir: &Path) -> anyhow::Result<(PathBuf, Source)> 
                 "[1/6] generating a {} sample disk (25% random, 25% text-like, 50% zero runs)",
                 human_bytes(a.size)
             );
-            super::sample::write_sample(&p, a.size, super::sample::Shape::Mixed)?;
+            super::sample::write_sample(&p, a.size, super::sample::Shape::Mixed, 0)?;
             p
         }
     };

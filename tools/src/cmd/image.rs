@@ -64,6 +64,10 @@ pub struct SampleArgs {
     /// Content shape.
     #[arg(long, value_enum, default_value = "mixed")]
     pub shape: super::sample::Shape,
+    /// Another seed makes other content of the same shape (0: the default
+    /// sample), e.g. distinct files for a filesystem.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Options of `rackcast image create`.
@@ -249,7 +253,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::List(a) => super::image_remote::list(&a),
         ImageCommand::Upload(a) => super::image_remote::upload(&a),
         ImageCommand::Sample(a) => {
-            super::sample::write_sample(&a.out, a.size, a.shape)?;
+            super::sample::write_sample(&a.out, a.size, a.shape, a.seed)?;
             println!(
                 "wrote {} ({}, {:?})",
                 a.out.display(),

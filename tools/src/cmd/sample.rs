@@ -17,10 +17,15 @@ pub enum Shape {
     Text,
 }
 
-/// Writes `size` bytes of the given shape to `path`.
-pub fn write_sample(path: &Path, size: u64, shape: Shape) -> anyhow::Result<()> {
+/// Writes `size` bytes of the given shape to `path`; `seed` 0 is the
+/// default sample, others differ from it and from each other.
+pub fn write_sample(path: &Path, size: u64, shape: Shape, seed: u64) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    // xorshift never leaves 0, so mixing keeps every seed's state non-zero.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    if seed == 0 {
+        seed = 1;
+    }
     let mut left = size;
     let mut block = vec![0u8; 8 << 20];
     while left > 0 {
