@@ -23,12 +23,12 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::codec::{ChunkEncoder, EncodedChunk};
 use super::error::{ImageError, Result};
-use super::fs::{scan_disk, PartitionUsage, TableKind, UsedMap};
+use super::fs::{scan_disk, PartitionUsage, ReadAt, TableKind, UsedMap};
 use super::header::{Header, HEADER_LEN};
 use super::index::{ChunkData, ChunkEntry, ChunkIndex, FrameRef, Metadata, UsedMask};
 use super::outfile::OutFile;
 use super::sign::ImageSigner;
-use super::source::{mounted_parts, probe_source};
+use super::source::{mounted_parts, probe_source, SourceInfo};
 use super::trailer::Trailer;
 use super::{check_chunk_size, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, FORMAT_VERSION};
 
@@ -134,12 +134,6 @@ pub fn create_image(
     opts: &CreateOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<CreateSummary> {
-    let start = Instant::now();
-    check_chunk_size(opts.chunk_size as u64)?;
-    let threads = opts.threads.max(1);
-    // Fail on a bad level before reading anything.
-    ChunkEncoder::new(opts.level)?;
-
     let file = File::open(src).map_err(|e| ImageError::io("opening", src, e))?;
     let info = probe_source(&file, src)?;
     if info.is_block_device {
@@ -153,9 +147,27 @@ pub fn create_image(
             }
         }
     }
+    create_image_from(&file, src, info, out, opts, progress)
+}
+
+/// Captures `info.size` bytes read through `src` (a file, or an export of
+/// a virtual disk: `rackcast image import`); `name` names it in errors.
+pub fn create_image_from(
+    src: &(dyn ReadAt + Sync),
+    name: &Path,
+    info: SourceInfo,
+    out: &Path,
+    opts: &CreateOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<CreateSummary> {
+    let start = Instant::now();
+    check_chunk_size(opts.chunk_size as u64)?;
+    let threads = opts.threads.max(1);
+    // Fail on a bad level before reading anything.
+    ChunkEncoder::new(opts.level)?;
     let scan = if opts.filesystems {
-        let s = scan_disk(&file, info.size, info.logical_sector_size)
-            .map_err(|e| ImageError::io("reading the partitions of", src, e))?;
+        let s = scan_disk(src, info.size, info.logical_sector_size)
+            .map_err(|e| ImageError::io("reading the partitions of", name, e))?;
         Some(s)
     } else {
         None
@@ -195,8 +207,7 @@ pub fn create_image(
         let (done_rx, free_tx) = (done_rx, free_tx);
         let reader_done = done_tx.clone();
         s.spawn(move || {
-            if let Err(e) = read_chunks(&file, src, info.size, chunk_size, map, &free_rx, &work_tx)
-            {
+            if let Err(e) = read_chunks(src, name, info.size, chunk_size, map, &free_rx, &work_tx) {
                 let _ = reader_done.send(Err(e));
             }
         });
@@ -308,7 +319,7 @@ fn partial_path(out: &Path) -> PathBuf {
 /// where `map` leaves blocks out, only the used runs (the rest stays zero,
 /// as the canonical bytes have it), and nothing of a chunk with none.
 fn read_chunks(
-    file: &File,
+    file: &(dyn ReadAt + Sync),
     path: &Path,
     size: u64,
     chunk_size: u32,
@@ -316,7 +327,6 @@ fn read_chunks(
     free: &Receiver<Vec<u8>>,
     work: &Sender<Work>,
 ) -> Result<()> {
-    use std::os::unix::fs::FileExt;
     let count = ChunkIndex::chunks_for(size, chunk_size);
     for i in 0..count {
         let Ok(mut buf) = free.recv() else {
@@ -332,7 +342,7 @@ fn read_chunks(
         }
         for r in ranges {
             let at = off + r.start as u64;
-            file.read_exact_at(&mut buf[r], at).map_err(|e| {
+            file.read_at(at, &mut buf[r]).map_err(|e| {
                 ImageError::io(
                     "reading",
                     path,

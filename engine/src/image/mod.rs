@@ -40,7 +40,7 @@ pub mod trailer;
 mod wire;
 
 pub use codec::{ChunkDecoder, ChunkEncoder, EncodedChunk};
-pub use create::{create_image, CreateOptions, CreateSummary, ScanReport};
+pub use create::{create_image, create_image_from, CreateOptions, CreateSummary, ScanReport};
 pub use error::{ImageError, Result};
 pub use index::{ChunkData, ChunkEntry, ChunkIndex, ChunkKind, FrameRef, Metadata, UsedMask};
 pub use reader::{ImageReader, VerifyReport};

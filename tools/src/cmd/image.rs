@@ -1,7 +1,7 @@
 //! `rackcast image`: capture, inspect, verify, sign and restore disk images.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -21,6 +21,12 @@ pub enum ImageCommand {
     /// repeated chunks cost nothing. Writes OUT.partial and renames it to OUT
     /// once the image is complete and on disk.
     Create(CreateArgs),
+    /// Capture a virtual disk (qcow2, VMDK, VHD, VHDX, raw) into a new
+    /// image, with the same filesystem scan as `create`.
+    ///
+    /// qemu-nbd (Debian's qemu-utils) exports it read-only; the capture
+    /// reads the export directly, with no raw copy on disk.
+    Import(super::import::ImportArgs),
     /// Show an image's metadata, chunk-kind histogram and root.
     Inspect(InspectArgs),
     /// Check every chunk and the root (and the signature, with --key).
@@ -77,6 +83,17 @@ pub struct CreateArgs {
     pub src: PathBuf,
     /// The image file to write.
     pub out: PathBuf,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Capture a device with a partition mounted read-only (one mounted
+    /// read-write is always refused).
+    #[arg(long)]
+    pub allow_mounted: bool,
+}
+
+/// How a capture stores what it reads (`image create` and `image import`).
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
     /// Chunk size: a power of two, 64K to 64M (suffixes K, M, G).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub chunk_size: u64,
@@ -93,15 +110,12 @@ pub struct CreateArgs {
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Store every block. By default the partition table (GPT or MBR) and
-    /// the filesystems rackcast reads (ext2/3/4; swap keeps its header) are
-    /// scanned and their free blocks are neither read nor stored; unknown
-    /// partitions and the gaps between them are stored whole.
+    /// the filesystems rackcast reads (ext2/3/4, FAT12/16/32, XFS; swap
+    /// keeps its header) are scanned and their free blocks are neither read
+    /// nor stored; unknown partitions and the gaps between them are stored
+    /// whole.
     #[arg(long)]
     pub no_fs: bool,
-    /// Capture a device with a partition mounted read-only (one mounted
-    /// read-write is always refused).
-    #[arg(long)]
-    pub allow_mounted: bool,
 }
 
 /// Options of `rackcast image inspect`.
@@ -245,6 +259,7 @@ pub struct KeygenArgs {
 pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ImageCommand::Create(a) => create(a),
+        ImageCommand::Import(a) => super::import::run(&a),
         ImageCommand::Inspect(a) => inspect(&a),
         ImageCommand::Verify(a) => verify(&a),
         ImageCommand::Restore(a) => restore(&a),
@@ -271,6 +286,19 @@ fn threads(n: Option<usize>) -> usize {
 }
 
 fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = capture_options(&a.capture)?;
+    opts.allow_mounted = a.allow_mounted;
+    let total = std::fs::File::open(&a.src)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| Ok(image::probe_source(&f, &a.src)?.size))
+        .with_context(|| format!("opening {}", a.src.display()))?;
+    capture(&a.src, &a.out, total, |pb| {
+        create_image(&a.src, &a.out, &opts, &mut |n| pb.inc(n))
+    })
+}
+
+/// The engine's options from the shared capture flags.
+pub(crate) fn capture_options(a: &CaptureArgs) -> anyhow::Result<CreateOptions> {
     let mut labels = BTreeMap::new();
     for l in &a.labels {
         let Some((k, v)) = l.split_once('=') else {
@@ -286,7 +314,7 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         .context("loading the signing key")?;
     let chunk_size = u32::try_from(a.chunk_size).context("--chunk-size is too large")?;
     image::check_chunk_size(chunk_size as u64)?;
-    let opts = CreateOptions {
+    Ok(CreateOptions {
         chunk_size,
         level: a.level,
         threads: threads(a.threads),
@@ -294,14 +322,20 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         labels,
         cancel: Some(cancel_on_ctrl_c()),
         filesystems: !a.no_fs,
-        allow_mounted: a.allow_mounted,
-    };
-    let total = std::fs::File::open(&a.src)
-        .map_err(anyhow::Error::from)
-        .and_then(|f| Ok(image::probe_source(&f, &a.src)?.size))
-        .with_context(|| format!("opening {}", a.src.display()))?;
+        allow_mounted: false,
+    })
+}
+
+/// Runs a capture of `total` bytes from `src` into `out` behind a progress
+/// bar and prints its summary; Ctrl-C exits 130 with nothing written.
+pub(crate) fn capture(
+    src: &Path,
+    out: &Path,
+    total: u64,
+    run: impl FnOnce(&indicatif::ProgressBar) -> image::Result<image::CreateSummary>,
+) -> anyhow::Result<ExitCode> {
     let pb = progress_bar(total, "capturing");
-    let s = match create_image(&a.src, &a.out, &opts, &mut |n| pb.inc(n)) {
+    let s = match run(&pb) {
         Ok(s) => s,
         Err(image::ImageError::Cancelled { done, total }) => {
             pb.abandon();
@@ -309,19 +343,19 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
                 "cancelled after {} of {}; {} was not written",
                 human_bytes(done),
                 human_bytes(total),
-                a.out.display()
+                out.display()
             );
             return Ok(ExitCode::from(130));
         }
         Err(e) => {
             return Err(anyhow::Error::from(e))
-                .with_context(|| format!("capturing {} into {}", a.src.display(), a.out.display()))
+                .with_context(|| format!("capturing {} into {}", src.display(), out.display()))
         }
     };
     pb.finish_and_clear();
     let m = &s.index.meta;
     let stored = s.index.stored_bytes();
-    println!("image     {} -> {}", a.src.display(), a.out.display());
+    println!("image     {} -> {}", src.display(), out.display());
     println!(
         "size      {} ({} bytes), {} chunks of {}",
         human_bytes(m.source_size),

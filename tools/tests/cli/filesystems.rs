@@ -356,3 +356,87 @@ fn grow_on_an_xfs_partition_runs_xfs_growfs() {
     let dblocks: u64 = dblocks.trim_start_matches("dblocks = ").parse().unwrap();
     assert!(dblocks * 4096 > 390 << 20, "xfs grew: {dblocks} blocks");
 }
+
+/// The chunk hashes `image inspect --json --chunks` lists.
+fn chunk_hashes(img: &Path) -> Vec<String> {
+    let json = ok(&rackcast(&[
+        &"image",
+        &"inspect",
+        &img,
+        &"--json",
+        &"--chunks",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["hash"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn import_reads_qcow2_vmdk_vhdx_and_vhd_like_the_raw_disk() {
+    for t in ["qemu-img", "qemu-nbd"] {
+        if !["/usr/bin", "/usr/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists())
+        {
+            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs qemu-utils)");
+            return;
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let Some(disk) = test_disk(d.path()) else {
+        return;
+    };
+    let raw = d.path().join("raw.rcimg");
+    ok(&rackcast(&[&"image", &"create", &disk, &raw]));
+    let want = chunk_hashes(&raw);
+    for format in ["qcow2", "vmdk", "vhdx", "vpc"] {
+        let vdisk = d.path().join(format!("disk.{format}"));
+        sh(Command::new("qemu-img")
+            .args(["convert", "-O", format])
+            .arg(&disk)
+            .arg(&vdisk));
+        let img = d.path().join(format!("{format}.rcimg"));
+        let out = ok(&rackcast(&[&"image", &"import", &vdisk, &img]));
+        assert!(out.contains(&format!("({format}, ")), "{out}");
+        assert!(
+            out.contains("ext4"),
+            "the scan ran through the export: {out}"
+        );
+        if format == "vpc" {
+            // VHD rounds the disk up to its geometry (and a restore then
+            // moves the backup GPT to the new end): the partitions restore
+            // as the raw disk's image restores them.
+            let state = d.path().join("state");
+            let restored = |img: &Path, name: &str| {
+                let back = d.path().join(name);
+                ok(&rackcast(&[
+                    &"image",
+                    &"restore",
+                    &img,
+                    &back,
+                    &"--state-dir",
+                    &state,
+                ]));
+                let b = std::fs::read(&back).unwrap();
+                blake3::hash(&b[1 << 20..63 << 20])
+            };
+            assert!(
+                restored(&img, "vpc.raw") == restored(&raw, "raw.raw"),
+                "vpc: the partitions differ from the raw disk's"
+            );
+        } else {
+            assert_eq!(chunk_hashes(&img), want, "{format}");
+        }
+    }
+    let err = fails(&rackcast(&[
+        &"image",
+        &"import",
+        &d.path().join("missing.qcow2"),
+        &d.path().join("x.rcimg"),
+    ]));
+    assert!(err.contains("no such file"), "{err}");
+}
