@@ -189,6 +189,7 @@ fn distribute(session: u64) -> Work {
         root: "ab".repeat(32),
         disk: None,
         verify: VerifyMode::Sample,
+        unused: Default::default(),
         cast: CastJoin {
             group: "239.255.42.1:7400".into(),
             key: "cd".repeat(32),

@@ -19,7 +19,9 @@ use rackcast_cast_net::ReceiveLimits;
 use rackcast_engine::cast::CastError;
 use rackcast_engine::cast::SessionKey;
 use rackcast_engine::image::{create_image, from_hex, hex, CreateOptions, ImageError};
-use rackcast_engine::sched::api::{CastJoin, Progress, TaskRef, TaskReport, VerifyMode, Work};
+use rackcast_engine::sched::api::{
+    CastJoin, Progress, TaskRef, TaskReport, UnusedBlocks, VerifyMode, Work,
+};
 
 use super::backoff::Backoff;
 use super::client::{classify, Client, Failure};
@@ -28,7 +30,7 @@ use super::script::{run_script, Flow, ScriptEnd, ScriptSpec};
 use crate::error::AgentError;
 use rackcast_types::ErrorChain;
 use rackcast_writer::receive::{read_back_for, receive, CastReceive};
-use rackcast_writer::WriterConfig;
+use rackcast_writer::{LayoutOptions, WriterConfig};
 
 /// Progress is reported this often.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -106,13 +108,17 @@ impl TaskHandle {
                         root,
                         disk,
                         verify,
+                        unused,
                         cast,
                         ..
                     } => distribute_task(
                         &ctx,
                         &root,
-                        disk.as_deref(),
-                        verify,
+                        DiskWrite {
+                            disk: disk.as_deref(),
+                            verify,
+                            unused,
+                        },
                         &cast,
                         limit,
                         &mut out,
@@ -511,16 +517,23 @@ fn file_word(s: &str) -> String {
 
 // ---------------------------------------------------------------- distribute
 
+/// What a Distribute directive asks of the target's disk.
+struct DiskWrite<'a> {
+    /// The disk (None: the agent's default).
+    disk: Option<&'a str>,
+    verify: VerifyMode,
+    unused: UnusedBlocks,
+}
+
 fn distribute_task(
     ctx: &TaskContext,
     root: &str,
-    disk: Option<&str>,
-    verify: VerifyMode,
+    write: DiskWrite<'_>,
     cast: &CastJoin,
     timeout: Option<Duration>,
     out: &mut Out,
 ) -> Option<TaskReport> {
-    let spec = match receive_spec(ctx, root, disk, verify, cast, timeout) {
+    let spec = match receive_spec(ctx, root, &write, cast, timeout) {
         Ok(s) => s,
         Err(e) => return Some(failed(ErrorChain(&e).to_string())),
     };
@@ -586,13 +599,12 @@ fn distribute_task(
 fn receive_spec(
     ctx: &TaskContext,
     root: &str,
-    disk: Option<&str>,
-    verify: VerifyMode,
+    write: &DiskWrite<'_>,
     cast: &CastJoin,
     timeout: Option<Duration>,
 ) -> Result<CastReceive, AgentError> {
     let bad = AgentError::BadDirective;
-    let dest = disk_for(ctx, disk).map_err(bad)?;
+    let dest = disk_for(ctx, write.disk).map_err(bad)?;
     let key = from_hex(&cast.key)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| bad(format!("cast key {:?} is not hex", cast.key)))?;
@@ -618,7 +630,7 @@ fn receive_spec(
         session: Some(cast.session),
         expected_root: Some(root),
         resume: true,
-        read_back: read_back_for(verify),
+        read_back: read_back_for(write.verify),
         limits: ReceiveLimits {
             timeout: timeout.unwrap_or(NO_TIMEOUT),
             idle: Some(ctx.stall),
@@ -627,6 +639,11 @@ fn receive_spec(
             // A block device's resume bitmap lives with the agent's state.
             state_dir: ctx.work_dir.join("resume"),
             ..WriterConfig::default()
+        },
+        // Growing needs e2fsprogs/xfsprogs, which environments do not carry.
+        layout: LayoutOptions {
+            unused: write.unused,
+            grow: false,
         },
     })
 }

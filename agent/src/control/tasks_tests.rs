@@ -149,6 +149,7 @@ fn a_distribute_with_a_bad_key_fails_clearly() {
         root: "00".repeat(32),
         disk: None,
         verify: VerifyMode::Sample,
+        unused: Default::default(),
         cast: CastJoin {
             group: "239.255.42.9:7409".into(),
             key: "not hex".into(),
@@ -179,6 +180,7 @@ fn a_silent_session_asks_to_rejoin() {
         root: "11".repeat(32),
         disk: None,
         verify: VerifyMode::Off,
+        unused: Default::default(),
         cast: CastJoin {
             // Nobody sends to this group.
             group: "239.255.42.77:7477".into(),

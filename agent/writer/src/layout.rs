@@ -16,29 +16,17 @@ use std::process::Command;
 
 use rackcast_engine::image::fs::{fix_gpt, scan_disk, GptFixError};
 use rackcast_engine::image::{ChunkData, ChunkIndex};
+use rackcast_engine::sched::api::UnusedBlocks;
 use rustix::fs::FallocateFlags;
 
 use crate::error::{Result, WriterError};
 use crate::writer::sys;
 
-/// What to do with the blocks the image leaves out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Unused {
-    /// Leave them as the target has them (the fastest).
-    #[default]
-    Keep,
-    /// Make them read as zeros (BLKZEROOUT; a punched hole in a file).
-    Zero,
-    /// Tell the device they are free (BLKDISCARD; a punched hole in a
-    /// file): fastest on flash, contents then undefined.
-    Discard,
-}
-
 /// The steps after the chunks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LayoutOptions {
     /// The image's unused blocks.
-    pub unused: Unused,
+    pub unused: UnusedBlocks,
     /// Extend the last partition (ext2/3/4 or XFS) to the target's end.
     pub grow: bool,
 }
@@ -105,12 +93,12 @@ pub fn finish_layout(
         None
     };
 
-    if opts.unused != Unused::Keep {
+    if opts.unused != UnusedBlocks::Keep {
         for r in unused_ranges(index, size) {
             let (off, len) = (r.start, r.end - r.start);
             let done = if is_block {
                 match opts.unused {
-                    Unused::Zero => sys::blk_zero_out(&file, off, len),
+                    UnusedBlocks::Zero => sys::blk_zero_out(&file, off, len),
                     _ => sys::blk_discard(&file, off, len),
                 }
             } else {

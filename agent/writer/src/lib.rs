@@ -22,7 +22,7 @@ pub mod writer;
 
 pub use disk_sink::DiskSink;
 pub use error::{Result, WriterError};
-pub use layout::{finish_layout, growable, LayoutOptions, LayoutReport, Unused};
+pub use layout::{finish_layout, growable, LayoutOptions, LayoutReport};
 pub use receive::{receive, CastReceive, CastReceived};
 pub use restore::{
     find_bad_chunks, restore, verify_set, DecodePool, Decoded, RestoreConfig, RestoreReport,

@@ -16,6 +16,7 @@ use rackcast_engine::cast::{ErasureCode, SessionKey};
 use rackcast_engine::sched::api::VerifyMode as ApiVerifyMode;
 
 use crate::disk_sink::DiskSink;
+use crate::layout::{finish_layout, LayoutOptions, LayoutReport};
 use crate::writer::WriterConfig;
 
 /// What to receive, from where, into what.
@@ -44,6 +45,9 @@ pub struct CastReceive {
     pub limits: ReceiveLimits,
     /// The disk writer's settings (engine, queue depth, resume state).
     pub writer: WriterConfig,
+    /// After the chunks: the image's unused blocks, the backup GPT at a
+    /// larger target's end, growing (see [`crate::layout`]).
+    pub layout: LayoutOptions,
 }
 
 /// What a completed receive did.
@@ -51,6 +55,8 @@ pub struct CastReceive {
 pub struct CastReceived {
     /// Root of the image written.
     pub root: [u8; 32],
+    /// What happened after the chunks.
+    pub layout: LayoutReport,
     /// Receiver counters.
     pub rx: ReceiverStats,
     /// Target counters (bytes written, chunks resumed, chunks read back).
@@ -91,12 +97,15 @@ pub fn receive(
     let mut rx = Receiver::new(cfg, fec, start);
     let mut sink = DiskSink::new(&spec.dest, spec.resume, spec.read_back, spec.writer.clone());
     net::run_receiver_with(&mut rx, &sock, &mut sink, spec.limits, observe)?;
-    let root = rx
+    let index = rx
         .index()
-        .map(|i| i.root())
+        .cloned()
         .ok_or(CastError::Target("finished without an index".into()))?;
+    let layout = finish_layout(&index, &spec.dest, &spec.layout)
+        .map_err(|e| CastError::Target(Box::new(e)))?;
     Ok(CastReceived {
-        root,
+        root: index.root(),
+        layout,
         rx: rx.stats().clone(),
         sink: sink.stats().clone(),
         elapsed: start.elapsed(),

@@ -215,6 +215,9 @@ pub enum TaskKind {
         /// Read-back after the final flush.
         #[serde(default)]
         verify: VerifyMode,
+        /// The blocks the image leaves out (its filesystems' free space).
+        #[serde(default)]
+        unused: UnusedBlocks,
     },
     /// Run Script: run `script` with `interpreter`; success is `expect_exit`.
     Script {
@@ -265,6 +268,22 @@ pub enum VerifyMode {
     Sample,
     /// Every chunk.
     Full,
+}
+
+/// What a restore does with the blocks its image leaves out (the free
+/// space of the filesystems it was captured from).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum UnusedBlocks {
+    /// Leave them as the target has them (the fastest).
+    #[default]
+    Keep,
+    /// Make them read as zeros (BLKZEROOUT; a punched hole in a file).
+    Zero,
+    /// Tell the device they are free (BLKDISCARD; a punched hole in a
+    /// file): fastest on flash, contents then undefined.
+    Discard,
 }
 
 // ---------------------------------------------------------------- views
@@ -694,6 +713,9 @@ pub enum Work {
         disk: Option<String>,
         /// Read-back.
         verify: VerifyMode,
+        /// The blocks the image leaves out.
+        #[serde(default)]
+        unused: UnusedBlocks,
         /// The session to join.
         cast: CastJoin,
     },

@@ -11,7 +11,7 @@ use rackcast_engine::sched::MacAddr;
 
 use rackcast_engine::sched::api::{
     CastPolicy, Directive, Environment, EventRecord, Inventory, JobId, JobSpec, SessionId,
-    TargetState, TaskKind, TaskRef, TaskReport, TaskSpec, VerifyMode, Work,
+    TargetState, TaskKind, TaskRef, TaskReport, TaskSpec, UnusedBlocks, VerifyMode, Work,
 };
 use rackcast_engine::sched::{
     Action, BootChoice, Change, SchedConfig, SchedError, Scheduler, State,
@@ -113,6 +113,7 @@ fn distribute(targets: &[MacAddr], cast: CastPolicy) -> JobSpec {
                 image: "golden".into(),
                 disk: None,
                 verify: VerifyMode::Sample,
+                unused: Default::default(),
             },
             env: None,
             timeout: Some(600),
@@ -245,6 +246,25 @@ fn a_distribute_success_needs_the_pinned_root_and_the_senders_record() {
     let e = run.error.as_deref().unwrap_or_default();
     assert!(e.contains(&"ee".repeat(32)) && e.contains(&pinned), "{e}");
     assert_eq!(j.run(a).unwrap().status.word(), "done");
+}
+
+#[test]
+fn a_distribute_directive_carries_what_to_do_with_unused_blocks() {
+    let mut s = sched();
+    let a = mac(1);
+    register(&mut s, 0, a, ENV);
+    let mut spec = distribute(&[a], CastPolicy::default());
+    if let TaskKind::Distribute { unused, .. } = &mut spec.tasks[0].kind {
+        *unused = UnusedBlocks::Discard;
+    }
+    s.submit(1, spec).unwrap();
+    match s.poll(2, a, None) {
+        Directive::Run {
+            work: Work::Distribute { unused, .. },
+            ..
+        } => assert_eq!(unused, UnusedBlocks::Discard),
+        other => panic!("expected a Distribute directive, got {other:?}"),
+    }
 }
 
 #[test]
@@ -713,6 +733,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
                     image: "nope".into(),
                     disk: None,
                     verify: VerifyMode::Off,
+                    unused: Default::default(),
                 };
                 j
             },

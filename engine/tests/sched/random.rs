@@ -46,6 +46,7 @@ fn task(kind: u8) -> TaskSpec {
             image: "golden".into(),
             disk: None,
             verify: VerifyMode::Off,
+            unused: Default::default(),
         },
         1 => TaskKind::Script {
             script: "true".into(),

@@ -96,6 +96,13 @@ pub struct RecvArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
+    /// What to do with the blocks the image leaves out: keep, zero, discard.
+    #[arg(long, value_enum, default_value = "keep")]
+    pub unused: super::image::UnusedArg,
+    /// On a target larger than the source: extend the last partition and
+    /// grow its ext2/3/4 or XFS (as `image restore --grow`).
+    #[arg(long)]
+    pub grow: bool,
 }
 
 /// Read-back after the final flush.
@@ -292,6 +299,10 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
         read_back,
         limits: ReceiveLimits::timeout(Duration::from_secs(a.timeout)),
         writer: rackcast_writer::WriterConfig::default(),
+        layout: rackcast_writer::LayoutOptions {
+            unused: a.unused.into(),
+            grow: a.grow,
+        },
     };
     eprintln!(
         "receiver {id:016x} joined {} on {} ({iface_addr}), writing {}",

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use rackcast_engine::image::{
     self, create_image, hex, ChunkKind, CreateOptions, ImageReader, ImageSigner, TrustedKey,
 };
+use rackcast_engine::sched::api::UnusedBlocks;
 
 use super::util::{human_bytes, parse_size, progress_bar, rate};
 
@@ -211,6 +212,16 @@ pub enum UnusedArg {
     Zero,
     /// Discard them (the device may forget them).
     Discard,
+}
+
+impl From<UnusedArg> for UnusedBlocks {
+    fn from(a: UnusedArg) -> UnusedBlocks {
+        match a {
+            UnusedArg::Keep => UnusedBlocks::Keep,
+            UnusedArg::Zero => UnusedBlocks::Zero,
+            UnusedArg::Discard => UnusedBlocks::Discard,
+        }
+    }
 }
 
 /// `--verify` values.
@@ -645,11 +656,7 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     let total = r.index().meta.source_size;
     let layout = rackcast_writer::LayoutOptions {
-        unused: match a.unused {
-            UnusedArg::Keep => rackcast_writer::Unused::Keep,
-            UnusedArg::Zero => rackcast_writer::Unused::Zero,
-            UnusedArg::Discard => rackcast_writer::Unused::Discard,
-        },
+        unused: a.unused.into(),
         grow: a.grow,
     };
     if a.grow {

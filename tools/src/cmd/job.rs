@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use rackcast_engine::sched::api::{
-    CastPolicy, JobId, JobSpec, JobView, TargetRun, TaskKind, TaskSpec, VerifyMode,
+    CastPolicy, JobId, JobSpec, JobView, TargetRun, TaskKind, TaskSpec, UnusedBlocks, VerifyMode,
 };
 
 use super::client::show::{format_age, now_ms, progress_cell, Table};
@@ -154,6 +154,10 @@ pub struct DistributeArgs {
     /// Read-back after the final flush.
     #[arg(long, value_enum, default_value = "sample")]
     pub verify: VerifyArg,
+    /// The blocks the image leaves out (its filesystems' free space):
+    /// keep what each disk holds there, zero them, or discard them.
+    #[arg(long, value_enum, default_value = "keep")]
+    pub unused: super::image::UnusedArg,
     /// Cap the cast rate, bytes/s (suffixes K, M, G; default: the server's).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub rate: Option<u64>,
@@ -354,6 +358,7 @@ impl DistributeArgs {
             image: self.image.clone(),
             disk: self.disk.clone(),
             verify: verify_mode(self.verify),
+            unused: self.unused.into(),
         };
         let name = format!("distribute {}", self.image);
         one_task(
@@ -569,13 +574,19 @@ pub fn describe_task(t: &TaskSpec) -> String {
             image,
             disk,
             verify,
+            unused,
         } => format!(
-            "distribute {image} to {} (verify {})",
+            "distribute {image} to {} (verify {}, unused blocks {})",
             disk.as_deref().unwrap_or("the agent's disk"),
             match verify {
                 VerifyMode::Off => "off",
                 VerifyMode::Sample => "sample",
                 VerifyMode::Full => "full",
+            },
+            match unused {
+                UnusedBlocks::Keep => "kept",
+                UnusedBlocks::Zero => "zeroed",
+                UnusedBlocks::Discard => "discarded",
             }
         ),
         TaskKind::Script {

@@ -57,7 +57,8 @@ fn distribute_shortcut_builds_a_one_task_job() {
                 kind: TaskKind::Distribute {
                     image: "debian-12".into(),
                     disk: Some("/dev/nvme0n1".into()),
-                    verify: VerifyMode::Full
+                    verify: VerifyMode::Full,
+                    unused: UnusedBlocks::Keep,
                 },
                 env: Some("linux-x64".into()),
                 timeout: Some(1800),
@@ -89,7 +90,8 @@ fn distribute_defaults_and_start_at() {
         TaskKind::Distribute {
             image: "x".into(),
             disk: None,
-            verify: VerifyMode::Sample
+            verify: VerifyMode::Sample,
+            unused: UnusedBlocks::Keep,
         }
     );
 

@@ -71,6 +71,12 @@ impl Session {
     }
 
     fn recv(&mut self, r: usize) -> usize {
+        self.recv_with(r, &[])
+    }
+
+    /// `recv` with more `cast recv` flags.
+    fn recv_with(&mut self, r: usize, extra: &[&str]) -> usize {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let out = self.out(r);
         let key = self.key.clone();
         let host = self.rig.receiver(r);
@@ -88,7 +94,8 @@ impl Session {
                     "full",
                     "--key-file",
                 ])
-                .arg(&key);
+                .arg(&key)
+                .args(&extra);
         })
     }
 
@@ -396,7 +403,8 @@ fn a_late_joiner_under_a_replayed_earlier_session_completes_the_live_one() {
 /// A GPT disk with ext4 and swap over noise (`scripts/test-disk.sh`): the
 /// image holds their used blocks only (masks and absent chunks), and two
 /// receivers under 2% loss end with what a local restore of the image
-/// gives, an ext4 that passes `e2fsck -fn` and holds its files.
+/// gives, an ext4 that passes `e2fsck -fn` and holds its files; the second
+/// writes over a disk of noise with `--unused zero`, and ends the same.
 #[test]
 fn a_disk_with_filesystems_casts_only_their_used_blocks() {
     for t in [
@@ -433,7 +441,11 @@ fn a_disk_with_filesystems_casts_only_their_used_blocks() {
     for r in 0..2 {
         s.rig.loss(&s.rig.receiver(r), 0.02);
     }
-    let rx: Vec<usize> = (0..2).map(|r| s.recv(r)).collect();
+    let noise: Vec<u8> = (0..64u64 << 20)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8)
+        .collect();
+    std::fs::write(s.out(1), &noise).unwrap();
+    let rx = vec![s.recv(0), s.recv_with(1, &["--unused", "zero"])];
     std::thread::sleep(Duration::from_millis(300));
     let tx = s.send(2, "200M");
     let out = s.rig.wait(tx, Duration::from_secs(150));

@@ -155,7 +155,7 @@ impl Superblock {
         let dblocks = be64(&b[8..]);
         let agblocks = be32(&b[0x54..]);
         let agcount = be32(&b[0x58..]);
-        let sector_size = be16(&b[0x66..]) as u64;
+        let sector_size = be16(&b[0x66..]);
         let ok = block_size.is_power_of_two()
             && (512..=65536).contains(&block_size)
             && sector_size.is_power_of_two()

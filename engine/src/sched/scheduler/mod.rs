@@ -593,6 +593,7 @@ impl Scheduler {
                 image,
                 disk,
                 verify,
+                unused,
             } => {
                 let Some(root) = self
                     .jobs
@@ -615,6 +616,7 @@ impl Scheduler {
                         root: s.root.clone(),
                         disk,
                         verify,
+                        unused,
                         cast: CastJoin {
                             group: s.group.clone(),
                             key: s.key.clone(),

@@ -364,7 +364,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rackcast_engine::sched::api::{CastPolicy, VerifyMode};
+    use rackcast_engine::sched::api::{CastPolicy, UnusedBlocks, VerifyMode};
 
     const TOML_JOB: &str = r#"
 name = "rack 12"
@@ -407,7 +407,8 @@ to = "local"
             TaskKind::Distribute {
                 image: "debian-12".into(),
                 disk: None,
-                verify: VerifyMode::Full
+                verify: VerifyMode::Full,
+                unused: UnusedBlocks::Keep,
             }
         );
         assert_eq!(spec.tasks[0].env.as_deref(), Some("linux-x64"));
