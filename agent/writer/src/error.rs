@@ -48,6 +48,9 @@ pub enum WriterError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The NoCloud seed could not be written (no GPT, no free space).
+    #[error("the NoCloud seed: {0}")]
+    Seed(String),
     /// Moving the GPT or growing the last partition failed (or cannot be
     /// done: an unknown filesystem, a target too small for the table).
     #[error("growing: {0}")]

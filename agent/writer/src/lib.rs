@@ -18,6 +18,7 @@ mod error;
 pub mod layout;
 pub mod receive;
 pub mod restore;
+pub mod seed;
 pub mod writer;
 
 pub use disk_sink::DiskSink;
@@ -28,6 +29,7 @@ pub use restore::{
     find_bad_chunks, restore, verify_set, DecodePool, Decoded, RestoreConfig, RestoreReport,
     VerifyMode,
 };
+pub use seed::{write_seed, NoCloudSeed};
 pub use writer::{
     AlignedBuf, BufferPool, ChunkPayload, DiskWriter, EngineChoice, EngineKind, TargetReader,
     UringSetupStep, WriteSummary, WriterConfig,

@@ -39,6 +39,13 @@ pub enum ImageCommand {
     /// Each chunk is verified before it is written; absent chunks are left
     /// untouched, zero chunks become holes in files.
     Restore(RestoreArgs),
+    /// Write a cloud-init NoCloud seed (meta-data, user-data,
+    /// network-config) onto a restored GPT disk.
+    ///
+    /// A 4 MiB FAT partition labelled CIDATA, made at the end of the disk's
+    /// free space (rerunning rewrites it): a stock cloud image boots with
+    /// this machine's identity.
+    Seed(super::seed::SeedArgs),
     /// Create an Ed25519 key pair for signing images: KEY (secret) and KEY.pub.
     Keygen(KeygenArgs),
     /// Sign an existing image with a secret key (from `rackcast image keygen`).
@@ -271,6 +278,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ImageCommand::Create(a) => create(a),
         ImageCommand::Import(a) => super::import::run(&a),
+        ImageCommand::Seed(a) => super::seed::run(&a),
         ImageCommand::Inspect(a) => inspect(&a),
         ImageCommand::Verify(a) => verify(&a),
         ImageCommand::Restore(a) => restore(&a),

@@ -13,6 +13,7 @@ pub mod job;
 pub mod nbd;
 pub mod netboot;
 pub mod sample;
+pub mod seed;
 pub mod server;
 pub mod target;
 pub mod token;

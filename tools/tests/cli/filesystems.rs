@@ -487,3 +487,106 @@ fn a_target_smaller_than_the_image_needs_is_refused() {
         "nothing was written"
     );
 }
+
+/// `mtype` of a file on the FAT volume at byte `at` of `disk`.
+fn fat_file(disk: &Path, at: u64, name: &str) -> String {
+    sh(Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@{at}", disk.display()))
+        .arg(format!("::/{name}")))
+}
+
+#[test]
+fn a_nocloud_seed_is_made_in_free_space_rewritten_on_a_rerun_and_refused_without_room() {
+    for t in ["mtype", "blkid", "sfdisk"] {
+        if !["/usr/bin", "/usr/sbin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists())
+        {
+            eprintln!(
+                "SKIP: {t} not installed (scripts/deps.sh test installs mtools, util-linux, fdisk)"
+            );
+            return;
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let Some(disk) = test_disk(d.path()) else {
+        return;
+    };
+    let img = d.path().join("disk.rcimg");
+    ok(&rackcast(&[&"image", &"create", &disk, &img]));
+    let state = d.path().join("state");
+    let target = d.path().join("target.raw");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    ok(&rackcast(&[
+        &"image",
+        &"restore",
+        &img,
+        &target,
+        &"--state-dir",
+        &state,
+    ]));
+    let user = d.path().join("user-data");
+    std::fs::write(&user, "#cloud-config\nssh_pwauth: false\n").unwrap();
+    let net = d.path().join("network-config");
+    std::fs::write(&net, "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n").unwrap();
+    let seed = |host: &str| {
+        ok(&rackcast(&[
+            &"image",
+            &"seed",
+            &target,
+            &"--hostname",
+            &host,
+            &"--user-data",
+            &user,
+            &"--network-config",
+            &net,
+        ]))
+    };
+    let out = seed("rack12-u01");
+    assert!(out.contains("partition 4 (cidata)"), "{out}");
+    sh(Command::new("sfdisk").arg("-V").arg(&target));
+    let table = sh(Command::new("sfdisk").arg("-d").arg(&target));
+    let p4 = table
+        .lines()
+        .find(|l| l.contains("name=\"cidata\""))
+        .unwrap();
+    let start: u64 = p4
+        .split("start=")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let at = start * 512;
+    let probe = sh(Command::new("blkid")
+        .args(["-p", "-O", &at.to_string(), "-s", "LABEL", "-o", "value"])
+        .arg(&target));
+    assert_eq!(probe, "CIDATA");
+    assert_eq!(
+        fat_file(&target, at, "meta-data"),
+        "instance-id: rackcast-rack12-u01\nlocal-hostname: rack12-u01"
+    );
+    assert_eq!(
+        fat_file(&target, at, "user-data"),
+        "#cloud-config\nssh_pwauth: false"
+    );
+    assert!(fat_file(&target, at, "network-config").contains("dhcp4: true"));
+    // A rerun rewrites the same partition.
+    let out = seed("rack12-u02");
+    assert!(out.contains("partition 4 (cidata)"), "{out}");
+    assert!(fat_file(&target, at, "meta-data").contains("rack12-u02"));
+    // The source disk itself has no 4 MiB gap.
+    let err = fails(&rackcast(&[
+        &"image",
+        &"seed",
+        &disk,
+        &"--hostname",
+        &"x",
+        &"--user-data",
+        &user,
+    ]));
+    assert!(err.contains("free space"), "{err}");
+}

@@ -11,7 +11,7 @@
 
 mod ext;
 mod fat;
-mod gpt_fix;
+mod gpt;
 mod layout;
 pub mod table;
 mod xfs;
@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-pub use gpt_fix::{fix_gpt, GptFix, GptFixError};
+pub use gpt::{add_partition, fix_gpt, DiskWrites, GptFix, GptFixError};
 pub use layout::{image_layout, PartitionLayout};
 pub use table::{Partition, TableKind};
 
