@@ -12,6 +12,7 @@ mod openapi;
 mod operators;
 mod package;
 mod rig;
+mod seed;
 mod trust;
 
 use std::time::Duration;

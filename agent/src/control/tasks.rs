@@ -20,7 +20,7 @@ use rackcast_engine::cast::CastError;
 use rackcast_engine::cast::SessionKey;
 use rackcast_engine::image::{create_image, from_hex, hex, CreateOptions, ImageError};
 use rackcast_engine::sched::api::{
-    CastJoin, Progress, TaskRef, TaskReport, UnusedBlocks, VerifyMode, Work,
+    CastJoin, NoCloudSeed, Progress, TaskRef, TaskReport, UnusedBlocks, VerifyMode, Work,
 };
 
 use super::backoff::Backoff;
@@ -30,7 +30,7 @@ use super::script::{run_script, Flow, ScriptEnd, ScriptSpec};
 use crate::error::AgentError;
 use rackcast_types::ErrorChain;
 use rackcast_writer::receive::{read_back_for, receive, CastReceive};
-use rackcast_writer::{LayoutOptions, WriterConfig};
+use rackcast_writer::{write_seed, LayoutOptions, WriterConfig};
 
 /// Progress is reported this often.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -109,6 +109,7 @@ impl TaskHandle {
                         disk,
                         verify,
                         unused,
+                        seed,
                         cast,
                         ..
                     } => distribute_task(
@@ -118,6 +119,7 @@ impl TaskHandle {
                             disk: disk.as_deref(),
                             verify,
                             unused,
+                            seed: seed.as_deref(),
                         },
                         &cast,
                         limit,
@@ -523,6 +525,8 @@ struct DiskWrite<'a> {
     disk: Option<&'a str>,
     verify: VerifyMode,
     unused: UnusedBlocks,
+    /// Written after the image (a CIDATA partition in the disk's free space).
+    seed: Option<&'a NoCloudSeed>,
 }
 
 fn distribute_task(
@@ -571,17 +575,26 @@ fn distribute_task(
         ControlFlow::Continue(())
     });
     match result {
-        Ok(r) => Some(TaskReport::Finished {
-            ok: true,
-            error: None,
-            summary: format!(
+        Ok(r) => {
+            let mut summary = format!(
                 "root {}, {} bytes written, {} chunks resumed",
                 hex(&r.root),
                 r.sink.bytes_written,
                 r.sink.resumed_chunks
-            ),
-            root: Some(hex(&r.root)),
-        }),
+            );
+            if let Some(seed) = write.seed {
+                match write_seed(&spec.dest, 512, seed) {
+                    Ok(p) => summary += &format!(", NoCloud seed in partition {}", p.number),
+                    Err(e) => return Some(failed(format!("the image is written; {e}"))),
+                }
+            }
+            Some(TaskReport::Finished {
+                ok: true,
+                error: None,
+                summary,
+                root: Some(hex(&r.root)),
+            })
+        }
         Err(CastError::Abandoned) => None,
         Err(e @ (CastError::Stalled { .. } | CastError::EndedEarly { .. })) => {
             Some(TaskReport::Rejoin {

@@ -150,6 +150,7 @@ fn a_distribute_with_a_bad_key_fails_clearly() {
         disk: None,
         verify: VerifyMode::Sample,
         unused: Default::default(),
+        seed: None,
         cast: CastJoin {
             group: "239.255.42.9:7409".into(),
             key: "not hex".into(),
@@ -181,6 +182,7 @@ fn a_silent_session_asks_to_rejoin() {
         disk: None,
         verify: VerifyMode::Off,
         unused: Default::default(),
+        seed: None,
         cast: CastJoin {
             // Nobody sends to this group.
             group: "239.255.42.77:7477".into(),

@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rackcast_engine::image::fs::{add_partition, GptFixError, Partition};
+pub use rackcast_engine::sched::api::NoCloudSeed;
 
 use crate::error::{Result, WriterError};
 
@@ -23,24 +24,6 @@ const NAME: &str = "cidata";
 const BASIC_DATA: [u8; 16] = [
     0xA2, 0xA0, 0xD0, 0xEB, 0xE5, 0xB9, 0x33, 0x44, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26, 0x99, 0xC7,
 ];
-
-/// The three NoCloud files, as the target gets them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NoCloudSeed {
-    /// `instance-id` and `local-hostname` (YAML).
-    pub meta_data: String,
-    /// cloud-config or a script.
-    pub user_data: String,
-    /// Network config v1 or v2, when given.
-    pub network_config: Option<String>,
-}
-
-impl NoCloudSeed {
-    /// The usual meta-data for an instance id and a hostname.
-    pub fn meta_data(instance_id: &str, hostname: &str) -> String {
-        format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
-    }
-}
 
 /// Writes `seed` onto the GPT disk `dest` (`sector`-byte sectors) and
 /// returns the partition it is in.

@@ -218,6 +218,10 @@ pub enum TaskKind {
         /// The blocks the image leaves out (its filesystems' free space).
         #[serde(default)]
         unused: UnusedBlocks,
+        /// A cloud-init NoCloud seed written to each disk after the image,
+        /// with the target's own values.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cloud_init: Option<CloudInit>,
     },
     /// Run Script: run `script` with `interpreter`; success is `expect_exit`.
     Script {
@@ -268,6 +272,80 @@ pub enum VerifyMode {
     Sample,
     /// Every chunk.
     Full,
+}
+
+/// A cloud-init NoCloud seed for every target of a Distribute. Its texts
+/// are templates: `{hostname}` (the target's name), `{mac}`, `{ip}` (the
+/// address its agent reported on that NIC, or empty) and `{job}` become
+/// each target's own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CloudInit {
+    /// user-data: `#cloud-config` YAML or a script.
+    pub user_data: String,
+    /// network-config (version 1 or 2), if any.
+    #[serde(default)]
+    pub network_config: Option<String>,
+    /// meta-data `instance-id` [default: `rackcast-{job}-{mac}`, new with
+    /// every job, so cloud-init runs its first-boot modules again].
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+/// The values a [`CloudInit`] template names, for one target.
+#[derive(Debug, Clone)]
+pub struct SeedValues {
+    /// The target's name.
+    pub hostname: String,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its address, or empty.
+    pub ip: String,
+    /// The job.
+    pub job: JobId,
+}
+
+impl CloudInit {
+    /// The seed for one target.
+    pub fn render(&self, v: &SeedValues) -> NoCloudSeed {
+        let fill = |t: &str| {
+            t.replace("{hostname}", &v.hostname)
+                .replace("{mac}", &v.mac.to_string())
+                .replace("{ip}", &v.ip)
+                .replace("{job}", &v.job.0.to_string())
+        };
+        let id = fill(
+            self.instance_id
+                .as_deref()
+                .unwrap_or("rackcast-{job}-{mac}"),
+        );
+        NoCloudSeed {
+            meta_data: NoCloudSeed::meta_data(&id, &v.hostname),
+            user_data: fill(&self.user_data),
+            network_config: self.network_config.as_deref().map(fill),
+        }
+    }
+}
+
+/// The three NoCloud files, as one target gets them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NoCloudSeed {
+    /// `instance-id` and `local-hostname` (YAML).
+    pub meta_data: String,
+    /// cloud-config or a script.
+    pub user_data: String,
+    /// Network config v1 or v2, when given.
+    #[serde(default)]
+    pub network_config: Option<String>,
+}
+
+impl NoCloudSeed {
+    /// The usual meta-data for an instance id and a hostname.
+    pub fn meta_data(instance_id: &str, hostname: &str) -> String {
+        format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
+    }
 }
 
 /// What a restore does with the blocks its image leaves out (the free
@@ -716,6 +794,10 @@ pub enum Work {
         /// The blocks the image leaves out.
         #[serde(default)]
         unused: UnusedBlocks,
+        /// The NoCloud seed to write after the image, rendered for this
+        /// target (boxed: directives stay small).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<Box<NoCloudSeed>>,
         /// The session to join.
         cast: CastJoin,
     },

@@ -114,6 +114,7 @@ fn distribute(targets: &[MacAddr], cast: CastPolicy) -> JobSpec {
                 disk: None,
                 verify: VerifyMode::Sample,
                 unused: Default::default(),
+                cloud_init: None,
             },
             env: None,
             timeout: Some(600),
@@ -734,6 +735,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
                     disk: None,
                     verify: VerifyMode::Off,
                     unused: Default::default(),
+                    cloud_init: None,
                 };
                 j
             },

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use rackcast_engine::sched::api::{
-    CastPolicy, JobId, JobSpec, JobView, TargetRun, TaskKind, TaskSpec, UnusedBlocks, VerifyMode,
+    CastPolicy, CloudInit, JobId, JobSpec, JobView, TargetRun, TaskKind, TaskSpec, UnusedBlocks,
+    VerifyMode,
 };
 
 use super::client::show::{format_age, now_ms, progress_cell, Table};
@@ -158,6 +159,17 @@ pub struct DistributeArgs {
     /// keep what each disk holds there, zero them, or discard them.
     #[arg(long, value_enum, default_value = "keep")]
     pub unused: super::image::UnusedArg,
+    /// Then write a cloud-init NoCloud seed with this user-data to each
+    /// disk (a CIDATA partition in its free space); `{hostname}`, `{mac}`,
+    /// `{ip}` and `{job}` become each target's own.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<std::path::PathBuf>,
+    /// The seed's network-config (with the same templates).
+    #[arg(long, value_name = "FILE", requires = "user_data")]
+    pub network_config: Option<std::path::PathBuf>,
+    /// The seed's instance-id [default: rackcast-{job}-{mac}].
+    #[arg(long, value_name = "TEMPLATE", requires = "user_data")]
+    pub instance_id: Option<String>,
     /// Cap the cast rate, bytes/s (suffixes K, M, G; default: the server's).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub rate: Option<u64>,
@@ -331,6 +343,21 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
 
 impl DistributeArgs {
     /// The one-task job; `now` (Unix seconds) resolves `--start-at +10m`.
+    /// The NoCloud seed the flags ask for.
+    fn cloud_init(&self) -> anyhow::Result<Option<CloudInit>> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let Some(user) = &self.user_data else {
+            return Ok(None);
+        };
+        Ok(Some(CloudInit {
+            user_data: read(user)?,
+            network_config: self.network_config.as_deref().map(read).transpose()?,
+            instance_id: self.instance_id.clone(),
+        }))
+    }
+
     pub fn spec(&self, now: u64) -> anyhow::Result<JobSpec> {
         let start_at = self
             .start_at
@@ -359,6 +386,7 @@ impl DistributeArgs {
             disk: self.disk.clone(),
             verify: verify_mode(self.verify),
             unused: self.unused.into(),
+            cloud_init: self.cloud_init()?,
         };
         let name = format!("distribute {}", self.image);
         one_task(
@@ -575,8 +603,9 @@ pub fn describe_task(t: &TaskSpec) -> String {
             disk,
             verify,
             unused,
+            cloud_init,
         } => format!(
-            "distribute {image} to {} (verify {}, unused blocks {})",
+            "distribute {image} to {} (verify {}{}{})",
             disk.as_deref().unwrap_or("the agent's disk"),
             match verify {
                 VerifyMode::Off => "off",
@@ -584,9 +613,14 @@ pub fn describe_task(t: &TaskSpec) -> String {
                 VerifyMode::Full => "full",
             },
             match unused {
-                UnusedBlocks::Keep => "kept",
-                UnusedBlocks::Zero => "zeroed",
-                UnusedBlocks::Discard => "discarded",
+                UnusedBlocks::Keep => "",
+                UnusedBlocks::Zero => ", unused blocks zeroed",
+                UnusedBlocks::Discard => ", unused blocks discarded",
+            },
+            if cloud_init.is_some() {
+                ", then a NoCloud seed"
+            } else {
+                ""
             }
         ),
         TaskKind::Script {

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::api::{
-    CastJoin, CastPolicy, Directive, Environment, Inventory, JobId, JobSpec, Millis, SessionId,
-    TargetState, TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
+    CastJoin, CastPolicy, Directive, Environment, Inventory, JobId, JobSpec, Millis, SeedValues,
+    SessionId, TargetState, TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
 };
 use super::event::{Actor, Event, EventKind, Subject};
 use super::model::{CastSession, Job, LogLine, Run, RunStatus, SessionPhase, State, Target};
@@ -562,6 +562,37 @@ impl Scheduler {
         self.set_run(r.job, mac, RunStatus::Running);
     }
 
+    /// What a NoCloud template names, for `mac` in `job`: its name (else
+    /// the hostname its agent reported, else `rackcast-` and the MAC with
+    /// dashes), and the IPv4 address its agent reported on the NIC with
+    /// that MAC.
+    fn seed_values(&self, mac: MacAddr, job: JobId) -> SeedValues {
+        let t = self.targets.get(&mac);
+        let hostname = [t.map(|t| &t.name), t.map(|t| &t.inventory.hostname)]
+            .into_iter()
+            .flatten()
+            .find(|n| !n.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("rackcast-{}", mac.to_string().replace(':', "-")));
+        let ip = t
+            .and_then(|t| {
+                t.inventory
+                    .nics
+                    .iter()
+                    .find(|n| n.mac.eq_ignore_ascii_case(&mac.to_string()))
+            })
+            .and_then(|n| n.ipv4.first())
+            .map_or(String::new(), |a| {
+                a.split('/').next().unwrap_or("").to_string()
+            });
+        SeedValues {
+            hostname,
+            mac,
+            ip,
+            job,
+        }
+    }
+
     /// The directive for a running task (first dispatch or again).
     fn dispatch(&mut self, now: Millis, mac: MacAddr, r: TaskRef) -> Directive {
         let Some(job) = self.jobs.get(&r.job) else {
@@ -594,7 +625,9 @@ impl Scheduler {
                 disk,
                 verify,
                 unused,
+                cloud_init,
             } => {
+                let seed = cloud_init.map(|c| Box::new(c.render(&self.seed_values(mac, r.job))));
                 let Some(root) = self
                     .jobs
                     .get(&r.job)
@@ -617,6 +650,7 @@ impl Scheduler {
                         disk,
                         verify,
                         unused,
+                        seed,
                         cast: CastJoin {
                             group: s.group.clone(),
                             key: s.key.clone(),

@@ -409,6 +409,7 @@ to = "local"
                 disk: None,
                 verify: VerifyMode::Full,
                 unused: UnusedBlocks::Keep,
+                cloud_init: None,
             }
         );
         assert_eq!(spec.tasks[0].env.as_deref(), Some("linux-x64"));
