@@ -9,7 +9,7 @@ if [[ "${1:-test}" == test ]]; then
     want+=(qemu-system-x86 ovmf ipxe-qemu busybox atftp tftp-hpa curl dnsmasq
            iproute2 iptables udpcast uftp fio util-linux cpio efibootmgr
            ipxe grub-efi-amd64-bin grub-common mtools e2fsprogs fdisk
-           dosfstools xfsprogs qemu-utils
+           dosfstools xfsprogs qemu-utils ntfs-3g
            ipmitool openipmi python3-venv python3-libvirt python3-bcrypt
            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
            prometheus systemd binutils chromium chromium-driver)

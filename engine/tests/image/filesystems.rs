@@ -361,3 +361,61 @@ fn check_xfs_file(dir: &Path, xfs: &Path, want: &[u8]) {
     let _ = Command::new("umount").arg(&mnt).status();
     assert_eq!(got.unwrap(), want, "xfs: big.bin");
 }
+
+/// `mkfs.ntfs` over noise with a file `ntfscp` put there: the scan's used
+/// bytes equal what `ntfscluster -i` counts, and a restore onto noise
+/// passes `ntfsfix -n` with the file intact (`ntfscat`).
+#[test]
+fn ntfs_stores_only_its_used_clusters_and_restores_clean() {
+    for t in ["mkfs.ntfs", "ntfscp", "ntfscat", "ntfscluster", "ntfsfix"] {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists());
+        if !found {
+            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs ntfs-3g)");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = tmp.path();
+    let ntfs = dir.join("ntfs.img");
+    std::fs::write(&ntfs, random(64 * MIB as usize, 7)).unwrap();
+    run(Command::new("mkfs.ntfs")
+        .args(["-F", "-Q", "-q"])
+        .arg(&ntfs));
+    let big = random(3 * MIB as usize + 99, 61);
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    run(Command::new("ntfscp")
+        .arg(&ntfs)
+        .arg(dir.join("big.bin"))
+        .arg("/big.bin"));
+    let info = run(Command::new("ntfscluster").arg("-i").arg(&ntfs));
+    let num = |key: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim_start_matches([' ', ':']).trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {info}"))
+    };
+    let want = num("bytes per volume") - num("bytes of free space");
+
+    let disk = std::fs::read(&ntfs).unwrap();
+    let scan = scan_disk(&disk.as_slice(), disk.len() as u64, 512).unwrap();
+    assert_eq!(scan.partitions[0].fs.as_deref(), Some("ntfs"));
+    assert_eq!(scan.partitions[0].used, want);
+
+    let out = dir.join("ntfs.rcimg");
+    create_image(&ntfs, &out, &CreateOptions::default(), &mut |_| {}).unwrap();
+    let r = ImageReader::open(&out).unwrap();
+    assert!(r.index().stored_bytes() < want + MIB);
+    let target = dir.join("ntfs.back");
+    std::fs::write(&target, random(disk.len(), 78)).unwrap();
+    restore_image(&r, &target, &RestoreOptions::default(), &mut |_| {}).unwrap();
+    run(Command::new("ntfsfix").arg("-n").arg(&target));
+    let got = Command::new("ntfscat")
+        .arg(&target)
+        .arg("/big.bin")
+        .output()
+        .unwrap();
+    assert!(got.status.success(), "{got:?}");
+    assert!(got.stdout == big, "ntfscat /big.bin differs");
+}

@@ -118,7 +118,7 @@ pub struct CaptureArgs {
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Store every block. By default the partition table (GPT or MBR) and
-    /// the filesystems rackcast reads (ext2/3/4, FAT12/16/32, XFS; swap
+    /// the filesystems rackcast reads (ext2/3/4, NTFS, FAT12/16/32, XFS; swap
     /// keeps its header) are scanned and their free blocks are neither read
     /// nor stored; unknown partitions and the gaps between them are stored
     /// whole.

@@ -3,8 +3,8 @@
 //! [`scan_disk`] reads the partition table (GPT or MBR; none means the
 //! disk may be one bare filesystem) and, for each partition, the
 //! allocation of the filesystems it knows: ext2/3/4 from their block
-//! bitmaps, FAT12/16/32 from the allocation table, XFS from its free-space
-//! trees, Linux swap as its header page only. Everything else (the
+//! bitmaps, NTFS from its volume bitmap, FAT12/16/32 from the allocation
+//! table, XFS from its free-space trees, Linux swap as its header page only. Everything else (the
 //! tables, the gaps, unknown partitions) stays used, so what the scan does
 //! not understand is captured whole. The result is a [`UsedMap`] the
 //! capture turns into each chunk's used-block mask.
@@ -13,6 +13,7 @@ mod ext;
 mod fat;
 mod gpt;
 mod layout;
+mod ntfs;
 pub mod table;
 mod xfs;
 
@@ -298,7 +299,7 @@ fn scan_partition(
 ) -> io::Result<Option<(&'static str, u64)>> {
     type Scanner =
         fn(&dyn ReadAt, u64, u64, &mut UsedMap) -> io::Result<Option<(&'static str, u64)>>;
-    let scanners: [Scanner; 4] = [ext::scan, fat::scan, xfs::scan, swap];
+    let scanners: [Scanner; 5] = [ext::scan, ntfs::scan, fat::scan, xfs::scan, swap];
     for scan in scanners {
         if let Some(found) = scan(disk, p.start, p.len, map)? {
             return Ok(Some(found));
