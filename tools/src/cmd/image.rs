@@ -413,10 +413,7 @@ fn print_scan(scan: &image::ScanReport, size: u64) {
     );
     for p in &scan.partitions {
         let fs = p.fs.as_deref().unwrap_or("unknown: stored whole");
-        println!(
-            "{}",
-            partition_line(p.number, p.start, p.len, fs, p.used, &p.table_type)
-        );
+        println!("{}", partition_line(p, fs));
     }
 }
 
@@ -427,13 +424,16 @@ fn table_name(t: image::fs::TableKind) -> &'static str {
     }
 }
 
-/// One partition: number, offset, size, filesystem, used bytes and type.
-fn partition_line(n: u32, start: u64, len: u64, fs: &str, used: u64, ty: &str) -> String {
+/// One partition: number, offset, size, filesystem (`fs`: what to say
+/// when none was read), used bytes and type.
+fn partition_line(p: &image::fs::PartitionUsage, fs: &str) -> String {
     format!(
-        "  part {n:<3} at {:>10}  {:>10}  {fs:<22} used {:>10}  {ty:<36}",
-        human_bytes(start),
-        human_bytes(len),
-        human_bytes(used),
+        "  part {:<3} at {:>10}  {:>10}  {fs:<22} used {:>10}  {:<36}",
+        p.number,
+        human_bytes(p.start),
+        human_bytes(p.len),
+        human_bytes(p.used),
+        p.table_type
     )
 }
 
@@ -596,10 +596,10 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
         (None, t) => println!("partitions       {} table", t.unwrap_or("no")),
     }
     for p in &j.partitions {
-        let fs = p.fs.as_deref().unwrap_or("unknown: held whole");
+        let fs = p.part.fs.as_deref().unwrap_or("unknown: held whole");
         println!(
             "{}  stored {:>10}",
-            partition_line(p.number, p.start, p.len, fs, p.used, &p.table_type),
+            partition_line(&p.part, fs),
             human_bytes(p.stored)
         );
     }
@@ -671,7 +671,11 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         // Refused before anything is written, not after.
         let (_, parts) = image::fs::image_layout(&r)
             .with_context(|| format!("reading the partitions of {}", a.img.display()))?;
-        match parts.iter().max_by_key(|p| p.start + p.len) {
+        match parts
+            .iter()
+            .map(|p| &p.part)
+            .max_by_key(|p| p.start + p.len)
+        {
             Some(p) if rackcast_writer::growable(p.fs.as_deref()) => {}
             Some(p) => bail!(
                 "--grow: the last partition ({}) holds {}; rackcast grows ext2/3/4 and XFS",

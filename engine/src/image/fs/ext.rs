@@ -83,13 +83,7 @@ pub fn scan(
         disk.read_at(base + g.block_bitmap * bs, &mut bitmap)?;
         used.set_from_bitmap(start, count, &bitmap);
     }
-    let used_bytes = used.count() * bs;
-    map.clear(base, len);
-    used.mark(map, base, bs);
-    // Past the filesystem's end, the partition is captured as it is.
-    let fs_end = sb.blocks * bs;
-    map.mark(base + fs_end, len - fs_end);
-    Ok(Some((sb.name, used_bytes)))
+    Ok(Some((sb.name, used.commit(map, base, len, bs))))
 }
 
 /// What the scan needs from the superblock, checked.

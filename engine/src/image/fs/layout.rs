@@ -8,27 +8,20 @@ use std::io;
 
 use serde::Serialize;
 
-use super::{scan_disk, ReadAt, TableKind};
+use super::{scan_disk, PartitionUsage, ReadAt, TableKind};
 use crate::image::index::ChunkIndex;
 use crate::image::{ChunkDecoder, ImageReader};
 
-/// One partition of an imaged disk.
+/// One partition of an imaged disk: what the scan finds in the image
+/// (its `used` is the bytes the image holds of it: its used blocks, or all
+/// of it), and what those cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionLayout {
-    /// 1-based number; 0 for a disk that is one bare filesystem.
-    pub number: u32,
-    /// Byte offset on the disk.
-    pub start: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// The table's type (`0x83`, a GPT type GUID), empty without a table.
-    pub table_type: String,
-    /// The filesystem found, if rackcast reads it.
-    pub fs: Option<String>,
-    /// The bytes of it the image holds (its used blocks, or all of it).
-    pub used: u64,
-    /// The frame bytes those cost, each chunk's frame shared out by the
-    /// bytes it holds in each partition.
+    /// Where it is, its type, filesystem and the bytes held.
+    #[serde(flatten)]
+    pub part: PartitionUsage,
+    /// The frame bytes the held bytes cost, each chunk's frame shared out
+    /// by the bytes it holds in each partition.
     pub stored: u64,
 }
 
@@ -43,17 +36,10 @@ pub fn image_layout(img: &ImageReader) -> io::Result<(Option<TableKind>, Vec<Par
     let parts = scan
         .partitions
         .into_iter()
-        .map(|p| {
-            let (used, stored) = held(idx, p.start, p.len);
-            PartitionLayout {
-                number: p.number,
-                start: p.start,
-                len: p.len,
-                table_type: p.table_type,
-                fs: p.fs,
-                used,
-                stored,
-            }
+        .map(|mut part| {
+            let (used, stored) = held(idx, part.start, part.len);
+            part.used = used;
+            PartitionLayout { part, stored }
         })
         .collect();
     Ok((scan.table, parts))

@@ -207,6 +207,18 @@ impl FsBlocks {
         self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 
+    /// Makes these blocks (of `bs` bytes, from `base`) the partition's
+    /// (`base..base + len`) whole story in `map`: the partition cleared,
+    /// each used block marked, and whatever follows the filesystem's last
+    /// block kept as it is. Returns the bytes the used blocks cover.
+    pub(crate) fn commit(&self, map: &mut UsedMap, base: u64, len: u64, bs: u64) -> u64 {
+        map.clear(base, len);
+        self.mark(map, base, bs);
+        let end = (self.len * bs).min(len);
+        map.mark(base + end, len - end);
+        self.count() * bs
+    }
+
     /// Marks each run of used blocks in the disk's map.
     pub(crate) fn mark(&self, map: &mut UsedMap, base: u64, bs: u64) {
         let mut b = 0;

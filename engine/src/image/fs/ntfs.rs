@@ -73,12 +73,7 @@ pub fn scan(
     }
     let mut used = FsBlocks::new(boot.clusters);
     used.set_from_bitmap(0, boot.clusters, &bitmap);
-    let used_bytes = used.count() * boot.cluster;
-    map.clear(base, len);
-    used.mark(map, base, boot.cluster);
-    let end = boot.clusters * boot.cluster;
-    map.mark(base + end, len - end);
-    Ok(Some(("ntfs", used_bytes)))
+    Ok(Some(("ntfs", used.commit(map, base, len, boot.cluster))))
 }
 
 /// What the scan needs from the boot sector, checked.

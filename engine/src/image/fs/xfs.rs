@@ -89,12 +89,7 @@ pub fn scan(
             }
         }
     }
-    let used_bytes = used.count() * sb.block_size;
-    map.clear(base, len);
-    used.mark(map, base, sb.block_size);
-    let end = sb.dblocks * sb.block_size;
-    map.mark(base + end, len - end);
-    Ok(Some(("xfs", used_bytes)))
+    Ok(Some(("xfs", used.commit(map, base, len, sb.block_size))))
 }
 
 /// Frees the blocks on group `ag_start`'s free list (AGFL, the sector after
