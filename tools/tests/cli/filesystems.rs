@@ -590,3 +590,72 @@ fn a_nocloud_seed_is_made_in_free_space_rewritten_on_a_rerun_and_refused_without
     ]));
     assert!(err.contains("free space"), "{err}");
 }
+
+#[test]
+fn logical_partitions_of_an_mbr_disk_are_read() {
+    for t in ["sfdisk", "mkfs.ext4"] {
+        if !["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists())
+        {
+            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs e2fsprogs, fdisk)");
+            return;
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let disk = d.path().join("mbr.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut sf.stdin.take().unwrap(),
+        b"label: dos\nstart=2048, size=16384, type=83\nstart=18432, type=5\n\
+          start=20480, size=40960, type=83\nstart=63488, size=40960, type=83\n",
+    )
+    .unwrap();
+    assert!(sf.wait().unwrap().success());
+    // An ext4 in each logical partition (5 and 6); partition 1 stays empty.
+    for at in [20480u64, 63488] {
+        let part = d.path().join("part.img");
+        std::fs::File::create(&part)
+            .unwrap()
+            .set_len(40960 * 512)
+            .unwrap();
+        sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&part));
+        let bytes = std::fs::read(&part).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &bytes, at * 512).unwrap();
+    }
+    let img = d.path().join("mbr.rcimg");
+    let out = ok(&rackcast(&[&"image", &"create", &disk, &img]));
+    assert!(out.contains("(mbr partition table)"), "{out}");
+    let json = ok(&rackcast(&[&"image", &"inspect", &img, &"--json"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let parts: Vec<_> = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["number"].as_u64().unwrap(),
+                p["fs"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        vec![
+            (1, None),
+            (5, Some("ext4".into())),
+            (6, Some("ext4".into()))
+        ],
+        "{json}"
+    );
+}

@@ -72,6 +72,12 @@ pub fn read_table(
         if start.checked_add(len).is_none_or(|end| end > size) {
             continue;
         }
+        if EXTENDED.contains(&ty) {
+            // The container itself is no filesystem: its logical partitions
+            // are (its EBRs, outside them, stay captured).
+            logical(disk, lba, count, size, &mut parts)?;
+            continue;
+        }
         parts.push(Partition {
             number: i as u32 + 1,
             start,
@@ -80,6 +86,53 @@ pub fn read_table(
         });
     }
     Ok(Some((TableKind::Mbr, parts)))
+}
+
+/// MBR types of an extended partition (CHS, LBA, Linux).
+const EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
+/// Logical partitions read at most: bounds a looping EBR chain.
+const MAX_LOGICAL: u32 = 128;
+
+/// The logical partitions of the extended partition at sector `ext`
+/// (`count` sectors), numbered from 5 as Linux does: each EBR's first
+/// entry is one (its start relative to that EBR), its second the next EBR
+/// (relative to `ext`).
+fn logical(
+    disk: &dyn ReadAt,
+    ext: u64,
+    count: u64,
+    size: u64,
+    parts: &mut Vec<Partition>,
+) -> io::Result<()> {
+    let mut ebr_at = ext;
+    for n in 0..MAX_LOGICAL {
+        let mut ebr = [0u8; 512];
+        disk.read_at(ebr_at * 512, &mut ebr)?;
+        if ebr[510..512] != [0x55, 0xAA] {
+            return Ok(());
+        }
+        let e = |i: usize| {
+            let e = &ebr[446 + 16 * i..446 + 16 * (i + 1)];
+            (e[4], u64::from(le32(&e[8..])), u64::from(le32(&e[12..])))
+        };
+        let (ty, rel, len) = e(0);
+        let (start, bytes) = ((ebr_at + rel) * 512, len * 512);
+        let inside = ebr_at + rel + len <= ext + count && start + bytes <= size;
+        if ty != 0 && len != 0 && inside {
+            parts.push(Partition {
+                number: 5 + n,
+                start,
+                len: bytes,
+                table_type: format!("0x{ty:02x}"),
+            });
+        }
+        let (next_ty, next_rel, _) = e(1);
+        if !EXTENDED.contains(&next_ty) || next_rel == 0 || next_rel >= count {
+            return Ok(());
+        }
+        ebr_at = ext + next_rel;
+    }
+    Ok(())
 }
 
 /// The GPT entries; `None` when the header is missing or malformed.
