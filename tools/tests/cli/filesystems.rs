@@ -8,16 +8,40 @@ use std::process::Command;
 
 use crate::{fails, field, ok, rackcast};
 
+/// Whether every tool is installed; prints what is missing and which
+/// packages bring it (`scripts/deps.sh test` installs them) otherwise.
+fn have_tools(tools: &[&str], packages: &str) -> bool {
+    for t in tools {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists());
+        if !found {
+            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs {packages})");
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes the partition table `layout` (sfdisk's script) to the file `disk`.
+fn sfdisk(disk: &Path, layout: &str) {
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut sf.stdin.take().unwrap(), layout.as_bytes()).unwrap();
+    assert!(sf.wait().unwrap().success(), "sfdisk {}", disk.display());
+}
+
 /// The test disk in `dir`, or `None` (printed why) without the tools.
 fn test_disk(dir: &Path) -> Option<PathBuf> {
-    for t in ["sfdisk", "mkfs.ext4", "mkswap", "mkfs.vfat", "mcopy"] {
-        if !["/usr/sbin", "/sbin", "/usr/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(t).exists())
-        {
-            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs e2fsprogs, fdisk)");
-            return None;
-        }
+    if !have_tools(
+        &["sfdisk", "mkfs.ext4", "mkswap", "mkfs.vfat", "mcopy"],
+        "e2fsprogs, fdisk",
+    ) {
+        return None;
     }
     let disk = dir.join("disk.raw");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-disk.sh");
@@ -275,14 +299,11 @@ fn grow_on_an_xfs_partition_runs_xfs_growfs() {
         eprintln!("SKIP: needs root (loop devices, a mount)");
         return;
     }
-    for t in ["sfdisk", "mkfs.xfs", "xfs_growfs", "xfs_repair"] {
-        if !["/usr/sbin", "/sbin", "/usr/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(t).exists())
-        {
-            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs xfsprogs, fdisk)");
-            return;
-        }
+    if !have_tools(
+        &["sfdisk", "mkfs.xfs", "xfs_growfs", "xfs_repair"],
+        "xfsprogs, fdisk",
+    ) {
+        return;
     }
     let d = tempfile::tempdir_in("/var/tmp").unwrap();
     // A GPT disk of 320 MiB, one XFS partition from 1 MiB (its minimum
@@ -292,18 +313,10 @@ fn grow_on_an_xfs_partition_runs_xfs_growfs() {
         .unwrap()
         .set_len(320 << 20)
         .unwrap();
-    let mut sf = Command::new("sfdisk")
-        .args(["-q", "--no-reread", "--no-tell-kernel"])
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        &mut sf.stdin.take().unwrap(),
-        b"label: gpt\nstart=2048, size=640000, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
-    )
-    .unwrap();
-    assert!(sf.wait().unwrap().success());
+    sfdisk(
+        &disk,
+        "label: gpt\nstart=2048, size=640000, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+    );
     let part = d.path().join("xfs.raw");
     let len = 640_000 * 512;
     std::fs::File::create(&part).unwrap().set_len(len).unwrap();
@@ -378,14 +391,8 @@ fn chunk_hashes(img: &Path) -> Vec<String> {
 
 #[test]
 fn import_reads_qcow2_vmdk_vhdx_and_vhd_like_the_raw_disk() {
-    for t in ["qemu-img", "qemu-nbd"] {
-        if !["/usr/bin", "/usr/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(t).exists())
-        {
-            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs qemu-utils)");
-            return;
-        }
+    if !have_tools(&["qemu-img", "qemu-nbd"], "qemu-utils") {
+        return;
     }
     let d = tempfile::tempdir().unwrap();
     let Some(disk) = test_disk(d.path()) else {
@@ -498,16 +505,8 @@ fn fat_file(disk: &Path, at: u64, name: &str) -> String {
 
 #[test]
 fn a_nocloud_seed_is_made_in_free_space_rewritten_on_a_rerun_and_refused_without_room() {
-    for t in ["mtype", "blkid", "sfdisk"] {
-        if !["/usr/bin", "/usr/sbin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(t).exists())
-        {
-            eprintln!(
-                "SKIP: {t} not installed (scripts/deps.sh test installs mtools, util-linux, fdisk)"
-            );
-            return;
-        }
+    if !have_tools(&["mtype", "blkid", "sfdisk"], "mtools, util-linux, fdisk") {
+        return;
     }
     let d = tempfile::tempdir().unwrap();
     let Some(disk) = test_disk(d.path()) else {
@@ -593,14 +592,8 @@ fn a_nocloud_seed_is_made_in_free_space_rewritten_on_a_rerun_and_refused_without
 
 #[test]
 fn logical_partitions_of_an_mbr_disk_are_read() {
-    for t in ["sfdisk", "mkfs.ext4"] {
-        if !["/usr/sbin", "/sbin", "/usr/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(t).exists())
-        {
-            eprintln!("SKIP: {t} not installed (scripts/deps.sh test installs e2fsprogs, fdisk)");
-            return;
-        }
+    if !have_tools(&["sfdisk", "mkfs.ext4"], "e2fsprogs, fdisk") {
+        return;
     }
     let d = tempfile::tempdir().unwrap();
     let disk = d.path().join("mbr.raw");
@@ -608,19 +601,11 @@ fn logical_partitions_of_an_mbr_disk_are_read() {
         .unwrap()
         .set_len(64 << 20)
         .unwrap();
-    let mut sf = Command::new("sfdisk")
-        .args(["-q", "--no-reread", "--no-tell-kernel"])
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        &mut sf.stdin.take().unwrap(),
-        b"label: dos\nstart=2048, size=16384, type=83\nstart=18432, type=5\n\
-          start=20480, size=40960, type=83\nstart=63488, size=40960, type=83\n",
-    )
-    .unwrap();
-    assert!(sf.wait().unwrap().success());
+    sfdisk(
+        &disk,
+        "label: dos\nstart=2048, size=16384, type=83\nstart=18432, type=5\n\
+         start=20480, size=40960, type=83\nstart=63488, size=40960, type=83\n",
+    );
     // An ext4 in each logical partition (5 and 6); partition 1 stays empty.
     for at in [20480u64, 63488] {
         let part = d.path().join("part.img");
