@@ -83,6 +83,7 @@ fn decode(c: &mut Criterion) {
                 hash: *blake3::hash(&frame).as_bytes(),
             };
             let index = ChunkIndex {
+                version: rackcast_engine::image::FORMAT_VERSION,
                 meta: Metadata {
                     source_size: size as u64,
                     chunk_size: size as u32,

@@ -267,6 +267,7 @@ pub fn create_image_from(
             (i as u64 * chunk_size as u64 + chunk_size as u64).min(info.size)
         });
     let index = ChunkIndex {
+        version: FORMAT_VERSION,
         meta: Metadata {
             source_size: info.size,
             chunk_size,

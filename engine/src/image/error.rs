@@ -37,13 +37,13 @@ pub enum ImageError {
         found: Vec<u8>,
     },
     /// The image was written by a format version this build does not read.
-    #[error("unsupported image format version {found} in the {part} at byte offset {offset} (this rackcast reads version {supported})")]
+    #[error("unsupported image format version {found} in the {part} at byte offset {offset} (this rackcast reads versions 1 to {supported})")]
     UnsupportedVersion {
         /// "header", "index" or "trailer".
         part: &'static str,
         /// The version found.
         found: u16,
-        /// The version this build reads.
+        /// The newest version this build reads.
         supported: u16,
         /// Byte offset of the version field.
         offset: u64,

@@ -12,7 +12,7 @@
 
 use super::error::{ImageError, Result};
 use super::wire::{checksum8, Cursor, Put};
-use super::FORMAT_VERSION;
+use super::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 
 /// Magic at byte 0 of an image.
 pub const HEADER_MAGIC: [u8; 8] = *b"RCIMAGE\0";
@@ -69,7 +69,7 @@ impl Header {
             });
         }
         let version = c.u16().map_err(short)?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ImageError::UnsupportedVersion {
                 part: "header",
                 found: version,

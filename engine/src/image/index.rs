@@ -11,17 +11,22 @@
 //!   reserved u32 | min_target_size u64 | created_unix u64
 //!   tool_version (u16 len + UTF-8) | label count u16 | (key, value) strings
 //! chunk_count u64
-//! per chunk: kind u8 | mask mode u8 | content BLAKE3 [32]
+//! per chunk: kind u8, then (except absent chunks from version 2 on)
+//!   mask mode u8 | content BLAKE3 [32]
 //!   zstd/raw:  frame offset u64 | frame length u32 | frame BLAKE3 [32]
 //!   duplicate: index of the earlier chunk u64
 //!   mask mode 1: used-block bitmap, one bit per 4 KiB block, LSB first
 //! ```
+//!
+//! An absent chunk has no used block, so its hash (zero) and mask (all
+//! clear) say nothing: version 2 writes its kind byte alone. Version 1
+//! indexes are read and re-encoded byte for byte, so their roots hold.
 
 use std::collections::BTreeMap;
 
 use super::error::{ImageError, Result};
 use super::wire::{Cursor, Put, Short};
-use super::{check_chunk_size, BLOCK_SIZE, FORMAT_VERSION};
+use super::{check_chunk_size, BLOCK_SIZE, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 
 /// Magic at the start of the index.
 pub const INDEX_MAGIC: [u8; 8] = *b"RCINDEX\0";
@@ -171,6 +176,17 @@ pub struct ChunkEntry {
     pub used: UsedMask,
 }
 
+impl ChunkEntry {
+    /// The entry of a chunk of `len` bytes with no used block.
+    pub fn absent(len: usize) -> ChunkEntry {
+        ChunkEntry {
+            data: ChunkData::Absent,
+            hash: [0; 32],
+            used: UsedMask::Blocks(vec![0; len.div_ceil(BLOCK_SIZE).div_ceil(8)]),
+        }
+    }
+}
+
 /// What the image says about its source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Metadata {
@@ -195,6 +211,9 @@ pub struct Metadata {
 /// Metadata plus the chunk table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkIndex {
+    /// The format version it is encoded in ([`FORMAT_VERSION`] for new
+    /// images; an older one for an index read from an older image).
+    pub version: u16,
     /// Image metadata.
     pub meta: Metadata,
     /// One entry per chunk, in disk order.
@@ -246,7 +265,7 @@ impl ChunkIndex {
         let m = &self.meta;
         let mut v = Vec::with_capacity(128 + self.entries.len() * 90);
         v.put(&INDEX_MAGIC);
-        v.put_u16(FORMAT_VERSION);
+        v.put_u16(self.version);
         v.put_u16(0);
         v.put_u32(0);
         v.put_u64(m.source_size);
@@ -265,6 +284,9 @@ impl ChunkIndex {
         v.put_u64(self.entries.len() as u64);
         for e in &self.entries {
             v.put_u8(e.data.kind().code());
+            if e.data == ChunkData::Absent && self.version >= 2 {
+                continue;
+            }
             v.put_u8(matches!(e.used, UsedMask::Blocks(_)) as u8);
             v.put(&e.hash);
             match &e.data {
@@ -301,7 +323,7 @@ impl ChunkIndex {
             });
         }
         let version = c.u16().map_err(short)?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ImageError::UnsupportedVersion {
                 part: "index",
                 found: version,
@@ -376,9 +398,13 @@ impl ChunkIndex {
             let kind_code = c.u8().map_err(short)?;
             let kind = ChunkKind::from_code(kind_code)
                 .ok_or_else(|| chunk_bad(format!("unknown chunk kind {kind_code}")))?;
+            let len = (source_size - i * chunk_size as u64).min(chunk_size as u64);
+            if kind == ChunkKind::Absent && version >= 2 {
+                entries.push(ChunkEntry::absent(len as usize));
+                continue;
+            }
             let mask_mode = c.u8().map_err(short)?;
             let hash: [u8; 32] = c.array().map_err(short)?;
-            let len = (source_size - i * chunk_size as u64).min(chunk_size as u64);
             let mut frame = || -> Result<FrameRef> {
                 let offset = c.u64().map_err(short)?;
                 let flen = c.u32().map_err(short)?;
@@ -445,7 +471,11 @@ impl ChunkIndex {
                 format!("{} stray bytes after the last chunk", c.remaining()),
             ));
         }
-        Ok(ChunkIndex { meta, entries })
+        Ok(ChunkIndex {
+            version,
+            meta,
+            entries,
+        })
     }
 
     fn len_of(source_size: u64, chunk_size: u32, i: u64) -> u64 {
@@ -481,6 +511,7 @@ mod tests {
             hash: [3; 32],
         };
         ChunkIndex {
+            version: FORMAT_VERSION,
             meta: Metadata {
                 source_size: (1 << 20) * 4 + 5000,
                 chunk_size: 1 << 20,
@@ -507,11 +538,7 @@ mod tests {
                     hash: [1; 32],
                     used: UsedMask::All,
                 },
-                ChunkEntry {
-                    data: ChunkData::Absent,
-                    hash: [0; 32],
-                    used: UsedMask::Blocks(vec![0; 32]),
-                },
+                ChunkEntry::absent(1 << 20),
                 ChunkEntry {
                     data: ChunkData::Raw(FrameRef {
                         offset: 164,
@@ -530,6 +557,23 @@ mod tests {
         let i = sample();
         let bytes = i.emit();
         assert_eq!(ChunkIndex::parse(&bytes, 0, u64::MAX).unwrap(), i);
+    }
+
+    #[test]
+    fn an_absent_entry_is_its_kind_byte_and_version_1_reencodes_as_it_was() {
+        let v2 = sample();
+        let mut v1 = sample();
+        v1.version = 1;
+        let (b1, b2) = (v1.emit(), v2.emit());
+        // Version 1 spends mask mode, zero hash and a 32-byte mask.
+        assert_eq!(b1.len() - b2.len(), 1 + 32 + 32);
+        let back = ChunkIndex::parse(&b1, 0, u64::MAX).unwrap();
+        assert_eq!(back, v1);
+        assert!(
+            back.emit() == b1,
+            "a version 1 index keeps its bytes, so its root"
+        );
+        assert_ne!(v1.root(), v2.root());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use super::error::{ImageError, Result};
 use super::wire::{checksum8, Cursor, Put};
-use super::FORMAT_VERSION;
+use super::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 
 /// Magic at the start of the trailer.
 pub const TRAILER_MAGIC: [u8; 8] = *b"RCTRAIL\0";
@@ -94,7 +94,7 @@ impl Trailer {
             });
         }
         let version = c.u16().map_err(short)?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ImageError::UnsupportedVersion {
                 part: "trailer",
                 found: version,
