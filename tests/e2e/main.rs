@@ -227,6 +227,54 @@ impl Drop for Netns {
     }
 }
 
+/// What the environment's grow tools must print (see [`grow_probe`]).
+const GROW_MARKER: &str = "RACKCAST-GROW-OK";
+
+/// A script that runs, inside the automation environment, what `job
+/// distribute --grow` runs there (the writer's layout.rs): loads the loop
+/// and xfs modules on demand, and grows a 4 MiB ext4 (made here, carried
+/// in the script) to 32 MiB through util-linux losetup, e2fsck and
+/// resize2fs; then prints [`GROW_MARKER`]. losetup by its path: busybox's
+/// shell prefers its own applet (no --sizelimit) to a program on PATH;
+/// the agent execs the carried program.
+fn grow_probe(dir: &Path) -> String {
+    use base64::Engine as _;
+    let fs = dir.join("grow-probe.ext4");
+    std::fs::File::create(&fs)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096"])
+            .arg(&fs),
+    );
+    let gz = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("gzip -9 -c {} | base64 -w0", fs.display())),
+    );
+    // Checked here too, so a bad encoding fails as such, not in the guest.
+    base64::engine::general_purpose::STANDARD
+        .decode(gz.trim())
+        .expect("base64 of the probe filesystem");
+    format!(
+        "set -e\n\
+         modprobe loop\n\
+         modprobe xfs\n\
+         grep -qw xfs /proc/filesystems\n\
+         xfs_growfs -V\n\
+         echo '{}' | base64 -d | gunzip > /tmp/grow.img\n\
+         dd if=/dev/zero of=/tmp/grow.img bs=1 count=0 seek=33554432 2>/dev/null\n\
+         d=$(/bin/losetup --find --show --offset 0 --sizelimit 33554432 /tmp/grow.img)\n\
+         e2fsck -fy \"$d\" >/dev/null || [ $? -eq 1 ]\n\
+         resize2fs \"$d\" 2>&1\n\
+         /bin/losetup -d \"$d\"\n\
+         echo {GROW_MARKER}\n",
+        gz.trim()
+    )
+}
+
 /// A child process killed by PID on drop (dnsmasq, the server).
 struct Proc(Child);
 
@@ -868,7 +916,8 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
             "name": "e2e environment switch",
             "targets": [targets[0].mac],
             "task": [
-                {"kind": "script", "env": env.name, "script": "echo RACKCAST-IN-DEFAULT"},
+                {"kind": "script", "env": env.name,
+                 "script": format!("echo RACKCAST-IN-DEFAULT\n{}", grow_probe(dir))},
                 {"kind": "script", "env": MAINT,
                  "script": format!("echo {MAINT_MARKER}; cat /proc/cmdline")},
             ],
@@ -1155,6 +1204,12 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
     let run = &switch_view["targets"][0];
     assert_eq!(run["status"], "done", "{run}");
     let runlog = run["log"].as_str().unwrap_or_default();
+    // The environment's grow tools ran: 4 MiB of 4 KiB blocks became 32 MiB.
+    assert!(
+        runlog.contains(GROW_MARKER) && runlog.contains("is now 8192 (4k) blocks long"),
+        "the grow probe failed in the environment: {runlog:?}{}",
+        c()
+    );
     assert!(
         runlog.contains(MAINT_MARKER) && runlog.contains(&format!("rackcast.env={MAINT}")),
         "the maintenance script's output is not in the run log: {runlog:?}{}",

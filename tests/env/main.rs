@@ -187,6 +187,25 @@ fn build_carries_busybox_modules_agent_and_libraries() {
     assert!(pos("/virtio.ko") < pos("/virtio_pci.ko"));
     assert!(pos("/virtio_ring.ko") < pos("/virtio_blk.ko"));
     assert!(b.summary.contains("virtio_rng"), "{}", b.summary);
+    // What `job distribute --grow` runs: the programs (with their libraries),
+    // and loop and xfs in modules.dep for modprobe, but not loaded at boot.
+    for t in ["e2fsck", "resize2fs", "xfs_growfs", "losetup"] {
+        if ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists())
+        {
+            assert!(get(&format!("bin/{t}")).2.starts_with(b"\x7fELF"), "{t}");
+        }
+    }
+    assert!(entries.iter().any(|e| e.0.ends_with("/libext2fs.so.2")));
+    assert_eq!(get("etc/mtab").2, b"../proc/self/mounts");
+    for m in ["kernel/drivers/block/loop.ko:", "kernel/fs/xfs/xfs.ko:"] {
+        assert!(dep.lines().any(|l| l.starts_with(m)), "{m}\n{dep}");
+        assert!(
+            !modules.contains(m.trim_end_matches(':')),
+            "{m} loads at boot"
+        );
+    }
     let size = std::fs::metadata(b.path("initrd.img")).unwrap().len();
     eprintln!("initrd.img: {size} bytes, {} entries", entries.len());
 }

@@ -585,8 +585,28 @@ fn cli_uploads_enrolls_distributes_and_watches_as_the_readme_says() {
     ok(&cli(&["image", "upload", img.to_str().unwrap()]));
     assert!(ok(&cli(&["image", "list"])).contains("golden"));
     let macs: Vec<String> = (1..=2).map(mac).collect();
-    ok(&cli(&["target", "add", &macs[0], "--name", "rack12-u01"]));
+    ok(&cli(&[
+        "target",
+        "add",
+        &macs[0],
+        "--name",
+        "rack12-u01",
+        "--var",
+        "rack=r12",
+    ]));
     ok(&cli(&["target", "add", &macs[1], "--name", "rack12-u02"]));
+    // Variables: set (a value may hold '='), removed, shown; a built-in
+    // name is refused by the CLI before it asks the server.
+    let vars = ok(&cli(&[
+        "target", "vars", &macs[0], "--set", "role=db", "--set", "note=a=b", "--unset", "rack",
+    ]));
+    assert_eq!(vars, "note=a=b\nrole=db\n");
+    assert!(ok(&cli(&["target", "show", &macs[0]])).contains("vars       note=a=b role=db\n"));
+    let bad = cli(&["target", "vars", &macs[0], "--set", "mac=x"]);
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("built in"),
+        "{bad:?}"
+    );
     let list = ok(&cli(&["target", "list"]));
     assert!(
         list.contains("rack12-u01") && list.contains("unknown"),

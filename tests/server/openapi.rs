@@ -61,7 +61,7 @@ fn ask(s: &Server, method: &str, path: &str) -> (u16, String, String) {
         .request(method, &format!("{}{path}", s.url))
         .set("Authorization", &format!("Bearer {}", s.token))
         .timeout(Duration::from_secs(20));
-    let r = if matches!(method, "POST" | "PUT") {
+    let r = if matches!(method, "POST" | "PUT" | "PATCH") {
         r.send_json(serde_json::json!({}))
     } else {
         r.call()

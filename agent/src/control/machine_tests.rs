@@ -190,6 +190,7 @@ fn distribute(session: u64) -> Work {
         disk: None,
         verify: VerifyMode::Sample,
         unused: Default::default(),
+        grow: false,
         seed: None,
         cast: CastJoin {
             group: "239.255.42.1:7400".into(),

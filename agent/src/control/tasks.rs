@@ -109,6 +109,7 @@ impl TaskHandle {
                         disk,
                         verify,
                         unused,
+                        grow,
                         seed,
                         cast,
                         ..
@@ -119,6 +120,7 @@ impl TaskHandle {
                             disk: disk.as_deref(),
                             verify,
                             unused,
+                            grow,
                             seed: seed.as_deref(),
                         },
                         &cast,
@@ -525,6 +527,9 @@ struct DiskWrite<'a> {
     disk: Option<&'a str>,
     verify: VerifyMode,
     unused: UnusedBlocks,
+    /// Grow the last partition and its filesystem to the disk's end (the
+    /// environment carries e2fsprogs, xfsprogs and losetup for it).
+    grow: bool,
     /// Written after the image (a CIDATA partition in the disk's free space).
     seed: Option<&'a NoCloudSeed>,
 }
@@ -653,10 +658,15 @@ fn receive_spec(
             state_dir: ctx.work_dir.join("resume"),
             ..WriterConfig::default()
         },
-        // Growing needs e2fsprogs/xfsprogs, which environments do not carry.
         layout: LayoutOptions {
             unused: write.unused,
-            grow: false,
+            grow: write.grow,
+            // The seed's partition goes after the grown one.
+            reserve: if write.seed.is_some() {
+                rackcast_writer::seed::SEED_ROOM
+            } else {
+                0
+            },
         },
     })
 }

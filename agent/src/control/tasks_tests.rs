@@ -150,6 +150,7 @@ fn a_distribute_with_a_bad_key_fails_clearly() {
         disk: None,
         verify: VerifyMode::Sample,
         unused: Default::default(),
+        grow: false,
         seed: None,
         cast: CastJoin {
             group: "239.255.42.9:7409".into(),
@@ -182,6 +183,7 @@ fn a_silent_session_asks_to_rejoin() {
         disk: None,
         verify: VerifyMode::Off,
         unused: Default::default(),
+        grow: false,
         seed: None,
         cast: CastJoin {
             // Nobody sends to this group.

@@ -29,6 +29,9 @@ pub struct LayoutOptions {
     pub unused: UnusedBlocks,
     /// Extend the last partition (ext2/3/4 or XFS) to the target's end.
     pub grow: bool,
+    /// With `grow`, bytes to leave free at the end (rounded to 1 MiB) for a
+    /// partition made after, such as a NoCloud seed ([`crate::seed::SEED_ROOM`]).
+    pub reserve: u64,
 }
 
 /// What they did.
@@ -115,7 +118,7 @@ pub fn finish_layout(
         }
     }
 
-    let fix = match fix_gpt(&file, size, sector, opts.grow) {
+    let fix = match fix_gpt(&file, size, sector, opts.grow.then_some(opts.reserve)) {
         Ok(f) => f,
         Err(GptFixError::Io(e)) => return Err(io("reading", e)),
         Err(e) => return Err(WriterError::Grow(e.to_string())),
@@ -126,7 +129,7 @@ pub fn finish_layout(
                 .map_err(|e| io("writing the partition table of", e))?;
         }
         file.sync_data().map_err(|e| io("flushing", e))?;
-        report.gpt_moved = true;
+        report.gpt_moved = fix.backup_moved;
         if let (Some(grown), Some(old)) = (fix.grown, last) {
             let fs = old.fs.clone().unwrap_or_default();
             drop(file);
@@ -171,6 +174,20 @@ fn unused_ranges(index: &ChunkIndex, size: u64) -> Vec<std::ops::Range<u64>> {
 /// Grows the filesystem `fs` in the partition at `start` (`len` bytes) of
 /// `dest`, through a loop device over it.
 fn grow_fs(dest: &Path, fs: &str, start: u64, len: u64) -> Result<()> {
+    // An automation environment carries these as modules, loaded on demand;
+    // elsewhere they are loaded or built in, and a failure here shows below.
+    let modules: &[&str] = if fs == "xfs" {
+        &["loop", "xfs"]
+    } else {
+        &["loop"]
+    };
+    for m in modules {
+        let _ = Command::new("modprobe")
+            .arg("-q")
+            .arg(m)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
     let dev = run(Command::new("losetup")
         .args(["--find", "--show"])
         .arg(format!("--offset={start}"))

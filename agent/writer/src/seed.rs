@@ -17,6 +17,9 @@ use crate::error::{Result, WriterError};
 
 /// The seed's size: FAT12 with room to spare for the three files.
 pub const SEED_BYTES: u64 = 4 << 20;
+/// What a grown last partition leaves free so the seed's partition fits
+/// after it (1 MiB of it for alignment).
+pub const SEED_ROOM: u64 = SEED_BYTES + (1 << 20);
 /// The partition's name in the GPT.
 const NAME: &str = "cidata";
 /// "Microsoft basic data", as GPT type GUIDs are stored (mixed-endian):

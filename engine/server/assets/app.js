@@ -8,6 +8,7 @@ const EVENT_KINDS = [
   "agent.refused", "agent.registered", "agent.reset", "cast.ended", "cast.forming",
   "cast.started", "environment.put", "image.added", "job.cancelled", "job.finished",
   "job.retried", "job.submitted", "run.done", "target.added", "target.bmc",
+  "target.vars",
   "target.power", "target.power-action", "target.state", "target.wrong-env",
   "task.failed", "task.finished", "task.progress", "task.rejoin", "task.resumed",
   "task.retry", "task.started",

@@ -22,7 +22,7 @@ use super::body::{bytes_refused, ApiJson, JOB_SPEC_LIMIT, JSON_LIMIT};
 use super::openapi::{ChangeErrors, ImageFile, OperatorErrors};
 use super::{library, ApiErr, Shared};
 use rackcast_engine::sched::api::{
-    ApiError, Environment, EventRecord, ImageView, JobId, JobSpec, JobView, TargetView,
+    ApiError, Environment, EventRecord, ImageView, JobId, JobSpec, JobView, TargetView, VarsUpdate,
 };
 use rackcast_engine::sched::{MacAddr, SchedError};
 
@@ -36,6 +36,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(show_target))
         .routes(routes!(release_target))
         .routes(routes!(reset_target))
+        .routes(routes!(set_target_vars))
         .routes(routes!(list_images))
         .routes(routes!(list_envs))
         .routes(routes!(show_env, put_env))
@@ -86,6 +87,9 @@ struct NewTarget {
     /// A name for people (default: the host name its agent reports).
     #[serde(default)]
     name: String,
+    /// Variables for job templates (see `PATCH /api/v1/targets/{mac}/vars`).
+    #[serde(default)]
+    vars: std::collections::BTreeMap<String, String>,
 }
 
 #[utoipa::path(
@@ -111,7 +115,21 @@ async fn add_target(
     let v = sh
         .mutate(|s, now| {
             let mac = MacAddr::parse(&t.mac)?;
-            s.add_target(now, mac, &t.name).map(|t| t.view())
+            let vars = VarsUpdate {
+                set: t.vars,
+                unset: Vec::new(),
+            };
+            // Checked before enrolling: a bad variable enrolls nothing.
+            let mut checked = std::collections::BTreeMap::new();
+            rackcast_engine::sched::template::update(&mut checked, &vars.set, &[])
+                .map_err(SchedError::Invalid)?;
+            s.add_target(now, mac, &t.name)?;
+            if !vars.set.is_empty() {
+                s.set_vars(now, mac, &vars)?;
+            }
+            s.target(mac)
+                .map(|t| t.view())
+                .ok_or(SchedError::UnknownTarget(mac))
         })
         .await??;
     Ok(Json(v))
@@ -171,6 +189,39 @@ async fn release_target(
         .await??;
     v.map(Json)
         .ok_or_else(|| not_found(format!("unknown target {mac}")))
+}
+
+/// `PATCH /api/v1/targets/{mac}/vars {set, unset}`: sets a target's
+/// template variables (`{name}` in a job's cloud-init), then removes names.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/targets/{mac}/vars",
+    tag = "targets",
+    description = "Sets and removes a target's variables for job templates: all of the update or none of it.",
+    params(("mac" = String, Path, description = "The target's MAC, e.g. `52:54:00:ab:cd:01`")),
+    request_body = VarsUpdate,
+    responses(
+        (status = 200, description = "The target with its variables", body = TargetView),
+        (status = 404, description = "No such target", body = ApiError),
+        (status = 422, description = "Not a MAC address, or a bad name, value or count", body = ApiError),
+        ChangeErrors,
+    ),
+    security(("operator_token" = []))
+)]
+async fn set_target_vars(
+    State(sh): S,
+    h: HeaderMap,
+    Path(mac): Path<String>,
+    ApiJson(update): ApiJson<VarsUpdate>,
+) -> Result<Json<TargetView>, ApiErr> {
+    operator(&sh, &h)?;
+    let v = sh
+        .mutate(|s, now| {
+            let m = MacAddr::parse(&mac)?;
+            s.set_vars(now, m, &update).map(|t| t.view())
+        })
+        .await??;
+    Ok(Json(v))
 }
 
 /// `POST /api/v1/targets/{mac}/reset`: drops the target's agent session,

@@ -20,6 +20,7 @@
 //! | `GET  /api/v1/targets/{mac}`           | -> `TargetView`                         |
 //! | `POST /api/v1/targets/{mac}/release`   | -> `TargetView` (clears a failure hold) |
 //! | `POST /api/v1/targets/{mac}/reset`     | -> `TargetView` (drops its agent session) |
+//! | `PATCH /api/v1/targets/{mac}/vars`     | `VarsUpdate` -> `TargetView` (template variables) |
 //! | `PUT  /api/v1/targets/{mac}/bmc`       | `BmcRequest` -> `TargetView` (the password is never returned) |
 //! | `DELETE /api/v1/targets/{mac}/bmc`     | -> `TargetView`                         |
 //! | `POST /api/v1/targets/{mac}/power`     | `PowerRequest` -> `PowerAnswer` (through its BMC) |
@@ -66,6 +67,8 @@
 //! bounded by the server's `max_image_bytes`. Task output an agent reports
 //! is kept within a per-target budget (`log_rate` bytes/s, `log_burst`);
 //! the rest is dropped and a note in the log says how much.
+
+use std::collections::BTreeMap;
 
 use rackcast_types::MacAddr;
 pub use rackcast_types::{BootDevice, PowerOp, PowerState};
@@ -218,6 +221,10 @@ pub enum TaskKind {
         /// The blocks the image leaves out (its filesystems' free space).
         #[serde(default)]
         unused: UnusedBlocks,
+        /// On a disk larger than the image's source: extend the last
+        /// partition to the disk's end and grow its ext2/3/4 or XFS.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        grow: bool,
         /// A cloud-init NoCloud seed written to each disk after the image,
         /// with the target's own values.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,8 +283,9 @@ pub enum VerifyMode {
 
 /// A cloud-init NoCloud seed for every target of a Distribute. Its texts
 /// are templates: `{hostname}` (the target's name), `{mac}`, `{ip}` (the
-/// address its agent reported on that NIC, or empty) and `{job}` become
-/// each target's own.
+/// address its agent reported on that NIC, or empty), `{job}` and each of
+/// the target's own variables (`{rack}`, see [`VarsUpdate`]) become that
+/// target's values.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -304,17 +312,23 @@ pub struct SeedValues {
     pub ip: String,
     /// The job.
     pub job: JobId,
+    /// The target's own variables (`rackcast target vars`).
+    pub vars: BTreeMap<String, String>,
 }
 
 impl CloudInit {
-    /// The seed for one target.
+    /// The seed for one target: `{hostname}`, `{mac}`, `{ip}`, `{job}` and
+    /// the target's own variables filled in (see [`super::template::fill`]).
     pub fn render(&self, v: &SeedValues) -> NoCloudSeed {
-        let fill = |t: &str| {
-            t.replace("{hostname}", &v.hostname)
-                .replace("{mac}", &v.mac.to_string())
-                .replace("{ip}", &v.ip)
-                .replace("{job}", &v.job.0.to_string())
+        let (mac, job) = (v.mac.to_string(), v.job.0.to_string());
+        let value = |name: &str| match name {
+            "hostname" => Some(v.hostname.as_str()),
+            "mac" => Some(mac.as_str()),
+            "ip" => Some(v.ip.as_str()),
+            "job" => Some(job.as_str()),
+            _ => v.vars.get(name).map(String::as_str),
         };
+        let fill = |t: &str| super::template::fill(t, value);
         let id = fill(
             self.instance_id
                 .as_deref()
@@ -525,6 +539,25 @@ pub struct TargetView {
     /// The BMC's last error, until a call succeeds again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc_error: Option<String>,
+    /// Its variables for job templates (`rackcast target vars`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// `PATCH /api/v1/targets/{mac}/vars`: variables to set (or replace), then
+/// names to remove.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct VarsUpdate {
+    /// Name to value; names of letters, digits, `_`, `-` (at most 64 bytes,
+    /// not `hostname`, `mac`, `ip` or `job`); values at most 4096 bytes; at
+    /// most 64 per target.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Names to remove (unknown ones are ignored).
+    #[serde(default)]
+    pub unset: Vec<String>,
 }
 
 /// A target's BMC, as the API shows it: never the password, which the
@@ -794,6 +827,9 @@ pub enum Work {
         /// The blocks the image leaves out.
         #[serde(default)]
         unused: UnusedBlocks,
+        /// Grow the last partition and its filesystem to the disk's end.
+        #[serde(default)]
+        grow: bool,
         /// The NoCloud seed to write after the image, rendered for this
         /// target (boxed: directives stay small).
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -168,6 +168,14 @@ pub enum EventKind {
         /// Its name.
         name: String,
     },
+    /// `target.vars`: an operator set or removed template variables (their
+    /// names only: values can be long, and are the target's to show).
+    TargetVars {
+        /// Names set.
+        set: Vec<String>,
+        /// Names removed.
+        unset: Vec<String>,
+    },
     /// `task.started` or, for an attempt that had begun before, `task.resumed`.
     TaskStarted {
         /// The attempt, from 1.
@@ -305,6 +313,7 @@ impl EventKind {
             EventKind::WrongEnv { .. } => "target.wrong-env",
             EventKind::TargetState { .. } => "target.state",
             EventKind::TargetAdded { .. } => "target.added",
+            EventKind::TargetVars { .. } => "target.vars",
             EventKind::TaskStarted { resumed: false, .. } => "task.started",
             EventKind::TaskStarted { resumed: true, .. } => "task.resumed",
             EventKind::TaskProgress(_) => "task.progress",

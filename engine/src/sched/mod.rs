@@ -18,6 +18,7 @@ pub mod api;
 pub mod event;
 pub mod model;
 pub mod scheduler;
+pub mod template;
 
 pub use event::{Actor, Event, EventKind, Subject};
 pub use model::{CastSession, Job, LogLine, Run, RunStatus, SessionPhase, State, Target};

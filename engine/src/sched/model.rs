@@ -56,6 +56,10 @@ pub struct Target {
     /// one-time disk boot its BMC was given did not take (0: none due).
     #[serde(default)]
     pub disk_until: Millis,
+    /// The operator's variables for job templates (`{rack}` in a job's
+    /// cloud-init user data): see [`super::template`].
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
 }
 
 impl Target {
@@ -77,6 +81,7 @@ impl Target {
             power_tries: 0,
             power_asked: 0,
             disk_until: 0,
+            vars: BTreeMap::new(),
         }
     }
 
@@ -94,6 +99,7 @@ impl Target {
             bmc: self.bmc.clone(),
             power: self.power,
             bmc_error: self.bmc_error.clone(),
+            vars: self.vars.clone(),
         }
     }
 }

@@ -114,6 +114,7 @@ fn distribute(targets: &[MacAddr], cast: CastPolicy) -> JobSpec {
                 disk: None,
                 verify: VerifyMode::Sample,
                 unused: Default::default(),
+                grow: false,
                 cloud_init: None,
             },
             env: None,
@@ -735,6 +736,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
                     disk: None,
                     verify: VerifyMode::Off,
                     unused: Default::default(),
+                    grow: false,
                     cloud_init: None,
                 };
                 j

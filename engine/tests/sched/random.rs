@@ -47,6 +47,7 @@ fn task(kind: u8) -> TaskSpec {
             disk: None,
             verify: VerifyMode::Off,
             unused: Default::default(),
+            grow: false,
             cloud_init: None,
         },
         1 => TaskKind::Script {

@@ -302,6 +302,7 @@ fn recv(a: &RecvArgs) -> anyhow::Result<ExitCode> {
         layout: rackcast_writer::LayoutOptions {
             unused: a.unused.into(),
             grow: a.grow,
+            reserve: 0,
         },
     };
     eprintln!(

@@ -174,6 +174,15 @@ impl Client {
         self.call("PUT", path, Body::Json(body))
     }
 
+    /// `PATCH path` with a JSON body -> `T`.
+    pub fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call("PATCH", path, Body::Json(body))
+    }
+
     /// `DELETE path` -> `T`.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call("DELETE", path, Body::<()>::Empty)

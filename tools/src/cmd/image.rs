@@ -185,6 +185,10 @@ pub struct RestoreArgs {
     /// The backup GPT moves to the end with or without it.
     #[arg(long)]
     pub grow: bool,
+    /// With --grow, leave 5 MiB free at the end for `rackcast image seed`
+    /// (its CIDATA partition goes in the last free space).
+    #[arg(long, requires = "grow")]
+    pub seed_room: bool,
     /// I/O engine: io_uring, positioned writes, or io_uring when available.
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineArg,
@@ -666,6 +670,11 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let layout = rackcast_writer::LayoutOptions {
         unused: a.unused.into(),
         grow: a.grow,
+        reserve: if a.seed_room {
+            rackcast_writer::seed::SEED_ROOM
+        } else {
+            0
+        },
     };
     if a.grow {
         // Refused before anything is written, not after.

@@ -159,9 +159,16 @@ pub struct DistributeArgs {
     /// keep what each disk holds there, zero them, or discard them.
     #[arg(long, value_enum, default_value = "keep")]
     pub unused: super::image::UnusedArg,
+    /// On disks larger than the image's source, extend the last partition
+    /// to each disk's end and grow its ext2/3/4 (e2fsck, resize2fs) or XFS
+    /// (xfs_growfs); environments built by `rackcast env build` carry the
+    /// tools.
+    #[arg(long)]
+    pub grow: bool,
     /// Then write a cloud-init NoCloud seed with this user-data to each
     /// disk (a CIDATA partition in its free space); `{hostname}`, `{mac}`,
-    /// `{ip}` and `{job}` become each target's own.
+    /// `{ip}`, `{job}` and the target's own variables (`{rack}` after
+    /// `target vars MAC --set rack=r12`) become each target's values.
     #[arg(long, value_name = "FILE")]
     pub user_data: Option<std::path::PathBuf>,
     /// The seed's network-config (with the same templates).
@@ -386,6 +393,7 @@ impl DistributeArgs {
             disk: self.disk.clone(),
             verify: verify_mode(self.verify),
             unused: self.unused.into(),
+            grow: self.grow,
             cloud_init: self.cloud_init()?,
         };
         let name = format!("distribute {}", self.image);
@@ -603,9 +611,10 @@ pub fn describe_task(t: &TaskSpec) -> String {
             disk,
             verify,
             unused,
+            grow,
             cloud_init,
         } => format!(
-            "distribute {image} to {} (verify {}{}{})",
+            "distribute {image} to {} (verify {}{}{}{})",
             disk.as_deref().unwrap_or("the agent's disk"),
             match verify {
                 VerifyMode::Off => "off",
@@ -616,6 +625,11 @@ pub fn describe_task(t: &TaskSpec) -> String {
                 UnusedBlocks::Keep => "",
                 UnusedBlocks::Zero => ", unused blocks zeroed",
                 UnusedBlocks::Discard => ", unused blocks discarded",
+            },
+            if *grow {
+                ", grow the last partition"
+            } else {
+                ""
             },
             if cloud_init.is_some() {
                 ", then a NoCloud seed"

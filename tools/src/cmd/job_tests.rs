@@ -59,6 +59,7 @@ fn distribute_shortcut_builds_a_one_task_job() {
                     disk: Some("/dev/nvme0n1".into()),
                     verify: VerifyMode::Full,
                     unused: UnusedBlocks::Keep,
+                    grow: false,
                     cloud_init: None,
                 },
                 env: Some("linux-x64".into()),
@@ -93,6 +94,7 @@ fn distribute_defaults_and_start_at() {
             disk: None,
             verify: VerifyMode::Sample,
             unused: UnusedBlocks::Keep,
+            grow: false,
             cloud_init: None,
         }
     );

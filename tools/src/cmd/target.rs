@@ -1,7 +1,9 @@
 //! `rackcast target`: the machines the server knows, their state and
 //! inventory; `release` lets a failed one go; `reset` drops its agent
-//! session; `set-bmc`, `power` and `boot-once` work through its BMC.
+//! session; `set-bmc`, `power` and `boot-once` work through its BMC;
+//! `vars` sets what job templates fill in for it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
@@ -9,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use rackcast_engine::sched::api::{
     BmcRequest, BmcSettings, BootDevice, BootOnceRequest, JobId, Millis, PowerAnswer, PowerOp,
-    PowerRequest, TargetState, TargetView,
+    PowerRequest, TargetState, TargetView, VarsUpdate,
 };
 
 use super::client::show::{format_age, format_duration, now_ms, progress_cell, Table};
@@ -64,6 +66,19 @@ pub enum TargetCommand {
         after_help = "Example:\n  rackcast target boot-once aa:bb:cc:dd:ee:01 pxe && rackcast target power aa:bb:cc:dd:ee:01 cycle"
     )]
     BootOnce(BootOnceArgs),
+    /// Show, set or remove a target's variables: `{NAME}` in a job's
+    /// cloud-init (`job distribute --user-data`) becomes the target's value,
+    /// beside the built-in {hostname}, {mac}, {ip} and {job}.
+    ///
+    /// Variables are shown by `target show` and the API: keep secrets out.
+    #[command(
+        after_help = "Example:\n  rackcast target vars aa:bb:cc:dd:ee:01 --set rack=r12 --set role=db\n  \
+        rackcast target vars aa:bb:cc:dd:ee:01 --unset role\n  \
+        rackcast target vars aa:bb:cc:dd:ee:01            # print them\n\n\
+        A user-data line `fqdn: {hostname}.{rack}.example.net` then reads\n\
+        `fqdn: rack12-u07.r12.example.net` on that target."
+    )]
+    Vars(VarsArgs),
     /// Release a failed target: clear its failure hold without retrying.
     #[command(after_help = "Example:\n  rackcast target release aa:bb:cc:dd:ee:01")]
     Release(MacArgs),
@@ -104,10 +119,41 @@ pub struct AddArgs {
     /// A name for people (default: the host name its agent reports).
     #[arg(long, default_value = "")]
     pub name: String,
+    /// A variable for job templates, NAME=VALUE (repeatable; see `target vars`).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
     #[command(flatten)]
     pub bmc: BmcArgs,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Options of `rackcast target vars`.
+#[derive(Debug, Args)]
+pub struct VarsArgs {
+    /// The target's MAC (aa:bb:cc:dd:ee:ff).
+    pub mac: MacAddr,
+    /// Set NAME to VALUE (repeatable). Names: letters, digits, `_`, `-`,
+    /// starting with a letter; not hostname, mac, ip or job.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub set: Vec<(String, String)>,
+    /// Remove NAME (repeatable; applied after --set).
+    #[arg(long = "unset", value_name = "NAME")]
+    pub unset: Vec<String>,
+    /// Print the variables as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `NAME=VALUE` (the value may hold `=`).
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))?;
+    rackcast_engine::sched::template::check_name(k)?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// A target's BMC on the command line.
@@ -222,6 +268,7 @@ pub struct BootOnceArgs {
 struct NewTarget<'a> {
     mac: MacAddr,
     name: &'a str,
+    vars: BTreeMap<String, String>,
 }
 
 /// A target's MAC and the server.
@@ -269,6 +316,7 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
             let body = NewTarget {
                 mac: a.mac,
                 name: &a.name,
+                vars: a.vars.into_iter().collect(),
             };
             let req = a.bmc.bmc.as_deref().map(|b| a.bmc.request(b)).transpose()?;
             let mut t: TargetView = client.post("/api/v1/targets", &body)?;
@@ -317,6 +365,28 @@ pub fn run(cmd: TargetCommand) -> anyhow::Result<ExitCode> {
             };
             let p: PowerAnswer = client.post(&path, &BootOnceRequest { device })?;
             println!("{}: next boot {device} (power {})", p.mac, p.power);
+        }
+        TargetCommand::Vars(a) => {
+            let client = Client::new(&a.client)?;
+            let mac = path_segment(&a.mac.to_string());
+            let t: TargetView = if a.set.is_empty() && a.unset.is_empty() {
+                client.get(&format!("/api/v1/targets/{mac}"))?
+            } else {
+                let update = VarsUpdate {
+                    set: a.set.into_iter().collect(),
+                    unset: a.unset,
+                };
+                client.patch(&format!("/api/v1/targets/{mac}/vars"), &update)?
+            };
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&t.vars)?);
+            } else if t.vars.is_empty() {
+                eprintln!("{}: no variables", t.mac);
+            } else {
+                for (k, v) in &t.vars {
+                    println!("{k}={v}");
+                }
+            }
         }
         TargetCommand::Release(a) => {
             let client = Client::new(&a.client)?;
@@ -460,6 +530,10 @@ pub fn render_target(t: &TargetView, now: Millis) -> String {
             field("bmc error", e.clone());
         }
     }
+    if !t.vars.is_empty() {
+        let vars: Vec<String> = t.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        field("vars", vars.join(" "));
+    }
     field("last seen", format_age(now, t.last_seen));
     if let Some(p) = &t.progress {
         field("progress", progress_cell(p));
@@ -545,6 +619,7 @@ mod tests {
             bmc: None,
             power: None,
             bmc_error: None,
+            vars: [("rack".to_string(), "r12".to_string())].into(),
         }
     }
 
@@ -638,6 +713,7 @@ mod tests {
         let s = render_target(&t, 100_000);
         assert!(s.contains("state      failed job 3 task 2\n"), "{s}");
         assert!(s.contains("error      exit 1, expected 0\n"), "{s}");
+        assert!(s.contains("vars       rack=r12\n"), "{s}");
         assert!(s.contains("cpu        64 x EPYC 9354\n"), "{s}");
         assert!(
             s.contains("disks      /dev/nvme0n1  2.00 TiB  PM9A3  serial S4X\n"),

@@ -643,4 +643,95 @@ fn logical_partitions_of_an_mbr_disk_are_read() {
         ],
         "{json}"
     );
+    // The last partition is a logical one: --grow says so, the table stays.
+    let target = d.path().join("bigger.raw");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    let state = d.path().join("state");
+    let out = rackcast(&[
+        &"image",
+        &"restore",
+        &img,
+        &target,
+        &"--grow",
+        &"--state-dir",
+        &state,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("logical one"),
+        "{out:?}"
+    );
+    assert!(
+        bytes_at(&target, 0, 512) == bytes_at(&disk, 0, 512),
+        "the MBR was changed"
+    );
+}
+
+#[test]
+fn grow_on_an_mbr_disk_extends_its_last_primary_partition() {
+    if !is_root() {
+        eprintln!("SKIP: needs root (loop device)");
+        return;
+    }
+    if !have_tools(&["sfdisk", "mkfs.ext4", "e2fsck"], "e2fsprogs, fdisk") {
+        return;
+    }
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    let disk = d.path().join("mbr.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    sfdisk(
+        &disk,
+        "label: dos\nstart=2048, size=16384, type=83\nstart=18432, type=83\n",
+    );
+    let part = d.path().join("part.img");
+    let len = (64u64 << 20) - 18432 * 512;
+    std::fs::File::create(&part).unwrap().set_len(len).unwrap();
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096"])
+        .arg(&part));
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &std::fs::read(&part).unwrap(), 18432 * 512)
+        .unwrap();
+    let img = d.path().join("mbr.rcimg");
+    ok(&rackcast(&[&"image", &"create", &disk, &img]));
+    let target = d.path().join("bigger.raw");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    let state = d.path().join("state");
+    let out = ok(&rackcast(&[
+        &"image",
+        &"restore",
+        &img,
+        &target,
+        &"--grow",
+        &"--state-dir",
+        &state,
+    ]));
+    assert!(out.contains("grown     partition 2 (ext4)"), "{out}");
+    assert!(!out.contains("backup header"), "an MBR has none: {out}");
+    let sectors = (96u64 << 20) / 512 - 18432;
+    let table = sh(Command::new("sfdisk").arg("-d").arg(&target));
+    assert!(table.contains(&format!("size={sectors:>12}")), "{table}");
+    let grown = d.path().join("grown.img");
+    std::fs::write(
+        &grown,
+        bytes_at(&target, 18432 * 512, (sectors * 512) as usize),
+    )
+    .unwrap();
+    sh(Command::new("e2fsck").arg("-fn").arg(&grown));
+    let info = sh(Command::new("dumpe2fs").arg("-h").arg(&grown));
+    let blocks: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Block count:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert_eq!(blocks, sectors * 512 / 4096, "the ext4 fills its partition");
 }

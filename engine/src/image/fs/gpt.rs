@@ -11,7 +11,7 @@
 
 use std::io;
 
-use super::table::{le32, le64, Partition};
+use super::table::{le32, le64, read_table, Partition, TableKind, EXTENDED};
 use super::ReadAt;
 
 /// `(byte offset, bytes)` to write to a disk, in order.
@@ -24,6 +24,8 @@ pub struct GptFix {
     pub writes: DiskWrites,
     /// The last partition as it now is, when `grow` extended it.
     pub grown: Option<Partition>,
+    /// The backup GPT moved to the disk's end (false for an MBR disk).
+    pub backup_moved: bool,
 }
 
 /// Why the table cannot be fixed.
@@ -41,6 +43,9 @@ pub enum GptFixError {
         /// What was asked for.
         need: u64,
     },
+    /// The last partition is one `grow` cannot extend.
+    #[error("{0}")]
+    CannotGrow(String),
     /// The disk has no GPT (the seed partition needs one).
     #[error("the disk has no GPT")]
     NoGpt,
@@ -146,16 +151,25 @@ impl Gpt {
 
 /// The writes that move the backup GPT of the disk `disk` (`size` bytes,
 /// `sector`-byte sectors) to its end, extending the last partition when
-/// `grow`. `Ok(None)` when there is nothing to do (no GPT, or it already
-/// ends at the disk's end and nothing grows).
+/// `grow` is given: `Some(0)` to the last usable sector, `Some(n)` to a
+/// 1 MiB boundary at least `n` bytes before it (room for a partition made
+/// after, such as a NoCloud seed). `Ok(None)` when there is nothing to do
+/// (no GPT, or it already ends at the disk's end and nothing grows).
+///
+/// An MBR disk has no backup table: with `grow`, its last primary partition
+/// extends to the disk's end (or 2^32 - 1 sectors, MBR's limit); a last
+/// partition inside an extended one is refused.
 pub fn fix_gpt(
     disk: &dyn ReadAt,
     size: u64,
     sector: u32,
-    grow: bool,
+    grow: Option<u64>,
 ) -> Result<Option<GptFix>, GptFixError> {
     let Some(mut gpt) = Gpt::read(disk, sector)? else {
-        return Ok(None);
+        return match grow {
+            Some(reserve) => grow_mbr(disk, size, reserve),
+            None => Ok(None),
+        };
     };
     let sec = gpt.sec;
     let old_alt = le64(&gpt.hdr[0x20..]);
@@ -171,13 +185,20 @@ pub fn fix_gpt(
             need: (end_lba + 1 + table_sectors + 1) * sec,
         });
     }
+    let grow_to = grow.map(|reserve| match reserve {
+        0 => last_usable,
+        n => {
+            let mib = (1 << 20) / sec;
+            ((last_usable + 1).saturating_sub(n.div_ceil(sec)) / mib * mib).saturating_sub(1)
+        }
+    });
     let mut grown = None;
-    if let (true, Some((i, first, _))) = (grow && end_lba < last_usable, end) {
-        gpt.entry_mut(i)[0x28..0x30].copy_from_slice(&last_usable.to_le_bytes());
+    if let (Some(to), Some((i, first, _))) = (grow_to.filter(|&to| to > end_lba), end) {
+        gpt.entry_mut(i)[0x28..0x30].copy_from_slice(&to.to_le_bytes());
         grown = Some(Partition {
             number: i as u32 + 1,
             start: first * sec,
-            len: (last_usable + 1 - first) * sec,
+            len: (to + 1 - first) * sec,
             table_type: String::new(),
         });
     }
@@ -200,7 +221,61 @@ pub fn fix_gpt(
         writes.push((0, mbr));
     }
     writes.extend(primary);
-    Ok(Some(GptFix { writes, grown }))
+    Ok(Some(GptFix {
+        writes,
+        grown,
+        backup_moved: true,
+    }))
+}
+
+/// [`fix_gpt`]'s growing for an MBR disk (512-byte sectors, as MBRs count).
+fn grow_mbr(disk: &dyn ReadAt, size: u64, reserve: u64) -> Result<Option<GptFix>, GptFixError> {
+    if !matches!(read_table(disk, size, 512)?, Some((TableKind::Mbr, _))) {
+        return Ok(None);
+    }
+    let mut mbr = vec![0u8; 512];
+    disk.read_at(0, &mut mbr)?;
+    let entry = |i: usize| {
+        let e = &mbr[446 + 16 * i..446 + 16 * (i + 1)];
+        (e[4], u64::from(le32(&e[8..])), u64::from(le32(&e[12..])))
+    };
+    let Some(i) = (0..4)
+        .filter(|&i| entry(i).0 != 0 && entry(i).2 != 0)
+        .max_by_key(|&i| entry(i).1 + entry(i).2)
+    else {
+        return Ok(None);
+    };
+    let (ty, lba, count) = entry(i);
+    if EXTENDED.contains(&ty) {
+        return Err(GptFixError::CannotGrow(
+            "the last partition is a logical one, inside an extended partition: \
+             rackcast grows a last primary MBR partition or a GPT's last"
+                .into(),
+        ));
+    }
+    let mib = 2048;
+    let mut end = size / 512;
+    if reserve > 0 {
+        end = end.saturating_sub(reserve.div_ceil(512)) / mib * mib;
+    }
+    let new_count = end.saturating_sub(lba).min(u64::from(u32::MAX));
+    if new_count <= count {
+        return Ok(None);
+    }
+    let e = &mut mbr[446 + 16 * i..446 + 16 * (i + 1)];
+    e[12..16].copy_from_slice(&(new_count as u32).to_le_bytes());
+    // Past what CHS can say: the "use LBA" end, as partitioners write it.
+    e[5..8].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
+    Ok(Some(GptFix {
+        writes: vec![(0, mbr)],
+        grown: Some(Partition {
+            number: i as u32 + 1,
+            start: lba * 512,
+            len: new_count * 512,
+            table_type: format!("0x{ty:02x}"),
+        }),
+        backup_moved: false,
+    }))
 }
 
 /// A partition of `len` bytes for the GPT of `disk`, at the end of the

@@ -89,7 +89,7 @@ pub fn read_table(
 }
 
 /// MBR types of an extended partition (CHS, LBA, Linux).
-const EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
+pub(super) const EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
 /// Logical partitions read at most: bounds a looping EBR chain.
 const MAX_LOGICAL: u32 = 128;
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::api::{
     CastJoin, CastPolicy, Directive, Environment, Inventory, JobId, JobSpec, Millis, SeedValues,
-    SessionId, TargetState, TaskKind, TaskRef, TaskReport, Work, LOCAL_ENV,
+    SessionId, TargetState, TaskKind, TaskRef, TaskReport, VarsUpdate, Work, LOCAL_ENV,
 };
 use super::event::{Actor, Event, EventKind, Subject};
 use super::model::{CastSession, Job, LogLine, Run, RunStatus, SessionPhase, State, Target};
@@ -590,6 +590,7 @@ impl Scheduler {
             mac,
             ip,
             job,
+            vars: t.map(|t| t.vars.clone()).unwrap_or_default(),
         }
     }
 
@@ -625,6 +626,7 @@ impl Scheduler {
                 disk,
                 verify,
                 unused,
+                grow,
                 cloud_init,
             } => {
                 let seed = cloud_init.map(|c| Box::new(c.render(&self.seed_values(mac, r.job))));
@@ -650,6 +652,7 @@ impl Scheduler {
                         disk,
                         verify,
                         unused,
+                        grow,
                         seed,
                         cast: CastJoin {
                             group: s.group.clone(),

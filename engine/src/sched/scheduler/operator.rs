@@ -35,6 +35,32 @@ impl Scheduler {
         self.targets.get(&mac).ok_or(SchedError::UnknownTarget(mac))
     }
 
+    /// Sets and removes a target's template variables (all or nothing).
+    pub fn set_vars(
+        &mut self,
+        now: Millis,
+        mac: MacAddr,
+        update: &VarsUpdate,
+    ) -> Result<&Target, SchedError> {
+        let t = self
+            .targets
+            .get_mut(&mac)
+            .ok_or(SchedError::UnknownTarget(mac))?;
+        super::super::template::update(&mut t.vars, &update.set, &update.unset)
+            .map_err(SchedError::Invalid)?;
+        self.dirty_targets.insert(mac);
+        self.event(
+            now,
+            Actor::Operator,
+            Subject::target(mac),
+            EventKind::TargetVars {
+                set: update.set.keys().cloned().collect(),
+                unset: update.unset.clone(),
+            },
+        );
+        self.targets.get(&mac).ok_or(SchedError::UnknownTarget(mac))
+    }
+
     /// Adds or replaces an environment.
     pub fn put_environment(&mut self, now: Millis, env: Environment) -> Result<(), SchedError> {
         if !valid_name(&env.name) || env.name == LOCAL_ENV {

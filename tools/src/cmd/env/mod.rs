@@ -36,6 +36,11 @@ const UDHCPC_SCRIPT: &str = include_str!("udhcpc.sh");
 pub const CMDLINE: &str =
     "console=ttyS0 rackcast.server={server} rackcast.token={token} rackcast.env={env} quiet";
 
+/// Programs `job distribute --grow` runs on the target (the writer's
+/// layout.rs): e2fsprogs, xfsprogs and util-linux's losetup (busybox's
+/// has no --sizelimit).
+const GROW_TOOLS: &[&str] = &["e2fsck", "resize2fs", "xfs_growfs", "losetup"];
+
 /// Where `scripts/fetch-kernel.sh` leaves busybox-static by default.
 const CACHED_BUSYBOX: &str = "/var/cache/rackcast/kernel/busybox";
 
@@ -156,6 +161,11 @@ pub struct BuildArgs {
     /// issued certificate, not for the CA `rackcast server` makes.
     #[arg(long, value_name = "FILE")]
     server_ca: Option<PathBuf>,
+    /// Leave out what `job distribute --grow` runs on the target (e2fsck,
+    /// resize2fs, xfs_growfs, losetup and the loop and xfs modules): about
+    /// 1.6 MiB less initrd for every target that boots the environment.
+    #[arg(long)]
+    no_grow_tools: bool,
     /// Keep the agent's debug information (by default `strip --strip-debug`
     /// removes it when binutils is installed).
     #[arg(long)]
@@ -242,8 +252,19 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         .filter(|s| !required.contains(s))
         .collect();
     let resolved = tree.resolve(&required, &optional)?;
+    let on_demand: Vec<String> = if a.no_grow_tools {
+        Vec::new()
+    } else {
+        modules::ON_DEMAND.iter().map(|s| s.to_string()).collect()
+    };
+    let demand = tree.resolve(&[], &on_demand)?;
+    let demand_order: Vec<&String> = demand
+        .order
+        .iter()
+        .filter(|r| !resolved.order.contains(r))
+        .collect();
     let mut module_files = Vec::new();
-    for rel in &resolved.order {
+    for rel in resolved.order.iter().chain(demand_order.iter().copied()) {
         let data = modules::read_module(&tree.dir.join(rel))?;
         modules::check_vermagic(&data, &tree.version).with_context(|| rel.clone())?;
         module_files.push((modules::plain_path(rel), data));
@@ -316,6 +337,14 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         programs.push(busybox.clone());
     }
     programs.extend(efibootmgr.iter().cloned());
+    // What growing a deployed disk's last filesystem runs (layout.rs in the
+    // writer): carried when this machine has them.
+    let grow_tools: Vec<(&str, Option<PathBuf>)> = if a.no_grow_tools {
+        Vec::new()
+    } else {
+        GROW_TOOLS.iter().map(|&t| (t, find_on_path(t))).collect()
+    };
+    programs.extend(grow_tools.iter().filter_map(|(_, p)| p.clone()));
     let mut libs: Vec<elf::Needed> = Vec::new();
     for p in &programs {
         for n in elf::needed_files(p, &system)? {
@@ -346,23 +375,32 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
     if let Some(e) = &efibootmgr {
         files.push(carried("bin/efibootmgr", e, 0o755)?);
     }
+    for (name, path) in &grow_tools {
+        if let Some(p) = path {
+            files.push(carried(&format!("bin/{name}"), p, 0o755)?);
+        }
+    }
 
     let kdir = format!("lib/modules/{}", tree.version);
     let module_paths: Vec<&str> = module_files.iter().map(|(p, _)| p.as_str()).collect();
+    // /init loads the boot modules; the on-demand ones wait for modprobe.
+    let boot_modules = &module_paths[..resolved.order.len()];
     let build_conf = build_conf(&[
         ("RACKCAST_VERSION", env!("CARGO_PKG_VERSION")),
         ("RACKCAST_ENV_NAME", &a.name),
         ("RACKCAST_KVER", &tree.version),
-        ("RACKCAST_MODULES", &module_paths.join(" ")),
+        ("RACKCAST_MODULES", &boot_modules.join(" ")),
         ("RACKCAST_LIBPATH", &libpath.join(":")),
     ])?;
     // A modules.dep of what is carried, for `modprobe` in a debug shell.
     let mut mini_dep = String::new();
-    for (rel, p) in resolved.order.iter().zip(&module_paths) {
+    let boot = resolved.order.iter().map(|r| (r, &resolved));
+    let later = demand_order.iter().map(|&r| (r, &demand));
+    for ((rel, from), p) in boot.chain(later).zip(&module_paths) {
         mini_dep.push_str(p);
         mini_dep.push(':');
         // The whole closure, the last to load first, as depmod writes it.
-        for d in resolved.closure(rel).iter().rev() {
+        for d in from.closure(rel).iter().rev() {
             mini_dep.push(' ');
             mini_dep.push_str(&modules::plain_path(d));
         }
@@ -419,6 +457,8 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
     ar.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     ar.file("etc/group", 0o644, b"root:x:0:\ntty:x:5:\n")?;
     ar.file("etc/nsswitch.conf", 0o644, b"hosts: files dns\n")?;
+    // e2fsck and losetup look here for what is mounted.
+    ar.symlink("etc/mtab", "../proc/self/mounts")?;
     if let Some(pem) = &server_ca {
         ar.file(BAKED_CA.trim_start_matches('/'), 0o644, pem)?;
     }
@@ -546,6 +586,41 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
             "-"
         ),
     }
+    let missing: Vec<&str> = grow_tools
+        .iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    println!(
+        "  grow tools  {:>10}  {}",
+        human_bytes(
+            grow_tools
+                .iter()
+                .filter_map(|(_, p)| p.as_ref())
+                .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+                .sum()
+        ),
+        if a.no_grow_tools {
+            "left out (--no-grow-tools): `job distribute --grow` fails on these targets".into()
+        } else if missing.is_empty() {
+            format!(
+                "{}; modules {} on demand",
+                GROW_TOOLS.join(" "),
+                names(
+                    &demand_order
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                )
+            )
+        } else {
+            format!(
+                "{} not found (apt-get install e2fsprogs xfsprogs mount): `job distribute --grow` \
+                 fails on these targets",
+                missing.join(" ")
+            )
+        }
+    );
     match (&a.server_ca, &server_ca) {
         (Some(p), Some(pem)) => println!(
             "  server CA   {:>10}  {} as {BAKED_CA}",

@@ -31,6 +31,11 @@ pub const OPTIONAL: &[&str] = &[
     "ena",
 ];
 
+/// Modules carried but loaded only when needed (`modprobe`, from the
+/// carried modules.dep): loop devices and XFS, for growing a deployed
+/// disk's last filesystem (`job distribute --grow`).
+pub const ON_DEMAND: &[&str] = &["loop", "xfs"];
+
 /// A module's name as the kernel knows it: the file name without `.ko` and
 /// compression suffix, `-` read as `_`.
 pub fn module_name(path: &str) -> String {

@@ -409,6 +409,7 @@ to = "local"
                 disk: None,
                 verify: VerifyMode::Full,
                 unused: UnusedBlocks::Keep,
+                grow: false,
                 cloud_init: None,
             }
         );
