@@ -193,4 +193,4 @@ printf '%-44s %10.2f %12s\n' "sfdisk --dump + partclone -c | zstd -T0 -3" "$t_pc
 printf '%-44s %10.2f\n' "rackcast image restore --grow (12 GiB)" "$t_rc_r"
 printf '%-44s %10.2f\n' "sfdisk + zstd -d | partclone -r (no grow)" "$t_pc_r"
 awk -v a="$t_pc" -v b="$t_rc" -v c="$s_pc" -v d="$s_rc" -v e="$t_pc_r" -v f="$t_rc_r" 'BEGIN{
-    printf "capture: rackcast %.2fx faster, stores %.3fx the pipeline'"'"'s bytes; restore: %.2fx faster\n", a/b, d/c, e/f}'
+    printf "capture: rackcast %.2fx faster, stores %.5fx the pipeline'"'"'s bytes (%+d); restore: %.2fx faster\n", a/b, d/c, d - c, e/f}'
