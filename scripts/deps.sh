@@ -12,7 +12,7 @@ if [[ "${1:-test}" == test ]]; then
            dosfstools xfsprogs qemu-utils ntfs-3g
            ipmitool openipmi python3-venv python3-libvirt python3-bcrypt
            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-           prometheus systemd binutils chromium chromium-driver)
+           prometheus systemd binutils chromium chromium-driver postgresql)
 fi
 
 missing=()

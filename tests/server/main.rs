@@ -15,6 +15,7 @@ mod rig;
 mod seed;
 mod trust;
 
+use std::process::Command;
 use std::time::Duration;
 
 use rig::{hash_file, sample_image, Server};
@@ -210,8 +211,40 @@ fn create_disk_image_job_uploads_an_image_that_verifies_and_distributes() {
 
 #[test]
 fn server_killed_mid_distribution_restarts_and_the_job_completes_with_no_task_run_twice() {
+    killed_mid_distribution(None);
+}
+
+/// The same on PostgreSQL (`database = "postgres://..."`, a cluster of the
+/// test's own): its state is all there after the kill, and the data
+/// directory holds no SQLite file.
+#[test]
+fn on_postgresql_a_server_killed_mid_distribution_completes_the_job_too() {
+    let Some(pg) = rackcast_tests::pg::Postgres::start() else {
+        return;
+    };
+    let url = pg.create_db("rackcast");
+    // --migrate-only against it first, as an upgrade runs it.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!("data = {:?}\ndatabase = {url:?}\n", dir.path().join("data")),
+    )
+    .unwrap();
+    let out = Command::new(rackcast_tests::rc())
+        .args(["server", "--migrate-only", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", pg.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), url);
+    let s = killed_mid_distribution(Some(&format!("database = {url:?}")));
+    assert!(!s.data().join("rackcast.db").exists());
+}
+
+fn killed_mid_distribution(config: Option<&str>) -> Server {
     // Slow enough that the kill lands mid-transfer.
-    let mut s = Server::start("12M");
+    let mut s = Server::start_with("12M", "127.0.0.1:0", config);
     let (disk, img) = sample_image(s.dir.path(), "96M");
     s.upload("golden", &img);
     let macs: Vec<String> = (1..=2).map(mac).collect();
@@ -258,6 +291,7 @@ fn server_killed_mid_distribution_restarts_and_the_job_completes_with_no_task_ru
     // Event sequence numbers stayed gap-free across the restart.
     let all = s.events(id);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    s
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! PID on drop.
 
 pub mod emu;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -80,6 +80,11 @@ pub enum ServerError {
 pub struct ServerConfig {
     /// Data directory: database, tokens, image library.
     pub data: PathBuf,
+    /// The database: `postgres://USER@HOST[:PORT]/DB` (its password from
+    /// `PGPASSWORD` or `~/.pgpass`, not here), or none for the embedded
+    /// SQLite file `DATA/rackcast.db`.
+    #[serde(default)]
+    pub database: Option<String>,
     /// Address of the operator and agent APIs.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -227,6 +232,7 @@ impl ServerConfig {
     pub fn new(data: PathBuf) -> ServerConfig {
         ServerConfig {
             data,
+            database: None,
             listen: default_listen(),
             operator_listen: None,
             public_url: None,
@@ -475,14 +481,15 @@ pub struct Server {
 impl Server {
     /// Creates the data directory if needed and brings its database to the
     /// current schema, then returns: `rackcast server --migrate-only`, for
-    /// upgrades run before the new server starts. The database's path.
-    pub async fn migrate_only(cfg: &ServerConfig) -> Result<PathBuf, ServerError> {
+    /// upgrades run before the new server starts. The database's location
+    /// (its file, or its URL without a password).
+    pub async fn migrate_only(cfg: &ServerConfig) -> Result<String, ServerError> {
         datadir::prepare(&cfg.data).map_err(|source| ServerError::Data {
             path: cfg.data.display().to_string(),
             source,
         })?;
-        store::Store::open(&cfg.data).await?;
-        Ok(cfg.data.join("rackcast.db"))
+        let store = store::Store::connect(&cfg.data, cfg.database.as_deref()).await?;
+        Ok(store.location().to_string())
     }
 
     /// Opens the data directory (creating tokens on first start), loads the
@@ -513,7 +520,7 @@ impl Server {
                     .map_err(|e| ServerError::Config(format!("trusted_keys: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let store = Store::open(&cfg.data).await?;
+        let store = Store::connect(&cfg.data, cfg.database.as_deref()).await?;
         let (state, images) = store.load().await?;
         let now = now_ms();
         let mut key_secret = [0u8; 32];

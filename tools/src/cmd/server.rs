@@ -119,7 +119,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         let db = rt
             .block_on(Server::migrate_only(&cfg))
             .with_context(|| format!("migrating {}", cfg.data.display()))?;
-        println!("{}", db.display());
+        println!("{db}");
         return Ok(ExitCode::SUCCESS);
     }
     rt.block_on(async move {

@@ -1,13 +1,16 @@
 //! Persistence: the scheduler's rows and the event log in SQLite (WAL) on
-//! disk, through `sqlx` with portable SQL (the same statements run on
-//! PostgreSQL). Every batch of changes is one transaction, committed before
-//! the server answers the request that caused it.
+//! disk, or in PostgreSQL (`database = "postgres://..."`), through `sqlx`'s
+//! `Any` driver: one set of statements, portable SQL that both run. Each
+//! backend has its own migrations (`migrations/sqlite`,
+//! `migrations/postgres`), version for version. Every batch of changes is
+//! one transaction, committed before the server answers the request that
+//! caused it.
 
 use std::path::Path;
-use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Row};
 
 use rackcast_engine::sched::api::{AuditEntry, EventRecord, ImageView, JobId, TokenView};
 use rackcast_engine::sched::model::{keep_log_tail, LOG_TAIL};
@@ -75,11 +78,24 @@ pub struct AgentSession {
 /// The server's database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    /// The file, or the URL without its password: for messages.
     path: String,
 }
 
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
 impl Store {
+    /// Opens the database the server's config names: PostgreSQL for a
+    /// `postgres://` (or `postgresql://`) URL, else `data/rackcast.db`.
+    pub async fn connect(data: &Path, database: Option<&str>) -> Result<Store, StoreError> {
+        match database {
+            Some(url) => Store::open_postgres(url).await,
+            None => Store::open(data).await,
+        }
+    }
+
     /// Opens (creating and migrating) `dir/rackcast.db`. The database is
     /// made 0600 before SQLite opens it (SQLite gives its `-wal` and
     /// `-shm` files the database's mode), and wider modes found are narrowed.
@@ -90,32 +106,69 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
-            .map_err(|source| StoreError::Db {
-                path: path.clone(),
-                source,
-            })?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed transaction survives power loss, not only kill -9.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // FULL: a committed transaction survives power loss,
+                    // not only kill -9.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA busy_timeout = 10000;",
+                    )
+                    .await
+                    .map(drop)
+                })
+            })
+            .connect(&format!("sqlite://{path}?mode=rwc"))
             .await
             .map_err(|source| StoreError::Db {
                 path: path.clone(),
                 source,
             })?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
+        Store::migrate(pool, path, &SQLITE).await
+    }
+
+    /// Connects to PostgreSQL at `url` and brings it to the current schema
+    /// (several servers may start at once: sqlx's migrator holds an
+    /// advisory lock while it works).
+    pub async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        let path = redact(url);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::Db {
+                path,
+                source: sqlx::Error::Configuration(
+                    "database: give a postgres://USER@HOST[:PORT]/DB URL, or leave it out \
+                     for the embedded SQLite"
+                        .into(),
+                ),
+            });
+        }
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
             .await
-            .map_err(|source| StoreError::Migrate {
+            .map_err(|source| StoreError::Db {
                 path: path.clone(),
                 source,
             })?;
+        Store::migrate(pool, path, &POSTGRES).await
+    }
+
+    async fn migrate(pool: AnyPool, path: String, m: &Migrator) -> Result<Store, StoreError> {
+        m.run(&pool).await.map_err(|source| StoreError::Migrate {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Store { pool, path })
+    }
+
+    /// The database, for messages: the file, or the URL without a password.
+    pub fn location(&self) -> &str {
+        &self.path
     }
 
     fn db(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -620,6 +673,34 @@ fn private_files(db: &Path) -> std::io::Result<()> {
         crate::datadir::restrict(&f, 0o600)?;
     }
     Ok(())
+}
+
+/// `url` without a password: the user part's, or a `password=` parameter.
+fn redact(url: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    // The last '@': a password may hold one, a host may not.
+    let base = match base
+        .split_once("://")
+        .and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?)))
+    {
+        Some((scheme, (auth, host))) => {
+            let user = auth.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        None => base.to_string(),
+    };
+    let kept: Vec<&str> = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.starts_with("password="))
+        .collect();
+    if kept.is_empty() {
+        base
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {

@@ -1,6 +1,9 @@
-//! The store on a real SQLite file.
+//! The store on a real SQLite file and on a real PostgreSQL (a cluster of
+//! the test's own, `rackcast_tests::pg`): each test runs on both.
 
 use std::os::unix::fs::PermissionsExt;
+
+use rackcast_tests::pg::Postgres;
 
 use super::*;
 use rackcast_engine::sched::api::{CastPolicy, JobSpec};
@@ -43,6 +46,34 @@ fn line(seq: u64, text: &str) -> Change {
     })
 }
 
+/// A database a test opens (and opens again, as a restarted server would).
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(Postgres, String),
+}
+
+impl Db {
+    async fn open(&self) -> Store {
+        match self {
+            Db::Sqlite(dir) => Store::open(dir.path()).await.unwrap(),
+            Db::Postgres(pg, url) => Store::open_postgres(url)
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", pg.log())),
+        }
+    }
+}
+
+/// SQLite, and PostgreSQL where it is installed (its own cluster, so
+/// nothing outlives the test).
+fn backends() -> Vec<Db> {
+    let mut dbs = vec![Db::Sqlite(tempfile::tempdir().unwrap())];
+    if let Some(pg) = Postgres::start() {
+        let url = pg.create_db("rackcast");
+        dbs.push(Db::Postgres(pg, url));
+    }
+    dbs
+}
+
 async fn row(s: &Store) -> String {
     sqlx::query("SELECT data FROM jobs WHERE id = 1")
         .fetch_one(&s.pool)
@@ -53,8 +84,13 @@ async fn row(s: &Store) -> String {
 
 #[tokio::test]
 async fn output_is_appended_to_the_job_log_and_the_job_row_is_not_rewritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).await.unwrap();
+    for db in backends() {
+        output_is_appended(&db).await;
+    }
+}
+
+async fn output_is_appended(db: &Db) {
+    let s = db.open().await;
     s.apply(&[Change::Job(job("in memory only"))], 1)
         .await
         .unwrap();
@@ -73,7 +109,7 @@ async fn output_is_appended_to_the_job_log_and_the_job_row_is_not_rewritten() {
     assert_eq!(lines[0], (91, "line 91\n".to_string()));
     assert_eq!(lines.len(), 5);
     // A restart rebuilds the tail and the sequence from the job log.
-    let (st, _) = Store::open(dir.path()).await.unwrap().load().await.unwrap();
+    let (st, _) = db.open().await.load().await.unwrap();
     assert_eq!(st.last_log, 100);
     let log = &st.jobs[0].runs[0].log;
     assert!(
@@ -84,8 +120,13 @@ async fn output_is_appended_to_the_job_log_and_the_job_row_is_not_rewritten() {
 
 #[tokio::test]
 async fn a_job_row_from_before_the_job_log_has_its_log_moved_there_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).await.unwrap();
+    for db in backends() {
+        old_job_row(&db).await;
+    }
+}
+
+async fn old_job_row(db: &Db) {
+    let s = db.open().await;
     // What an older server wrote: the tail inside the row.
     let old = serde_json::to_value(job("")).unwrap();
     let mut old = old;
@@ -134,8 +175,13 @@ async fn the_database_and_its_wal_are_0600_even_when_found_wider() {
 
 #[tokio::test]
 async fn the_audit_log_is_append_only_and_named_tokens_keep_only_a_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).await.unwrap();
+    for db in backends() {
+        audit_and_tokens(&db).await;
+    }
+}
+
+async fn audit_and_tokens(db: &Db) {
+    let s = db.open().await;
     let e = AuditEntry {
         seq: 0,
         at: 1_000,
@@ -177,4 +223,121 @@ async fn the_audit_log_is_append_only_and_named_tokens_keep_only_a_hash() {
     assert_eq!(named.len(), 1);
     assert_eq!(named[0].0, "ab12");
     assert_eq!(named[0].1.revoked, Some(9));
+}
+
+#[tokio::test]
+async fn everything_written_reads_back_after_a_restart() {
+    for db in backends() {
+        round_trip(&db).await;
+    }
+}
+
+async fn round_trip(db: &Db) {
+    use rackcast_engine::sched::api::Environment;
+    use rackcast_engine::sched::{Actor, Event, EventKind, Subject, Target};
+    let s = db.open().await;
+    let mut t = Target::new(M);
+    t.name = "rack12-u01".into();
+    t.vars = [("rack".to_string(), "r12".to_string())].into();
+    let env = Environment {
+        name: "linux-x64".into(),
+        kernel: Some("linux-x64/vmlinuz".into()),
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        boot_file: None,
+    };
+    let event = |seq, about| {
+        Change::Event(Event {
+            seq,
+            at: 1_796_000_000_000 + seq,
+            actor: Actor::Operator,
+            about,
+            what: EventKind::TargetAdded {
+                name: "rack12-u01".into(),
+            },
+        })
+    };
+    let task = Subject {
+        target: Some(M),
+        job: Some(JobId(1)),
+        task: Some(3),
+    };
+    s.apply(
+        &[
+            Change::Target(t.clone()),
+            Change::Job(job("")),
+            Change::Environment(env.clone()),
+            event(1, Subject::target(M)),
+            event(2, task),
+            // Transient: broadcast, never stored.
+            event(0, task),
+        ],
+        1_796_000_000_000,
+    )
+    .await
+    .unwrap();
+    let img = ImageView {
+        name: "golden".into(),
+        root: "ab".repeat(32),
+        source_size: 8 << 30,
+        stored_size: 739_316_867,
+        chunks: 2048,
+        signed: true,
+    };
+    s.put_image(&img, 5).await.unwrap();
+    let secret: Vec<u8> = (0..=255).collect();
+    s.set_bmc_secret(M, Some(&secret)).await.unwrap();
+    let session = AgentSession {
+        hash: "c0ffee".into(),
+        claimed: 1_796_000_000_123,
+    };
+    s.set_agent_token(M, &session, 9).await.unwrap();
+
+    let s = db.open().await;
+    let (st, images) = s.load().await.unwrap();
+    assert_eq!(st.targets.len(), 1);
+    assert_eq!(st.targets[0].vars, t.vars);
+    assert_eq!(st.targets[0].name, t.name);
+    assert_eq!(st.jobs.len(), 1);
+    assert_eq!(st.environments, vec![env]);
+    assert_eq!(st.last_seq, 2);
+    assert_eq!(images, vec![img]);
+    let events = s.events(None, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (events[1].target, events[1].job, events[1].task),
+        (Some(M), Some(JobId(1)), Some(3))
+    );
+    assert_eq!(s.events(Some(JobId(1)), 0, 10).await.unwrap().len(), 1);
+    assert_eq!(s.events(None, 1, 10).await.unwrap()[0].seq, 2);
+    assert_eq!(s.bmc_secret(M).await.unwrap(), Some(secret));
+    s.set_bmc_secret(M, None).await.unwrap();
+    assert_eq!(s.bmc_secret(M).await.unwrap(), None);
+    assert_eq!(s.agent_tokens().await.unwrap(), vec![(M, session)]);
+}
+
+#[test]
+fn a_url_is_shown_without_its_password() {
+    assert_eq!(
+        redact("postgres://rc:s3cr@t@db.example:5432/rackcast?sslmode=require&password=x"),
+        "postgres://rc@db.example:5432/rackcast?sslmode=require"
+    );
+    assert_eq!(
+        redact("postgres://db/rackcast?password=x"),
+        "postgres://db/rackcast"
+    );
+    assert_eq!(
+        redact("postgres://rc@db/rackcast"),
+        "postgres://rc@db/rackcast"
+    );
+}
+
+#[tokio::test]
+async fn a_url_that_is_not_postgres_is_refused_with_what_to_give() {
+    let e = Store::open_postgres("mysql://rc:pw@db/x")
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("postgres://USER@HOST"), "{msg}");
+    assert!(!msg.contains("pw"), "the password was shown: {msg}");
 }
