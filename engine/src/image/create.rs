@@ -285,6 +285,7 @@ pub fn create_image_from(
     let index_bytes = index.emit();
     let root = *blake3::hash(&index_bytes).as_bytes();
     let trailer = Trailer {
+        version: FORMAT_VERSION,
         index_offset: pos,
         index_len: index_bytes.len() as u64,
         root,

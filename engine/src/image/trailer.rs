@@ -40,6 +40,9 @@ pub struct RootSignature {
 /// The decoded trailer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
+    /// The format version it is encoded in (an older image keeps its own,
+    /// also when it is signed later).
+    pub version: u16,
     /// Byte offset of the index in the image file.
     pub index_offset: u64,
     /// Length of the index in bytes.
@@ -55,7 +58,7 @@ impl Trailer {
     pub fn emit(&self) -> [u8; TRAILER_LEN] {
         let mut v = Vec::with_capacity(TRAILER_LEN);
         v.put(&TRAILER_MAGIC);
-        v.put_u16(FORMAT_VERSION);
+        v.put_u16(self.version);
         v.put_u16(if self.signature.is_some() {
             FLAG_SIGNED
         } else {
@@ -137,6 +140,7 @@ impl Trailer {
             public_key,
         });
         Ok(Trailer {
+            version,
             index_offset,
             index_len,
             root,
@@ -152,6 +156,7 @@ mod tests {
     #[test]
     fn round_trip_and_flips() {
         let t = Trailer {
+            version: FORMAT_VERSION,
             index_offset: 4096,
             index_len: 777,
             root: [7; 32],
