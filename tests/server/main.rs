@@ -14,6 +14,7 @@ mod package;
 mod rig;
 mod seed;
 mod trust;
+mod unicast;
 
 use std::process::Command;
 use std::time::Duration;

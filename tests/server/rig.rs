@@ -166,6 +166,11 @@ impl Server {
 
     /// Starts a local agent for `mac` writing to `disk`, in environment `env`.
     pub fn agent(&mut self, mac: &str, disk: &Path, env: &str) -> usize {
+        self.agent_with(mac, disk, env, &[])
+    }
+
+    /// [`Server::agent`] with more agent flags.
+    pub fn agent_with(&mut self, mac: &str, disk: &Path, env: &str, extra: &[&str]) -> usize {
         let log = self
             .dir
             .path()
@@ -193,6 +198,10 @@ impl Server {
                 .display()
                 .to_string(),
         ];
+        let args = args
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
         let mut a = Agent {
             mac: mac.to_string(),
             log,

@@ -177,6 +177,14 @@ impl Client {
         )?)
     }
 
+    /// `len` bytes from `offset` of the image file `root` (hex), which the
+    /// running Distribute task pinned, and the file's length: `GET
+    /// /agent/v1/images/by-root/{root}` with a `Range` (unicast fallback).
+    pub fn image_range(&self, root: &str, offset: u64, len: u64) -> Result<(Vec<u8>, u64)> {
+        let path = format!("/agent/v1/images/by-root/{}", path_segment(root));
+        Ok(self.http.get_range(&path, &self.token(), offset, len)?)
+    }
+
     /// `PUT /agent/v1/images/{name}?job=J&task=T&attempt=A`, streaming `body`
     /// of `len` bytes (never held in memory).
     pub fn upload_image(

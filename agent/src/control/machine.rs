@@ -293,6 +293,7 @@ impl Machine {
                     error: Some("the task's thread died".into()),
                     summary: "agent error".into(),
                     root: None,
+                    transport: None,
                 });
             }
         }
@@ -500,6 +501,7 @@ impl Machine {
                             error: None,
                             summary: format!("rebooting into {env}"),
                             root: None,
+                            transport: None,
                         },
                         then: Then::Nothing,
                     });

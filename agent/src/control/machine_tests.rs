@@ -197,6 +197,7 @@ fn distribute(session: u64) -> Work {
             key: "cd".repeat(32),
             session,
             receiver: 9,
+            unicast_after: None,
         },
     }
 }
@@ -215,6 +216,7 @@ fn ok(summary: &str) -> TaskReport {
         error: None,
         summary: summary.into(),
         root: None,
+        transport: None,
     }
 }
 

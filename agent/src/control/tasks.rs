@@ -20,7 +20,7 @@ use rackcast_engine::cast::CastError;
 use rackcast_engine::cast::SessionKey;
 use rackcast_engine::image::{create_image, from_hex, hex, CreateOptions, ImageError};
 use rackcast_engine::sched::api::{
-    CastJoin, NoCloudSeed, Progress, TaskRef, TaskReport, UnusedBlocks, VerifyMode, Work,
+    CastJoin, NoCloudSeed, Progress, TaskRef, TaskReport, Transport, UnusedBlocks, VerifyMode, Work,
 };
 
 use super::backoff::Backoff;
@@ -29,7 +29,8 @@ use super::inventory::{disk_file, route_to};
 use super::script::{run_script, Flow, ScriptEnd, ScriptSpec};
 use crate::error::AgentError;
 use rackcast_types::ErrorChain;
-use rackcast_writer::receive::{read_back_for, receive, CastReceive};
+use rackcast_writer::receive::{read_back_for, receive, CastReceive, CastReceived};
+use rackcast_writer::unicast::{receive_unicast, RangeSource};
 use rackcast_writer::{write_seed, LayoutOptions, WriterConfig};
 
 /// Progress is reported this often.
@@ -198,6 +199,7 @@ fn failed(error: String) -> TaskReport {
         summary: error.clone(),
         error: Some(error),
         root: None,
+        transport: None,
     }
 }
 
@@ -351,6 +353,7 @@ fn script_task(
             error: (code != expect_exit).then(|| format!("exit {code}, expected {expect_exit}")),
             summary: format!("exit {code}"),
             root: None,
+            transport: None,
         }),
         Ok(end) => Some(failed(end.summary())),
         Err(e) => Some(failed(ErrorChain(&e).to_string())),
@@ -417,6 +420,7 @@ fn create_task(
                 error: None,
                 summary: format!("root {root}"),
                 root: Some(root),
+                transport: None,
             })
         }
         Ok(Some(stored)) => Some(failed(format!(
@@ -542,10 +546,15 @@ fn distribute_task(
     timeout: Option<Duration>,
     out: &mut Out,
 ) -> Option<TaskReport> {
-    let spec = match receive_spec(ctx, root, &write, cast, timeout) {
+    let mut spec = match receive_spec(ctx, root, &write, cast, timeout) {
         Ok(s) => s,
         Err(e) => return Some(failed(ErrorChain(&e).to_string())),
     };
+    // Silence this long means the session cannot be heard here: the rest
+    // comes by unicast (see `fetch_unicast`), not from a new session.
+    if let Some(n) = cast.unicast_after.filter(|&n| n > 0) {
+        spec.limits.idle = Some(Duration::from_secs(n.into()));
+    }
     tracing::info!(
         "{}: joining {} on {} (session {:016x}, receiver {:016x}), writing {}",
         ctx.tag,
@@ -556,36 +565,72 @@ fn distribute_task(
         spec.dest.display()
     );
     let mut pacer = Pacer::new();
-    let result = receive(&spec, &mut |rx| {
-        if out.stopped() {
-            return ControlFlow::Break(());
+    let multicast = if cast.unicast_only() {
+        Err(CastError::Stalled {
+            idle_secs: 0,
+            done: 0,
+            total: 0,
+        })
+    } else {
+        receive(&spec, &mut |rx| {
+            if out.stopped() {
+                return ControlFlow::Break(());
+            }
+            let (total, chunks) = rx
+                .index()
+                .map_or((0, 0), |i| (i.meta.source_size, rx.chunks_needed_total()));
+            let done = if chunks == 0 {
+                0
+            } else {
+                (total as u128 * rx.chunks_done() as u128 / chunks as u128) as u64
+            };
+            let message = format!(
+                "receiving: {}/{} chunks, loss {:.1}%",
+                rx.chunks_done(),
+                chunks,
+                rx.loss_ppm() as f64 / 1e4
+            );
+            if let Some(p) = pacer.due(done, total, &message) {
+                out.progress(p);
+            }
+            ControlFlow::Continue(())
+        })
+    };
+    let (result, transport) = match multicast {
+        Err(CastError::Stalled {
+            idle_secs, done, ..
+        }) if cast.unicast_after.is_some() => {
+            let why = if cast.unicast_only() {
+                "the job moves the image by unicast: fetching it from the server".to_string()
+            } else {
+                format!(
+                    "no packet of cast session {:016x} for {idle_secs} s: fetching the rest \
+                     from the server by unicast",
+                    cast.session
+                )
+            };
+            tracing::info!("{}: {why}", ctx.tag);
+            out.log(&format!("{why}\n"));
+            let r = fetch_unicast(ctx, &spec, root, out, &mut pacer);
+            (
+                r,
+                if done > 0 {
+                    Transport::Mixed
+                } else {
+                    Transport::Unicast
+                },
+            )
         }
-        let (total, chunks) = rx
-            .index()
-            .map_or((0, 0), |i| (i.meta.source_size, rx.chunks_needed_total()));
-        let done = if chunks == 0 {
-            0
-        } else {
-            (total as u128 * rx.chunks_done() as u128 / chunks as u128) as u64
-        };
-        let message = format!(
-            "receiving: {}/{} chunks, loss {:.1}%",
-            rx.chunks_done(),
-            chunks,
-            rx.loss_ppm() as f64 / 1e4
-        );
-        if let Some(p) = pacer.due(done, total, &message) {
-            out.progress(p);
-        }
-        ControlFlow::Continue(())
-    });
+        r => (r, Transport::Multicast),
+    };
     match result {
         Ok(r) => {
             let mut summary = format!(
-                "root {}, {} bytes written, {} chunks resumed",
+                "root {}, {} bytes written, {} chunks resumed, by {}",
                 hex(&r.root),
                 r.sink.bytes_written,
-                r.sink.resumed_chunks
+                r.sink.resumed_chunks,
+                transport.word()
             );
             if let Some(seed) = write.seed {
                 match write_seed(&spec.dest, 512, seed) {
@@ -598,6 +643,7 @@ fn distribute_task(
                 error: None,
                 summary,
                 root: Some(hex(&r.root)),
+                transport: Some(transport),
             })
         }
         Err(CastError::Abandoned) => None,
@@ -614,6 +660,68 @@ fn distribute_task(
     }
 }
 
+/// The image's chunks the target still needs, from the server by HTTP
+/// range requests, through the same writer and resume state.
+fn fetch_unicast(
+    ctx: &TaskContext,
+    spec: &CastReceive,
+    root: &str,
+    out: &mut Out,
+    pacer: &mut Pacer,
+) -> Result<CastReceived, CastError> {
+    let mut src = ServerImage {
+        client: &ctx.client,
+        root,
+        len: None,
+    };
+    receive_unicast(spec, &mut src, &mut |p| {
+        if out.stopped() {
+            return ControlFlow::Break(());
+        }
+        let done = if p.total == 0 {
+            0
+        } else {
+            (u128::from(p.source_size) * u128::from(p.done) / u128::from(p.total)) as u64
+        };
+        let message = format!(
+            "fetching by unicast: {}/{} chunks, {} bytes",
+            p.done, p.total, p.fetched
+        );
+        if let Some(pr) = pacer.due(done, p.source_size, &message) {
+            out.progress(pr);
+        }
+        ControlFlow::Continue(())
+    })
+}
+
+/// The image file on the server, read by range requests.
+struct ServerImage<'a> {
+    client: &'a Client,
+    root: &'a str,
+    len: Option<u64>,
+}
+
+impl RangeSource for ServerImage<'_> {
+    fn file_len(&mut self) -> Result<u64, String> {
+        if let Some(l) = self.len {
+            return Ok(l);
+        }
+        let (_, len) = self
+            .client
+            .image_range(self.root, 0, 1)
+            .map_err(|e| ErrorChain(&e).to_string())?;
+        self.len = Some(len);
+        Ok(len)
+    }
+
+    fn read_at(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        self.client
+            .image_range(self.root, offset, len)
+            .map(|(b, _)| b)
+            .map_err(|e| ErrorChain(&e).to_string())
+    }
+}
+
 fn receive_spec(
     ctx: &TaskContext,
     root: &str,
@@ -623,21 +731,31 @@ fn receive_spec(
 ) -> Result<CastReceive, AgentError> {
     let bad = AgentError::BadDirective;
     let dest = disk_for(ctx, write.disk).map_err(bad)?;
-    let key = from_hex(&cast.key)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| bad(format!("cast key {:?} is not hex", cast.key)))?;
     let root: [u8; 32] = from_hex(root)
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| bad(format!("image root {root:?} is not 64 hex digits")))?;
-    let group: SocketAddrV4 = cast.group.parse().map_err(|_| {
-        bad(format!(
-            "cast group {:?} is not IPv4 address:port",
-            cast.group
-        ))
-    })?;
-    let iface_addr = match ctx.iface_addr {
-        Some(a) => a,
-        None => route_to(ctx.client.server())?.local,
+    // Unicast only: no session, so no group, key or interface to join on.
+    let (key, group, iface_addr) = if cast.unicast_only() {
+        (
+            vec![0; 32],
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            Ipv4Addr::UNSPECIFIED,
+        )
+    } else {
+        let key = from_hex(&cast.key)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| bad(format!("cast key {:?} is not hex", cast.key)))?;
+        let group: SocketAddrV4 = cast.group.parse().map_err(|_| {
+            bad(format!(
+                "cast group {:?} is not IPv4 address:port",
+                cast.group
+            ))
+        })?;
+        let iface_addr = match ctx.iface_addr {
+            Some(a) => a,
+            None => route_to(ctx.client.server())?.local,
+        };
+        (key, group, iface_addr)
     };
     Ok(CastReceive {
         dest,

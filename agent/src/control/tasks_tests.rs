@@ -56,7 +56,8 @@ fn a_script_task_logs_and_finishes_with_its_exit_code() {
             ok: true,
             error: None,
             summary: "exit 2".into(),
-            root: None
+            root: None,
+            transport: None,
         })
     );
 }
@@ -157,6 +158,7 @@ fn a_distribute_with_a_bad_key_fails_clearly() {
             key: "not hex".into(),
             session: 1,
             receiver: 2,
+            unicast_after: None,
         },
     };
     let reports = collect(TaskHandle::spawn(c, T, work, 10));
@@ -191,6 +193,7 @@ fn a_silent_session_asks_to_rejoin() {
             key: "00112233445566778899aabbccddeeff".into(),
             session: 7,
             receiver: 8,
+            unicast_after: None,
         },
     };
     let start = Instant::now();

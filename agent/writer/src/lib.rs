@@ -19,6 +19,7 @@ pub mod layout;
 pub mod receive;
 pub mod restore;
 pub mod seed;
+pub mod unicast;
 pub mod writer;
 
 pub use disk_sink::DiskSink;

@@ -80,6 +80,13 @@ pub fn receiver_socket(net: &NetConfig) -> Result<UdpSocket, CastError> {
         .map_err(net_err("binding the group port"))?;
     s.join_multicast_v4(net.group.ip(), &net.iface_addr)
         .map_err(net_err("joining the multicast group"))?;
+    // Only what this socket joined, on the interface it joined on: by
+    // default Linux hands a socket every group any socket of the host
+    // joined on any interface, so a receiver joined where the session is
+    // not heard (and about to fall back to unicast) would still hear it
+    // through a neighbour's membership on another interface.
+    s.set_multicast_all_v4(false)
+        .map_err(net_err("IP_MULTICAST_ALL"))?;
     // Multicast sent from this host loops back to it (a receiver beside its
     // sender, as in the demo and the tests). Best effort: it is the
     // kernel's default.

@@ -204,6 +204,54 @@ impl Http {
         }
     }
 
+    /// `GET path` for the `len` bytes (at least 1) of a file from byte
+    /// `first` (one `Range`): the answer must be 206 holding exactly those
+    /// bytes. Returns them and the file's length (its `Content-Range`).
+    pub fn get_range(
+        &self,
+        path: &str,
+        token: &str,
+        first: u64,
+        len: u64,
+    ) -> Result<(Vec<u8>, u64), CallError> {
+        let url = format!("{}{path}", self.base);
+        let bad = |detail: String| CallError::BadAnswer {
+            url: url.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, detail),
+        };
+        if len == 0 {
+            return Err(bad("a range of no bytes".into()));
+        }
+        let resp = self
+            .request(&self.agent, "GET", &url, token)
+            .set("Accept", "application/octet-stream")
+            .set("Range", &format!("bytes={first}-{}", first + len - 1))
+            .call()
+            .map_err(|e| failure(&url, e))?;
+        if resp.status() != 206 {
+            return Err(bad(format!("HTTP {} to a range request", resp.status())));
+        }
+        // "bytes FIRST-LAST/TOTAL"
+        let total = resp
+            .header("Content-Range")
+            .and_then(|v| v.rsplit_once('/'))
+            .and_then(|(_, t)| t.trim().parse::<u64>().ok())
+            .ok_or_else(|| bad("a 206 answer without Content-Range".into()))?;
+        let mut buf = Vec::with_capacity(len.min(64 << 20) as usize);
+        // One byte more than asked shows an answer that is too long.
+        resp.into_reader()
+            .take(len + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| CallError::Unreachable {
+                url: url.clone(),
+                detail: format!("the answer broke off: {e}"),
+            })?;
+        if buf.len() as u64 != len {
+            return Err(bad(format!("{} bytes for a {len}-byte range", buf.len())));
+        }
+        Ok((buf, total))
+    }
+
     fn request(&self, agent: &ureq::Agent, method: &str, url: &str, token: &str) -> ureq::Request {
         agent
             .request(method, url)

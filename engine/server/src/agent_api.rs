@@ -38,6 +38,32 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(upload).layer(DefaultBodyLimit::disable()))
 }
 
+/// The MAC whose session token the request carries: checked against the
+/// one claimed, or looked up by the token.
+pub(crate) async fn agent_of(
+    sh: &Shared,
+    h: &HeaderMap,
+    claimed: Option<&str>,
+) -> Result<MacAddr, ApiErr> {
+    if let Some(m) = claimed {
+        return agent(sh, h, m).await;
+    }
+    let hash = auth::token_hash(auth::bearer(h)?);
+    sh.read(|i| {
+        i.agent_tokens
+            .iter()
+            .find(|(_, t)| !t.hash.is_empty() && t.hash == hash)
+            .map(|(m, _)| *m)
+    })
+    .await
+    .ok_or_else(|| {
+        ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "unknown boot token: register again".into(),
+        )
+    })
+}
+
 /// The MAC a boot token belongs to, checked against the one claimed.
 async fn agent(sh: &Shared, h: &HeaderMap, claimed: &str) -> Result<MacAddr, ApiErr> {
     let token = auth::bearer(h)?;
@@ -307,25 +333,7 @@ async fn upload(
     Query(q): Query<UploadQuery>,
     body: Body,
 ) -> Result<Json<ImageView>, ApiErr> {
-    let mac = match &q.mac {
-        Some(m) => agent(&sh, &h, m).await?,
-        None => {
-            let hash = auth::token_hash(auth::bearer(&h)?);
-            sh.read(|i| {
-                i.agent_tokens
-                    .iter()
-                    .find(|(_, t)| !t.hash.is_empty() && t.hash == hash)
-                    .map(|(m, _)| *m)
-            })
-            .await
-            .ok_or_else(|| {
-                ApiErr(
-                    StatusCode::UNAUTHORIZED,
-                    "unknown boot token: register again".into(),
-                )
-            })?
-        }
-    };
+    let mac = agent_of(&sh, &h, q.mac.as_deref()).await?;
     let r = TaskRef {
         job: q.job,
         task: q.task,

@@ -24,6 +24,7 @@ mod policy;
 mod power_api;
 pub mod store;
 pub mod tls;
+mod unicast;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -124,6 +125,16 @@ pub struct ServerConfig {
     /// Rate ceiling of a cast session, bytes/s.
     #[serde(default = "default_rate")]
     pub cast_rate: u64,
+    /// Seconds a receiver hears nothing of its cast session before it
+    /// fetches what it still needs by unicast (HTTP range requests from
+    /// this server): multicast filtered or not routed. 0: never (it asks
+    /// for a new session).
+    #[serde(default = "default_unicast_after")]
+    pub unicast_after: u32,
+    /// All unicast fetches together, bytes/s [default: a quarter of
+    /// `cast_rate`], so they do not starve the cast sessions.
+    #[serde(default)]
+    pub unicast_rate: Option<u64>,
     /// MTU that sizes cast packets (default 1500; clamped to 576..=9000).
     #[serde(default)]
     pub cast_mtu: Option<usize>,
@@ -217,6 +228,9 @@ fn default_port() -> u16 {
 fn default_rate() -> u64 {
     1_000_000_000
 }
+fn default_unicast_after() -> u32 {
+    5
+}
 fn default_env() -> String {
     "linux-x64".into()
 }
@@ -244,6 +258,8 @@ impl ServerConfig {
             cast_group: default_group(),
             cast_port: default_port(),
             cast_rate: default_rate(),
+            unicast_after: default_unicast_after(),
+            unicast_rate: None,
             cast_mtu: None,
             default_env: default_env(),
             boot_timeout: default_boot_timeout(),
@@ -298,6 +314,8 @@ pub struct Shared {
     /// What `/api/v1/openapi.json` serves: set by [`Server::run`] from
     /// the routers it serves.
     openapi: std::sync::OnceLock<bytes::Bytes>,
+    /// The rate all unicast image fetches share.
+    unicast: Arc<unicast::Limiter>,
 }
 
 #[derive(Debug)]
@@ -538,6 +556,7 @@ impl Server {
             // and a minute's grace mean it is gone.
             agent_silence: (2 * cfg.poll_wait + 60) * 1000,
             power_tries: cfg.power_tries,
+            unicast_after: (cfg.unicast_after > 0).then_some(cfg.unicast_after),
             ..SchedConfig::default()
         };
         let mut sched = Scheduler::new(sched_cfg, state, now);
@@ -638,6 +657,7 @@ impl Server {
             url,
             metrics,
             openapi: std::sync::OnceLock::new(),
+            unicast: unicast::Limiter::new(cfg.unicast_rate.unwrap_or(cfg.cast_rate / 4)),
         });
         // Persist what the restart itself changed (ended sessions, deadlines).
         shared
@@ -764,7 +784,9 @@ fn api_routers() -> (
             .routes(routes!(metrics::scrape))
             .routes(routes!(openapi::document))
             .split_for_parts();
-    let (agent_api, agent_doc) = agent_api::routes().split_for_parts();
+    let (agent_api, agent_doc) = agent_api::routes()
+        .merge(unicast::routes())
+        .split_for_parts();
     doc.merge(agent_doc);
     (operator_api, agent_api, doc)
 }

@@ -58,6 +58,7 @@
 //! | `POST /agent/v1/poll` (session token)        | `PollRequest` -> `Directive`       |
 //! | `POST /agent/v1/report` (session token)      | `ReportRequest` -> `ReportAck`     |
 //! | `PUT  /agent/v1/images/{name}?job=J&task=T&attempt=A[&mac=M]` | image bytes -> `ImageView` |
+//! | `GET  /agent/v1/images/by-root/{root}?[mac=M]` | -> the image file its running Distribute pinned, or one `Range` of it (206): unicast fallback |
 //!
 //! Errors are JSON `ApiError` with a 4xx/5xx status.
 //!
@@ -161,6 +162,24 @@ pub struct CastPolicy {
     /// Rate ceiling in bytes/s (default: the server's).
     #[serde(default)]
     pub rate: Option<u64>,
+    /// `multicast` (a cast session, falling back to unicast where it is
+    /// not heard) or `unicast` (no session: every target fetches the image
+    /// from the server by HTTP range requests).
+    #[serde(default)]
+    pub transport: CastTransport,
+}
+
+/// How a job's Distribute tasks move the image.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum CastTransport {
+    /// One cast session per image; receivers that cannot hear it fall
+    /// back to unicast after the server's `unicast_after`.
+    #[default]
+    Multicast,
+    /// Every target fetches by unicast from the start.
+    Unicast,
 }
 
 impl Default for CastPolicy {
@@ -170,6 +189,7 @@ impl Default for CastPolicy {
             max_wait: Some(60),
             start_at: None,
             rate: None,
+            transport: CastTransport::Multicast,
         }
     }
 }
@@ -856,11 +876,36 @@ pub struct CastJoin {
     pub group: String,
     /// The packet MAC key (hex).
     pub key: String,
+    /// Seconds without a packet of the session after which the receiver
+    /// fetches the chunks it still needs by unicast instead (`GET
+    /// /agent/v1/images/by-root/{root}` with ranges); `None`: never (it
+    /// asks for a new session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unicast_after: Option<u32>,
     /// The wire session id: packets of any other session are dropped.
     pub session: u64,
     /// Receiver id to use (stable per target, so a restarted agent is the
     /// same receiver to the sender).
     pub receiver: u64,
+}
+
+impl CastJoin {
+    /// What a unicast-only Distribute carries: no session to join, fetch
+    /// at once (`unicast_after` 0).
+    pub fn unicast(receiver: u64) -> CastJoin {
+        CastJoin {
+            group: String::new(),
+            key: String::new(),
+            unicast_after: Some(0),
+            session: 0,
+            receiver,
+        }
+    }
+
+    /// Whether there is no session: the target fetches by unicast at once.
+    pub fn unicast_only(&self) -> bool {
+        self.unicast_after == Some(0)
+    }
 }
 
 /// A report about a running task.
@@ -910,7 +955,35 @@ pub enum TaskReport {
         /// pinned.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         root: Option<String>,
+        /// How a Distribute task's chunks came.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transport: Option<Transport>,
     },
+}
+
+/// How a target received an image.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Every chunk from its cast session.
+    Multicast,
+    /// Every chunk by HTTP range requests from the server (the session was
+    /// never heard).
+    Unicast,
+    /// Some of each: the session went silent part way.
+    Mixed,
+}
+
+impl Transport {
+    /// Its word, as reports and summaries give it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Transport::Multicast => "multicast",
+            Transport::Unicast => "unicast",
+            Transport::Mixed => "mixed",
+        }
+    }
 }
 
 /// The answer to a report.

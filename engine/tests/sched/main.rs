@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use rackcast_engine::sched::MacAddr;
 
 use rackcast_engine::sched::api::{
-    CastPolicy, Directive, Environment, EventRecord, Inventory, JobId, JobSpec, SessionId,
-    TargetState, TaskKind, TaskRef, TaskReport, TaskSpec, UnusedBlocks, VerifyMode, Work,
+    CastPolicy, CastTransport, Directive, Environment, EventRecord, Inventory, JobId, JobSpec,
+    SessionId, TargetState, TaskKind, TaskRef, TaskReport, TaskSpec, Transport, UnusedBlocks,
+    VerifyMode, Work,
 };
 use rackcast_engine::sched::{
     Action, BootChoice, Change, SchedConfig, SchedError, Scheduler, State,
@@ -172,6 +173,7 @@ fn finished(ok: bool) -> TaskReport {
         error: (!ok).then(|| "boom".to_string()),
         summary: String::new(),
         root: None,
+        transport: None,
     }
 }
 
@@ -191,6 +193,7 @@ fn written(s: &mut Scheduler, sid: SessionId, d: &Directive) -> TaskReport {
         error: None,
         summary: String::new(),
         root: Some(root.clone()),
+        transport: None,
     }
 }
 
@@ -228,6 +231,7 @@ fn a_distribute_success_needs_the_pinned_root_and_the_senders_record() {
         error: None,
         summary: String::new(),
         root: Some(pinned.clone()),
+        transport: None,
     };
     assert!(matches!(
         s.report(4, a, run_ref(&da), claim),
@@ -284,6 +288,7 @@ fn a_success_the_sender_never_recorded_fails_once_the_session_ended() {
         error: None,
         summary: String::new(),
         root: Some(root_of(&d)),
+        transport: None,
     };
     assert!(s.report(4, m, run_ref(&d), claim).unwrap());
     let e = s
@@ -295,6 +300,70 @@ fn a_success_the_sender_never_recorded_fails_once_the_session_ended() {
         .clone()
         .unwrap_or_default();
     assert!(e.contains("no cast sender recorded"), "{e}");
+}
+
+#[test]
+fn a_unicast_success_stands_on_its_root_alone_and_a_wrong_root_still_fails() {
+    let mut s = sched();
+    let (a, b) = (mac(1), mac(2));
+    register(&mut s, 0, a, ENV);
+    register(&mut s, 0, b, ENV);
+    let id = s
+        .submit(1, distribute(&[a, b], CastPolicy::default()))
+        .unwrap();
+    assert_eq!(s.poll(2, a, None), Directive::Wait);
+    let db = s.poll(2, b, None);
+    let da = s.poll(2, a, None);
+    // Directives say when to fall back: the scheduler's unicast_after.
+    let Directive::Run {
+        work: Work::Distribute { cast, .. },
+        ..
+    } = &da
+    else {
+        panic!("{da:?}");
+    };
+    assert_eq!(cast.unicast_after, Some(5));
+    // The session never heard from A, which fetched by unicast.
+    assert_eq!(s.distributing(a), Some(root_of(&da)));
+    let claim = |root: String| TaskReport::Finished {
+        ok: true,
+        error: None,
+        summary: "by unicast".into(),
+        root: Some(root),
+        transport: Some(Transport::Unicast),
+    };
+    assert!(s.report(3, a, run_ref(&da), claim(root_of(&da))).unwrap());
+    assert!(s
+        .report(3, b, run_ref(&db), claim("ee".repeat(32)))
+        .unwrap());
+    let j = s.job(id).unwrap();
+    assert_eq!(j.run(a).unwrap().status.word(), "done");
+    assert_eq!(s.distributing(a), None, "done: nothing more to fetch");
+    let e = j.run(b).unwrap().error.clone().unwrap_or_default();
+    assert!(e.contains(&"ee".repeat(32)), "{e}");
+}
+
+#[test]
+fn a_unicast_job_gets_its_directive_at_once_and_opens_no_session() {
+    let mut s = sched();
+    let a = mac(1);
+    register(&mut s, 0, a, ENV);
+    let cast = CastPolicy {
+        transport: CastTransport::Unicast,
+        ..CastPolicy::default()
+    };
+    s.submit(1, distribute(&[a], cast)).unwrap();
+    match s.poll(2, a, None) {
+        Directive::Run {
+            work: Work::Distribute { cast, root, .. },
+            ..
+        } => {
+            assert!(cast.unicast_only(), "{cast:?}");
+            assert_eq!(root, "ab".repeat(32));
+        }
+        other => panic!("expected a Distribute directive, got {other:?}"),
+    }
+    assert!(s.session(SessionId(1)).is_none(), "a session was opened");
 }
 
 #[test]
@@ -537,6 +606,7 @@ fn min_targets_starts_early_and_a_late_joiner_joins_the_running_carousel() {
         max_wait: None,
         start_at: None,
         rate: Some(50_000_000),
+        transport: Default::default(),
     };
     s.submit(0, distribute(&macs, cast)).unwrap();
     assert_eq!(s.poll(1, macs[0], None), Directive::Wait);
@@ -571,6 +641,7 @@ fn max_wait_starts_a_session_after_the_first_joined() {
         max_wait: Some(30),
         start_at: None,
         rate: None,
+        transport: Default::default(),
     };
     s.submit(0, distribute(&macs, cast)).unwrap();
     assert_eq!(s.poll(1_000, macs[0], None), Directive::Wait);
@@ -600,6 +671,7 @@ fn start_at_starts_a_session_at_the_set_time() {
         max_wait: None,
         start_at: Some(500),
         rate: None,
+        transport: Default::default(),
     };
     s.submit(0, distribute(&macs, cast)).unwrap();
     assert_eq!(s.poll(1_000, macs[0], None), Directive::Wait);

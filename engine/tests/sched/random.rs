@@ -103,8 +103,8 @@ proptest! {
                             0 => TaskReport::Started,
                             1 => TaskReport::Rejoin { reason: "x".into() },
                             2 => TaskReport::Log { text: "out".into() },
-                            3 => TaskReport::Finished { ok: false, error: None, summary: String::new(), root: None },
-                            _ => TaskReport::Finished { ok: true, error: None, summary: String::new(), root: None },
+                            3 => TaskReport::Finished { ok: false, error: None, summary: String::new(), root: None, transport: None },
+                            _ => TaskReport::Finished { ok: true, error: None, summary: String::new(), root: None, transport: None },
                         };
                         let _ = s.report(now, mac(t), r, rep);
                     }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use rackcast_engine::sched::api::{
-    CastPolicy, CloudInit, JobId, JobSpec, JobView, TargetRun, TaskKind, TaskSpec, UnusedBlocks,
-    VerifyMode,
+    CastPolicy, CastTransport, CloudInit, JobId, JobSpec, JobView, TargetRun, TaskKind, TaskSpec,
+    UnusedBlocks, VerifyMode,
 };
 
 use super::client::show::{format_age, now_ms, progress_cell, Table};
@@ -177,6 +177,11 @@ pub struct DistributeArgs {
     /// The seed's instance-id [default: rackcast-{job}-{mac}].
     #[arg(long, value_name = "TEMPLATE", requires = "user_data")]
     pub instance_id: Option<String>,
+    /// No cast session: every target fetches the image from the server by
+    /// HTTP range requests (where multicast cannot reach any of them; a
+    /// session's receivers that cannot hear it fall back to that anyway).
+    #[arg(long)]
+    pub unicast: bool,
     /// Cap the cast rate, bytes/s (suffixes K, M, G; default: the server's).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub rate: Option<u64>,
@@ -387,6 +392,11 @@ impl DistributeArgs {
             }),
             start_at,
             rate: self.rate,
+            transport: if self.unicast {
+                CastTransport::Unicast
+            } else {
+                CastTransport::Multicast
+            },
         };
         let kind = TaskKind::Distribute {
             image: self.image.clone(),

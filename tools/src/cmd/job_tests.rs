@@ -51,7 +51,8 @@ fn distribute_shortcut_builds_a_one_task_job() {
                 min_targets: Some(2),
                 max_wait: Some(300),
                 start_at: None,
-                rate: None
+                rate: None,
+                transport: Default::default(),
             },
             tasks: vec![TaskSpec {
                 kind: TaskKind::Distribute {

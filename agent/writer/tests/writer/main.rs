@@ -15,4 +15,5 @@ mod flush;
 mod order;
 mod resume;
 mod safety;
+mod unicast;
 mod verify;

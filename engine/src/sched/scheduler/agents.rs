@@ -232,10 +232,11 @@ impl Scheduler {
                 error,
                 summary,
                 root,
+                transport,
             } => {
                 self.mark_started(now, mac, r);
                 self.flush_dropped(now, mac, r);
-                let error = match (ok, self.earned(mac, r, root.as_deref())) {
+                let error = match (ok, self.earned(mac, r, root.as_deref(), transport)) {
                     (false, _) => error,
                     (true, Earned::Yes) => None,
                     (true, Earned::No(why)) => Some(why),
@@ -273,10 +274,35 @@ impl Scheduler {
         }
     }
 
+    /// The image root `mac`'s running Distribute task pinned: what it may
+    /// fetch by unicast.
+    pub fn distributing(&self, mac: MacAddr) -> Option<String> {
+        let TargetState::Running { job, task, .. } = self.targets.get(&mac)?.state else {
+            return None;
+        };
+        let job = self.jobs.get(&job)?;
+        let TaskKind::Distribute { image, .. } = &job.spec.tasks.get(task as usize)?.kind else {
+            return None;
+        };
+        job.pinned
+            .get(image)
+            .or_else(|| self.image_roots.get(image))
+            .cloned()
+    }
+
     /// Whether a successful report of `mac`'s run `r` is borne out. A
     /// Distribute task is done only when the agent names the root its job
-    /// pinned and that root's cast sender recorded this receiver done.
-    fn earned(&self, mac: MacAddr, r: TaskRef, root: Option<&str>) -> Earned {
+    /// pinned and, when its chunks came by multicast, that root's cast
+    /// sender recorded this receiver done (by unicast, every chunk it
+    /// fetched was checked against that root's index, as the sender's
+    /// record is the receiver's word too).
+    fn earned(
+        &self,
+        mac: MacAddr,
+        r: TaskRef,
+        root: Option<&str>,
+        transport: Option<Transport>,
+    ) -> Earned {
         let Some(job) = self.jobs.get(&r.job) else {
             return Earned::Yes;
         };
@@ -297,6 +323,9 @@ impl Scheduler {
                 "the agent reports root {}, but the job pinned root {pinned} for image {image}",
                 root.unwrap_or("(none)")
             ));
+        }
+        if matches!(transport, Some(Transport::Unicast | Transport::Mixed)) {
+            return Earned::Yes;
         }
         let session = self
             .sessions

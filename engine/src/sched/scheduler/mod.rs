@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::api::{
-    CastJoin, CastPolicy, Directive, Environment, Inventory, JobId, JobSpec, Millis, SeedValues,
-    SessionId, TargetState, TaskKind, TaskRef, TaskReport, VarsUpdate, Work, LOCAL_ENV,
+    CastJoin, CastPolicy, CastTransport, Directive, Environment, Inventory, JobId, JobSpec, Millis,
+    SeedValues, SessionId, TargetState, TaskKind, TaskRef, TaskReport, Transport, VarsUpdate, Work,
+    LOCAL_ENV,
 };
 use super::event::{Actor, Event, EventKind, Subject};
 use super::model::{CastSession, Job, LogLine, Run, RunStatus, SessionPhase, State, Target};
@@ -58,6 +59,10 @@ pub struct SchedConfig {
     /// A power change seen within this long of rackcast's own power action
     /// is expected (ms).
     pub power_expect: Millis,
+    /// Seconds of silence from its cast session after which a receiver
+    /// fetches what it still needs by unicast (HTTP range requests from the
+    /// server); `None`: never.
+    pub unicast_after: Option<u32>,
 }
 
 impl Default for SchedConfig {
@@ -78,6 +83,7 @@ impl Default for SchedConfig {
             power_tries: 3,
             power_backoff: 10_000,
             power_expect: 120_000,
+            unicast_after: Some(5),
         }
     }
 }
@@ -639,6 +645,24 @@ impl Scheduler {
                 else {
                     return Directive::Wait;
                 };
+                // Unicast only: no session, no sender; the target fetches
+                // the image from the server at once.
+                if policy.transport == CastTransport::Unicast {
+                    return Directive::Run {
+                        task: r,
+                        work: Work::Distribute {
+                            image,
+                            root,
+                            disk,
+                            verify,
+                            unused,
+                            grow,
+                            seed,
+                            cast: CastJoin::unicast(receiver_id(mac)),
+                        },
+                        timeout,
+                    };
+                }
                 let Some(sid) = self.join_session(now, mac, &image, &root, r.job, &policy) else {
                     return Directive::Wait;
                 };
@@ -659,6 +683,7 @@ impl Scheduler {
                             key: s.key.clone(),
                             session: s.wire_session,
                             receiver: receiver_id(mac),
+                            unicast_after: self.cfg.unicast_after,
                         },
                     },
                     _ => return Directive::Wait,

@@ -398,7 +398,8 @@ to = "local"
                 min_targets: Some(2),
                 max_wait: Some(120),
                 start_at: None,
-                rate: None
+                rate: None,
+                transport: Default::default(),
             }
         );
         assert_eq!(spec.tasks.len(), 2);
