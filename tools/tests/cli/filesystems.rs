@@ -23,6 +23,33 @@ fn have_tools(tools: &[&str], packages: &str) -> bool {
     true
 }
 
+/// `rackcast image restore IMG TARGET --grow --state-dir STATE`.
+fn restore_grow(img: &Path, target: &Path, state: &Path) -> std::process::Output {
+    rackcast(&[
+        &"image",
+        &"restore",
+        &img,
+        &target,
+        &"--grow",
+        &"--state-dir",
+        &state,
+    ])
+}
+
+/// A file of `size` bytes, all a hole.
+fn blank(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+/// The block count of the ext4 in `part` (`dumpe2fs -h`).
+fn ext4_blocks(part: &Path) -> u64 {
+    let info = sh(Command::new("dumpe2fs").arg("-h").arg(part));
+    info.lines()
+        .find_map(|l| l.strip_prefix("Block count:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no block count in {info}"))
+}
+
 /// Writes the partition table `layout` (sfdisk's script) to the file `disk`.
 fn sfdisk(disk: &Path, layout: &str) {
     let mut sf = Command::new("sfdisk")
@@ -280,12 +307,7 @@ fn a_larger_target_gets_the_gpt_at_its_end_and_with_grow_a_grown_ext4() {
     let part = d.path().join("p3.raw");
     std::fs::write(&part, bytes_at(&grown, 17 << 20, (sectors * 512) as usize)).unwrap();
     sh(Command::new("e2fsck").arg("-fn").arg(&part));
-    let info = sh(Command::new("dumpe2fs").arg("-h").arg(&part));
-    let blocks: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("Block count:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let blocks = ext4_blocks(&part);
     assert_eq!(blocks, sectors * 512 / 4096, "the ext4 fills its partition");
     let host = sh(Command::new("debugfs")
         .args(["-R", "cat /etc/hostname"])
@@ -309,17 +331,14 @@ fn grow_on_an_xfs_partition_runs_xfs_growfs() {
     // A GPT disk of 320 MiB, one XFS partition from 1 MiB (its minimum
     // size is 300 MiB) holding one file.
     let disk = d.path().join("xfs-disk.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(320 << 20)
-        .unwrap();
+    blank(&disk, 320 << 20);
     sfdisk(
         &disk,
         "label: gpt\nstart=2048, size=640000, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
     );
     let part = d.path().join("xfs.raw");
     let len = 640_000 * 512;
-    std::fs::File::create(&part).unwrap().set_len(len).unwrap();
+    blank(&part, len);
     let file = d.path().join("hello");
     std::fs::write(&file, b"hello from xfs\n").unwrap();
     let proto = d.path().join("proto");
@@ -344,20 +363,9 @@ fn grow_on_an_xfs_partition_runs_xfs_growfs() {
     let out = ok(&rackcast(&[&"image", &"create", &disk, &img]));
     assert!(out.contains("xfs"), "{out}");
     let target = d.path().join("target.raw");
-    std::fs::File::create(&target)
-        .unwrap()
-        .set_len(400 << 20)
-        .unwrap();
+    blank(&target, 400 << 20);
     let state = d.path().join("state");
-    let out = ok(&rackcast(&[
-        &"image",
-        &"restore",
-        &img,
-        &target,
-        &"--grow",
-        &"--state-dir",
-        &state,
-    ]));
+    let out = ok(&restore_grow(&img, &target, &state));
     assert!(out.contains("grown     partition 1 (xfs)"), "{out}");
     sh(Command::new("sfdisk").arg("-V").arg(&target));
     let sectors = (400u64 << 20) / 512 - 33 - 2048;
@@ -462,10 +470,7 @@ fn a_target_smaller_than_the_image_needs_is_refused() {
     let img = d.path().join("disk.rcimg");
     ok(&rackcast(&[&"image", &"create", &disk, &img]));
     let small = d.path().join("small.raw");
-    std::fs::File::create(&small)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    blank(&small, 32 << 20);
     let dev = sh(Command::new("losetup")
         .args(["--find", "--show"])
         .arg(&small));
@@ -516,10 +521,7 @@ fn a_nocloud_seed_is_made_in_free_space_rewritten_on_a_rerun_and_refused_without
     ok(&rackcast(&[&"image", &"create", &disk, &img]));
     let state = d.path().join("state");
     let target = d.path().join("target.raw");
-    std::fs::File::create(&target)
-        .unwrap()
-        .set_len(96 << 20)
-        .unwrap();
+    blank(&target, 96 << 20);
     ok(&rackcast(&[
         &"image",
         &"restore",
@@ -597,10 +599,7 @@ fn logical_partitions_of_an_mbr_disk_are_read() {
     }
     let d = tempfile::tempdir().unwrap();
     let disk = d.path().join("mbr.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    blank(&disk, 64 << 20);
     sfdisk(
         &disk,
         "label: dos\nstart=2048, size=16384, type=83\nstart=18432, type=5\n\
@@ -609,10 +608,7 @@ fn logical_partitions_of_an_mbr_disk_are_read() {
     // An ext4 in each logical partition (5 and 6); partition 1 stays empty.
     for at in [20480u64, 63488] {
         let part = d.path().join("part.img");
-        std::fs::File::create(&part)
-            .unwrap()
-            .set_len(40960 * 512)
-            .unwrap();
+        blank(&part, 40960 * 512);
         sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&part));
         let bytes = std::fs::read(&part).unwrap();
         let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
@@ -645,20 +641,9 @@ fn logical_partitions_of_an_mbr_disk_are_read() {
     );
     // The last partition is a logical one: --grow says so, the table stays.
     let target = d.path().join("bigger.raw");
-    std::fs::File::create(&target)
-        .unwrap()
-        .set_len(96 << 20)
-        .unwrap();
+    blank(&target, 96 << 20);
     let state = d.path().join("state");
-    let out = rackcast(&[
-        &"image",
-        &"restore",
-        &img,
-        &target,
-        &"--grow",
-        &"--state-dir",
-        &state,
-    ]);
+    let out = restore_grow(&img, &target, &state);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("logical one"),
@@ -681,17 +666,14 @@ fn grow_on_an_mbr_disk_extends_its_last_primary_partition() {
     }
     let d = tempfile::tempdir_in("/var/tmp").unwrap();
     let disk = d.path().join("mbr.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    blank(&disk, 64 << 20);
     sfdisk(
         &disk,
         "label: dos\nstart=2048, size=16384, type=83\nstart=18432, type=83\n",
     );
     let part = d.path().join("part.img");
     let len = (64u64 << 20) - 18432 * 512;
-    std::fs::File::create(&part).unwrap().set_len(len).unwrap();
+    blank(&part, len);
     sh(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-b", "4096"])
         .arg(&part));
@@ -701,20 +683,9 @@ fn grow_on_an_mbr_disk_extends_its_last_primary_partition() {
     let img = d.path().join("mbr.rcimg");
     ok(&rackcast(&[&"image", &"create", &disk, &img]));
     let target = d.path().join("bigger.raw");
-    std::fs::File::create(&target)
-        .unwrap()
-        .set_len(96 << 20)
-        .unwrap();
+    blank(&target, 96 << 20);
     let state = d.path().join("state");
-    let out = ok(&rackcast(&[
-        &"image",
-        &"restore",
-        &img,
-        &target,
-        &"--grow",
-        &"--state-dir",
-        &state,
-    ]));
+    let out = ok(&restore_grow(&img, &target, &state));
     assert!(out.contains("grown     partition 2 (ext4)"), "{out}");
     assert!(!out.contains("backup header"), "an MBR has none: {out}");
     let sectors = (96u64 << 20) / 512 - 18432;
@@ -727,11 +698,6 @@ fn grow_on_an_mbr_disk_extends_its_last_primary_partition() {
     )
     .unwrap();
     sh(Command::new("e2fsck").arg("-fn").arg(&grown));
-    let info = sh(Command::new("dumpe2fs").arg("-h").arg(&grown));
-    let blocks: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("Block count:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let blocks = ext4_blocks(&grown);
     assert_eq!(blocks, sectors * 512 / 4096, "the ext4 fills its partition");
 }
