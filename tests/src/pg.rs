@@ -63,21 +63,9 @@ impl Postgres {
             .stdout(Stdio::null());
         let out = as_ids(&mut initdb, as_user).output().expect("initdb");
         assert!(out.status.success(), "initdb: {out:?}");
+        std::fs::File::create(&log).expect("the log");
         let port = free_port();
-        let mut postgres = Command::new(bin.join("postgres"));
-        postgres
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.path().display()))
-            // A test's data need not survive a power cut.
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("the log"));
-        let child = as_ids(&mut postgres, as_user).spawn().expect("postgres");
+        let child = spawn(&bin, dir.path(), port, as_user);
         let pg = Postgres {
             bin,
             port,
@@ -85,16 +73,47 @@ impl Postgres {
             as_user,
             dir,
         };
+        pg.wait_ready();
+        Some(pg)
+    }
+
+    /// Stops the server (a fast shutdown) and starts it again on the same
+    /// data and port: what a database restart under a running rackcast is.
+    /// `down` is how long it stays stopped.
+    pub fn restart(&mut self, down: Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        self.child = spawn(&self.bin, self.dir.path(), self.port, self.as_user);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
         let start = Instant::now();
-        while !pg.ready() {
+        while !self.ready() {
             assert!(
                 start.elapsed() < READY,
                 "postgres did not start in {READY:?}: {}",
-                crate::read_lossy(&log)
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(pg)
+    }
+
+    /// SIGINT (a fast shutdown, so its backends go with it), then SIGKILL
+    /// after a bounded wait.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// A new, empty database `name`, and its URL.
@@ -135,21 +154,31 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // SIGINT: a fast shutdown, so its backends go with it; SIGKILL
-        // after a bounded wait.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// The server on `dir/data`, listening on loopback `port`, its log
+/// appended to `dir/postgres.log`.
+fn spawn(bin: &Path, dir: &Path, port: u16, as_user: Option<(u32, u32)>) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .expect("the log");
+    let mut postgres = Command::new(bin.join("postgres"));
+    postgres
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        // A test's data need not survive a power cut.
+        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    as_ids(&mut postgres, as_user).spawn().expect("postgres")
 }
 
 /// The newest `/usr/lib/postgresql/VERSION/bin` holding initdb.

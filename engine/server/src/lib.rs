@@ -327,6 +327,11 @@ pub(crate) struct Inner {
     images: std::collections::BTreeMap<String, rackcast_engine::sched::api::ImageView>,
     /// When each MAC's last refused registration was recorded as an event.
     refusals_noted: std::collections::HashMap<rackcast_engine::sched::MacAddr, u64>,
+    /// Changes the scheduler made that the store refused (the database was
+    /// down), with the actions they set off: written and done first by the
+    /// next change (the timer makes one every second).
+    unsaved: Vec<Change>,
+    unacted: Vec<Action>,
 }
 
 /// At most one `agent.refused` event per MAC in this long, so a stranger
@@ -398,14 +403,24 @@ impl Shared {
         let mut inner = self.inner.lock().await;
         let now = now_ms();
         let out = f(&mut inner.sched, now);
-        let changes = inner.sched.drain_changes();
-        let mut actions = Vec::new();
+        let mut changes = std::mem::take(&mut inner.unsaved);
+        changes.extend(inner.sched.drain_changes());
+        let mut actions = std::mem::take(&mut inner.unacted);
         while let Some(a) = inner.sched.poll_action() {
             actions.push(a);
         }
         if !changes.is_empty() {
             let t = std::time::Instant::now();
-            self.store.apply(&changes, now).await?;
+            if let Err(e) = self.store.apply(&changes, now).await {
+                // The scheduler holds them already: kept for the next write,
+                // so the database catches up when it is back. The caller
+                // hears the failure: nothing of this is acknowledged.
+                // Transient events (progress) are not kept.
+                changes.retain(|c| !matches!(c, Change::Event(ev) if ev.seq == 0));
+                inner.unsaved = changes;
+                inner.unacted = actions;
+                return Err(e.into());
+            }
             self.metrics.store_write(t.elapsed().as_secs_f64());
             self.policy.update(&inner.sched, &changes);
         }
@@ -641,6 +656,8 @@ impl Server {
                 agent_tokens,
                 images: image_map,
                 refusals_noted: Default::default(),
+                unsaved: Vec::new(),
+                unacted: Vec::new(),
             }),
             changed: Notify::new(),
             events,

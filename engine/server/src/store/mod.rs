@@ -148,7 +148,9 @@ impl Store {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            // While the database is down, each change waits this long (with
+            // the scheduler locked) before it is kept for the next try.
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .connect(url)
             .await
             .map_err(|source| StoreError::Db {
@@ -382,8 +384,10 @@ impl Store {
                 .bind(&e.name)
                 .bind(json(e)),
                 Change::Log(l) => sqlx::query(
+                    // A retried batch whose commit did happen (the answer
+                    // was lost) finds its rows there.
                     "INSERT INTO job_logs (seq, job, mac, task, at, text) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (seq) DO NOTHING",
                 )
                 .bind(l.seq as i64)
                 .bind(l.job.0 as i64)
@@ -397,7 +401,7 @@ impl Store {
                     let r = e.record();
                     sqlx::query(
                         "INSERT INTO events (seq, at, actor, kind, target, job, task, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (seq) DO NOTHING",
                     )
                     .bind(r.seq as i64)
                     .bind(r.at as i64)

@@ -341,3 +341,16 @@ async fn a_url_that_is_not_postgres_is_refused_with_what_to_give() {
     assert!(msg.contains("postgres://USER@HOST"), "{msg}");
     assert!(!msg.contains("pw"), "the password was shown: {msg}");
 }
+
+#[tokio::test]
+async fn a_batch_written_again_after_a_lost_answer_is_taken() {
+    for db in backends() {
+        let s = db.open().await;
+        let batch = [line(1, "once\n"), line(2, "twice\n")];
+        s.apply(&batch, 1).await.unwrap();
+        // The commit happened but its answer was lost: the server tries again.
+        s.apply(&batch, 1).await.unwrap();
+        let lines = s.job_log(JobId(1), M, 0, 10).await.unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+    }
+}
