@@ -254,42 +254,15 @@ fn on_postgresql_a_database_restart_mid_job_loses_nothing() {
     };
     let url = pg.create_db("rackcast");
     let mut s = Server::start_with("12M", "127.0.0.1:0", Some(&format!("database = {url:?}")));
-    let (disk, img) = sample_image(s.dir.path(), "96M");
-    s.upload("golden", &img);
-    let macs: Vec<String> = (1..=2).map(|i| mac(0x70 + i)).collect();
-    let disks: Vec<_> = (1..=2)
-        .map(|i| s.dir.path().join(format!("p{i}.disk")))
-        .collect();
-    for (m, d) in macs.iter().zip(&disks) {
-        s.agent(m, d, "linux-x64");
-    }
-    s.wait_registered(&macs, Duration::from_secs(30));
-    let id = submit(&s, distribute(&macs));
-    s.wait_job_until(id, Duration::from_secs(60), |j| {
-        j.targets
-            .iter()
-            .all(|t| t.progress.as_ref().is_some_and(|p| p.done > 4 << 20))
-    });
+    let run = TwoTargets::mid_distribution(&mut s);
     // Down longer than the rest of the transfer takes (96 MiB at 12 MB/s):
     // the targets finish, report and are sent to their disks meanwhile.
     pg.restart(Duration::from_secs(12));
-    let j = s.wait_job(id, Duration::from_secs(240));
-    assert_eq!(
-        j.status,
-        "done",
-        "{:#?}\n{}\n{}",
-        j.targets,
-        s.log_text(),
-        pg.log()
-    );
-    let want = hash_file(&disk);
-    for d in &disks {
-        assert_eq!(hash_file(d), want);
-    }
+    run.completes(&s, &pg.log());
     // What the server held while the database was down is in it now.
     s.kill9();
     s.restart();
-    let j = s.wait_job(id, Duration::from_secs(30));
+    let j = s.wait_job(run.id, Duration::from_secs(30));
     assert_eq!(j.status, "done", "{:#?}", j.targets);
     // Every stored event of the server, none lost in the outage: gap-free.
     let all: Vec<_> = s
@@ -302,71 +275,98 @@ fn on_postgresql_a_database_restart_mid_job_loses_nothing() {
         "{:?}",
         all.iter().map(|e| e.seq).collect::<Vec<_>>()
     );
-    let ev = s.events(id);
-    for m in &macs {
-        assert_eq!(
-            started_count(&s, id, m),
-            1,
-            "{m} started its task more than once"
-        );
-        let fin = ev
-            .iter()
-            .filter(|e| e.kind == "task.finished" && e.target.is_some_and(|t| t.to_string() == *m))
-            .count();
-        assert_eq!(fin, 1, "{m} finished {fin} times");
-    }
+    run.each_task_ran_once(&s);
 }
 
 fn killed_mid_distribution(config: Option<&str>) -> Server {
     // Slow enough that the kill lands mid-transfer.
     let mut s = Server::start_with("12M", "127.0.0.1:0", config);
-    let (disk, img) = sample_image(s.dir.path(), "96M");
-    s.upload("golden", &img);
-    let macs: Vec<String> = (1..=2).map(mac).collect();
-    let disks: Vec<_> = (1..=2)
-        .map(|i| s.dir.path().join(format!("t{i}.disk")))
-        .collect();
-    for (m, d) in macs.iter().zip(&disks) {
-        s.agent(m, d, "linux-x64");
-    }
-    s.wait_registered(&macs, Duration::from_secs(30));
-    let id = submit(&s, distribute(&macs));
-    s.wait_job_until(id, Duration::from_secs(60), |j| {
-        j.targets
-            .iter()
-            .all(|t| t.progress.as_ref().is_some_and(|p| p.done > 4 << 20))
-    });
+    let run = TwoTargets::mid_distribution(&mut s);
     s.kill9();
     std::thread::sleep(Duration::from_millis(500));
     s.restart();
-    let j = s.wait_job(id, Duration::from_secs(240));
-    assert_eq!(j.status, "done", "{:#?}\n{}", j.targets, s.agents_log());
-    let want = hash_file(&disk);
-    for d in &disks {
-        assert_eq!(hash_file(d), want);
-    }
-    let ev = s.events(id);
+    run.completes(&s, "");
+    let ev = s.events(run.id);
     assert!(
         ev.iter()
             .any(|e| e.kind == "cast.ended" && e.detail["why"] == "the server restarted"),
         "the dead session was ended on restart"
     );
-    for m in &macs {
-        assert_eq!(
-            started_count(&s, id, m),
-            1,
-            "{m} started its task more than once"
-        );
-        let fin = ev
-            .iter()
-            .filter(|e| e.kind == "task.finished" && e.target.is_some_and(|t| t.to_string() == *m))
-            .count();
-        assert_eq!(fin, 1, "{m} finished {fin} times");
-    }
+    run.each_task_ran_once(&s);
     // Event sequence numbers stayed gap-free across the restart.
-    let all = s.events(id);
-    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(ev.windows(2).all(|w| w[0].seq < w[1].seq));
     s
+}
+
+/// Two agents distributing a 96 MiB image, caught part way.
+struct TwoTargets {
+    id: u64,
+    macs: Vec<String>,
+    disks: Vec<std::path::PathBuf>,
+    source: std::path::PathBuf,
+}
+
+impl TwoTargets {
+    /// Starts the job on `s` and returns once both targets have 4 MiB.
+    fn mid_distribution(s: &mut Server) -> TwoTargets {
+        let (source, img) = sample_image(s.dir.path(), "96M");
+        s.upload("golden", &img);
+        let macs: Vec<String> = (1..=2).map(mac).collect();
+        let disks: Vec<_> = (1..=2)
+            .map(|i| s.dir.path().join(format!("t{i}.disk")))
+            .collect();
+        for (m, d) in macs.iter().zip(&disks) {
+            s.agent(m, d, "linux-x64");
+        }
+        s.wait_registered(&macs, Duration::from_secs(30));
+        let id = submit(s, distribute(&macs));
+        s.wait_job_until(id, Duration::from_secs(60), |j| {
+            j.targets
+                .iter()
+                .all(|t| t.progress.as_ref().is_some_and(|p| p.done > 4 << 20))
+        });
+        TwoTargets {
+            id,
+            macs,
+            disks,
+            source,
+        }
+    }
+
+    /// The job ends done and both disks equal the source.
+    fn completes(&self, s: &Server, context: &str) {
+        let j = s.wait_job(self.id, Duration::from_secs(240));
+        assert_eq!(
+            j.status,
+            "done",
+            "{:#?}\n{}\n{context}",
+            j.targets,
+            s.agents_log()
+        );
+        let want = hash_file(&self.source);
+        for d in &self.disks {
+            assert_eq!(hash_file(d), want);
+        }
+    }
+
+    /// Each target started and finished its task once.
+    fn each_task_ran_once(&self, s: &Server) {
+        let ev = s.events(self.id);
+        for m in &self.macs {
+            assert_eq!(
+                started_count(s, self.id, m),
+                1,
+                "{m} started its task more than once"
+            );
+            let fin = ev
+                .iter()
+                .filter(|e| {
+                    e.kind == "task.finished" && e.target.is_some_and(|t| t.to_string() == *m)
+                })
+                .count();
+            assert_eq!(fin, 1, "{m} finished {fin} times");
+        }
+    }
 }
 
 #[test]
