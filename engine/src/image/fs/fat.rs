@@ -11,7 +11,7 @@
 use std::io;
 
 use super::table::le32;
-use super::{FsBlocks, ReadAt, UsedMap};
+use super::{head, FsBlocks, ReadAt, UsedMap};
 
 /// Entries read at a time, so a large FAT32 costs no large buffer.
 const WINDOW: u64 = 1 << 20;
@@ -90,11 +90,9 @@ struct Bpb {
 
 impl Bpb {
     fn read(disk: &dyn ReadAt, base: u64, len: u64) -> io::Result<Option<Bpb>> {
-        if len < 64 * 1024 {
+        let Some(s) = head::<512>(disk, base, len)? else {
             return Ok(None);
-        }
-        let mut s = [0u8; 512];
-        disk.read_at(base, &mut s)?;
+        };
         let le16 = |o: usize| u64::from(u16::from_le_bytes([s[o], s[o + 1]]));
         let bps = le16(0x0B);
         let spc = u64::from(s[0x0D]);

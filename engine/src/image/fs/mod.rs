@@ -304,6 +304,22 @@ pub fn scan_disk(disk: &dyn ReadAt, size: u64, sector: u32) -> io::Result<DiskSc
 
 /// The first filesystem that recognises partition `p`: its name and used
 /// bytes (having marked them in `map`), or `None` (the map untouched).
+/// The first `N` bytes of the partition at `base` (`len` bytes), or
+/// `None` when it is too small to hold any filesystem the scanners read
+/// (64 KiB): where FAT, NTFS and XFS find their boot sector or superblock.
+pub(crate) fn head<const N: usize>(
+    disk: &dyn ReadAt,
+    base: u64,
+    len: u64,
+) -> io::Result<Option<[u8; N]>> {
+    if len < 64 * 1024 {
+        return Ok(None);
+    }
+    let mut b = [0u8; N];
+    disk.read_at(base, &mut b)?;
+    Ok(Some(b))
+}
+
 fn scan_partition(
     disk: &dyn ReadAt,
     p: &Partition,

@@ -12,7 +12,7 @@
 use std::io;
 
 use super::table::{le32, le64};
-use super::{FsBlocks, ReadAt, UsedMap};
+use super::{head, FsBlocks, ReadAt, UsedMap};
 
 /// `$Bitmap`'s MFT record number.
 const BITMAP_RECORD: u64 = 6;
@@ -86,11 +86,9 @@ struct Boot {
 
 impl Boot {
     fn read(disk: &dyn ReadAt, base: u64, len: u64) -> io::Result<Option<Boot>> {
-        if len < 64 * 1024 {
+        let Some(b) = head::<512>(disk, base, len)? else {
             return Ok(None);
-        }
-        let mut b = [0u8; 512];
-        disk.read_at(base, &mut b)?;
+        };
         if &b[3..11] != b"NTFS    " || b[510..512] != [0x55, 0xAA] {
             return Ok(None);
         }

@@ -11,7 +11,7 @@
 
 use std::io;
 
-use super::{FsBlocks, ReadAt, UsedMap};
+use super::{head, FsBlocks, ReadAt, UsedMap};
 
 const SB_MAGIC: &[u8; 4] = b"XFSB";
 const AGF_MAGIC: &[u8; 4] = b"XAGF";
@@ -138,11 +138,9 @@ struct Superblock {
 
 impl Superblock {
     fn read(disk: &dyn ReadAt, base: u64, len: u64) -> io::Result<Option<Superblock>> {
-        if len < 64 * 1024 {
+        let Some(b) = head::<0x70>(disk, base, len)? else {
             return Ok(None);
-        }
-        let mut b = [0u8; 0x70];
-        disk.read_at(base, &mut b)?;
+        };
         if &b[..4] != SB_MAGIC {
             return Ok(None);
         }
