@@ -52,6 +52,14 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if prints_only(&cli.command) {
+        // A reader that stops early (`rackcast image inspect X | head`)
+        // ends a command that only prints, as it ends any Unix filter:
+        // quietly, by SIGPIPE. Rust ignores SIGPIPE, and `println!` then
+        // panics. Commands that serve or write disks keep it ignored and
+        // see EPIPE as an error.
+        let _ = sigpipe_default();
+    }
     let result = match cli.command {
         Command::Agent(a) => rackcast_agent::cli::run(a),
         Command::Cast(c) => cmd::cast::run(c),
@@ -72,4 +80,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `c` only reads and prints (see `main`).
+fn prints_only(c: &Command) -> bool {
+    use cmd::image::ImageCommand as I;
+    matches!(
+        c,
+        Command::Target(_)
+            | Command::Job(_)
+            | Command::Token(_)
+            | Command::Audit(_)
+            | Command::Image(I::Inspect(_) | I::Verify(_) | I::List(_))
+    )
+}
+
+/// Restores SIGPIPE's default action (terminate).
+fn sigpipe_default() -> nix::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler of ours, so nothing can run in
+    // signal context; it is set once, before any thread starts.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(drop)
 }

@@ -48,6 +48,38 @@ fn readme_image_commands_round_trip() {
     assert_eq!(b3(&src), b3(&dest));
 }
 
+/// `rackcast image inspect IMG | head`: the reader closes early, and the
+/// command ends by SIGPIPE as a Unix filter does, without a panic.
+#[test]
+fn inspect_into_a_pipe_closed_early_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let d = tempfile::tempdir().unwrap();
+    let (src, img) = (d.path().join("disk.raw"), d.path().join("i.rcimg"));
+    ok(&rackcast(&[&"image", &"sample", &src, &"--size", &"4M"]));
+    ok(&rackcast(&[
+        &"image",
+        &"create",
+        &src,
+        &img,
+        &"--chunk-size",
+        &"1M",
+    ]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rackcast"))
+        .args(["image", "inspect", "--chunks"])
+        .arg(&img)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The only read end, closed before the command prints a byte.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {err}", out.status);
+}
+
 #[test]
 fn verify_names_the_bad_chunk_and_exits_non_zero() {
     let d = tempfile::tempdir().unwrap();
