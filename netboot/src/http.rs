@@ -1,5 +1,7 @@
 //! HTTP for what TFTP should not carry: kernels and initrds (with Range) under
-//! `/files/...`, and per-MAC iPXE scripts from the policy under `/ipxe/<mac>`.
+//! `/files/...`, per-MAC iPXE scripts from the policy under `/ipxe/<mac>`,
+//! and the policy's preboot console under `/console/<mac>/<action>` (its
+//! credentials as Basic authorization, never logged).
 //!
 //! A deliberately small HTTP/1.1 server (GET/HEAD, keep-alive, one byte
 //! range): firmware HTTP clients need nothing more.
@@ -30,7 +32,7 @@ use crate::events::{BootEvent, Events, Step};
 use crate::files::FileTree;
 use crate::metrics::NetbootMetrics;
 use crate::neighbor::{PeerCheck, ScriptPeer};
-use crate::policy::{ipxe_script, BootAction, BootQuery, BootStage};
+use crate::policy::{ipxe_script, BootAction, BootQuery, BootStage, ConsoleReply, ConsoleRequest};
 use prometheus_client::registry::Registry;
 
 mod body;
@@ -262,12 +264,15 @@ async fn connection(
             || req.headers.iter().any(|h| {
                 h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
             });
-        let range = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("range"))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::to_string);
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(str::to_string)
+        };
+        let range = header("range");
+        let login = header("authorization").and_then(|a| basic_login(&a));
         buf.drain(..head_len);
         let head = method == "HEAD";
         if method != "GET" && !head {
@@ -281,16 +286,14 @@ async fn connection(
             )
             .await?;
         } else {
-            serve(
-                &mut stream,
-                peer,
-                shared,
-                &path,
-                range.as_deref(),
+            let req = Request {
+                path: &path,
+                range: range.as_deref(),
+                login,
                 head,
                 close,
-            )
-            .await?;
+            };
+            serve(&mut stream, peer, shared, req).await?;
         }
         if close {
             return Ok(());
@@ -324,15 +327,44 @@ fn script_summary(script: &str) -> String {
     }
 }
 
+/// What [`serve`] needs of a parsed request.
+struct Request<'a> {
+    path: &'a str,
+    range: Option<&'a str>,
+    /// HTTP Basic credentials, decoded.
+    login: Option<(String, String)>,
+    head: bool,
+    close: bool,
+}
+
+/// The user and password of an `Authorization: Basic` value.
+fn basic_login(value: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let (scheme, b64) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
+}
+
 async fn serve(
     stream: &mut Timed,
     peer: SocketAddr,
     shared: &Shared,
-    path: &str,
-    range: Option<&str>,
-    head: bool,
-    close: bool,
+    req: Request<'_>,
 ) -> std::io::Result<()> {
+    let Request {
+        path,
+        range,
+        login,
+        head,
+        close,
+    } = req;
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     if path == "/metrics" {
         let Some(reg) = &shared.registry else {
@@ -345,39 +377,24 @@ async fn serve(
         let ctype = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
         return respond(stream, 200, ctype, text.as_bytes(), head, close).await;
     }
+    if let Some(rest) = path.strip_prefix("/console/") {
+        let call = ConsoleCall {
+            rest,
+            query,
+            login,
+            head,
+            close,
+        };
+        return console(stream, peer, shared, call).await;
+    }
     if let Some(rest) = path.strip_prefix("/ipxe/") {
         let mac_s = percent_decode(rest.trim_end_matches(".ipxe"));
         let Ok(mac) = MacAddr::parse(&mac_s) else {
             return respond(stream, 404, "text/plain", b"not found", head, close).await;
         };
-        // The DHCP core puts the client's raw option 93 in the URL.
-        let arch = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("arch="))
-            .and_then(|v| v.parse().ok())
-            .map_or(ClientArch::X64Uefi, ClientArch::from_raw);
-        // The script carries this MAC's boot token: only its owner gets it.
-        let refused = match shared.script_peer.check_host(peer.ip(), mac) {
-            PeerCheck::Allowed => None,
-            PeerCheck::OtherMac(m) => Some(format!("refused: the peer is {m}")),
-            PeerCheck::Unknown => Some("refused: the peer is not on this segment".to_string()),
-        };
-        if let Some(detail) = refused {
-            shared.events.emit(BootEvent {
-                mac: Some(mac),
-                peer,
-                step: Step::HttpScript,
-                detail,
-            });
-            return respond(
-                stream,
-                403,
-                "text/plain",
-                b"this script is only for the machine with that MAC",
-                head,
-                close,
-            )
-            .await;
+        let arch = arch_of(query);
+        if !owner(stream, peer, shared, mac, head, close).await? {
+            return Ok(());
         }
         let q = BootQuery {
             mac,
@@ -476,6 +493,147 @@ async fn serve(
         body::send(stream, file, meta.is_file(), start, end, &shared.metrics).await?;
     }
     Ok(())
+}
+
+/// The raw option 93 the DHCP core put in a script URL (`arch=N`).
+fn arch_of(query: &str) -> ClientArch {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("arch="))
+        .and_then(|v| v.parse().ok())
+        .map_or(ClientArch::X64Uefi, ClientArch::from_raw)
+}
+
+/// Whether `peer` is the machine with `mac` (see [`ScriptPeer`]): scripts
+/// and console answers are for their owner only. When not, answers 403,
+/// records why, and returns false.
+async fn owner(
+    stream: &mut Timed,
+    peer: SocketAddr,
+    shared: &Shared,
+    mac: MacAddr,
+    head: bool,
+    close: bool,
+) -> std::io::Result<bool> {
+    let refused = match shared.script_peer.check_host(peer.ip(), mac) {
+        PeerCheck::Allowed => return Ok(true),
+        PeerCheck::OtherMac(m) => format!("refused: the peer is {m}"),
+        PeerCheck::Unknown => "refused: the peer is not on this segment".to_string(),
+    };
+    shared.events.emit(BootEvent {
+        mac: Some(mac),
+        peer,
+        step: Step::HttpScript,
+        detail: refused,
+    });
+    respond(
+        stream,
+        403,
+        "text/plain",
+        b"this script is only for the machine with that MAC",
+        head,
+        close,
+    )
+    .await?;
+    Ok(false)
+}
+
+/// Most parameters a console request may carry.
+const MAX_CONSOLE_PARAMS: usize = 16;
+
+/// `GET /console/<mac>/<action>?arch=N&...`: a preboot menu choice, answered
+/// by the policy with a script. The query may carry a PIN: it goes to the
+/// policy and nowhere else (not into events or logs).
+/// A console request as it arrived.
+struct ConsoleCall<'a> {
+    /// The path after `/console/`.
+    rest: &'a str,
+    query: &'a str,
+    login: Option<(String, String)>,
+    head: bool,
+    close: bool,
+}
+
+async fn console(
+    stream: &mut Timed,
+    peer: SocketAddr,
+    shared: &Shared,
+    call: ConsoleCall<'_>,
+) -> std::io::Result<()> {
+    let ConsoleCall {
+        rest,
+        query,
+        login,
+        head,
+        close,
+    } = call;
+    let parsed = rest
+        .split_once('/')
+        .and_then(|(m, a)| Some((MacAddr::parse(&percent_decode(m)).ok()?, a)));
+    let Some((mac, action)) = parsed.filter(|(_, a)| {
+        !a.is_empty() && a.len() <= 32 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }) else {
+        return respond(stream, 404, "text/plain", b"not found", head, close).await;
+    };
+    if !owner(stream, peer, shared, mac, head, close).await? {
+        return Ok(());
+    }
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .take(MAX_CONSOLE_PARAMS)
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let req_arch = arch_of(query);
+    let req = ConsoleRequest {
+        mac,
+        arch: req_arch,
+        action: action.to_string(),
+        params,
+        login,
+    };
+    let Some(answer) = shared.files.policy().console(req) else {
+        return respond(stream, 404, "text/plain", b"no console here", head, close).await;
+    };
+    shared.events.emit(BootEvent {
+        mac: Some(mac),
+        peer,
+        step: Step::HttpScript,
+        detail: format!("console {action}"),
+    });
+    let script = match answer.await {
+        ConsoleReply::Script(s) => s,
+        ConsoleReply::Login => {
+            let h = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"rackcast console\"\r\n\
+                 Content-Length: 0\r\n{}\r\n",
+                if close { "Connection: close\r\n" } else { "" }
+            );
+            return stream.write_all(h.as_bytes()).await;
+        }
+    };
+    // `{http-login}` is our base URL with the credentials `login` asked
+    // for: iPXE sends them as Basic authorization and, unlike a query
+    // string, never prints them. The rest is filled as in any policy script.
+    let login_base =
+        shared
+            .base
+            .replacen("://", "://${username:uristring}:${password:uristring}@", 1);
+    let script = script.replace("{http-login}", &login_base);
+    let script = ipxe_script(
+        &BootAction::IpxeScript(script),
+        req_arch,
+        &shared.server,
+        &shared.base,
+        mac,
+    )
+    .unwrap_or_default();
+    shared.metrics.http_request(true);
+    shared.metrics.http_bytes(script.len() as u64);
+    respond(stream, 200, "text/plain", script.as_bytes(), head, close).await
 }
 
 async fn respond(

@@ -27,7 +27,10 @@ pub use arch::{ClientArch, ClientKind, MacAddr};
 pub use error::{Error, Result};
 pub use events::{BootEvent, Events, Step};
 pub use metrics::NetbootMetrics;
-pub use policy::{BootAction, BootPolicy, BootQuery, BootStage, StaticPolicy};
+pub use policy::{
+    BootAction, BootPolicy, BootQuery, BootStage, ConsoleAnswer, ConsoleReply, ConsoleRequest,
+    StaticPolicy,
+};
 pub use settings::{NetbootMode, NetbootSettings, StyleSetting};
 
 use dhcp::shell::DhcpService;

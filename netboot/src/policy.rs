@@ -73,7 +73,57 @@ pub trait BootPolicy: Send + Sync + std::fmt::Debug + 'static {
     fn virtual_file(&self, _path: &str) -> Option<Bytes> {
         None
     }
+
+    /// Answers a preboot console request (`GET /console/<mac>/<action>`,
+    /// from an iPXE menu the policy served) with an iPXE script. Unlike
+    /// [`BootPolicy::decide`] the answer may take I/O, so it comes as a
+    /// future; `None` (the default) answers 404: no console here.
+    fn console(&self, _req: ConsoleRequest) -> Option<ConsoleAnswer> {
+        None
+    }
 }
+
+/// A request from the preboot console: a technician's menu choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleRequest {
+    /// The machine, already checked to be the requesting peer.
+    pub mac: MacAddr,
+    /// Its architecture (`arch=` in the query, raw option 93).
+    pub arch: ClientArch,
+    /// What was chosen: the path's last segment (`menu`, `register`, ...).
+    pub action: String,
+    /// The query's parameters, percent-decoded.
+    pub params: Vec<(String, String)>,
+    /// The user name and password of the request's HTTP Basic
+    /// authorization: iPXE sends what `login` asked for when the answer
+    /// was [`ConsoleReply::Login`] and the script's URL carries them
+    /// (`{http-login}`). Never log the password.
+    pub login: Option<(String, String)>,
+}
+
+/// What a console request is answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleReply {
+    /// This iPXE script (`{http}`, `{http-login}`, `{server}` and `{mac}`
+    /// filled in when served).
+    Script(String),
+    /// 401 with a Basic challenge: credentials are needed. iPXE then
+    /// retries with the ones in the URL.
+    Login,
+}
+
+impl ConsoleRequest {
+    /// The first value of parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A console answer to come.
+pub type ConsoleAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = ConsoleReply> + Send>>;
 
 /// The usual iPXE binary names per platform.
 pub fn default_loader(arch: ClientArch) -> Option<String> {

@@ -646,3 +646,112 @@ fn boots_under_qemu_ovmf_with_efivarfs_and_efibootmgr_for_the_agent() {
         .unwrap_or(0);
     assert!(entries > 0, "efibootmgr saw no boot entries: {}", run.ctx);
 }
+
+/// The console menu's maintenance shell: `rackcast.shell=1` gives a root
+/// shell on the console instead of the agent; what is typed there runs,
+/// and leaving it reboots (QEMU, with `-no-reboot`, exits).
+#[test]
+fn the_maintenance_shell_is_a_root_shell_on_the_console_and_no_agent() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let Some(b) = build() else { return };
+    if !have("qemu-system-x86_64") {
+        eprintln!("SKIP: qemu-system-x86_64 not installed");
+        return;
+    }
+    let _one = ONE_QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let sock = work.path().join("serial.sock");
+    let env: Environment =
+        toml::from_str(&std::fs::read_to_string(b.path("env.toml")).unwrap()).unwrap();
+    // As the console menu boots it: no token, the shell flag.
+    let cmdline = format!(
+        "{} rackcast.shell=1 rackcast.dhcp=0",
+        env.cmdline
+            .replace("{server}", "http://10.234.0.1:9")
+            .replace("rackcast.token={token}", "")
+            .replace("{env}", &env.name)
+    );
+    let qemu_log = work.path().join("qemu.log");
+    let log = std::fs::File::create(&qemu_log).unwrap();
+    let mut qemu = Qemu(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-m",
+                "512",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-no-reboot",
+                "-nic",
+                "none",
+            ])
+            .arg("-serial")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .arg("-kernel")
+            .arg(b.path("vmlinuz"))
+            .arg("-initrd")
+            .arg(b.path("initrd.img"))
+            .args(["-append", &cmdline])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("qemu"),
+    );
+    let start = Instant::now();
+    let mut serial = loop {
+        match UnixStream::connect(&sock) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(20), "serial: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    serial
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut out = String::new();
+    let mut until = |serial: &mut UnixStream, what: &str| {
+        let mut buf = [0u8; 4096];
+        while !out.contains(what) {
+            assert!(
+                start.elapsed() < QEMU_LIMIT,
+                "{what:?} never came:\n{out}\n--- qemu\n{}",
+                read_lossy(&qemu_log)
+            );
+            match serial.read(&mut buf) {
+                Ok(0) => panic!("serial closed before {what:?}:\n{out}"),
+                Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => {} // the read timeout: go round
+            }
+        }
+    };
+    until(&mut serial, "maintenance shell on the console");
+    // The shell reads what is typed: `$((6*7))` shows it ran, `id -u` as whom.
+    std::thread::sleep(Duration::from_millis(500));
+    serial
+        .write_all(b"echo SHELL-$((6*7)) uid=$(id -u); exit\n")
+        .unwrap();
+    until(&mut serial, "SHELL-42 uid=0");
+    until(&mut serial, "rebooting");
+    let status = loop {
+        if let Ok(Some(st)) = qemu.0.try_wait() {
+            break st;
+        }
+        assert!(start.elapsed() < QEMU_LIMIT, "QEMU did not exit:\n{out}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!out.contains("agent starting"), "the agent ran:\n{out}");
+    eprintln!(
+        "maintenance shell: up and answered after {:.1} s (QEMU TCG, SeaBIOS)",
+        start.elapsed().as_secs_f64()
+    );
+}

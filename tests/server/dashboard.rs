@@ -217,6 +217,9 @@ fn an_operator_logs_in_watches_a_job_live_retries_with_a_click_and_finds_it_audi
             || async { text(&c, "#job-status").await == "done" },
         )
         .await;
+        // Who submitted it: the CLI's token, through the API.
+        let origin = text(&c, "#job-origin").await;
+        assert!(origin.ends_with(", from api admin"), "{origin}");
         // The page re-renders on every event, and an element read across a
         // re-render is stale: read the bars afresh until they settle.
         until(

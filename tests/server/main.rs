@@ -6,6 +6,7 @@
 
 mod bmc;
 mod bounds;
+mod console;
 mod dashboard;
 mod metrics;
 mod openapi;

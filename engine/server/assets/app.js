@@ -169,6 +169,7 @@ async function jobPage(id) {
     el("div", { class: "toolbar" },
       el("h1", {}, `Job #${j.id} ${j.name}: `, el("span", { id: "job-status", class: "status-" + j.status }, j.status)),
       buttons),
+    el("p", { id: "job-origin" }, `Created ${age(j.created)}` + (j.spec.origin ? `, from ${j.spec.origin}` : "")),
     table(["MAC", "Status", "Task", "Progress", "Rate", "ETA", "Error", ""], rows),
   ];
 }

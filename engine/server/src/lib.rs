@@ -13,6 +13,7 @@ mod bmc;
 mod body;
 mod boot_token;
 mod cast;
+mod console;
 mod dashboard;
 mod datadir;
 mod library;
@@ -184,6 +185,31 @@ pub struct ServerConfig {
     /// register is failed and held (default 3).
     #[serde(default = "default_power_tries")]
     pub power_tries: u32,
+    /// Seconds a network-booting machine with no work shows "press KEY
+    /// for the menu" before it boots its disk (default 3; 0: no menu and
+    /// no console, the boot exactly as without them). Needs `[netboot]`.
+    #[serde(default = "default_menu_timeout")]
+    pub menu_timeout: u32,
+    /// The key that opens the menu: a letter or digit (default `m`).
+    #[serde(default = "default_menu_key")]
+    pub menu_key: char,
+    /// Whether machines that are not enrolled get the prompt too, so a
+    /// technician can register them from their console (default true).
+    #[serde(default = "default_true")]
+    pub menu_for_unknown: bool,
+    /// A file (mode 0600) holding the console PIN, which authorises
+    /// register, capture, deploy and shell at a machine's console.
+    /// Default: `DATA/console.pin` when it exists. Without one, only an
+    /// admin operator's name and token do.
+    #[serde(default)]
+    pub menu_pin_file: Option<PathBuf>,
+}
+
+fn default_menu_timeout() -> u32 {
+    3
+}
+fn default_menu_key() -> char {
+    'm'
 }
 
 fn default_bmc_poll() -> u64 {
@@ -274,6 +300,10 @@ impl ServerConfig {
             bmc_poll: default_bmc_poll(),
             bmc_timeout: default_bmc_timeout(),
             power_tries: default_power_tries(),
+            menu_timeout: default_menu_timeout(),
+            menu_key: default_menu_key(),
+            menu_for_unknown: true,
+            menu_pin_file: None,
         }
     }
 }
@@ -316,6 +346,8 @@ pub struct Shared {
     openapi: std::sync::OnceLock<bytes::Bytes>,
     /// The rate all unicast image fetches share.
     unicast: Arc<unicast::Limiter>,
+    /// Who may change things from a machine's console.
+    console: std::sync::Mutex<console::Gate>,
 }
 
 #[derive(Debug)]
@@ -507,8 +539,8 @@ pub struct Server {
     /// HTTPS, unless `tls = false`.
     tls: Option<Arc<rustls::ServerConfig>>,
     netboot: Option<rackcast_netboot::Netboot>,
-    /// Held targets that fetched their script (see [`policy`]).
-    disk_missed: tokio::sync::mpsc::Receiver<rackcast_netboot::MacAddr>,
+    /// What the boot policy hands on (see [`policy`]).
+    inbox: policy::Inbox,
 }
 
 impl Server {
@@ -639,7 +671,23 @@ impl Server {
             );
             None
         };
-        let (policy, disk_missed) = SchedPolicy::new(url.clone(), boot_key);
+        let menu = policy::Menu {
+            timeout: if cfg.netboot.is_some() {
+                cfg.menu_timeout
+            } else {
+                0
+            },
+            key: cfg.menu_key,
+            for_unknown: cfg.menu_for_unknown,
+        };
+        if !menu.key.is_ascii_alphanumeric() {
+            return Err(ServerError::Config(format!(
+                "menu_key {:?}: use a letter or a digit",
+                menu.key
+            )));
+        }
+        let pin = console::pin::load(&cfg)?;
+        let (policy, inbox) = SchedPolicy::new(url.clone(), boot_key, menu);
         let policy = Arc::new(policy);
         // Bound now, served from `run`, after the policy first reads the scheduler.
         let netboot = match &cfg.netboot {
@@ -675,6 +723,7 @@ impl Server {
             metrics,
             openapi: std::sync::OnceLock::new(),
             unicast: unicast::Limiter::new(cfg.unicast_rate.unwrap_or(cfg.cast_rate / 4)),
+            console: std::sync::Mutex::new(console::Gate::new(pin.as_deref())),
         });
         // Persist what the restart itself changed (ended sessions, deadlines).
         shared
@@ -689,7 +738,7 @@ impl Server {
             operator: operator.map(|o| o.0),
             tls,
             netboot,
-            disk_missed,
+            inbox,
         })
     }
 
@@ -746,8 +795,11 @@ impl Server {
         let _ = self.shared.openapi.set(doc);
         let timers = tokio::spawn(timer_loop(self.shared.clone()));
         let bmc_poll = tokio::spawn(bmc::poll_loop(self.shared.clone()));
-        let disk_missed =
-            tokio::spawn(bmc::disk_missed_loop(self.shared.clone(), self.disk_missed));
+        let disk_missed = tokio::spawn(bmc::disk_missed_loop(
+            self.shared.clone(),
+            self.inbox.disk_missed,
+        ));
+        let console = tokio::spawn(console::serve(self.shared.clone(), self.inbox.console));
         let mut apis = tokio::task::JoinSet::new();
         match self.operator {
             Some(op) => {
@@ -779,6 +831,7 @@ impl Server {
         timers.abort();
         bmc_poll.abort();
         disk_missed.abort();
+        console.abort();
         r
     }
 }

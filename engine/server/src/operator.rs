@@ -449,10 +449,11 @@ async fn submit_job(
     h: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<JobView>), ApiErr> {
-    operator(&sh, &h)?;
+    let who = crate::operators::caller(&sh, &h)?;
     let body = body.map_err(bytes_refused)?;
-    let spec: JobSpec = serde_json::from_slice(&body)
+    let mut spec: JobSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiErr(StatusCode::UNPROCESSABLE_ENTITY, format!("job spec: {e}")))?;
+    spec.origin = Some(format!("api {}", who.name));
     let v = sh
         .mutate(|s, now| {
             let id = s.submit(now, spec)?;

@@ -8,15 +8,18 @@
 //! its MAC goes to the server, which has its BMC cycle it into its disk
 //! ([`Scheduler::disk_missed`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use rackcast_netboot::{
-    BootAction, BootPolicy, BootQuery, BootStage, MacAddr, Netboot, NetbootSettings,
+    BootAction, BootPolicy, BootQuery, BootStage, ClientKind, ConsoleAnswer, ConsoleReply,
+    ConsoleRequest, MacAddr, Netboot, NetbootSettings,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::boot_token::BootToken;
+use super::console::{self, script};
 use super::{now_ms, ServerConfig, ServerError};
 use rackcast_engine::sched::api::{Environment, JobId};
 use rackcast_engine::sched::{BootChoice, Change, Scheduler};
@@ -33,7 +36,37 @@ pub struct SchedPolicy {
     url: String,
     /// Tags the boot tokens scripts carry (`DATA/boot.key`).
     boot_key: [u8; 32],
+    /// Enrolled MACs (the menu prompt may be for them only).
+    known: RwLock<HashSet<MacAddr>>,
+    menu: Menu,
+    /// Where console requests go ([`console::serve`]); full means busy.
+    console: mpsc::Sender<console::Call>,
 }
+
+/// The preboot menu's settings (`menu_*` in the server config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Menu {
+    /// Seconds the prompt waits; 0: no prompt, no console.
+    pub(crate) timeout: u32,
+    /// The key that opens it.
+    pub(crate) key: char,
+    /// Whether machines not enrolled get it.
+    pub(crate) for_unknown: bool,
+}
+
+/// What the policy hands the server to act on.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    /// Held targets that fetched their script.
+    pub(crate) disk_missed: mpsc::Receiver<MacAddr>,
+    /// Console requests ([`console::serve`]).
+    pub(crate) console: mpsc::Receiver<console::Call>,
+}
+
+/// Console requests queued at most; more are answered "busy".
+const CONSOLE_QUEUE: usize = 64;
+/// Longest a console request waits for its answer.
+const CONSOLE_WAIT: Duration = Duration::from_secs(30);
 
 /// What a MAC boots now, and for which task.
 #[derive(Debug, Clone)]
@@ -43,17 +76,25 @@ struct Boot {
 }
 
 impl SchedPolicy {
-    /// The policy, and where held targets' script fetches arrive.
-    pub(crate) fn new(url: String, boot_key: [u8; 32]) -> (SchedPolicy, mpsc::Receiver<MacAddr>) {
-        let (missed, rx) = mpsc::channel(256);
+    /// The policy, and where what it cannot answer itself arrives.
+    pub(crate) fn new(url: String, boot_key: [u8; 32], menu: Menu) -> (SchedPolicy, Inbox) {
+        let (missed, disk_missed) = mpsc::channel(256);
+        let (console, console_rx) = mpsc::channel(CONSOLE_QUEUE);
         let p = SchedPolicy {
             boots: RwLock::new(HashMap::new()),
             held: RwLock::new(HashMap::new()),
             missed,
             url,
             boot_key,
+            known: RwLock::new(HashSet::new()),
+            menu,
+            console,
         };
-        (p, rx)
+        let inbox = Inbox {
+            disk_missed,
+            console: console_rx,
+        };
+        (p, inbox)
     }
 
     /// Recomputes every target's boot.
@@ -80,7 +121,13 @@ impl SchedPolicy {
     fn refresh(&self, s: &Scheduler, macs: &[MacAddr]) {
         let mut boots = self.boots.write().unwrap_or_else(|e| e.into_inner());
         let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         for &mac in macs {
+            if s.target(mac).is_some() {
+                known.insert(mac);
+            } else {
+                known.remove(&mac);
+            }
             let choice = s.boot_choice(mac);
             match choice {
                 BootChoice::HoldForDisk { until } => held.insert(mac, until),
@@ -120,19 +167,62 @@ impl SchedPolicy {
             task,
         }
         .mint(&self.boot_key);
+        self.env_script(env, &token, "")
+            .unwrap_or_else(|| "#!ipxe\nexit\n".into())
+    }
+
+    /// The maintenance shell's boot of `env` on `mac`: its kernel with
+    /// `rackcast.shell=1` and no boot token (no agent runs); `None` when
+    /// `env` is not a kernel and initrd.
+    pub(crate) fn shell_script(&self, env: &Environment, mac: MacAddr) -> Option<String> {
+        if env.boot_file.is_some() {
+            return None;
+        }
+        self.env_script(env, "", &format!(" rackcast.shell=1 rackcast.mac={mac}"))
+    }
+
+    /// `env`'s boot with `token` and `extra` on its command line.
+    fn env_script(&self, env: &Environment, token: &str, extra: &str) -> Option<String> {
         let fill = |s: &str| {
             s.replace("{server}", &self.url)
-                .replace("{token}", &token)
+                .replace("{token}", token)
                 .replace("{env}", &env.name)
         };
         match (&env.boot_file, &env.kernel, &env.initrd) {
-            (Some(f), _, _) => format!("#!ipxe\nchain {{http}}/files/{f}\n"),
-            (None, Some(k), Some(i)) => format!(
-                "#!ipxe\nkernel {{http}}/files/{k} initrd=initrd.img {}\ninitrd --name initrd.img {{http}}/files/{i}\nboot\n",
+            (Some(f), _, _) => Some(format!("#!ipxe\nchain {{http}}/files/{f}\n")),
+            (None, Some(k), Some(i)) => Some(format!(
+                "#!ipxe\nkernel {{http}}/files/{k} initrd=initrd.img {}{extra}\ninitrd --name initrd.img {{http}}/files/{i}\nboot\n",
                 fill(&env.cmdline)
-            ),
-            _ => "#!ipxe\nexit\n".into(),
+            )),
+            _ => None,
         }
+    }
+
+    /// The menu prompt for `q`, when it gets one: menus on, a client iPXE
+    /// runs on, and enrolled (or strangers get it too).
+    fn prompt(&self, q: &BootQuery) -> Option<String> {
+        let m = self.menu;
+        if m.timeout == 0 {
+            return None;
+        }
+        if q.kind != ClientKind::Ipxe && rackcast_netboot::policy::default_loader(q.arch).is_none()
+        {
+            return None;
+        }
+        if !m.for_unknown {
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            if !known.contains(&q.mac) {
+                return None;
+            }
+        }
+        let local = rackcast_netboot::policy::ipxe_script(
+            &BootAction::LocalDisk,
+            q.arch,
+            "{server}",
+            "{http}",
+            q.mac,
+        )?;
+        Some(script::prompt(m.key, m.timeout, q.arch.raw(), &local))
     }
 }
 
@@ -149,9 +239,34 @@ impl BootPolicy for SchedPolicy {
                 return BootAction::IpxeScript(hold_script(q.arch, q.mac));
             }
         }
-        // A firmware PXE client gets the quick-local-boot loader (UEFI, when
-        // the boot root has it) or no offer, and moves on to its disk.
-        BootAction::LocalDisk
+        // The menu prompt, then the disk; without a menu, a firmware PXE
+        // client gets the quick-local-boot loader (UEFI, when the boot root
+        // has it) or no offer, and moves on to its disk.
+        match self.prompt(q) {
+            Some(p) => BootAction::IpxeScript(p),
+            None => BootAction::LocalDisk,
+        }
+    }
+
+    fn console(&self, req: ConsoleRequest) -> Option<ConsoleAnswer> {
+        if self.menu.timeout == 0 {
+            return None;
+        }
+        let arch = req.arch.raw();
+        let (reply, answer) = oneshot::channel();
+        if self.console.try_send(console::Call { req, reply }).is_err() {
+            let busy = script::back_to_menu("the server is busy: try again", arch);
+            return Some(Box::pin(async move { ConsoleReply::Script(busy) }));
+        }
+        Some(Box::pin(async move {
+            match tokio::time::timeout(CONSOLE_WAIT, answer).await {
+                Ok(Ok(a)) => a,
+                _ => ConsoleReply::Script(script::back_to_menu(
+                    "the server did not answer: try again",
+                    arch,
+                )),
+            }
+        }))
     }
 }
 

@@ -143,6 +143,12 @@ pub struct JobSpec {
     /// The tasks, in order (`[[task]]` in TOML).
     #[serde(rename = "task", alias = "tasks")]
     pub tasks: Vec<TaskSpec>,
+    /// Who submitted it, set by the server (whatever a request says is
+    /// replaced): `api NAME` (the operator token's name) or
+    /// `console MAC by WHO` (the preboot menu, `WHO` being `pin` or the
+    /// operator who logged in there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// When a cast session starts: the first of the set conditions.
@@ -1079,7 +1085,9 @@ pub struct AuditEntry {
     pub at: Millis,
     /// The token's name (`admin` for DATA/admin.token).
     pub token: String,
-    /// Where it came from: `api` (the console menu will add `console`).
+    /// Where it came from: `api`, or `console MAC` (a machine's preboot
+    /// menu; `token` is then `pin`, the operator who logged in there, or
+    /// what was typed as the user, marked `(refused)`).
     pub origin: String,
     /// `METHOD /route/template`.
     pub action: String,

@@ -106,6 +106,7 @@ fn register(s: &mut Scheduler, now: u64, m: MacAddr, env: &str) {
 
 fn distribute(targets: &[MacAddr], cast: CastPolicy) -> JobSpec {
     JobSpec {
+        origin: None,
         name: "image".into(),
         targets: targets.iter().map(MacAddr::to_string).collect(),
         cast,
@@ -127,6 +128,7 @@ fn distribute(targets: &[MacAddr], cast: CastPolicy) -> JobSpec {
 
 fn script(targets: &[MacAddr], retries: u32, timeout: u64) -> JobSpec {
     JobSpec {
+        origin: None,
         name: "script".into(),
         targets: targets.iter().map(MacAddr::to_string).collect(),
         cast: CastPolicy::default(),

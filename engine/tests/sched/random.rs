@@ -117,6 +117,7 @@ proptest! {
                     let targets: Vec<String> =
                         (0..4).filter(|i| m & (1 << i) != 0).map(|i| mac(i).to_string()).collect();
                     let spec = JobSpec {
+                        origin: None,
                         name: String::new(),
                         targets,
                         cast: CastPolicy::default(),

@@ -466,6 +466,7 @@ fn one_task(
     kind: TaskKind,
 ) -> anyhow::Result<JobSpec> {
     let mut spec = JobSpec {
+        origin: None,
         name: opts.name.clone().unwrap_or(default_name),
         targets,
         cast,
@@ -684,7 +685,14 @@ pub fn render_job(j: &JobView, now: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "job      {}  {}", j.id, j.name);
     let _ = writeln!(out, "status   {} ({})", j.status, targets_cell(&j.targets));
-    let _ = writeln!(out, "created  {}", format_age(now, j.created));
+    match &j.spec.origin {
+        Some(by) => {
+            let _ = writeln!(out, "created  {}, from {by}", format_age(now, j.created));
+        }
+        None => {
+            let _ = writeln!(out, "created  {}", format_age(now, j.created));
+        }
+    }
     for (i, t) in j.spec.tasks.iter().enumerate() {
         let head = if i == 0 { "tasks" } else { "" };
         let _ = writeln!(out, "{head:<8} {}. {}", i + 1, describe_task(t));

@@ -45,6 +45,7 @@ fn distribute_shortcut_builds_a_one_task_job() {
     assert_eq!(
         spec,
         JobSpec {
+            origin: None,
             name: "distribute debian-12".into(),
             targets: vec!["aa:bb:cc:dd:ee:01".into(), "aa:bb:cc:dd:ee:02".into()],
             cast: CastPolicy {
@@ -243,6 +244,8 @@ fn job_text() {
     .unwrap();
     let mut failed = run("aa:bb:cc:dd:ee:02", "failed", 1, Some("exit 1, expected 0"));
     failed.log = "line 1\n\nline 2\n".into();
+    let mut spec = spec;
+    spec.origin = Some("console 52:54:00:00:00:07 by pin".into());
     let j = JobView {
         id: JobId(7),
         name: "n".into(),
@@ -256,7 +259,10 @@ fn job_text() {
         text.contains("status   failed (1 done, 1 failed of 2)"),
         "{text}"
     );
-    assert!(text.contains("created  1m00s ago"), "{text}");
+    assert!(
+        text.contains("created  1m00s ago, from console 52:54:00:00:00:07 by pin"),
+        "{text}"
+    );
     assert!(
         text.contains("1. distribute deb to the agent's disk (verify sample)"),
         "{text}"

@@ -15,6 +15,7 @@ fn job(log: &str) -> Job {
     Job {
         id: JobId(1),
         spec: JobSpec {
+            origin: None,
             name: "j".into(),
             targets: vec![M.to_string()],
             cast: CastPolicy::default(),

@@ -14,6 +14,8 @@
 #   rackcast.dhcp=N           DHCP discovers per interface (default 4; 0: none)
 #   rackcast.agent_timeout=S  stop the agent after S seconds
 #   rackcast.debug=1          a shell on the console when the agent exits
+#   rackcast.shell=1          the maintenance shell: a root shell on the console
+#                             instead of the agent (the console menu's choice)
 #   rackcast.poweroff=1       power off, not reboot, when the agent exits
 #
 # Every line it prints starts with "rackcast-env: " and ends with the
@@ -47,7 +49,7 @@ wait_for() {
     return 1
 }
 
-server= token= env=$RACKCAST_ENV_NAME disk= mac= dhcp=4 agent_timeout= debug= poweroff=
+server= token= env=$RACKCAST_ENV_NAME disk= mac= dhcp=4 agent_timeout= debug= poweroff= shell=
 set -f
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -60,6 +62,7 @@ for arg in $(cat /proc/cmdline); do
     rackcast.agent_timeout=*) agent_timeout=${arg#*=} ;;
     rackcast.debug | rackcast.debug=1) debug=1 ;;
     rackcast.poweroff | rackcast.poweroff=1) poweroff=1 ;;
+    rackcast.shell | rackcast.shell=1) shell=1 ;;
     BOOTIF=01-*) [ -n "$mac" ] || mac=$(echo "${arg#BOOTIF=01-}" | tr - :) ;;
     esac
 done
@@ -143,6 +146,15 @@ for n in $(nics); do
     [ -f "/run/rackcast/lease.$n" ] && leased="$leased $n"
 done
 [ -n "$leased" ] || say "no DHCP lease on any interface; the agent starts anyway and retries"
+
+if [ -n "$shell" ]; then
+    say "rackcast.shell: maintenance shell on the console, no agent; exit it to reboot"
+    setsid cttyhack sh
+    sync
+    say "rebooting"
+    reboot -f
+    while :; do sleep 3600; done
+fi
 
 set -- --on-reboot system
 shown="rackcast-agent --on-reboot system"
