@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use rackcast_tests::{env_build_named, kernel_cache, rc, read_lossy};
 
 use super::{
-    facilities, golden_disk, make_ca, run_ok, Firmware, Lan, Target, BIOS_MARKER, DISK_BYTES,
-    ONE_QEMU, UEFI_MARKER,
+    facilities, golden_image, make_ca, run_ok, work_dir, Firmware, Lan, Target, BIOS_MARKER,
+    DISK_BYTES, ONE_QEMU, UEFI_MARKER,
 };
 
 const PIN: &str = "2468";
@@ -306,15 +306,8 @@ fn a_technician_registers_and_images_a_machine_from_its_console_on_seabios_and_o
     }
     let Some(cache) = kernel_cache() else { return };
     let _one = ONE_QEMU.lock().unwrap_or_else(|e| e.into_inner());
-    let work = tempfile::tempdir_in("/var/tmp").unwrap();
-    let keep = std::env::var_os("RACKCAST_E2E_KEEP").is_some_and(|v| v == "1");
-    let dir = &work.path().to_path_buf();
-    let _work = if keep {
-        eprintln!("keeping {}", work.keep().display());
-        None
-    } else {
-        Some(work)
-    };
+    let (dir, _work) = work_dir();
+    let dir = &dir;
     let boot_root = dir.join("boot");
     std::fs::create_dir_all(&boot_root).unwrap();
     let ca = make_ca(&dir.join("data"));
@@ -325,14 +318,7 @@ fn a_technician_registers_and_images_a_machine_from_its_console_on_seabios_and_o
             .args(["env", "local-boot", "--root"])
             .arg(&boot_root),
     );
-    let golden = golden_disk(dir);
-    let image = dir.join("golden.rcimg");
-    run_ok(
-        Command::new(rc())
-            .args(["image", "create", "--chunk-size", "1M"])
-            .arg(&golden)
-            .arg(&image),
-    );
+    let (golden, image) = golden_image(dir);
     let pin = dir.join("console.pin");
     std::fs::write(&pin, format!("{PIN}\n")).unwrap();
     std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();

@@ -723,6 +723,32 @@ impl Target {
     }
 }
 
+/// The test's work directory under /var/tmp, and its guard: removed when
+/// the guard drops, unless RACKCAST_E2E_KEEP=1 (logs, disks and server
+/// data kept, the path printed).
+fn work_dir() -> (PathBuf, Option<tempfile::TempDir>) {
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = work.path().to_path_buf();
+    if std::env::var_os("RACKCAST_E2E_KEEP").is_some_and(|v| v == "1") {
+        eprintln!("keeping {}", work.keep().display());
+        return (dir, None);
+    }
+    (dir, Some(work))
+}
+
+/// The golden disk in `dir` and its image (1 MiB chunks).
+fn golden_image(dir: &Path) -> (PathBuf, PathBuf) {
+    let golden = golden_disk(dir);
+    let image = dir.join("golden.rcimg");
+    run_ok(
+        Command::new(rc())
+            .args(["image", "create", "--chunk-size", "1M"])
+            .arg(&golden)
+            .arg(&image),
+    );
+    (golden, image)
+}
+
 /// `rackcast server --make-ca`: the CA of the server to be started on `data`.
 fn make_ca(data: &Path) -> PathBuf {
     let o = Command::new(rc())
@@ -792,16 +818,8 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
         lap = Instant::now();
     };
 
-    let work = tempfile::tempdir_in("/var/tmp").unwrap();
-    // RACKCAST_E2E_KEEP=1 keeps the logs, disks and server data.
-    let keep = std::env::var_os("RACKCAST_E2E_KEEP").is_some_and(|v| v == "1");
-    let dir = &work.path().to_path_buf();
-    let _work = if keep {
-        eprintln!("keeping {}", work.keep().display());
-        None
-    } else {
-        Some(work)
-    };
+    let (dir, _work) = work_dir();
+    let dir = &dir;
     let boot_root = dir.join("boot");
     std::fs::create_dir_all(&boot_root).unwrap();
     // The server's CA, made before its first start as an operator would, so
@@ -829,14 +847,7 @@ fn pxe_boot_register_multicast_image_reboot_to_local_disk_on_seabios_and_ovmf() 
             .unwrap();
     step("env build (two environments)", &mut steps);
 
-    let golden = golden_disk(dir);
-    let image = dir.join("golden.rcimg");
-    run_ok(
-        Command::new(rc())
-            .args(["image", "create", "--chunk-size", "1M"])
-            .arg(&golden)
-            .arg(&image),
-    );
+    let (golden, image) = golden_image(dir);
     step("golden disk + image create", &mut steps);
 
     let mut lan = Lan::new(dir, count);

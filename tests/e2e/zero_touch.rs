@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rackcast_tests::emu::{free_udp_port, Sushy, PASSWORD, USER};
 use rackcast_tests::{env_build_named, euid, have, kernel_cache, rc, read_lossy};
 
-use super::{golden_disk, make_ca, run_ok, BIOS_MARKER, ONE_QEMU};
+use super::{golden_image, make_ca, run_ok, BIOS_MARKER, ONE_QEMU};
 
 const IP: &str = "10.236.0.1";
 const PORT: u16 = 7310;
@@ -359,14 +359,7 @@ fn zero_touch(kind: Kind) {
     let boot_root = dir.join("boot");
     let ca = make_ca(&dir.join("data"));
     env_build_named(&cache, &boot_root.join("linux-x64"), None, Some(&ca));
-    let golden = golden_disk(dir);
-    let image = dir.join("golden.rcimg");
-    run_ok(
-        Command::new(rc())
-            .args(["image", "create", "--chunk-size", "1M"])
-            .arg(&golden)
-            .arg(&image),
-    );
+    let (_, image) = golden_image(dir);
 
     // The machine: dark, a blank disk, its BMC in front.
     let net = RootNet::new("nobody");

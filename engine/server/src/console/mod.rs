@@ -230,14 +230,8 @@ async fn act(sh: &Arc<Shared>, req: &ConsoleRequest, who: &str) -> Result<String
         "shell" => return shell(sh, mac).await,
         "register" => {
             let name = req.param("name").unwrap_or("").trim().to_string();
-            if !name.is_empty() && !rackcast_engine::sched::valid_name(&name) {
-                return Err((
-                    422,
-                    format!(
-                        "{:?} is not a name: use letters, digits, '.', '_' or '-'",
-                        script::text(&name, 64)
-                    ),
-                ));
+            if !name.is_empty() {
+                named(&name, "a name")?;
             }
             let kind = TaskKind::Script {
                 script: "echo registered from its console\n".into(),
@@ -249,15 +243,7 @@ async fn act(sh: &Arc<Shared>, req: &ConsoleRequest, who: &str) -> Result<String
         "capture" => {
             let image = req.param("image").unwrap_or("").trim().to_string();
             // Checked before a stranger is enrolled for it.
-            if !rackcast_engine::sched::valid_name(&image) {
-                return Err((
-                    422,
-                    format!(
-                        "refused: {:?} is not an image name: use letters, digits, '.', '_' or '-'",
-                        script::text(&image, 64)
-                    ),
-                ));
-            }
+            named(&image, "an image name")?;
             let kind = TaskKind::Create {
                 image: image.clone(),
                 disk: None,
@@ -269,13 +255,8 @@ async fn act(sh: &Arc<Shared>, req: &ConsoleRequest, who: &str) -> Result<String
             let image = req.param("image").unwrap_or("");
             let image = image.strip_prefix("i:").unwrap_or(image).to_string();
             if !sh.read(|i| i.images.contains_key(&image)).await {
-                return Err((
-                    422,
-                    format!(
-                        "refused: no image {:?} in the library",
-                        script::text(&image, 64)
-                    ),
-                ));
+                let image = script::text(&image, 64);
+                return Err((422, format!("refused: no image {image:?} in the library")));
             }
             let kind = TaskKind::Distribute {
                 image: image.clone(),
@@ -319,6 +300,19 @@ async fn act(sh: &Arc<Shared>, req: &ConsoleRequest, who: &str) -> Result<String
         Ok(Err(e)) => Err((422, format!("refused: {e}"))),
         Err(e) => Err((e.0.as_u16(), e.1)),
     }
+}
+
+/// `Ok` when `value` is a valid name (library and target names share the
+/// rule), else the refusal naming `what` it should have been.
+fn named(value: &str, what: &str) -> Result<(), (u16, String)> {
+    if rackcast_engine::sched::valid_name(value) {
+        return Ok(());
+    }
+    let value = script::text(value, 64);
+    Err((
+        422,
+        format!("refused: {value:?} is not {what}: use letters, digits, '.', '_' or '-'"),
+    ))
 }
 
 /// The maintenance shell: the default environment, a root shell on the
