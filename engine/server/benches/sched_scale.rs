@@ -38,6 +38,7 @@ struct Written {
     store_time: Duration,
 }
 
+/// `job` counts a job written whole and a run written alone.
 const KINDS: [&str; 5] = ["target", "job", "event", "log", "other"];
 
 impl Written {
@@ -46,6 +47,7 @@ impl Written {
             let (kind, bytes) = match c {
                 Change::Target(t) => (0, serde_json::to_vec(t).map_or(0, |v| v.len())),
                 Change::Job(j) => (1, serde_json::to_vec(j).map_or(0, |v| v.len())),
+                Change::Run { run, .. } => (1, serde_json::to_vec(run).map_or(0, |v| v.len())),
                 Change::Event(e) if e.seq == 0 => continue,
                 Change::Event(e) => (2, e.record().detail.to_string().len()),
                 Change::Log(l) => (3, l.text.len()),

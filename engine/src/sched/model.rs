@@ -238,6 +238,18 @@ impl Job {
         }
     }
 
+    /// The job without its runs: what the store keeps in the job's own
+    /// row (each run has a row of its own, rewritten alone).
+    pub fn without_runs(&self) -> Job {
+        Job {
+            id: self.id,
+            spec: self.spec.clone(),
+            created: self.created,
+            runs: Vec::new(),
+            pinned: self.pinned.clone(),
+        }
+    }
+
     /// The run of `mac`.
     pub fn run(&self, mac: MacAddr) -> Option<&Run> {
         self.runs.iter().find(|r| r.mac == mac)

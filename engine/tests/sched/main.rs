@@ -41,6 +41,12 @@ impl Db {
                 Change::Job(j) => {
                     self.jobs.insert(j.id, j);
                 }
+                Change::Run {
+                    job, index, run, ..
+                } => {
+                    let slot = self.jobs.get_mut(&job).and_then(|j| j.runs.get_mut(index));
+                    *slot.expect("a run of a job already written") = run;
+                }
                 Change::Session(x) => {
                     self.sessions.insert(x.id, x);
                 }
@@ -958,7 +964,8 @@ fn output_over_the_log_budget_is_dropped_and_one_note_says_how_much() {
         "{ch:?}"
     );
     assert!(
-        !ch.iter().any(|c| matches!(c, Change::Job(_))),
+        !ch.iter()
+            .any(|c| matches!(c, Change::Job(_) | Change::Run { .. })),
         "a log line rewrote the job row: {ch:?}"
     );
     for c in ch {
@@ -1035,4 +1042,49 @@ fn a_flood_of_tiny_reports_costs_the_minimum_each() {
         kept, 10,
         "each report costs LOG_MIN_COST bytes of the burst"
     );
+}
+
+/// A target's progress through a big job writes its own run, not the job:
+/// the job (and every run) is written whole only when it is submitted.
+#[test]
+fn a_report_writes_its_run_alone_whatever_the_size_of_the_job() {
+    let mut s = Scheduler::new(SchedConfig::default(), State::default(), 0);
+    let macs: Vec<MacAddr> = (0..1000u32)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            MacAddr([0x52, 0x54, 0, 0x30, b[2], b[3]])
+        })
+        .collect();
+    for &m in &macs {
+        register(&mut s, 0, m, ENV);
+    }
+    let id = s.submit(0, script(&macs, 0, 60)).unwrap();
+    let ch = s.drain_changes();
+    let whole: Vec<_> = ch
+        .iter()
+        .filter_map(|c| match c {
+            Change::Job(j) => Some(j.runs.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(whole, vec![1000], "the submit writes the job whole once");
+    let m = macs[500];
+    let r = run_ref(&s.poll(1, m, None));
+    let _ = s.drain_changes();
+    s.report(2, m, r, TaskReport::Started).unwrap();
+    let ch = s.drain_changes();
+    assert!(!ch.iter().any(|c| matches!(c, Change::Job(_))), "{ch:?}");
+    let runs: Vec<_> = ch
+        .iter()
+        .filter_map(|c| match c {
+            Change::Run {
+                job,
+                index,
+                status,
+                run,
+            } => Some((*job, *index, *status, run.mac)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, vec![(id, 500, "running", m)]);
 }

@@ -14,6 +14,7 @@ use sqlx::{AnyPool, Executor, Row};
 
 use rackcast_engine::sched::api::{AuditEntry, EventRecord, ImageView, JobId, TokenView};
 use rackcast_engine::sched::model::{keep_log_tail, LOG_TAIL};
+use rackcast_engine::sched::model::{Job, Run};
 use rackcast_engine::sched::{Change, LogLine, MacAddr, MacParseError, State};
 
 /// Errors of the store.
@@ -52,6 +53,18 @@ pub enum StoreError {
         what: String,
         /// The cause.
         source: serde_json::Error,
+    },
+    /// A job's run rows do not fit its job (a run after a gap).
+    #[error("database {path}: job {job}: run {index} follows {runs} runs")]
+    RunGap {
+        /// The database file.
+        path: String,
+        /// The job.
+        job: i64,
+        /// The run row's index.
+        index: usize,
+        /// The runs before it.
+        runs: usize,
     },
     /// A stored MAC does not parse.
     #[error("database {path}: {what}: {source}")]
@@ -214,7 +227,32 @@ impl Store {
             .map_err(self.db())?
         {
             let id: i64 = r.get(0);
-            st.jobs.push(self.decode(&format!("job {id}"), r.get(1))?);
+            let mut job: Job = self.decode(&format!("job {id}"), r.get(1))?;
+            // Runs in their own rows take the place of those a row written
+            // before them carries.
+            for r in sqlx::query("SELECT idx, data FROM job_runs WHERE job = $1 ORDER BY idx")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.db())?
+            {
+                let idx = r.get::<i64, _>(0) as usize;
+                let run: Run = self.decode(&format!("job {id} run {idx}"), r.get(1))?;
+                let runs = job.runs.len();
+                if idx < runs {
+                    job.runs[idx] = run;
+                } else if idx == runs {
+                    job.runs.push(run);
+                } else {
+                    return Err(StoreError::RunGap {
+                        path: self.path.clone(),
+                        job: id,
+                        index: idx,
+                        runs,
+                    });
+                }
+            }
+            st.jobs.push(job);
         }
         for r in sqlx::query("SELECT id, data FROM cast_sessions ORDER BY id")
             .fetch_all(&self.pool)
@@ -353,6 +391,35 @@ impl Store {
         }
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         for c in changes {
+            // A job's runs go in rows of their own (`job_runs`): the job's
+            // row keeps the rest, so a target's progress writes one run.
+            if let Change::Job(j) = c {
+                for (i, run) in j.runs.iter().enumerate() {
+                    upsert_run(j.id.0, i, run)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(self.db())?;
+                }
+            }
+            if let Change::Run {
+                job,
+                index,
+                status,
+                run,
+            } = c
+            {
+                upsert_run(job.0, *index, run)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+                sqlx::query("UPDATE jobs SET status = $1 WHERE id = $2 AND status <> $1")
+                    .bind(*status)
+                    .bind(job.0 as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+                continue;
+            }
             let q = match c {
                 Change::Target(t) => sqlx::query(
                     "INSERT INTO targets (mac, state, data, updated) VALUES ($1, $2, $3, $4) \
@@ -368,7 +435,7 @@ impl Store {
                 )
                 .bind(j.id.0 as i64)
                 .bind(j.status())
-                .bind(json(j))
+                .bind(json(&j.without_runs()))
                 .bind(j.created as i64),
                 Change::Session(s) => sqlx::query(
                     "INSERT INTO cast_sessions (id, image, data) VALUES ($1, $2, $3) \
@@ -396,6 +463,7 @@ impl Store {
                 .bind(l.at as i64)
                 .bind(&l.text),
                 Change::Event(e) if e.seq == 0 => continue,
+                Change::Run { .. } => continue, // written above
                 Change::Event(e) => {
                     // The typed event becomes its wire form here, where it is stored.
                     let r = e.record();
@@ -710,6 +778,21 @@ fn redact(url: &str) -> String {
 fn json<T: serde::Serialize>(v: &T) -> String {
     // Our own types always serialize.
     serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The upsert of run `index` of job `job`.
+fn upsert_run(
+    job: u64,
+    index: usize,
+    run: &Run,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
+    sqlx::query(
+        "INSERT INTO job_runs (job, idx, data) VALUES ($1, $2, $3) \
+         ON CONFLICT (job, idx) DO UPDATE SET data = excluded.data",
+    )
+    .bind(job as i64)
+    .bind(index as i64)
+    .bind(json(run))
 }
 
 #[cfg(test)]

@@ -120,6 +120,55 @@ async fn output_is_appended(db: &Db) {
 }
 
 #[tokio::test]
+async fn a_run_is_written_alone_and_the_job_reads_back_whole() {
+    for db in backends() {
+        runs_alone(&db).await;
+    }
+}
+
+async fn runs_alone(db: &Db) {
+    let s = db.open().await;
+    let mut j = job("");
+    let mut second = j.runs[0].clone();
+    second.mac = MacAddr([2, 0, 0, 0, 0, 2]);
+    j.runs.push(second);
+    s.apply(&[Change::Job(j.clone())], 1).await.unwrap();
+    let before = row(&s).await;
+    assert!(
+        !before.contains("\"mac\""),
+        "the job row carries runs: {before}"
+    );
+    let finish = |i: usize| {
+        let mut r = j.runs[i].clone();
+        r.status = RunStatus::Done;
+        r.task = 1;
+        r
+    };
+    let run = |index: usize, status: &'static str| Change::Run {
+        job: JobId(1),
+        index,
+        status,
+        run: finish(index),
+    };
+    s.apply(&[run(1, "running")], 2).await.unwrap();
+    assert_eq!(row(&s).await, before, "a run rewrote the job row");
+    let (st, _) = db.open().await.load().await.unwrap();
+    let runs: Vec<_> = st.jobs[0].runs.iter().map(|r| (r.mac, r.status)).collect();
+    assert_eq!(
+        runs,
+        vec![(M, RunStatus::Running), (j.runs[1].mac, RunStatus::Done)]
+    );
+    // The job's status column follows its runs.
+    s.apply(&[run(0, "done")], 3).await.unwrap();
+    let status: String = sqlx::query("SELECT status FROM jobs WHERE id = 1")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "done");
+}
+
+#[tokio::test]
 async fn a_job_row_from_before_the_job_log_has_its_log_moved_there_once() {
     for db in backends() {
         old_job_row(&db).await;

@@ -190,7 +190,7 @@ impl Scheduler {
                 let resumed = run.started;
                 run.started = true;
                 run.status = RunStatus::Running;
-                self.dirty_jobs.insert(r.job);
+                self.dirty_runs.insert((r.job, mac));
                 let kind = job.spec.tasks[r.task as usize].kind.word();
                 self.event(
                     now,

@@ -143,8 +143,20 @@ impl PowerPlan {
 pub enum Change {
     /// Upsert a target.
     Target(Target),
-    /// Upsert a job.
+    /// Upsert a job, with all its runs (submitted, cancelled, retried).
     Job(Job),
+    /// Upsert one run of a job: a target's progress through it rewrites
+    /// that run, not the whole job (whose size grows with its targets).
+    Run {
+        /// The job.
+        job: JobId,
+        /// The run's place in the job (the spec's target order).
+        index: usize,
+        /// The job's status with this run as it is now.
+        status: &'static str,
+        /// The run.
+        run: Run,
+    },
     /// Upsert a cast session.
     Session(CastSession),
     /// Upsert an environment.
@@ -186,6 +198,9 @@ pub struct Scheduler {
     last_log: u64,
     dirty_targets: BTreeSet<MacAddr>,
     dirty_jobs: BTreeSet<JobId>,
+    /// Runs changed alone (their job is written whole only when it is in
+    /// `dirty_jobs`).
+    dirty_runs: BTreeSet<(JobId, MacAddr)>,
     dirty_sessions: BTreeSet<SessionId>,
     dirty_envs: BTreeSet<String>,
     events: Vec<Event>,
@@ -233,6 +248,7 @@ impl Scheduler {
             cfg,
             dirty_targets: BTreeSet::new(),
             dirty_jobs: BTreeSet::new(),
+            dirty_runs: BTreeSet::new(),
             dirty_sessions: BTreeSet::new(),
             dirty_envs: BTreeSet::new(),
             events: Vec::new(),
@@ -434,9 +450,23 @@ impl Scheduler {
                 out.push(Change::Target(t.clone()));
             }
         }
-        for id in std::mem::take(&mut self.dirty_jobs) {
-            if let Some(j) = self.jobs.get(&id) {
+        let whole = std::mem::take(&mut self.dirty_jobs);
+        for id in &whole {
+            if let Some(j) = self.jobs.get(id) {
                 out.push(Change::Job(j.clone()));
+            }
+        }
+        for (id, mac) in std::mem::take(&mut self.dirty_runs) {
+            let Some(j) = self.jobs.get(&id).filter(|_| !whole.contains(&id)) else {
+                continue;
+            };
+            if let Some(index) = j.runs.iter().position(|r| r.mac == mac) {
+                out.push(Change::Run {
+                    job: id,
+                    index,
+                    status: j.status(),
+                    run: j.runs[index].clone(),
+                });
             }
         }
         for id in std::mem::take(&mut self.dirty_sessions) {
@@ -712,7 +742,7 @@ impl Scheduler {
         if let Some(run) = self.jobs.get_mut(&job).and_then(|j| j.run_mut(mac)) {
             if run.status != st {
                 run.status = st;
-                self.dirty_jobs.insert(job);
+                self.dirty_runs.insert((job, mac));
             }
         }
     }
@@ -744,7 +774,7 @@ impl Scheduler {
             run.status = RunStatus::Queued;
         }
         let status = job.status();
-        self.dirty_jobs.insert(r.job);
+        self.dirty_runs.insert((r.job, mac));
         self.event(
             now,
             Actor::Agent,
@@ -811,7 +841,7 @@ impl Scheduler {
         run.error = Some(error.to_string());
         run.started = false;
         run.progress = None;
-        self.dirty_jobs.insert(id);
+        self.dirty_runs.insert((id, mac));
         if attempt <= retries {
             run.attempt += 1;
             run.status = RunStatus::Queued;
