@@ -22,6 +22,23 @@ use rackcast_tests::{
     read_lossy, Qemu,
 };
 
+/// Every run's machine: q35 under TCG, 512 MiB, no display or monitor, no
+/// reboot (QEMU exits instead), no default NIC.
+const HEADLESS: [&str; 13] = [
+    "-machine",
+    "q35",
+    "-accel",
+    "tcg",
+    "-m",
+    "512",
+    "-display",
+    "none",
+    "-monitor",
+    "none",
+    "-no-reboot",
+    "-nic",
+    "none",
+];
 /// Hard limit on one QEMU run.
 const QEMU_LIMIT: Duration = Duration::from_secs(90);
 const MAC: &str = "52:54:00:7e:00:01";
@@ -392,23 +409,7 @@ fn boot(b: &Built, uefi: Option<&(PathBuf, PathBuf)>) -> Boot {
         Some(l) => format!("tap,id=n0,ifname={},script=no,downscript=no", l.tap),
         None => "hubport,id=n0,hubid=0".to_string(),
     };
-    let mut args: Vec<String> = [
-        "-machine",
-        "q35",
-        "-accel",
-        "tcg",
-        "-m",
-        "512",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-nic",
-        "none",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = HEADLESS.map(String::from).to_vec();
     if let Some((code, vars)) = uefi {
         let v = work.path().join("OVMF_VARS.fd");
         std::fs::copy(vars, &v).unwrap();
@@ -676,21 +677,7 @@ fn the_maintenance_shell_is_a_root_shell_on_the_console_and_no_agent() {
     let log = std::fs::File::create(&qemu_log).unwrap();
     let mut qemu = Qemu(
         Command::new("qemu-system-x86_64")
-            .args([
-                "-machine",
-                "q35",
-                "-accel",
-                "tcg",
-                "-m",
-                "512",
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-                "-no-reboot",
-                "-nic",
-                "none",
-            ])
+            .args(HEADLESS)
             .arg("-serial")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .arg("-kernel")
