@@ -21,10 +21,12 @@ fn start(menu: &str) -> (Server, String, tempfile::TempDir) {
     let pin = pins.path().join("console.pin");
     std::fs::write(&pin, format!("{PIN}\n")).unwrap();
     std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let port = 43_000 + (std::process::id() % 300) as u16 * 3 + n;
-    let http = format!("127.0.0.1:{port}");
+    // Ports the kernel says are free now (a fixed range once met another
+    // test's socket).
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = tcp.local_addr().unwrap().to_string();
+    drop(tcp);
+    let udp = rackcast_tests::emu::free_udp_port;
     let config = format!(
         r#"menu_pin_file = "{pin}"
 {menu}
@@ -37,8 +39,8 @@ tftp = "127.0.0.1:{tftp}"
 dhcp_ports = [{dhcp}]
 "#,
         pin = pin.display(),
-        tftp = port + 1000,
-        dhcp = port + 2000,
+        tftp = udp(),
+        dhcp = udp(),
     );
     let s = Server::start_with("100M", "127.0.0.1:0", Some(&config));
     (s, format!("http://{http}"), pins)
